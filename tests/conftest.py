@@ -1,0 +1,43 @@
+"""Shared fixtures: small random conv nets usable as tile models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+
+def conv_net(ndim: int, in_ch: int, classes: int, *, layers: int = 3, seed: int = 0) -> torch.nn.Module:
+    """A tiny translation-equivariant conv net (3-wide kernels, zero padding, no strides).
+
+    Its receptive-field radius is ``layers`` pixels.
+    """
+    torch.manual_seed(seed)
+    conv = torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d
+    mods: list[torch.nn.Module] = []
+    ch = in_ch
+    for i in range(layers):
+        out = classes if i == layers - 1 else 8
+        mods.append(conv(ch, out, 3, padding=1))
+        if i < layers - 1:
+            mods.append(torch.nn.Tanh())
+        ch = out
+    mods.append(torch.nn.Softmax(dim=1))
+    return torch.nn.Sequential(*mods).eval()
+
+
+def as_predict(net: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a torch module as a numpy batch → probabilities function."""
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+
+    return predict
+
+
+@pytest.fixture(scope="session")
+def torch_threads() -> None:
+    torch.set_num_threads(1)

@@ -1,0 +1,181 @@
+"""One block of work: read the region its tiles cover, skip empty tiles, predict in batches, blend.
+
+No Ray here: the in-process engine and the Ray actors both call these functions, so the two
+cannot drift. Reading (:func:`prepare_block`) is split from inference (:func:`infer_block`) so an
+actor can read the next block on a thread while the model runs on the current one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tiler.blend import Blender
+from tiler.geometry import BlockPartition, PadMode, Shape, TileGrid, Window
+from tiler.stitch import BlockAccumulator, BlockResult, ProbabilityDType
+
+Predict = Callable[[np.ndarray], np.ndarray]
+"""A batch of tiles ``(N, C_in, *tile)`` → class probabilities ``(N, C, *tile)`` float32."""
+ReadFn = Callable[[Window], np.ndarray]
+"""Pixels of a window inside the image → ``(C_in, *window.shape)``."""
+MaskFn = Callable[[Window], "np.ndarray | None"]
+"""Valid-data mask of a window inside the image → bool ``(*window.shape)``, or None (all valid)."""
+
+
+@dataclass
+class BlockStats:
+    """What one block cost; small enough to send back to the driver."""
+
+    tiles_run: int = 0
+    tiles_skipped: int = 0
+    read_seconds: float = 0.0
+    infer_seconds: float = 0.0
+    stitch_seconds: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedBlock:
+    """A block's input, read and padded, with the tiles to run.
+
+    Attributes:
+        block: The output block (image coordinates).
+        region: The padded-coordinate window ``pixels`` covers.
+        pixels: Input ``(C_in, *region.shape)``.
+        valid: Valid-data mask ``(*block.shape)`` of the block itself, or None when all valid.
+        positions: Tile positions to run, in global grid order.
+        stats: Counts and read time so far.
+    """
+
+    block: Window
+    region: Window | None
+    pixels: np.ndarray | None
+    valid: np.ndarray | None
+    positions: list[Shape]
+    stats: BlockStats
+
+
+def _pad_to_region(pixels: np.ndarray, inside: Window, region: Window, mode: PadMode) -> np.ndarray:
+    """Pad ``pixels`` (covering ``inside``) at the end of each axis up to ``region``."""
+    after = [r - i for r, i in zip(region.stop, inside.stop, strict=True)]
+    if not any(after):
+        return pixels
+    widths = [(0, 0)] + [(0, a) for a in after]
+    if mode is PadMode.REFLECT:
+        return np.pad(pixels, widths, mode="reflect")
+    return np.pad(pixels, widths, mode="constant")
+
+
+def prepare_block(
+    block: Window,
+    grid: TileGrid,
+    *,
+    read: ReadFn,
+    mask: MaskFn | None = None,
+    skip_empty: bool = True,
+) -> PreparedBlock:
+    """Read everything one block needs and decide which of its tiles to run.
+
+    A tile is skipped when ``skip_empty`` and the valid-data mask is False on every pixel of it
+    that lies inside the image. The decision depends only on the tile, never on the block.
+    """
+    t0 = time.perf_counter()
+    positions = grid.positions_intersecting(block)
+    region = grid.region_of(positions)
+    inside = region.clip(grid.shape)
+    assert inside is not None  # a region always overlaps the image it tiles
+    valid_region = mask(inside) if mask is not None else None
+    stats = BlockStats()
+    if valid_region is not None and skip_empty:
+        kept = []
+        for pos in positions:
+            part = grid.window(pos).clip(grid.shape)
+            assert part is not None
+            if valid_region[part.relative_to(inside).slices].any():
+                kept.append(pos)
+        stats.tiles_skipped = len(positions) - len(kept)
+        positions = kept
+    valid_block = None
+    if valid_region is not None:
+        valid_block = valid_region[block.relative_to(inside).slices]
+    pixels = None
+    if positions:
+        region = grid.region_of(positions)
+        inside = region.clip(grid.shape)
+        assert inside is not None
+        pixels = _pad_to_region(read(inside), inside, region, grid.pad_mode)
+    stats.read_seconds = time.perf_counter() - t0
+    return PreparedBlock(block, region if positions else None, pixels, valid_block, positions, stats)
+
+
+def iter_batches(prepared: PreparedBlock, grid: TileGrid, batch_size: int) -> Iterator[tuple[list[Shape], np.ndarray]]:
+    """Tiles of a prepared block as batches ``(N, C_in, *tile)``, in global order."""
+    assert prepared.pixels is not None and prepared.region is not None
+    channels = prepared.pixels.shape[0]
+    for i in range(0, len(prepared.positions), batch_size):
+        chunk = prepared.positions[i : i + batch_size]
+        batch = np.empty((len(chunk), channels, *grid.tile), dtype=prepared.pixels.dtype)
+        for j, pos in enumerate(chunk):
+            batch[j] = prepared.pixels[(slice(None), *grid.window(pos).relative_to(prepared.region).slices)]
+        yield chunk, batch
+
+
+def infer_block(
+    prepared: PreparedBlock,
+    grid: TileGrid,
+    *,
+    predict: Predict,
+    blender: Blender,
+    num_classes: int,
+    batch_size: int = 8,
+    nodata_label: int = 255,
+    probabilities: ProbabilityDType | str | None = None,
+    mask_labels: bool = True,
+) -> tuple[BlockResult, BlockStats]:
+    """Run the model over a prepared block's tiles and blend them into the block.
+
+    Args:
+        prepared: From :func:`prepare_block`.
+        grid: The global tile grid.
+        predict: The model, batch in, probabilities out.
+        blender: Blend weights.
+        num_classes: Number of output classes ``C``.
+        batch_size: Tiles per model call.
+        nodata_label: Label for pixels no tile counted (and, with ``mask_labels``, invalid input).
+        probabilities: Keep probabilities in this dtype, or None.
+        mask_labels: Give invalid-input pixels the nodata label even where a tile covered them.
+
+    Returns:
+        The finalised block and its stats.
+    """
+    stats = prepared.stats
+    acc = BlockAccumulator(prepared.block, num_classes)
+    if prepared.positions:
+        for chunk, batch in iter_batches(prepared, grid, batch_size):
+            t0 = time.perf_counter()
+            probs = predict(batch)
+            t1 = time.perf_counter()
+            for pos, p in zip(chunk, probs, strict=True):
+                acc.add(grid.window(pos), p, blender.weights(grid, pos))
+            stats.infer_seconds += t1 - t0
+            stats.stitch_seconds += time.perf_counter() - t1
+    stats.tiles_run = len(prepared.positions)
+    t0 = time.perf_counter()
+    result = acc.finalize(nodata_label=nodata_label, probabilities=probabilities)
+    if mask_labels and prepared.valid is not None:
+        result.labels[~prepared.valid] = nodata_label
+    stats.stitch_seconds += time.perf_counter() - t0
+    return result, stats
+
+
+def array_reader(image: np.ndarray) -> ReadFn:
+    """A :data:`ReadFn` over an in-memory ``(C, *spatial)`` array."""
+    return lambda window: image[(slice(None), *window.slices)]
+
+
+def blocks_of(grid: TileGrid, block: Sequence[int]) -> list[Window]:
+    """Every output block of ``grid``'s image for block shape ``block``, in C order."""
+    return list(BlockPartition(grid.shape, tuple(block)))

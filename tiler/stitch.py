@@ -1,0 +1,116 @@
+"""The per-block accumulator: blends tile predictions into one output block.
+
+Holds float32 Σ w·p per class, shape ``(C, *block)``, and one float32 Σ w per pixel, shape ``(*block)``.
+Tiles must be added in global grid order: then every pixel sees the same sequence of float32
+operations whoever computes its block, which makes the output independent of the partition.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from tiler.errors import GeometryError
+from tiler.geometry import Window
+
+
+class ProbabilityDType(str, enum.Enum):
+    """How finalised probabilities are stored."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    UINT8 = "uint8"
+
+
+def labels_dtype(num_classes: int, nodata_label: int) -> np.dtype:
+    """uint8 when every class and the nodata label fit in a byte, else uint16."""
+    if num_classes < 1:
+        raise GeometryError(f"num_classes={num_classes} must be at least 1.")
+    top = max(num_classes - 1, nodata_label)
+    if top > np.iinfo(np.uint16).max or nodata_label < 0:
+        raise GeometryError(f"nodata_label={nodata_label} must lie in 0..65535.")
+    return np.dtype(np.uint8) if top <= 255 else np.dtype(np.uint16)
+
+
+def quantize(probabilities: np.ndarray, dtype: ProbabilityDType | str) -> np.ndarray:
+    """Store float32 probabilities as float32, float16, or uint8 (``round(p · 255)``)."""
+    dtype = ProbabilityDType(dtype)
+    if dtype is ProbabilityDType.UINT8:
+        return np.rint(probabilities * np.float32(255.0)).astype(np.uint8)
+    return probabilities.astype(dtype.value, copy=False)
+
+
+@dataclass
+class BlockResult:
+    """A finalised block.
+
+    Attributes:
+        window: The block in image coordinates.
+        labels: Argmax labels ``(*block)``; the nodata label where no tile counted.
+        probabilities: ``(C, *block)`` in the requested dtype, 0 where no tile counted; None if not kept.
+        covered: Pixels that some tile counted, bool ``(*block)``.
+    """
+
+    window: Window
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    covered: np.ndarray
+
+
+class BlockAccumulator:
+    """Blends the tiles that touch one output block.
+
+    Args:
+        block: The output block in image coordinates.
+        num_classes: Number of probability channels ``C``.
+    """
+
+    def __init__(self, block: Window, num_classes: int) -> None:
+        self.block = block
+        self.num_classes = num_classes
+        self.sums = np.zeros((num_classes, *block.shape), dtype=np.float32)
+        self.weights = np.zeros(block.shape, dtype=np.float32)
+
+    def add(self, tile: Window, probabilities: np.ndarray, weights: np.ndarray) -> None:
+        """Add one tile's weighted prediction where it overlaps the block.
+
+        Args:
+            tile: The tile's window (image coordinates, may reach into padding).
+            probabilities: ``(C, *tile.shape)`` float32.
+            weights: ``(*tile.shape)`` float32.
+        """
+        if probabilities.shape != (self.num_classes, *tile.shape):
+            raise GeometryError(
+                f"tile prediction has shape {probabilities.shape}, expected {(self.num_classes, *tile.shape)} "
+                f"(C, *tile); check the model's number of classes and the tile size."
+            )
+        inter = tile.intersection(self.block)
+        if inter is None:
+            return
+        src = inter.relative_to(tile).slices
+        dst = inter.relative_to(self.block).slices
+        w = weights[src]
+        self.sums[(slice(None), *dst)] += probabilities[(slice(None), *src)] * w
+        self.weights[dst] += w
+
+    def finalize(
+        self, *, nodata_label: int = 255, probabilities: ProbabilityDType | str | None = None
+    ) -> BlockResult:
+        """Normalise to probabilities and argmax labels.
+
+        Args:
+            nodata_label: Label of pixels that no tile counted.
+            probabilities: Dtype of the probabilities to keep, or None to keep none.
+
+        Returns:
+            The finalised block; labels are uint8 (uint16 when the labels need it).
+        """
+        covered = self.weights > 0
+        probs = np.zeros_like(self.sums)
+        np.divide(self.sums, self.weights, out=probs, where=covered)
+        labels = np.argmax(probs, axis=0).astype(labels_dtype(self.num_classes, nodata_label))
+        labels[~covered] = nodata_label
+        kept = quantize(probs, probabilities) if probabilities is not None else None
+        return BlockResult(self.block, labels, kept, covered)
