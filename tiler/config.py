@@ -1,0 +1,1032 @@
+"""Job configuration: the YAML file a job runs from, validated at load into typed, frozen pydantic models.
+
+A job file has the sections ``input``, ``model``, ``tiling``, ``engine``, ``output`` and ``scoring``
+(see ``configs/example.yaml`` for every key with a comment). ``input.path``, ``model.weights`` and
+``output.path`` are required; everything else has a default. Unknown keys are errors.
+
+Rules decided here, stated once:
+
+* **Dimensionality and broadcasting.** ``tiling.tile``, ``tiling.overlap``, ``tiling.block`` and
+  ``output.chunks`` take one value per spatial axis, (row, col) or (z, y, x); a single int is
+  broadcast to every axis. The number of axes is the length of the first of those four given as a
+  list; if all are scalars or absent, ``model.spec.spatial_dims``; if there is no spec, 2. Keys left
+  out take the defaults for that dimensionality: 2D tile 256, overlap 32, block 2048, chunks 512;
+  3D tile 128, overlap 32, block 256, chunks 64 (a 3D block accumulator is block³ float32 per class,
+  so 3D blocks are kept small).
+* **Relative paths.** ``input.path``, ``model.weights``, ``output.path`` and ``scoring.truth`` written
+  in a config *file* are resolved against that file's directory, unless absolute, a GDAL virtual path
+  (``/vsicurl/...``, ``/vsis3/...``) or a URL (``s3://...``, ``https://...``). A path given as a
+  ``--set`` override is resolved against the current working directory, as a shell user expects.
+  :func:`parse_config` on a mapping resolves only when given ``base_dir``.
+* **Units.** Tile, overlap, block and chunks are whole pixels (never fractions).
+  ``scoring.boundary_width`` below 1 is a fraction of the image diagonal; 1 or more is whole pixels.
+* **Identity.** :func:`config_hash` covers what decides the output pixels and the block layout, not
+  how the work is scheduled: a job may resume with other actor counts, retries or addresses.
+
+Every failure raises :class:`tiler.errors.ConfigError` with one line per problem naming the file,
+the dotted key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    Strict,
+    ValidationError,
+    model_validator,
+)
+
+from tiler.errors import ConfigError
+
+__all__ = [
+    "EngineConfig",
+    "GdalConfig",
+    "InputConfig",
+    "JobConfig",
+    "ModelConfig",
+    "ModelSpecConfig",
+    "NormalizationConfig",
+    "OutputConfig",
+    "ScoringConfig",
+    "TilingConfig",
+    "apply_overrides",
+    "config_hash",
+    "dump_config",
+    "load_config",
+    "parse_config",
+]
+
+# ---------------------------------------------------------------------------------------------------
+# Problems raised by validators carry their key, value and fix so the loader can print them one per line.
+
+
+class _Problems(ValueError):
+    """One or more problems found by a validator: ``(key, value, problem, fix)`` with key relative to it."""
+
+    def __init__(self, problems: list[tuple[str, Any, str, str]]) -> None:
+        super().__init__("; ".join(f"{k}: {p}" for k, _, p, _ in problems))
+        self.problems = problems
+
+
+def _raise_if(problems: list[tuple[str, Any, str, str]]) -> None:
+    if problems:
+        raise _Problems(problems)
+
+
+_MISSING = object()
+
+
+def _show(value: Any) -> str:
+    """Format a bad value the way the user wrote it (lists, not tuples), cut to a readable length."""
+    if value is _MISSING:
+        return ""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------------------------------------------
+# Field types: strict scalars so that `true` is not the integer 1 and "256" is not a number.
+
+Int = Annotated[int, Strict()]
+PosInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict(), Field(min_length=1)]
+Axes = tuple[PosInt, ...]
+
+_DEFAULTS_BY_NDIM: dict[int, dict[str, int]] = {
+    2: {"tile": 256, "overlap": 32, "block": 2048, "chunks": 512},
+    3: {"tile": 128, "overlap": 32, "block": 256, "chunks": 64},
+}
+
+
+def _is_scalar_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _num_threads(value: Any) -> int | str:
+    if value == "ALL_CPUS" or (_is_scalar_int(value) and value >= 1):
+        return value  # type: ignore[no-any-return]
+    raise _Problems([("", value, "must be a positive integer or ALL_CPUS", "write e.g. 4, or ALL_CPUS")])
+
+
+def _boundary_width(value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Problems(
+            [("", value, "must be a number", "write e.g. 0.02 (fraction of diagonal) or 3 (pixels)")]
+        )
+    if value <= 0:
+        raise _Problems(
+            [("", value, "must be > 0", "write e.g. 0.02 (fraction of the diagonal) or 3 (pixels)")]
+        )
+    if value >= 1:
+        if not float(value).is_integer():
+            raise _Problems(
+                [
+                    (
+                        "",
+                        value,
+                        "is >= 1 so it counts pixels, but is not a whole number",
+                        f"write {int(value)} pixels, or a fraction below 1",
+                    )
+                ]
+            )
+        return int(value)
+    return float(value)
+
+
+NumThreads = Annotated[int | str, PlainValidator(_num_threads), PlainSerializer(lambda v: v)]
+BoundaryWidth = Annotated[float | int, PlainValidator(_boundary_width), PlainSerializer(lambda v: v)]
+
+
+class _Dumper(yaml.SafeDumper):
+    """A safe dumper writing sections as blocks and lists of plain values in flow style ([256, 256])."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flat = all(not isinstance(v, list | dict) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors and values cannot be reassigned."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# input
+
+
+class GdalConfig(_Section):
+    """GDAL settings for reading rasters; ``GDAL_CACHEMAX`` is per process, so N actors use N caches."""
+
+    cachemax_mb: PosInt = 256
+    num_threads: NumThreads = "ALL_CPUS"
+    options: dict[str, str] = Field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        """Return the GDAL configuration options as environment variables (cache size in bytes)."""
+        return {
+            "GDAL_CACHEMAX": str(self.cachemax_mb * 1024 * 1024),
+            "GDAL_NUM_THREADS": str(self.num_threads),
+            **self.options,
+        }
+
+
+class InputConfig(_Section):
+    """The image to segment and how to read it."""
+
+    path: Str
+    format: Literal["auto", "geotiff", "nifti", "zarr", "slide"] = "auto"
+    bands: tuple[PosInt, ...] | None = None
+    channels_from_4d: Bool = False
+    level: NonNegInt | None = None
+    mpp: Annotated[float, Strict(), Field(gt=0)] | None = None
+    mask: Literal["auto", "none", "nodata", "tissue", "threshold"] = "auto"
+    threshold: Float | None = None
+    gdal: GdalConfig = Field(default_factory=GdalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> InputConfig:
+        problems: list[tuple[str, Any, str, str]] = []
+        if self.level is not None and self.mpp is not None:
+            problems.append(
+                (
+                    "mpp",
+                    self.mpp,
+                    f"is set together with level={self.level}",
+                    "choose the slide resolution one way: remove level or mpp",
+                )
+            )
+        if self.mask == "threshold" and self.threshold is None:
+            problems.append(
+                (
+                    "threshold",
+                    None,
+                    "is required when mask is 'threshold'",
+                    "set input.threshold (e.g. -500 for CT in HU), or choose another mask",
+                )
+            )
+        if self.mask != "threshold" and self.threshold is not None:
+            problems.append(
+                (
+                    "threshold",
+                    self.threshold,
+                    f"is set but mask is {self.mask!r}",
+                    "set mask: threshold, or remove threshold",
+                )
+            )
+        if self.bands is not None:
+            if not self.bands:
+                problems.append(
+                    ("bands", [], "is empty", "list the 1-based bands to read, or write null for all")
+                )
+            elif len(set(self.bands)) != len(self.bands):
+                problems.append(("bands", list(self.bands), "repeats a band", "list each band once"))
+        _raise_if(problems)
+        return self
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the path is a GDAL virtual path or a URL rather than a local file."""
+        return not _is_local_path(self.path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# model
+
+
+class ModelSpecConfig(_Section):
+    """The network to build when the weights file does not carry its own spec."""
+
+    architecture: Literal["UNet", "BasicUNet", "DynUNet", "SwinUNETR"]
+    spatial_dims: Literal[2, 3]
+    in_channels: PosInt
+    out_channels: PosInt
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class NormalizationConfig(_Section):
+    """Per-channel intensity normalisation applied to each tile before the model sees it."""
+
+    kind: Literal["none", "meanstd", "percentile", "window"] = "none"
+    mean: tuple[Float, ...] | None = None
+    std: tuple[Annotated[float, Strict(), Field(gt=0)], ...] | None = None
+    low: Float | None = None
+    high: Float | None = None
+    window: tuple[Float, Float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> NormalizationConfig:
+        problems: list[tuple[str, Any, str, str]] = []
+        needs = {"none": (), "meanstd": ("mean", "std"), "percentile": ("low", "high"), "window": ("window",)}
+        for key in ("mean", "std", "low", "high", "window"):
+            value = getattr(self, key)
+            if key in needs[self.kind] and value is None:
+                problems.append(
+                    (
+                        key,
+                        None,
+                        f"is required when kind is {self.kind!r}",
+                        f"set normalization.{key}, or choose another kind",
+                    )
+                )
+            elif key not in needs[self.kind] and value is not None:
+                problems.append(
+                    (
+                        key,
+                        value,
+                        f"does not apply to kind {self.kind!r}",
+                        f"remove it, or set kind to the one that uses {key}",
+                    )
+                )
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            problems.append(
+                (
+                    "std",
+                    list(self.std),
+                    f"has {len(self.std)} values but mean has {len(self.mean)}",
+                    "give one mean and one std per input channel",
+                )
+            )
+        if self.low is not None and self.high is not None and not 0 <= self.low < self.high <= 100:
+            problems.append(
+                (
+                    "high",
+                    self.high,
+                    f"with low={self.low} is not 0 <= low < high <= 100",
+                    "give percentiles such as low: 1, high: 99",
+                )
+            )
+        if self.window is not None and self.window[0] >= self.window[1]:
+            problems.append(
+                ("window", list(self.window), "is not [low, high] with low < high", "write e.g. [-1000, 400]")
+            )
+        _raise_if(problems)
+        return self
+
+
+class ModelConfig(_Section):
+    """The weights, how to run them, and test-time augmentation."""
+
+    weights: Str
+    format: Literal["auto", "checkpoint", "state_dict", "torchscript"] = "auto"
+    spec: ModelSpecConfig | None = None
+    normalization: NormalizationConfig | None = None
+    class_names: tuple[Str, ...] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    batch_size: PosInt = 8
+    tta_flips: tuple[tuple[NonNegInt, ...], ...] = ()
+    threads: PosInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        problems: list[tuple[str, Any, str, str]] = []
+        if self.format in ("state_dict", "torchscript") and self.spec is None:
+            problems.append(
+                (
+                    "spec",
+                    None,
+                    f"is required when format is {self.format!r}",
+                    "add model.spec {architecture, spatial_dims, in_channels, out_channels}",
+                )
+            )
+        spec, norm = self.spec, self.normalization
+        if spec is not None and self.class_names is not None and len(self.class_names) != spec.out_channels:
+            problems.append(
+                (
+                    "class_names",
+                    list(self.class_names),
+                    f"has {len(self.class_names)} names but spec.out_channels is {spec.out_channels}",
+                    "give one name per output class",
+                )
+            )
+        if (
+            spec is not None
+            and norm is not None
+            and norm.mean is not None
+            and len(norm.mean) not in (1, spec.in_channels)
+        ):
+            problems.append(
+                (
+                    "normalization.mean",
+                    list(norm.mean),
+                    f"has {len(norm.mean)} values but spec.in_channels is {spec.in_channels}",
+                    "give one value per input channel (or a single value for all)",
+                )
+            )
+        for i, flip in enumerate(self.tta_flips):
+            if not flip or len(set(flip)) != len(flip):
+                problems.append(
+                    (
+                        f"tta_flips[{i}]",
+                        list(flip),
+                        "is empty or repeats an axis",
+                        "list each spatial axis to flip once, e.g. [[0], [1], [0, 1]]",
+                    )
+                )
+        _raise_if(problems)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------
+# tiling, engine, output, scoring
+
+
+def _broadcast(value: Any, ndim: int) -> Any:
+    return (value,) * ndim if _is_scalar_int(value) else value
+
+
+class TilingConfig(_Section):
+    """The global tile grid, the blend of overlapping tiles, and the block that is the unit of work."""
+
+    tile: Axes = (256, 256)
+    overlap: tuple[NonNegInt, ...] = (32, 32)
+    blend: Literal["gaussian", "hann", "constant", "crop"] = "gaussian"
+    sigma_scale: Annotated[float, Strict(), Field(gt=0)] = 0.125
+    pad_mode: Literal["reflect", "constant"] = "reflect"
+    block: Axes = (2048, 2048)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        ndim = _infer_ndim([data.get("tile"), data.get("overlap"), data.get("block")], None)
+        out = dict(data)
+        for key in ("tile", "overlap", "block"):
+            out[key] = _broadcast(out.get(key, _DEFAULTS_BY_NDIM.get(ndim, _DEFAULTS_BY_NDIM[2])[key]), ndim)
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> TilingConfig:
+        problems: list[tuple[str, Any, str, str]] = []
+        ndim = len(self.tile)
+        if ndim not in (2, 3):
+            problems.append(
+                (
+                    "tile",
+                    list(self.tile),
+                    f"has {ndim} axes",
+                    "give 2 values (row, col) for images or 3 (z, y, x) for volumes",
+                )
+            )
+        for key in ("overlap", "block"):
+            value = getattr(self, key)
+            if len(value) != ndim:
+                problems.append(
+                    (
+                        key,
+                        list(value),
+                        f"has {len(value)} axes but tile has {ndim}",
+                        f"give {ndim} values, one per axis of tile, or a single int",
+                    )
+                )
+        if len(self.overlap) == ndim and any(o >= t for o, t in zip(self.overlap, self.tile, strict=True)):
+            problems.append(
+                (
+                    "overlap",
+                    list(self.overlap),
+                    f"is not smaller than tile={list(self.tile)} on every axis",
+                    "use 0 <= overlap < tile per axis, e.g. tile/8",
+                )
+            )
+        _raise_if(problems)
+        return self
+
+    @property
+    def ndim(self) -> int:
+        """The number of spatial axes: 2 for (row, col), 3 for (z, y, x)."""
+        return len(self.tile)
+
+
+class EngineConfig(_Section):
+    """How the work is scheduled on Ray; none of it changes the output pixels except ``skip_empty``."""
+
+    address: Str | None = None
+    actors: PosInt | None = None
+    gpus_per_actor: Annotated[float, Strict(), Field(ge=0)] = 0.0
+    cpus_per_actor: Annotated[float, Strict(), Field(gt=0)] = 1.0
+    max_in_flight: PosInt = 2
+    max_restarts: Annotated[int, Strict(), Field(ge=-1)] = 3
+    max_task_retries: Annotated[int, Strict(), Field(ge=-1)] = 3
+    skip_empty: Bool = True
+    prefetch: Bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> EngineConfig:
+        problems: list[tuple[str, Any, str, str]] = []
+        if self.gpus_per_actor > 1 and not float(self.gpus_per_actor).is_integer():
+            problems.append(
+                (
+                    "gpus_per_actor",
+                    self.gpus_per_actor,
+                    "is a fraction above 1, which Ray refuses",
+                    "use a fraction <= 1 (0.5 = two actors per GPU) or a whole number of GPUs",
+                )
+            )
+        _raise_if(problems)
+        return self
+
+
+class OutputConfig(_Section):
+    """The zarr v3 output store, its chunk grid and what is written besides labels."""
+
+    path: Str
+    chunks: Axes = (512, 512)
+    probabilities: Literal["float16", "uint8", "float32"] | None = None
+    nodata_label: Annotated[int, Strict(), Field(ge=0, le=65535)] = 255
+    exports: tuple[Literal["cog", "nifti", "ome-zarr", "quicklook", "report"], ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        ndim = _infer_ndim([data.get("chunks")], None)
+        out = dict(data)
+        out["chunks"] = _broadcast(
+            out.get("chunks", _DEFAULTS_BY_NDIM.get(ndim, _DEFAULTS_BY_NDIM[2])["chunks"]), ndim
+        )
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> OutputConfig:
+        if len(set(self.exports)) != len(self.exports):
+            raise _Problems([("exports", list(self.exports), "repeats an export", "list each export once")])
+        return self
+
+
+class ScoringConfig(_Section):
+    """Ground truth and the options of the score (frequency-weighted IoU and the rest)."""
+
+    truth: Str | None = None
+    ignore_index: Int | None = 255
+    boundary_width: BoundaryWidth = 0.02
+    num_classes: Annotated[int, Strict(), Field(ge=2)] | None = None
+
+    def boundary_pixels(self, shape: Sequence[int]) -> int:
+        """Return the boundary band width in pixels for an image of ``shape`` ((H, W) or (D, H, W)).
+
+        A fraction is taken of the image diagonal and rounded, never below 1 pixel.
+        """
+        if isinstance(self.boundary_width, int):
+            return self.boundary_width
+        diagonal = sum(int(s) ** 2 for s in shape) ** 0.5
+        return max(1, round(self.boundary_width * diagonal))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the job
+
+
+def _infer_ndim(candidates: Sequence[Any], spec: Any) -> int:
+    """Return the number of axes: the first candidate given as a list, else spec.spatial_dims, else 2."""
+    for value in candidates:
+        if isinstance(value, list | tuple):
+            return len(value)
+    if isinstance(spec, Mapping) and spec.get("spatial_dims") in (2, 3):
+        return int(spec["spatial_dims"])
+    if isinstance(spec, ModelSpecConfig):
+        return spec.spatial_dims
+    return 2
+
+
+class JobConfig(_Section):
+    """One job: what to read, which model, how to tile, where to run, where to write and how to score."""
+
+    input: InputConfig
+    model: ModelConfig
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    output: OutputConfig
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _broadcast_axes(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        tiling = out.get("tiling") if out.get("tiling") is not None else {}
+        output = out.get("output") if out.get("output") is not None else {}
+        model = out.get("model")
+        spec = model.get("spec") if isinstance(model, Mapping) else None
+        if not isinstance(tiling, Mapping) or not isinstance(output, Mapping):
+            return out
+        ndim = _infer_ndim(
+            [tiling.get("tile"), tiling.get("overlap"), tiling.get("block"), output.get("chunks")], spec
+        )
+        defaults = _DEFAULTS_BY_NDIM.get(ndim, _DEFAULTS_BY_NDIM[2])
+        tiling = {
+            **tiling,
+            **{k: _broadcast(tiling.get(k, defaults[k]), ndim) for k in ("tile", "overlap", "block")},
+        }
+        out["tiling"] = tiling
+        if "output" in out:
+            out["output"] = {**output, "chunks": _broadcast(output.get("chunks", defaults["chunks"]), ndim)}
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> JobConfig:
+        problems: list[tuple[str, Any, str, str]] = []
+        tiling, chunks, spec = self.tiling, self.output.chunks, self.model.spec
+        ndim = tiling.ndim
+        if spec is not None and spec.spatial_dims != ndim:
+            problems.append(
+                (
+                    "tiling.tile",
+                    list(tiling.tile),
+                    f"has {ndim} axes but model.spec.spatial_dims is {spec.spatial_dims}",
+                    f"give {spec.spatial_dims} tile values for a {spec.spatial_dims}D model",
+                )
+            )
+        if len(chunks) != ndim:
+            problems.append(
+                (
+                    "output.chunks",
+                    list(chunks),
+                    f"has {len(chunks)} axes but tiling.tile has {ndim}",
+                    f"give {ndim} values, one per axis of tile, or a single int",
+                )
+            )
+        elif any(b % c for b, c in zip(tiling.block, chunks, strict=True)):
+            problems.append(
+                (
+                    "tiling.block",
+                    list(tiling.block),
+                    f"is not a multiple of output.chunks={list(chunks)} on every axis",
+                    "make each block value a whole multiple of the chunk (one writer per chunk)",
+                )
+            )
+        for i, flip in enumerate(self.model.tta_flips):
+            if any(axis >= ndim for axis in flip):
+                problems.append(
+                    (
+                        f"model.tta_flips[{i}]",
+                        list(flip),
+                        f"names an axis >= {ndim}",
+                        f"use spatial axes 0..{ndim - 1} (0 = first spatial axis)",
+                    )
+                )
+        if spec is not None and spec.out_channels > self.output.nodata_label:
+            problems.append(
+                (
+                    "output.nodata_label",
+                    self.output.nodata_label,
+                    f"is a class index of the model (out_channels={spec.out_channels})",
+                    "use a label no class can take, e.g. 255",
+                )
+            )
+        if spec is not None and self.input.bands is not None and len(self.input.bands) != spec.in_channels:
+            problems.append(
+                (
+                    "input.bands",
+                    list(self.input.bands),
+                    f"reads {len(self.input.bands)} bands but model.spec.in_channels is {spec.in_channels}",
+                    "list one band per input channel of the model",
+                )
+            )
+        _raise_if(problems)
+        return self
+
+    @property
+    def ndim(self) -> int:
+        """The number of spatial axes: 2 for (row, col), 3 for (z, y, x)."""
+        return self.tiling.ndim
+
+    def to_yaml(self) -> str:
+        """Return this configuration as YAML that :func:`parse_config` reads back to an equal config."""
+        return yaml.dump(self.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# errors: pydantic's ValidationError → one line per problem
+
+
+_TYPE_HINTS: dict[str, tuple[str, str]] = {
+    "int_type": ("must be a whole number", "write an integer, e.g. 256"),
+    "int_parsing": ("must be a whole number", "write an integer, e.g. 256"),
+    "int_from_float": ("must be a whole number", "write an integer, e.g. 256"),
+    "float_type": ("must be a number", "write a number, e.g. 0.5"),
+    "float_parsing": ("must be a number", "write a number, e.g. 0.5"),
+    "bool_type": ("must be true or false", "write true or false"),
+    "bool_parsing": ("must be true or false", "write true or false"),
+    "string_type": ("must be a string", "write a string (quote it if YAML reads it as something else)"),
+    "string_too_short": ("must not be empty", "write a non-empty string"),
+    "tuple_type": ("must be a list", "write a YAML list, e.g. [256, 256]"),
+    "list_type": ("must be a list", "write a YAML list, e.g. [256, 256]"),
+    "dict_type": ("must be a mapping", "write a section of `key: value` lines"),
+    "model_type": ("must be a section", "write a section of `key: value` lines"),
+    "model_attributes_type": ("must be a section", "write a section of `key: value` lines"),
+}
+
+
+def _dotted(loc: Sequence[Any]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "<top level>"
+
+
+def _section_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """Return the config model class found by following the field names of ``loc`` from JobConfig."""
+    model: type[BaseModel] | None = JobConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        model = _model_of(model.model_fields[part].annotation)
+    return model
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """Return the BaseModel class inside an annotation in ``X`` or ``X | None``; None for plain values."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_free_mapping(annotation: Any) -> bool:
+    """Whether a field holds free-form keys (``dict[...]``), which overrides may extend."""
+    return get_origin(annotation) is dict or annotation is dict
+
+
+def _lines(exc: ValidationError, source: str) -> list[str]:
+    lines: list[str] = []
+    for err in exc.errors():
+        loc, kind = tuple(err["loc"]), err["type"]
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, _Problems):
+            for key, value, problem, fix in error.problems:
+                dotted = _dotted(loc)
+                full = key if not loc else (f"{dotted}.{key}" if key else dotted)
+                got = f" (got {_show(value)})" if value is not None else ""
+                lines.append(f"{source}: {full}: {problem}{got}; fix: {fix}")
+            continue
+        key, value = _dotted(loc), err.get("input", _MISSING)
+        if kind == "missing":
+            parent = _dotted(loc[:-1])
+            lines.append(
+                f"{source}: {key}: required key is missing; fix: add `{loc[-1]}: <value>` under {parent}"
+            )
+            continue
+        if kind == "extra_forbidden":
+            section = _section_at(loc[:-1])
+            valid = sorted(section.model_fields) if section is not None else []
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(
+                f"{source}: {key}: unknown key{hint} (got {_show(value)}); "
+                f"fix: remove it, or use one of: {', '.join(valid)}"
+            )
+            continue
+        ctx = err.get("ctx", {})
+        if kind == "literal_error":
+            problem, fix = f"must be one of {ctx.get('expected')}", f"use one of {ctx.get('expected')}"
+        elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[
+                kind
+            ]
+            bound = next(iter(ctx.values()))
+            problem, fix = f"must be {op} {bound}", f"use a value {op} {bound}"
+        else:
+            problem, fix = _TYPE_HINTS.get(
+                kind, (err["msg"], "see configs/example.yaml for the allowed values")
+            )
+        lines.append(f"{source}: {key}: {problem} (got {_show(value)}); fix: {fix}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------
+# paths
+
+
+_PATH_KEYS = (("input", "path"), ("model", "weights"), ("output", "path"), ("scoring", "truth"))
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _is_local_path(path: str) -> bool:
+    return not (path.startswith("/vsi") or _URL.match(path))
+
+
+def _resolve(path: Any, base: Path) -> Any:
+    """``path`` made absolute against ``base`` unless absolute, a GDAL virtual path or a URL."""
+    if not isinstance(path, str) or not path or not _is_local_path(path):
+        return path
+    expanded = os.path.expanduser(path)
+    if os.path.isabs(expanded):
+        return expanded
+    return os.path.normpath(os.path.join(base, expanded))
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for section, key in _PATH_KEYS:
+        part = data.get(section)
+        if isinstance(part, dict) and key in part:
+            part[key] = _resolve(part[key], base)
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key written twice in one mapping (YAML would keep the last silently)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"{source}: YAML syntax error{where}: {problem}; fix: correct the YAML there "
+            "(indentation, a missing ':' or space after it, an unclosed bracket or quote, a repeated key)"
+        ) from None
+
+
+def apply_overrides(
+    data: Mapping[str, Any],
+    overrides: Sequence[str],
+    *,
+    base_dir: str | Path | None = None,
+    source: str = "--set",
+) -> dict[str, Any]:
+    """Return a deep copy of ``data`` with ``key.path=value`` overrides applied.
+
+    Values are parsed with ``yaml.safe_load`` (``[512,512]``, ``2``, ``null``, ``true``). Path keys
+    (``input.path``, ``model.weights``, ``output.path``, ``scoring.truth``) are resolved against
+    ``base_dir`` (default: the current working directory).
+
+    Args:
+        data: The raw configuration mapping.
+        overrides: Strings such as ``tiling.tile=[512,512]`` or ``engine.actors=2``.
+        base_dir: Directory that relative path values are resolved against.
+        source: Where the overrides came from, for messages.
+
+    Raises:
+        ConfigError: An override without ``=``, an unknown key path, or a value YAML cannot parse.
+
+    """
+    out: dict[str, Any] = copy.deepcopy(dict(data))
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"{source}: override {item!r} is not key.path=value; "
+                "fix: write e.g. tiling.tile=[512,512] or engine.actors=2"
+            )
+        parts = key.split(".")
+        _check_key_path(parts, source)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"{source}: override {key}: value {text!r} is not valid YAML ({exc}); "
+                "fix: quote strings, write lists as [a, b]"
+            ) from None
+        if (parts[0], parts[-1]) in _PATH_KEYS and len(parts) == 2:
+            value = _resolve(value, base)
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def _check_key_path(parts: Sequence[str], source: str) -> None:
+    """Raise ConfigError unless ``parts`` names a key of the config schema (or lies in a free mapping)."""
+    model: type[BaseModel] | None = JobConfig
+    for i, part in enumerate(parts):
+        if model is None:
+            return
+        where = ".".join(parts[:i]) or "the top level"
+        if part not in model.model_fields:
+            valid = sorted(model.model_fields)
+            close = difflib.get_close_matches(part, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{source}: unknown key {'.'.join(parts)!r}{hint}; "
+                f"fix: valid keys under {where}: {', '.join(valid)}"
+            )
+        annotation = model.model_fields[part].annotation
+        model = _model_of(annotation)
+        if model is None and i < len(parts) - 1 and not _is_free_mapping(annotation):
+            raise ConfigError(
+                f"{source}: key {'.'.join(parts[: i + 1])!r} is a value, not a section, "
+                f"so {'.'.join(parts)!r} cannot be set; fix: set {'.'.join(parts[: i + 1])}=... instead"
+            )
+
+
+def parse_config(
+    data: Mapping[str, Any] | None, *, source: str = "<config>", base_dir: str | Path | None = None
+) -> JobConfig:
+    """Validate a configuration mapping into a :class:`JobConfig`.
+
+    Args:
+        data: The configuration, as read from YAML.
+        source: Name of where it came from (a file path), used in every message.
+        base_dir: If given, relative paths are resolved against this directory; if None they are
+            kept as written.
+
+    Raises:
+        ConfigError: One line per problem, naming ``source``, the dotted key, the value and the fix.
+
+    """
+    if data is None:
+        raise ConfigError(
+            f"{source}: the configuration is empty; fix: write the input, model and output sections "
+            "(see configs/example.yaml)"
+        )
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections, got {_show(data)}; "
+            "fix: write `input:`, `model:`, `output:` ... at the top level"
+        )
+    raw = copy.deepcopy(dict(data))
+    if base_dir is not None:
+        _resolve_paths(raw, Path(base_dir))
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = _lines(exc, source)
+        head = f"{len(lines)} problem{'s' if len(lines) != 1 else ''} in the configuration:\n"
+        raise ConfigError(head + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
+    """Read, resolve and validate a job configuration file.
+
+    Relative paths written in the file are resolved against the file's directory; paths given in
+    ``overrides`` against the current working directory.
+
+    Args:
+        path: The YAML file.
+        overrides: ``key.path=value`` strings applied after reading (the CLI's ``--set``).
+
+    Raises:
+        ConfigError: The file is missing or unreadable, is not valid YAML, or holds invalid values.
+
+    """
+    file = Path(path)
+    if not file.is_file():
+        what = "is a directory, not a file" if file.is_dir() else "does not exist"
+        raise ConfigError(f"{file}: config file {what}; fix: check the path (relative to {Path.cwd()})")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{file}: config file cannot be read ({exc}); fix: check its permissions and encoding"
+        ) from None
+    data = _load_yaml(text, str(file))
+    if isinstance(data, dict):
+        _resolve_paths(data, file.resolve().parent)
+        data = apply_overrides(data, overrides, source=f"{file} --set")
+    elif overrides and data is None:
+        data = apply_overrides({}, overrides, source=f"{file} --set")
+    return parse_config(data, source=str(file))
+
+
+def dump_config(cfg: JobConfig, path: str | Path) -> Path:
+    """Write ``cfg`` as YAML to ``path`` (all paths already absolute) and return the path."""
+    out = Path(path)
+    out.write_text(cfg.to_yaml(), encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# identity
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: str) -> str | None:
+    """sha256 of a local file, cached by (path, size, mtime); None for a remote or missing file."""
+    if not _is_local_path(path) or not os.path.isfile(path):
+        return None
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def config_hash(cfg: JobConfig) -> str:
+    """Return a 16-hex-digit identity of what decides the output pixels and the block layout.
+
+    Covered: the input path and reading options (not GDAL cache settings); the weights *content*
+    (sha256 of the file when it is local, else its path), model spec, normalisation, precision and
+    test-time flips; all of tiling (block included: resume records are per block); the output chunks,
+    probability dtype and nodata label; and ``engine.skip_empty`` (skipped tiles become nodata).
+    Not covered: the engine's scheduling (address, actors, GPUs/CPUs per actor, in-flight, retries,
+    prefetch), the device and batch size, the output path, exports and scoring, so a job may resume
+    with another actor count or on other hardware.
+    """
+    model = cfg.model
+    sha = _file_sha256(model.weights)
+    payload = {
+        "version": 1,
+        "input": cfg.input.model_dump(mode="json", exclude={"gdal"}),
+        "model": {
+            **model.model_dump(mode="json", include={"spec", "normalization", "precision", "tta_flips"}),
+            "weights": {"sha256": sha} if sha is not None else {"path": model.weights},
+        },
+        "tiling": cfg.tiling.model_dump(mode="json"),
+        "engine": {"skip_empty": cfg.engine.skip_empty},
+        "output": cfg.output.model_dump(mode="json", include={"chunks", "probabilities", "nodata_label"}),
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
