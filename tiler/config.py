@@ -986,22 +986,15 @@ def dump_config(cfg: JobConfig, path: str | Path) -> Path:
 # identity
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
 def _file_sha256(path: str) -> str | None:
-    """sha256 of a local file, cached by (path, size, mtime); None for a remote or missing file."""
+    """Return the sha256 of a local file; None for a remote or missing file."""
     if not _is_local_path(path) or not os.path.isfile(path):
         return None
-    stat = os.stat(path)
-    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def config_hash(cfg: JobConfig) -> str:
