@@ -1,0 +1,136 @@
+"""Input readers and output writers per format.
+
+The only layer that imports rasterio, nibabel, tifffile, openslide and zarr.
+
+:func:`open_reader` picks a reader from the path (or ``format=``); every reader follows
+:class:`tiler.io.base.Reader`: windowed, boundless ``read(window) -> (C, *window.shape)``,
+``valid_mask(window)``, georeferencing, picklable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tiler.errors import ReadError
+from tiler.io.base import Georef, Reader, check_exists, check_has_data, is_remote
+
+FORMATS = ("raster", "nifti", "zarr", "tiff-slide", "openslide")
+SUPPORTED = (
+    "rasters: .tif .tiff .vrt .img .jp2 and anything GDAL opens (format='raster'), "
+    "incl. /vsicurl/ and /vsis3/ paths; "
+    "volumes: .nii .nii.gz, .zarr; slides: pyramidal/OME .tif .tiff .ome.tif, and .svs .ndpi .mrxs .scn .vms "
+    ".vmu .bif .svslide"
+)
+RASTER_SUFFIXES = (
+    ".tif",
+    ".tiff",
+    ".vrt",
+    ".img",
+    ".jp2",
+    ".gtiff",
+    ".geotiff",
+    ".nc",
+    ".hdf",
+    ".dem",
+    ".asc",
+)
+
+__all__ = ["FORMATS", "Georef", "Reader", "check_has_data", "detect_format", "open_reader"]
+
+_GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys
+
+
+def _looks_like_slide(path: str) -> bool:
+    """Tell whether a local TIFF is a slide: no GeoTIFF tags, and OME or pyramidal (else it is a raster)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            if any(code in page.tags for code in _GEOTIFF_TAGS):
+                return False
+            return bool(tif.is_ome or len(tif.series[0].levels) > 1 or tif.is_svs or tif.is_ndpi)
+    except Exception:  # noqa: BLE001 - not a readable TIFF: let the raster reader report it
+        return False
+
+
+def detect_format(path: str) -> str:
+    """Return the reader format for ``path`` from its name (and, for local TIFFs, its tags)."""
+    from tiler.io.slide import OPENSLIDE_SUFFIXES
+
+    lower = path.lower().rstrip("/")
+    if is_remote(path):
+        return "raster"
+    if lower.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if ".zarr" in lower:
+        return "zarr"
+    if lower.endswith(OPENSLIDE_SUFFIXES):
+        return "openslide"
+    if lower.endswith((".ome.tif", ".ome.tiff")):
+        return "tiff-slide"
+    if lower.endswith((".tif", ".tiff")):
+        return "tiff-slide" if _looks_like_slide(path) else "raster"
+    if lower.endswith(RASTER_SUFFIXES):
+        return "raster"
+    raise ReadError(
+        f"{path}: unsupported format {Path(lower).suffix or '(no extension)'!r}. Supported: {SUPPORTED}."
+    )
+
+
+def open_reader(
+    path: str | os.PathLike[str],
+    *,
+    format: str = "auto",
+    bands: Sequence[int] | None = None,
+    channels_from_4d: bool = False,
+    level: int | None = None,
+    mpp: float | None = None,
+    mask: str = "auto",
+    threshold: float | None = None,
+    gdal_options: Mapping[str, Any] | None = None,
+) -> Reader:
+    """Open ``path`` with the reader for its format.
+
+    Args:
+        path: Local path, GDAL virtual path (``/vsicurl/...``, ``/vsis3/...``), or ``store.zarr:array``.
+        format: ``"auto"`` or one of :data:`FORMATS`.
+        bands: 1-based bands to read (rasters).
+        channels_from_4d: Read a 4D NIfTI's last axis as channels.
+        level: Slide pyramid level (overrides ``mpp``).
+        mpp: Requested slide resolution in microns per pixel.
+        mask: ``"auto"`` (each format's natural mask) or ``"none"``.
+        threshold: Volume foreground threshold for the valid mask (e.g. -500 HU).
+        gdal_options: GDAL configuration options for raster reads.
+
+    Returns:
+        A :class:`Reader`; pixels are opened lazily.
+
+    """
+    from tiler.io.raster import RasterReader
+    from tiler.io.slide import OpenSlideReader, TiffSlideReader
+    from tiler.io.volume import NiftiReader, ZarrReader
+
+    text = os.fspath(path)
+    if mask not in ("auto", "none"):
+        raise ReadError(f"mask={mask!r} is unknown for {text}; use 'auto' or 'none'.")
+    if format == "auto":
+        if not is_remote(text) and ".zarr" not in text:
+            check_exists(text)
+        fmt = detect_format(text)
+    elif format in FORMATS:
+        fmt = format
+    else:
+        raise ReadError(f"format={format!r} is not supported for {text}; use 'auto' or one of {FORMATS}.")
+    if fmt == "raster":
+        return RasterReader(text, bands=bands, mask=mask, gdal_options=gdal_options)
+    if fmt == "nifti":
+        return NiftiReader(text, channels_from_4d=channels_from_4d, threshold=threshold)
+    if fmt == "zarr":
+        return ZarrReader(text, threshold=threshold)
+    if fmt == "tiff-slide":
+        return TiffSlideReader(text, level=level, mpp=mpp, mask=mask)
+    return OpenSlideReader(text, level=level, mpp=mpp, mask=mask)
