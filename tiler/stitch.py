@@ -73,13 +73,14 @@ class BlockAccumulator:
         self.sums = np.zeros((num_classes, *block.shape), dtype=np.float32)
         self.weights = np.zeros(block.shape, dtype=np.float32)
 
-    def add(self, tile: Window, probabilities: np.ndarray, weights: np.ndarray) -> None:
+    def add(self, tile: Window, probabilities: np.ndarray, weights: np.ndarray, *, overwrite: bool = False) -> None:
         """Add one tile's weighted prediction where it overlaps the block.
 
         Args:
             tile: The tile's window (image coordinates, may reach into padding).
             probabilities: ``(C, *tile.shape)`` float32.
             weights: ``(*tile.shape)`` float32.
+            overwrite: The caller gives up ``probabilities``: multiply in place, saving a temporary.
         """
         if probabilities.shape != (self.num_classes, *tile.shape):
             raise GeometryError(
@@ -92,7 +93,10 @@ class BlockAccumulator:
         src = inter.relative_to(tile).slices
         dst = inter.relative_to(self.block).slices
         w = weights[src]
-        self.sums[(slice(None), *dst)] += probabilities[(slice(None), *src)] * w
+        part = probabilities[(slice(None), *src)]
+        weighted = np.multiply(part, w, out=part if overwrite else None)
+        view = self.sums[(slice(None), *dst)]
+        np.add(view, weighted, out=view)
         self.weights[dst] += w
 
     def finalize(
@@ -108,9 +112,28 @@ class BlockAccumulator:
             The finalised block; labels are uint8 (uint16 when the labels need it).
         """
         covered = self.weights > 0
-        probs = np.zeros_like(self.sums)
-        np.divide(self.sums, self.weights, out=probs, where=covered)
-        labels = np.argmax(probs, axis=0).astype(labels_dtype(self.num_classes, nodata_label))
+        kept = None
+        if probabilities is None:
+            labels = _argmax_channels(self.sums, labels_dtype(self.num_classes, nodata_label))
+        else:
+            probs = np.zeros_like(self.sums)
+            np.divide(self.sums, self.weights, out=probs, where=covered)
+            labels = _argmax_channels(probs, labels_dtype(self.num_classes, nodata_label))
+            kept = quantize(probs, probabilities)
         labels[~covered] = nodata_label
-        kept = quantize(probs, probabilities) if probabilities is not None else None
         return BlockResult(self.block, labels, kept, covered)
+
+
+def _argmax_channels(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``argmax`` over the channel axis of ``(C, *S)`` (first maximum wins), as contiguous passes.
+
+    Labels are the argmax of Σ w·p, or of the probabilities: dividing every channel of a pixel by its
+    one positive Σ w keeps their order.
+    """
+    best = values[0].copy()
+    labels = np.zeros(values.shape[1:], dtype=dtype)
+    for c in range(1, values.shape[0]):
+        better = values[c] > best
+        labels[better] = c
+        np.maximum(best, values[c], out=best)
+    return labels

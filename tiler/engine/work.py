@@ -159,7 +159,7 @@ def infer_block(
             probs = predict(batch)
             t1 = time.perf_counter()
             for pos, p in zip(chunk, probs, strict=True):
-                acc.add(grid.window(pos), p, blender.weights(grid, pos))
+                acc.add(grid.window(pos), p, blender.weights(grid, pos), overwrite=probs.flags.writeable)
             stats.infer_seconds += t1 - t0
             stats.stitch_seconds += time.perf_counter() - t1
     stats.tiles_run = len(prepared.positions)
