@@ -1,0 +1,138 @@
+"""The score report: a readable table, the JSON file and two charts (confusion heatmap, per-class bars)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiler.errors import OutputError
+from tiler.metrics.scores import Scores
+
+
+def _fmt(value: float | None) -> str:
+    return "     -" if value is None else f"{value:6.4f}"
+
+
+def format_table(scores: Scores) -> str:
+    """Render a plain-text table: per class IoU, Dice, accuracy, boundary IoU/F1, counts; then headlines."""
+    width = max(5, *(len(n) for n in scores.class_names))
+    cells = "  ".join(f"{h:>6}" for h in ("IoU", "Dice", "Acc", "bIoU", "bF1"))
+    head = f"{'class':<{width}}  {cells}  {'truth px':>12}  {'pred px':>12}"
+    lines = [head, "-" * len(head)]
+    b_iou = scores.boundary_iou or (None,) * scores.num_classes
+    b_f1 = scores.boundary_f1 or (None,) * scores.num_classes
+    for i, name in enumerate(scores.class_names):
+        absent = "  (absent)" if i in scores.absent_classes else ""
+        lines.append(
+            f"{name:<{width}}  {_fmt(scores.per_class_iou[i])}  {_fmt(scores.per_class_dice[i])}  "
+            f"{_fmt(scores.per_class_accuracy[i])}  {_fmt(b_iou[i])}  {_fmt(b_f1[i])}  "
+            f"{scores.truth_pixels[i]:>12,}  {scores.pred_pixels[i]:>12,}{absent}"
+        )
+    lines.append("-" * len(head))
+    lines.append(f"FWIoU (frequency-weighted IoU): {scores.fwiou:.4f}")
+    lines.append(f"mean IoU: {scores.miou:.4f}    mean Dice: {scores.dice:.4f}")
+    lines.append(
+        f"pixel accuracy: {scores.pixel_accuracy:.4f}    "
+        f"mean class accuracy: {scores.mean_class_accuracy:.4f}"
+    )
+    if scores.boundary_width is not None:
+        lines.append(
+            f"boundary (d = {scores.boundary_width} px): mean boundary IoU "
+            f"{_fmt(scores.mean_boundary_iou).strip()}    "
+            f"mean boundary F1 {_fmt(scores.mean_boundary_f1).strip()}"
+        )
+    lines.append(
+        f"scored pixels: {scores.scored_pixels:,}    ignored pixels: {scores.ignored_pixels:,}    "
+        f"no prediction: {scores.no_prediction_pixels:,}"
+    )
+    if scores.absent_classes:
+        lines.append(f"absent from truth and prediction (not in the means): {list(scores.absent_classes)}")
+    return "\n".join(lines)
+
+
+def _clean(value: Any) -> Any:
+    """Replace any non-finite float by None so the JSON never holds NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``payload`` (e.g. ``Scores.to_dict()`` plus file names) as indented JSON."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write the score JSON {path}: {exc}; give a writable --json path.") from exc
+
+
+def chart_paths(json_path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Where the charts go beside the JSON: ``<stem>.confusion.png`` and ``<stem>.per_class.png``."""
+    p = Path(json_path)
+    return p.with_name(f"{p.stem}.confusion.png"), p.with_name(f"{p.stem}.per_class.png")
+
+
+def plot_confusion(scores: Scores, path: str | os.PathLike[str]) -> None:
+    """Draw the confusion matrix as a heatmap, each truth row normalised to 1 (counts in cells when few)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = scores.confusion_matrix
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    k = scores.num_classes
+    cols = list(scores.class_names) + (["no pred"] if cm.shape[1] > k else [])
+    size = max(4.0, 0.5 * len(cols) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(k), scores.class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    ax.set_title(f"confusion (row-normalised), FWIoU {scores.fwiou:.3f}")
+    if k <= 12:
+        for (i, j), v in np.ndenumerate(cm):
+            color = "w" if norm[i, j] < 0.5 else "k"
+            ax.text(j, i, f"{v:,}", ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_per_class(scores: Scores, path: str | os.PathLike[str]) -> None:
+    """Draw grouped bars per class: IoU, Dice and (when computed) boundary IoU and boundary F1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {"IoU": scores.per_class_iou, "Dice": scores.per_class_dice}
+    if scores.boundary_iou is not None and scores.boundary_f1 is not None:
+        series["boundary IoU"] = scores.boundary_iou
+        series["boundary F1"] = scores.boundary_f1
+    k = scores.num_classes
+    x = np.arange(k)
+    bar = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * k + 2), 4))
+    for n, (label, values) in enumerate(series.items()):
+        ax.bar(x + n * bar - 0.4 + bar / 2, [0.0 if v is None else v for v in values], bar, label=label)
+    ax.set_xticks(x, scores.class_names, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.set_title(f"per class  (FWIoU {scores.fwiou:.3f}, mIoU {scores.miou:.3f})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
