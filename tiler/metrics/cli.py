@@ -22,11 +22,11 @@ DEFAULT_WIDTH = BoundaryWidth(0.02)
 
 
 def _max_label(array: da.Array, skip: list[float | None]) -> int:
-    kept = array
+    kept = array.astype(np.int64)
     for value in skip:
         if value is not None:
             kept = da.where(array == value, -1, kept)
-    return int(da.max(kept.astype(np.int64)).compute())
+    return int(kept.max().compute())
 
 
 def infer_num_classes(truth: da.Array, pred: da.Array, *, ignore_index: float | None,

@@ -1,0 +1,167 @@
+"""``tiler score`` end to end on real files written in tmp_path: GeoTIFF, NIfTI, zarr stores; mismatches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from tiler.errors import ScoreError
+from tiler.metrics import confusion_matrix, scores_from_confusion
+from tiler.metrics._sources import check_compatible, open_labels
+from tiler.metrics.cli import add_parser, score_paths
+
+TRANSFORM = from_origin(500000.0, 4200000.0, 30.0, 30.0)
+JSON_KEYS = {
+    "fwiou", "miou", "per_class_iou", "dice", "per_class_dice", "pixel_accuracy", "mean_class_accuracy",
+    "boundary_iou", "boundary_f1", "confusion_matrix", "num_classes", "ignored_pixels", "class_names",
+    "absent_classes",
+}
+
+
+def scene(shape: tuple[int, ...], k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    fields = ndimage.gaussian_filter(rng.random((k, *shape)), sigma=(0, *([3.0] * len(shape))))
+    return fields.argmax(axis=0).astype(np.uint8)
+
+
+def write_tif(path: Path, labels: np.ndarray, *, crs: str = "EPSG:32618", transform=TRANSFORM,
+              nodata: float | None = None) -> Path:
+    with rasterio.open(
+        path, "w", driver="GTiff", height=labels.shape[0], width=labels.shape[1], count=1, dtype="uint8",
+        crs=crs, transform=transform, nodata=nodata, tiled=True, blockxsize=32, blockysize=32,
+    ) as dst:
+        dst.write(labels, 1)
+    return path
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tiler")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+@pytest.fixture
+def tif_pair(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    truth = scene((90, 120), 4, seed=0)
+    truth[:5, :] = 255  # ignored strip
+    pred = np.where(np.random.default_rng(1).random(truth.shape) < 0.9, truth, 2).astype(np.uint8)
+    pred[truth == 255] = 1
+    return write_tif(tmp_path / "pred.tif", pred), write_tif(tmp_path / "truth.tif", truth), pred, truth
+
+
+def test_cli_on_geotiffs_writes_json_with_all_keys_and_two_pngs(tif_pair, tmp_path: Path, capsys) -> None:
+    pred_path, truth_path, pred, truth = tif_pair
+    out = tmp_path / "out" / "score.json"
+    rc = run_cli(["score", str(pred_path), str(truth_path), "--num-classes", "4", "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert JSON_KEYS <= set(report)
+    expected = scores_from_confusion(confusion_matrix(truth, pred, num_classes=4))
+    assert report["fwiou"] == pytest.approx(expected.fwiou, abs=1e-12)
+    assert report["confusion_matrix"] == expected.confusion_matrix.tolist()
+    assert report["ignored_pixels"] == 5 * 120
+    assert report["boundary_width"] == 3  # round(0.02 * 150)
+    assert len(report["boundary_iou"]) == 4 and len(report["boundary_f1"]) == 4
+    for png in ("score.confusion.png", "score.per_class.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "FWIoU" in printed and "mean IoU" in printed
+
+
+def test_cli_quiet_without_boundary_prints_nothing(tif_pair, capsys) -> None:
+    pred_path, truth_path, _, _ = tif_pair
+    assert run_cli(["score", str(pred_path), str(truth_path), "--boundary-width", "0", "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_num_classes_is_inferred_and_pred_nodata_counts_as_no_prediction(tmp_path: Path) -> None:
+    truth = scene((40, 40), 3, seed=2)
+    pred = truth.copy()
+    pred[:4, :] = 200
+    p = write_tif(tmp_path / "p.tif", pred, nodata=200)
+    t = write_tif(tmp_path / "t.tif", truth)
+    scores, details = score_paths(str(p), str(t), boundary_width=None)
+    assert scores.num_classes == 3
+    assert scores.no_prediction_pixels == 160 and details["prediction_nodata"] == 200
+    assert scores.confusion_matrix.shape == (3, 4)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param({"crs": "EPSG:4326"}, r"has CRS .* but truth .* has CRS", id="crs"),
+        pytest.param(
+            {"transform": from_origin(500030.0, 4200000.0, 30.0, 30.0)},
+            r"has transform .* but truth",
+            id="transform",
+        ),
+    ],
+)
+def test_georeferencing_mismatch_is_a_score_error_naming_both_files(tmp_path: Path, change: dict,
+                                                                    message: str, capsys) -> None:
+    labels = scene((40, 50), 3, seed=3)
+    p = write_tif(tmp_path / "p.tif", labels, **change)
+    t = write_tif(tmp_path / "t.tif", labels)
+    with pytest.raises(ScoreError, match=message) as info:
+        check_compatible(open_labels(p), open_labels(t))
+    assert str(p) in str(info.value) and str(t) in str(info.value)
+    assert run_cli(["score", str(p), str(t)]) == 2
+    assert "tiler score: error:" in capsys.readouterr().err
+
+
+def test_shape_mismatch_is_a_score_error(tmp_path: Path) -> None:
+    p = write_tif(tmp_path / "p.tif", scene((40, 50), 3, seed=3))
+    t = write_tif(tmp_path / "t.tif", scene((40, 52), 3, seed=3))
+    with pytest.raises(ScoreError, match=r"has shape \(40, 50\) but truth .* has shape \(40, 52\)"):
+        score_paths(str(p), str(t))
+
+
+def test_all_ignored_truth_is_a_score_error(tmp_path: Path) -> None:
+    p = write_tif(tmp_path / "p.tif", np.zeros((20, 20), np.uint8))
+    t = write_tif(tmp_path / "t.tif", np.full((20, 20), 255, np.uint8))
+    with pytest.raises(ScoreError, match=r"all 400 pixels are ignored"):
+        score_paths(str(p), str(t), num_classes=2)
+
+
+def test_prediction_label_out_of_range_names_file_and_flag(tmp_path: Path) -> None:
+    pred = np.zeros((20, 20), np.uint8)
+    pred[3, 3] = 9
+    p = write_tif(tmp_path / "p.tif", pred)
+    t = write_tif(tmp_path / "t.tif", np.zeros((20, 20), np.uint8))
+    with pytest.raises(ScoreError, match=r"p\.tif against .*t\.tif.*\[9\].*--num-classes 10"):
+        score_paths(str(p), str(t), num_classes=3)
+
+
+def test_engine_store_against_zarr_array_and_nifti_volumes(tmp_path: Path) -> None:
+    truth = scene((12, 30, 34), 3, seed=5)
+    pred = np.where(np.random.default_rng(6).random(truth.shape) < 0.8, truth, 0).astype(np.uint8)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    # NIfTI stores (i, j, k) = (x, y, z): the reversed (D, H, W) order.
+    nib.save(nib.Nifti1Image(truth.transpose(2, 1, 0).copy(), affine), tmp_path / "truth.nii")
+    nib.save(nib.Nifti1Image(pred.transpose(2, 1, 0).copy(), affine), tmp_path / "pred.nii")
+    store = zarr.open_group(tmp_path / "out.zarr", mode="w")
+    store.attrs.update({"num_classes": 3, "nodata_label": 255, "class_names": ["bg", "a", "b"],
+                        "georef": {"kind": "volume", "affine": affine.tolist()}})
+    labels = store.create_array("labels", shape=pred.shape, chunks=(4, 16, 16), dtype="uint8", fill_value=255)
+    labels[...] = pred
+    expected = scores_from_confusion(confusion_matrix(truth, pred, num_classes=3))
+    from_nifti, _ = score_paths(str(tmp_path / "pred.nii"), str(tmp_path / "truth.nii"), num_classes=3)
+    from_store, _ = score_paths(str(tmp_path / "out.zarr"), str(tmp_path / "truth.nii"))
+    assert from_nifti.fwiou == pytest.approx(expected.fwiou, abs=1e-12)
+    assert from_store.fwiou == pytest.approx(expected.fwiou, abs=1e-12)
+    assert from_store.class_names == ("bg", "a", "b")
+    assert from_store.boundary_iou == from_nifti.boundary_iou
+    bad = np.diag([2.0, 2.0, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(truth.transpose(2, 1, 0).copy(), bad), tmp_path / "moved.nii")
+    with pytest.raises(ScoreError, match=r"has affine .* but truth .*moved\.nii"):
+        score_paths(str(tmp_path / "out.zarr"), str(tmp_path / "moved.nii"))
