@@ -196,7 +196,7 @@ BAD = [
     pytest.param(
         job(model={"format": "torchscript"}), "model.spec", "torchscript", id="torchscript-needs-spec"
     ),
-    pytest.param(job(tiling={"blend": "linear"}), "tiling.blend", "gaussian.*got \"linear\"", id="blend"),
+    pytest.param(job(tiling={"blend": "linear"}), "tiling.blend", 'gaussian.*got "linear"', id="blend"),
     pytest.param(
         job(output={"probabilities": "float64"}), "output.probabilities", "float64", id="probabilities"
     ),
@@ -521,3 +521,24 @@ def test_config_hash_follows_weights_content_not_path(tmp_path: Path) -> None:
 
 def test_job_config_type() -> None:
     assert isinstance(parse_config(MINIMAL), JobConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# configs/example.yaml documents every key
+
+
+def leaf_keys(data: Any, prefix: str = "") -> set[str]:
+    if not isinstance(data, dict) or not data or prefix.endswith(("args", "options")):
+        return {prefix}
+    return set().union(*(leaf_keys(v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()))
+
+
+def test_example_config_loads_and_names_every_key() -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / "example.yaml"
+    cfg = load_config(path)
+    assert cfg.input.path == str(path.parent.parent / "data" / "scene.tif")
+    written = leaf_keys(yaml.safe_load(path.read_text(encoding="utf-8")))
+    assert written == leaf_keys(cfg.model_dump(mode="json"))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    bare = [line for line in lines if ":" in line and "#" not in line and not line.rstrip().endswith(":")]
+    assert bare == [], f"keys without a comment: {bare}"
