@@ -205,7 +205,12 @@ BAD = [
     pytest.param(
         job(input={"mask": "threshold"}), "input.threshold", "required when mask", id="threshold-needed"
     ),
-    pytest.param(job(input={"threshold": -500}), "input.threshold", "-500", id="threshold-without-mask"),
+    pytest.param(
+        job(input={"threshold": -500, "mask": "nodata"}),
+        "input.threshold",
+        "-500",
+        id="threshold-with-nodata-mask",
+    ),
     pytest.param(
         job(scoring={"boundary_width": 0}), "scoring.boundary_width", "must be > 0", id="boundary-zero"
     ),

@@ -229,13 +229,13 @@ class InputConfig(_Section):
                     "set input.threshold (e.g. -500 for CT in HU), or choose another mask",
                 )
             )
-        if self.mask != "threshold" and self.threshold is not None:
+        if self.mask in ("none", "nodata", "tissue") and self.threshold is not None:
             problems.append(
                 (
                     "threshold",
                     self.threshold,
-                    f"is set but mask is {self.mask!r}",
-                    "set mask: threshold, or remove threshold",
+                    f"is set but mask is {self.mask!r}, which ignores it",
+                    "set mask: threshold (or auto), or remove threshold",
                 )
             )
         if self.bands is not None:
