@@ -41,3 +41,14 @@ def as_predict(net: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 @pytest.fixture(scope="session")
 def torch_threads() -> None:
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def ray_session():  # type: ignore[no-untyped-def]
+    """One local Ray instance for the whole test session (2 CPUs, dashboard off)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

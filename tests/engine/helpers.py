@@ -1,0 +1,58 @@
+"""Tiny real inputs and models for engine tests: a GeoTIFF with a nodata corner and a MONAI U-Net checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from tiler.blend import Blender
+from tiler.engine.plan import ModelRef, Plan, ReaderRef
+from tiler.geometry import BlockPartition, TileGrid
+from tiler.model.checkpoint import save_checkpoint
+from tiler.model.spec import ModelSpec, build_network
+
+
+def write_raster(path: Path, shape: tuple[int, int] = (200, 168), bands: int = 3, seed: int = 0) -> Path:
+    """A uint8 GeoTIFF (EPSG:32633) whose top-left corner is nodata (0)."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(1, 255, size=(bands, *shape), dtype=np.uint8)
+    data[:, : shape[0] // 3, : shape[1] // 3] = 0
+    with rasterio.open(
+        path, "w", driver="GTiff", width=shape[1], height=shape[0], count=bands, dtype="uint8",
+        crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10), nodata=0, tiled=True,
+        blockxsize=64, blockysize=64,
+    ) as dst:
+        dst.write(data)
+    return path
+
+
+def write_model(path: Path, in_channels: int = 3, classes: int = 4, seed: int = 0) -> Path:
+    """A project checkpoint of a small random MONAI U-Net."""
+    torch.manual_seed(seed)
+    spec = ModelSpec("UNet", 2, in_channels, classes, args={"channels": [4, 8], "strides": [2], "num_res_units": 0})
+    return save_checkpoint(path, build_network(spec), spec=spec)
+
+
+def make_plan(
+    image: Path, weights: Path, store: Path, *, block: int = 64, tile: int = 32, overlap: int = 8,
+    probabilities: str | None = "float32", batch_size: int = 4, truth: Path | None = None,
+) -> Plan:
+    """A plan over ``image`` with the tiny model."""
+    with rasterio.open(image) as src:
+        shape = (src.height, src.width)
+    return Plan(
+        input=ReaderRef(str(image)),
+        model=ModelRef(str(weights), runner={"device": "cpu", "batch_size": batch_size, "threads": 1}),
+        grid=TileGrid(shape, (tile, tile), (overlap, overlap)),
+        partition=BlockPartition(shape, (block, block)),
+        blender=Blender("gaussian"),
+        num_classes=4,
+        store_path=str(store),
+        batch_size=batch_size,
+        probabilities=probabilities,
+        truth=ReaderRef(str(truth)) if truth is not None else None,
+    )

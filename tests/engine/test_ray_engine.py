@@ -1,0 +1,249 @@
+"""The Ray engine: identical output however the work is split, survives actor and driver death, resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+
+from tests.engine.helpers import make_plan, write_model, write_raster
+from tiler.engine.job import run_job
+from tiler.engine.plan import Plan, block_key
+from tiler.engine.ray import RayOptions, make_runner
+from tiler.errors import EngineError, OutputError
+
+CHUNKS = (32, 32)
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def outputs(store: Path) -> tuple[np.ndarray, np.ndarray]:
+    group = zarr.open_group(str(store), mode="r")
+    assert group.attrs["complete"] is True
+    return group["labels"][...], group["probabilities"][...]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("scene")
+    return write_raster(root / "image.tif"), write_model(root / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def reference(scene: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
+    """The in-process (no Ray) result."""
+    image, weights = scene
+    store = tmp_path_factory.mktemp("ref") / "out.zarr"
+    run_job(make_plan(image, weights, store), chunks=CHUNKS, config_hash="h")
+    return outputs(store)
+
+
+@pytest.mark.parametrize(
+    ("actors", "block", "in_flight"),
+    [
+        pytest.param(1, 64, 1, id="1-actor"),
+        pytest.param(2, 64, 2, id="2-actors"),
+        pytest.param(2, 32, 3, id="small-blocks-deep-queue"),
+        pytest.param(2, 128, 1, id="big-blocks"),
+    ],
+)
+def test_output_is_identical_however_the_work_is_split(
+    ray_session, scene, reference, tmp_path: Path, actors: int, block: int, in_flight: int  # type: ignore[no-untyped-def]
+) -> None:
+    image, weights = scene
+    store = tmp_path / "out.zarr"
+    plan = make_plan(image, weights, store, block=block)
+    result = run_job(
+        plan, run_blocks=make_runner(RayOptions(actors=actors, max_in_flight=in_flight)),
+        chunks=CHUNKS, config_hash="h",
+    )
+    labels, probs = outputs(store)
+    assert result.blocks_run == len(plan.partition)
+    assert np.array_equal(labels, reference[0])
+    np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
+    assert len({r["pid"] for r in result.records.values()}) == actors
+
+
+def test_sigkill_of_an_actor_mid_job_still_completes_identically(
+    ray_session, scene, reference, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    image, weights = scene
+    plan = make_plan(image, weights, tmp_path / "out.zarr", block=32)
+    seen: list[str] = []
+    killed: list[int] = []
+
+    def on_record(record: dict) -> None:  # type: ignore[type-arg]
+        seen.append(record["block"])
+        if not killed:
+            killed.append(record["pid"])
+            os.kill(record["pid"], signal.SIGKILL)
+
+    result = run_job(
+        plan, run_blocks=make_runner(RayOptions(actors=2, max_in_flight=2, max_restarts=2, max_task_retries=3)),
+        chunks=CHUNKS, config_hash="h", on_record=on_record,
+    )
+    labels, probs = outputs(tmp_path / "out.zarr")
+    assert killed
+    assert sorted(seen) == sorted(block_key(p) for p in plan.positions())  # every block once, none missing
+    assert len(seen) == len(set(seen))
+    assert np.array_equal(labels, reference[0])
+    np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
+    # the killed actor was replaced: some later block ran in a new process
+    assert len({r["pid"] for r in result.records.values()}) >= 3
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, pickle, ray
+    from tiler.engine.job import run_job
+    from tiler.engine.ray import RayOptions, make_runner
+    plan = pickle.load(open(sys.argv[1], "rb"))
+    ray.init(address=sys.argv[2], log_to_driver=False)
+    run_job(plan, run_blocks=make_runner(RayOptions(actors=1, max_in_flight=1)), chunks=(32, 32), config_hash="h")
+    """
+)
+
+
+def _slow_plan(scene: tuple[Path, Path], store: Path) -> Plan:
+    image, weights = scene
+    return make_plan(image, weights, store, block=32, batch_size=1)
+
+
+def test_driver_killed_then_rerun_skips_finished_blocks(
+    ray_session, scene, reference, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    import pickle
+
+    store = tmp_path / "out.zarr"
+    plan = _slow_plan(scene, store)
+    (tmp_path / "plan.pkl").write_bytes(pickle.dumps(plan))
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "plan.pkl"), address])
+    blocks = store / ".tiler" / "blocks"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not blocks.exists() or len(list(blocks.glob("*.json"))) < 5):
+        time.sleep(0.05)
+        assert proc.poll() is None, "the driver finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # let Ray reap the dead driver's actor
+    before = {f.name: f.read_bytes() for f in blocks.glob("*.json")}
+    total = len(plan.partition)
+    assert 5 <= len(before) < total
+    assert not zarr.open_group(str(store), mode="r").attrs.get("complete", False)
+
+    result = run_job(plan, run_blocks=make_runner(RayOptions(actors=2)), chunks=CHUNKS, config_hash="h")
+    assert result.blocks_run == total - len(before)
+    for name, content in before.items():
+        assert (blocks / name).read_bytes() == content, f"{name} was recomputed"
+    labels, probs = outputs(store)
+    assert np.array_equal(labels, reference[0])
+    np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
+
+
+CLUSTER = textwrap.dedent(
+    """
+    import sys, pickle, ray
+    from ray.cluster_utils import Cluster
+    from tiler.engine.job import run_job
+    from tiler.engine.ray import RayOptions, make_runner
+    plan = pickle.load(open(sys.argv[1], "rb"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    result = run_job(plan, run_blocks=make_runner(RayOptions(actors=2)), chunks=(32, 32), config_hash="h")
+    nodes = {r["pid"] for r in result.records.values()}
+    print("PIDS", len(nodes))
+    ray.shutdown()
+    cluster.shutdown()
+    """
+)
+
+
+def test_two_node_cluster_gives_identical_output(scene, reference, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pickle
+
+    plan = make_plan(*scene, tmp_path / "out.zarr")
+    (tmp_path / "plan.pkl").write_bytes(pickle.dumps(plan))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run(
+        [sys.executable, "-c", CLUSTER, str(tmp_path / "plan.pkl")], capture_output=True, text=True, timeout=300,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "PIDS 2" in run.stdout
+    labels, probs = outputs(tmp_path / "out.zarr")
+    assert np.array_equal(labels, reference[0])
+    np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
+
+
+def test_tiles_over_landsat_nodata_are_skipped_and_labelled_nodata(ray_session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tiler.geometry import TileGrid
+
+    image = DATA / "RGB.byte.tif"
+    weights = write_model(tmp_path / "model.pt")
+    plan = make_plan(image, weights, tmp_path / "out.zarr", block=128, tile=64, overlap=16, probabilities=None)
+    with rasterio.open(image) as src:
+        valid = src.dataset_mask() > 0
+    grid = TileGrid(valid.shape, (64, 64), (16, 16))
+    empty = sum(1 for w in grid if not valid[w.clip(grid.shape).slices].any())  # type: ignore[union-attr]
+    result = run_job(plan, run_blocks=make_runner(RayOptions(actors=2)), chunks=CHUNKS, config_hash="h")
+    # tiles straddling block borders are counted once per block they touch; count unique tiles per block
+    per_block_expected = 0
+    for pos in plan.positions():
+        for t in grid.positions_intersecting(plan.window(pos)):
+            if not valid[grid.window(t).clip(grid.shape).slices].any():  # type: ignore[union-attr]
+                per_block_expected += 1
+    assert empty > 0.15 * len(grid)
+    assert result.tiles_skipped == per_block_expected
+    labels = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels"][...]
+    assert (labels[~valid] == 255).all()
+    assert (labels[valid] < 4).all()
+
+
+def test_a_corrupt_input_fails_the_job_naming_the_block_and_leaves_nothing_complete(
+    ray_session, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    weights = write_model(tmp_path / "model.pt")
+    plan = make_plan(DATA / "corrupt.tif", weights, tmp_path / "out.zarr", block=256, tile=64, probabilities=None)
+    with pytest.raises(EngineError, match=r"block \d+_\d+ .*corrupt\.tif"):
+        run_job(plan, run_blocks=make_runner(RayOptions(actors=1)), chunks=CHUNKS, config_hash="h")
+    assert not zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs.get("complete", False)
+
+
+def test_a_second_job_on_the_same_output_is_refused(scene, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tiler.io.store import OutputStore
+
+    plan = make_plan(*scene, tmp_path / "out.zarr")
+    store = OutputStore.create(
+        plan.store_path, shape=plan.grid.shape, num_classes=4, chunks=CHUNKS, probabilities="float32", config_hash="h"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"owner": "other job", "pid": proc.pid, "host": os.uname().nodename, "time": time.time()}
+        store.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        store.lock_path.write_text(json.dumps(lock))
+        with pytest.raises(OutputError, match="other job"):
+            run_job(plan, chunks=CHUNKS, config_hash="h")
+    finally:
+        proc.kill()
+
+
+def test_a_different_config_on_existing_output_is_refused_unless_overwrite(scene, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    plan = make_plan(*scene, tmp_path / "out.zarr", block=128)
+    run_job(plan, chunks=CHUNKS, config_hash="first")
+    with pytest.raises(OutputError, match="overwrite"):
+        run_job(plan, chunks=CHUNKS, config_hash="second")
+    result = run_job(plan, chunks=CHUNKS, config_hash="second", overwrite=True)
+    assert result.blocks_run == len(plan.partition)
