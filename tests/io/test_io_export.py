@@ -134,3 +134,24 @@ def test_quicklook_of_a_volume_shows_the_middle_slice(tmp_path):
     plain = np.asarray(Image.open(write_quicklook(store, tmp_path / "p.png")))
     assert np.array_equal(plain[..., 3] == 255, np.ones((41, 33), bool))
     assert np.array_equal(np.all(plain[..., :3] == store.class_colors[1], axis=-1), labels[12] == 1)
+
+
+def test_landsat_band_round_trips_through_store_and_cog(tmp_path):
+    reader = open_reader("/work/shared/data/RGB.byte.tif", bands=[2])
+    band = reader.read(Window.from_shape(reader.shape))[0]
+    store = OutputStore.create(
+        tmp_path / "l.zarr",
+        shape=reader.shape,
+        num_classes=256,
+        chunks=(128, 128),
+        labels_dtype="uint8",
+        nodata_label=0,
+        config_hash="c",
+        attrs={"georef": reader.georef.to_attrs()},
+    )
+    _fill(store, band)
+    again = open_reader(export_cog(store, tmp_path / "band.tif"))
+    assert again.georef == reader.georef and again.nodata == reader.nodata == 0
+    assert np.array_equal(again.read(Window.from_shape(again.shape))[0], band)
+    full = Window.from_shape(reader.shape)
+    assert np.array_equal(again.valid_mask(full), band != 0)

@@ -45,8 +45,13 @@ _GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, 
 
 def _looks_like_slide(path: str) -> bool:
     """Tell whether a local TIFF is a slide: no GeoTIFF tags, and OME or pyramidal (else it is a raster)."""
+    import logging
+
     import tifffile
 
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # GDAL-specific tags (e.g. GDAL_NODATA) make tifffile log noise
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
@@ -55,6 +60,8 @@ def _looks_like_slide(path: str) -> bool:
             return bool(tif.is_ome or len(tif.series[0].levels) > 1 or tif.is_svs or tif.is_ndpi)
     except Exception:  # noqa: BLE001 - not a readable TIFF: let the raster reader report it
         return False
+    finally:
+        logger.setLevel(level)
 
 
 def detect_format(path: str) -> str:

@@ -7,6 +7,7 @@ A reader is built from a path and its options only; the file handle is opened la
 from __future__ import annotations
 
 import abc
+import itertools
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -217,14 +218,15 @@ def check_exists(path: str) -> None:
 
 
 def scan_windows(shape: Sequence[int], block: int) -> Iterator[Window]:
-    """Windows of at most ``block`` pixels per axis (``block`` slices deep for 3D) covering ``shape``."""
-    steps = [
-        max(1, min(block, n)) if i >= len(shape) - 2 else max(1, min(block // 64 or 1, n))
-        for i, n in enumerate(shape)
-    ]
-    ranges = [range(0, n, s) for n, s in zip(shape, steps, strict=True)]
-    import itertools
+    """Yield windows covering ``shape`` in C order: ``block`` pixels in (H, W), ``block // 64`` slices in D.
 
+    Args:
+        shape: Spatial shape (H, W) or (D, H, W).
+        block: Window side in pixels along the last two axes.
+
+    """
+    steps = [max(1, block // 64)] * (len(shape) - 2) + [max(1, block)] * 2
+    ranges = [range(0, n, s) for n, s in zip(shape, steps, strict=True)]
     for start in itertools.product(*ranges):
         stop = tuple(min(a + s, n) for a, s, n in zip(start, steps, shape, strict=True))
         yield Window(start, stop)

@@ -208,7 +208,6 @@ def export_ome_zarr(store: OutputStore, out_path: str | os.PathLike[str], *, nam
         "version": "0.5",
         "multiscales": [{"name": name, "axes": axes, "datasets": datasets, "type": "nearest"}],
         "image-label": {
-            "version": "0.5",
             "colors": colors,
             "properties": properties,
             "source": {"image": "../../"},
