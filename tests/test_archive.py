@@ -1,0 +1,414 @@
+"""Archive runs: the ledger skips done inputs, retries failed ones, and reprocesses on a new config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from rasterio.transform import from_origin
+
+from tests.engine.helpers import write_model, write_raster
+from tiler.archive import (
+    Ledger,
+    fingerprint,
+    input_stem,
+    load_archive,
+    main,
+    run_archive,
+)
+from tiler.errors import ConfigError, OutputError
+
+CORRUPT = Path("/work/shared/data/corrupt.tif")
+SHAPE = (96, 80)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_truth(path: Path, shape: tuple[int, int] = SHAPE, seed: int = 0) -> Path:
+    """Labels 0..3 on the same grid as write_raster."""
+    labels = np.random.default_rng(seed).integers(0, 4, size=shape, dtype=np.uint8)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=shape[1], height=shape[0], count=1, dtype="uint8",
+        crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10),
+    ) as dst:
+        dst.write(labels, 1)
+    return path
+
+
+def write_config(folder: Path, **archive: object) -> Path:
+    config = {
+        "archive": {"root": "out", **archive},
+        "input": {"path": "scenes/*.tif"},
+        "model": {"weights": "model.pt", "device": "cpu", "batch_size": 4, "threads": 1},
+        "tiling": {"tile": 32, "overlap": 8, "block": 64},
+        "output": {"chunks": 64},
+        "scoring": {"truth": "{stem}_truth.tif"},
+    }
+    path = folder / "archive.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def archive_dir(tmp_path: Path) -> Path:
+    """scenes/a.tif and b.tif (with truth) and the corrupt c.tif, a tiny model and the archive file."""
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for seed, stem in enumerate(("a", "b")):
+        write_raster(scenes / f"{stem}.tif", SHAPE, 3, seed)
+        write_truth(scenes / f"{stem}_truth.tif", seed=seed)
+    shutil.copy(CORRUPT, scenes / "c.tif")
+    write_model(tmp_path / "model.pt")
+    write_config(tmp_path, missing_truth="unscored")
+    return tmp_path
+
+
+def rows(root: Path) -> dict[str, dict[str, object]]:
+    """Ledger rows by (input stem, config hash)."""
+    with Ledger(root / "ledger.sqlite") as ledger:
+        return {f"{input_stem(r.input_path)}/{r.config_hash}": r.__dict__ for r in ledger.rows()}
+
+
+def by_stem(table: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    return {key.split("/")[0]: row for key, row in table.items()}
+
+
+def block_mtimes(store: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted((store / ".tiler" / "blocks").glob("*.json"))}
+
+
+def run(folder: Path, *overrides: str):  # noqa: ANN201 - an ArchiveReport
+    return run_archive(load_archive(folder / "archive.yaml", overrides), engine="local", quiet=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end, in-process engine
+
+
+def test_first_run_does_two_and_records_the_corrupt_file_as_failed(archive_dir: Path) -> None:
+    report = run(archive_dir)
+    assert report.counts == {"done": 2, "skipped": 0, "failed": 1, "total": 3}
+    assert report.exit_code == 1
+    table = by_stem(rows(archive_dir / "out"))
+    assert {s: r["status"] for s, r in table.items()} == {"a": "done", "b": "done", "c": "failed"}
+    assert str(archive_dir / "scenes" / "c.tif") in str(table["c"]["error"])
+    assert all(r["attempts"] == 1 for r in table.values())
+    for stem in ("a", "b"):
+        scores = table[stem]["scores"]
+        assert isinstance(scores, dict) and 0.0 <= scores["fwiou"] <= 1.0
+        assert (archive_dir / "out" / stem / f"{stem}.zarr" / "zarr.json").is_file()
+    c_attrs = archive_dir / "out" / "c" / "c.zarr" / "zarr.json"
+    assert not c_attrs.exists() or not json.loads(c_attrs.read_text())["attributes"].get("complete")
+
+
+def test_second_run_recomputes_nothing_and_retries_the_failed_file(archive_dir: Path) -> None:
+    run(archive_dir)
+    first = by_stem(rows(archive_dir / "out"))
+    stores = {s: archive_dir / "out" / s / f"{s}.zarr" for s in ("a", "b")}
+    blocks = {s: block_mtimes(p) for s, p in stores.items()}
+    assert all(blocks.values())
+
+    report = run(archive_dir)
+
+    second = by_stem(rows(archive_dir / "out"))
+    assert report.counts == {"done": 0, "skipped": 2, "failed": 1, "total": 3}
+    assert report.exit_code == 1
+    for stem in ("a", "b"):
+        assert second[stem] == first[stem]  # same attempts, started_at and finished_at
+        assert block_mtimes(stores[stem]) == blocks[stem]
+    assert second["c"]["attempts"] == 2 and second["c"]["status"] == "failed"
+    assert second["c"]["started_at"] > first["c"]["started_at"]
+    skipped = {i.stem: i for i in report.items if i.status == "skipped"}
+    assert skipped["a"].scores == first["a"]["scores"]
+
+
+def test_a_new_file_is_the_only_one_processed(archive_dir: Path) -> None:
+    run(archive_dir)
+    write_raster(archive_dir / "scenes" / "d.tif", SHAPE, 3, 7)
+    report = run(archive_dir)
+    statuses = {i.stem: i.status for i in report.items}
+    assert statuses == {"a": "skipped", "b": "skipped", "c": "failed", "d": "done"}
+    table = by_stem(rows(archive_dir / "out"))
+    assert table["d"]["status"] == "done" and table["d"]["attempts"] == 1
+    assert table["d"]["scores"] is None  # no d_truth.tif and missing_truth: unscored
+
+
+def test_changing_the_overlap_reprocesses_every_file(archive_dir: Path) -> None:
+    run(archive_dir)
+    before = rows(archive_dir / "out")
+    blocks = block_mtimes(archive_dir / "out" / "a" / "a.zarr")
+
+    report = run(archive_dir, "tiling.overlap=4")
+
+    assert report.counts == {"done": 2, "skipped": 0, "failed": 1, "total": 3}
+    after = rows(archive_dir / "out")
+    new = {k: r for k, r in after.items() if k not in before}
+    assert sorted(k.split("/")[0] for k in new) == ["a", "b", "c"]
+    assert all(r["attempts"] == 1 for r in new.values())
+    assert {k.split("/")[1] for k in new}.isdisjoint({k.split("/")[1] for k in before})
+    assert block_mtimes(archive_dir / "out" / "a" / "a.zarr").values() != blocks.values()
+
+
+def test_report_files_list_the_counts(archive_dir: Path) -> None:
+    run(archive_dir)
+    run(archive_dir)
+    root = archive_dir / "out"
+    latest = json.loads((root / "latest.json").read_text())
+    assert latest["counts"] == {"done": 0, "skipped": 2, "failed": 1, "total": 3}
+    assert latest["exit_code"] == 1
+    assert [i["status"] for i in latest["items"]] == ["skipped", "skipped", "failed"]
+    assert len(sorted(root.glob("report-*.json"))) == 2 and len(sorted(root.glob("report-*.md"))) == 2
+    markdown = (root / "latest.md").read_text()
+    assert "**0 done, 2 skipped, 1 failed** of 3 inputs." in markdown
+    assert "c.tif" in markdown.split("## Failed")[1].split("## Skipped")[0]
+
+
+def test_a_missing_truth_fails_only_that_file_when_required(archive_dir: Path) -> None:
+    (archive_dir / "scenes" / "b_truth.tif").unlink()
+    (archive_dir / "scenes" / "c.tif").unlink()
+    write_config(archive_dir, missing_truth="fail")
+    report = run(archive_dir)
+    status = {i.stem: i for i in report.items}
+    assert status["a"].status == "done"
+    assert status["b"].status == "failed"
+    assert "b_truth.tif" in str(status["b"].error) and "does not exist" in str(status["b"].error)
+
+
+def test_a_manifest_lists_inputs_and_a_missing_one_fails_alone(archive_dir: Path) -> None:
+    (archive_dir / "list.txt").write_text("# tonight\nscenes/a.tif\n\nscenes/gone.tif\n")
+    config = yaml.safe_load((archive_dir / "archive.yaml").read_text())
+    del config["input"]
+    config["archive"]["manifest"] = "list.txt"
+    (archive_dir / "archive.yaml").write_text(yaml.safe_dump(config))
+    report = run(archive_dir)
+    status = {i.stem: i for i in report.items}
+    assert list(status) == ["a", "gone"]
+    assert status["a"].status == "done"
+    assert status["gone"].status == "failed" and "gone.tif" in str(status["gone"].error)
+
+
+def test_main_returns_1_when_a_file_failed_and_0_when_none(archive_dir: Path) -> None:
+    config = str(archive_dir / "archive.yaml")
+    assert main([config, "--engine", "local", "--quiet"]) == 1
+    (archive_dir / "scenes" / "c.tif").unlink()
+    assert main([config, "--engine", "local", "--quiet"]) == 0
+
+
+def test_the_pipeline_runs_as_a_plain_script_and_exits_2_on_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("archive: {root: out, colour: red}\ninput: {path: '*.tif'}\nmodel: {weights: m.pt}\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "archive.py"), str(bad)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 2
+    assert "archive.colour: unknown key" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# configuration errors
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "scenes").mkdir(exist_ok=True)
+    write_raster(tmp_path / "scenes" / "a.tif", (16, 16))
+    path = tmp_path / "archive.yaml"
+    path.write_text(text)
+    return path
+
+
+JOB = "model: {weights: m.pt}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        pytest.param("input: {path: 'scenes/*.tif'}\n" + JOB, r"archive: required section is missing",
+                     id="no-archive-section"),
+        pytest.param("archive: {}\ninput: {path: 'scenes/*.tif'}\n" + JOB, r"archive\.root: required key",
+                     id="no-root"),
+        pytest.param("archive: {root: out, colour: red}\ninput: {path: 'scenes/*.tif'}\n" + JOB,
+                     r"archive\.colour: unknown key.*fix: remove it", id="unknown-archive-key"),
+        pytest.param("archive: {root: out, missing_truth: maybe}\ninput: {path: 'scenes/*.tif'}\n" + JOB,
+                     r"archive\.missing_truth: .*\"maybe\".*fix: use fail or unscored",
+                     id="bad-missing-truth"),
+        pytest.param("archive: {root: out}\ninput: {path: 'scenes/*.tif'}\n" + JOB
+                     + "output: {path: x.zarr}\n",
+                     r"output\.path: is set by the archive.*fix: remove output\.path",
+                     id="output-path-given"),
+        pytest.param("archive: {root: out, manifest: l.txt}\ninput: {path: 'scenes/*.tif'}\n" + JOB,
+                     r"both are set.*fix: give a glob in input\.path, or a manifest", id="glob-and-manifest"),
+        pytest.param("archive: {root: out}\n" + JOB, r"neither is set", id="no-inputs-given"),
+        pytest.param("archive: {root: out}\ninput: {path: 'scenes/*.tif'}\n" + JOB
+                     + "scoring: {truth: '{scene}_gt.tif'}\n",
+                     r"scoring\.truth: placeholder \{scene\}.*fix: use \{stem\}", id="bad-truth-placeholder"),
+        pytest.param("archive: {root: out}\ninput: {path: 'scenes/*.tif'}\n" + JOB + "tiling: {tile: 0}\n",
+                     r"tiling\.tile", id="bad-job-key"),
+    ],
+)
+def test_bad_archive_configs_are_refused(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_archive(_config(tmp_path, text))
+
+
+def test_an_empty_glob_is_an_error(tmp_path: Path) -> None:
+    path = _config(tmp_path, "archive: {root: out}\ninput: {path: 'scenes/*.jp2'}\n" + JOB)
+    with pytest.raises(ConfigError, match=r"input\.path '.*\*\.jp2' lists no inputs.*fix: check the glob"):
+        load_archive(path).inputs()
+
+
+def test_two_inputs_with_one_stem_are_an_error(tmp_path: Path) -> None:
+    path = _config(tmp_path, "archive: {root: out}\ninput: {path: 'scenes/**/*.tif'}\n" + JOB)
+    (tmp_path / "scenes" / "sub").mkdir()
+    write_raster(tmp_path / "scenes" / "sub" / "a.tif", (16, 16))
+    with pytest.raises(ConfigError, match=r"write the same store \(e\.g\. 'a': .*fix: rename"):
+        load_archive(path).inputs()
+
+
+def test_outputs_and_truth_files_are_not_inputs(tmp_path: Path) -> None:
+    path = _config(tmp_path, "archive: {root: scenes/out}\ninput: {path: 'scenes/**/*.tif'}\n" + JOB
+                   + "scoring: {truth: '{stem}_truth.tif'}\n")
+    write_truth(tmp_path / "scenes" / "a_truth.tif", (16, 16))
+    (tmp_path / "scenes" / "out" / "a").mkdir(parents=True)
+    write_raster(tmp_path / "scenes" / "out" / "a" / "a.cog.tif", (16, 16))
+    assert load_archive(path).inputs() == [str(tmp_path / "scenes" / "a.tif")]
+
+
+def test_set_overrides_reach_the_archive_section_and_the_job(tmp_path: Path) -> None:
+    path = _config(tmp_path, "archive: {root: out}\ninput: {path: 'scenes/*.tif'}\n" + JOB)
+    sets = ["archive.missing_truth=unscored", "tiling.overlap=4", "scoring.truth={stem}.gt"]
+    archive = load_archive(path, sets)
+    cfg = archive.job_for(str(tmp_path / "scenes" / "a.tif"))
+    assert archive.archive.missing_truth == "unscored"
+    assert cfg.tiling.overlap == (4, 4)
+    assert cfg.output.path == str(tmp_path / "out" / "a" / "a.zarr")
+    assert cfg.scoring.truth is None  # scenes/a.gt does not exist: unscored
+    assert archive.truth_path(str(tmp_path / "scenes" / "a.tif")) == str(tmp_path / "scenes" / "a.gt")
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        pytest.param("scene.tif", "scene", id="tif"),
+        pytest.param("brain.nii.gz", "brain", id="nii.gz"),
+        pytest.param("slide.ome.tiff", "slide", id="ome.tiff"),
+        pytest.param("vol.zarr/", "vol", id="zarr-dir"),
+        pytest.param("a.b.tif", "a.b", id="dots"),
+    ],
+)
+def test_input_stem(name: str, stem: str) -> None:
+    assert input_stem(f"/data/{name}") == stem
+
+
+# ---------------------------------------------------------------------------------------------------
+# fingerprint
+
+
+def test_fingerprint_changes_with_the_tail_and_the_mtime_but_not_with_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, size=3 << 20, dtype=np.uint8).tobytes())
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    first = fingerprint(str(path))
+    assert fingerprint(str(path)) == first
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    tail = fingerprint(str(path))
+    assert tail != first
+    os.utime(path, ns=(2_000_000_000, 2_000_000_000))
+    assert fingerprint(str(path)) != tail
+
+
+def test_fingerprint_of_a_missing_file_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        fingerprint(str(tmp_path / "nope.tif"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# ledger
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_ledger_claims_once_then_reports_done(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        claim = ledger.claim("fp", "h1", input_path="/a.tif", store_path="/out/a.zarr")
+        assert (claim.state, claim.row.attempts, claim.resume) == ("claimed", 1, False)
+        done = ledger.finish("fp", "h1", status="done", scores={"fwiou": float("nan"), "miou": 0.5})
+        assert done.scores == {"fwiou": None, "miou": 0.5}
+        assert ledger.claim("fp", "h1", input_path="/a.tif", store_path="/out/a.zarr").state == "done"
+        assert ledger.get("fp", "h1") == done
+
+
+def test_ledger_retries_a_failure_and_resumes_its_store(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.claim("fp", "h1", input_path="/a.tif", store_path="/out/a.zarr")
+        ledger.finish("fp", "h1", status="failed", error="/a.tif: broken")
+        retry = ledger.claim("fp", "h1", input_path="/a.tif", store_path="/out/a.zarr")
+        assert (retry.state, retry.row.attempts, retry.resume) == ("claimed", 2, True)
+        assert retry.row.error == "/a.tif: broken" and retry.row.finished_at is None
+        other = ledger.claim("fp", "h2", input_path="/a.tif", store_path="/out/a.zarr")
+        assert (other.state, other.resume) == ("claimed", False)  # another config: overwrite the store
+
+
+@pytest.mark.parametrize(
+    ("pid", "state"),
+    [
+        pytest.param(os.getppid(), "busy", id="live-run-elsewhere"),
+        pytest.param(dead_pid(), "claimed", id="dead-run-is-stale"),
+    ],
+)
+def test_ledger_leaves_a_live_run_alone_and_takes_over_a_dead_one(
+    tmp_path: Path, pid: int, state: str
+) -> None:
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as ledger:
+        ledger.claim("fp", "h", input_path="/a.tif", store_path="/out/a.zarr")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET pid = ?", (pid,))
+    with Ledger(path) as other:
+        claim = other.claim("fp", "h", input_path="/a.tif", store_path="/out/a.zarr")
+        assert claim.state == state
+        assert claim.row.attempts == (2 if state == "claimed" else 1)
+
+
+def test_ledger_waits_for_another_writer_to_commit(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    Ledger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    timer.start()
+    with Ledger(path, busy_timeout_s=10) as ledger:
+        assert ledger.claim("fp", "h", input_path="/a.tif", store_path=None).state == "claimed"
+    timer.join()
+    holder.close()
+
+
+def test_ledger_gives_up_with_a_clear_error_after_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    Ledger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with Ledger(path, busy_timeout_s=0.2) as ledger, pytest.raises(
+            OutputError, match=r"l\.sqlite: the archive ledger stayed locked.*fix: let the other archive run"
+        ):
+            ledger.claim("fp", "h", input_path="/a.tif", store_path=None)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
