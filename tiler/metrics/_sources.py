@@ -1,13 +1,16 @@
 """Label maps on disk (GeoTIFF, NIfTI, zarr array, engine output store) as lazily read dask arrays.
 
-A small private adapter for scoring: each source exposes ``shape`` ((H, W) or (D, H, W)), ``dtype``,
+GeoTIFFs and NIfTI volumes are read through :func:`tiler.io.open_reader`; zarr arrays (2D or 3D) and
+the engine's output store (a group with a ``labels`` array) directly with zarr, since the io zarr
+reader takes 3D volumes only. Each source exposes ``shape`` ((H, W) or (D, H, W)), ``dtype``,
 ``nodata``, ``georef``, a native block shape and ``read(window) -> (*window.shape)``; :func:`as_dask`
 wraps it in a dask array whose chunks are read on demand, so the whole image is never loaded.
-NIfTI ``(i, j, k)`` is exposed as ``(D, H, W) = (k, j, i)``, as in :mod:`tiler.io`.
+NIfTI ``(i, j, k)`` is exposed as ``(D, H, W) = (k, j, i)`` (the :mod:`tiler.io` convention).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -22,6 +25,7 @@ from tiler.errors import ReadError, ScoreError
 from tiler.geometry import Window
 
 _TARGET_CHUNK_PIXELS = 4 * 1024 * 1024
+_GDAL_CACHE_MB = 64
 
 
 @dataclass(frozen=True)
@@ -88,62 +92,37 @@ class LabelSource:
 
 
 def _read(kind: str, handle: Any, window: Window) -> np.ndarray:
-    if kind == "raster":
-        from rasterio.windows import Window as RioWindow
-
-        (r0, c0), (r1, c1) = window.start, window.stop
-        return np.asarray(handle.read(1, window=RioWindow(c0, r0, c1 - c0, r1 - r0)))
-    if kind == "nifti":
-        (d0, h0, w0), (d1, h1, w1) = window.start, window.stop
-        block = np.asarray(handle.dataobj[w0:w1, h0:h1, d0:d1])
-        return np.ascontiguousarray(block.transpose(2, 1, 0))
+    if kind in ("raster", "nifti"):
+        return np.asarray(handle.read(window)[0])
     return np.asarray(handle[window.slices])
 
 
-def _open_raster(path: str) -> LabelSource:
-    import rasterio
+def _open_with_io(path: str, kind: str) -> LabelSource:
+    """Open a GeoTIFF / NIfTI label map with :func:`tiler.io.open_reader` (one reader copy per thread)."""
+    from tiler.io import open_reader
+
+    # Each chunk is read once: a small GDAL block cache keeps the whole raster out of memory, and
+    # dask already reads chunks in parallel, so GDAL decodes in the calling thread.
+    gdal = {"GDAL_CACHEMAX": _GDAL_CACHE_MB, "GDAL_NUM_THREADS": 1} if kind == "raster" else None
+    reader = open_reader(path, mask="none", gdal_options=gdal)
+    if reader.channels != 1:
+        raise ScoreError(
+            f"{path} has {reader.channels} bands/channels; a label map has exactly one channel of labels."
+        )
+    g = reader.georef
+    georef = SourceGeoref(crs_wkt=g.crs_wkt, transform=g.transform, affine=g.affine)
+    shape = tuple(int(v) for v in reader.shape)
+    if kind == "raster":
+        block = tuple(int(v) for v in reader.handle.block_shapes[0])
+        reader.close()
+    else:  # NIfTI (D, H, W) slabs of whole planes: contiguous on disk
+        block = (max(1, _TARGET_CHUNK_PIXELS // (shape[1] * shape[2])), shape[1], shape[2])
 
     def opener() -> Any:
-        return rasterio.open(path)
+        return copy.copy(reader)  # a reader copy drops the handle and re-opens it in this thread
 
-    try:
-        src = opener()
-    except Exception as exc:  # noqa: BLE001
-        raise ReadError(f"cannot open {path} as a raster: {exc}. Check the path and the file.") from exc
-    with src:
-        if src.count != 1:
-            raise ScoreError(
-                f"{path} has {src.count} bands; a label map has exactly one band of class labels."
-            )
-        t = src.transform
-        georef = SourceGeoref(
-            crs_wkt=src.crs.to_wkt() if src.crs else None, transform=(t.a, t.b, t.c, t.d, t.e, t.f)
-        )
-        block = tuple(int(v) for v in src.block_shapes[0])
-        return LabelSource(
-            path, "raster", (src.height, src.width), np.dtype(src.dtypes[0]), src.nodata, georef, block,
-            _opener=opener,
-        )
-
-
-def _open_nifti(path: str) -> LabelSource:
-    import nibabel as nib
-
-    def opener() -> Any:
-        return nib.load(path)
-
-    try:
-        img = opener()
-    except Exception as exc:  # noqa: BLE001
-        raise ReadError(f"cannot open {path} as NIfTI: {exc}. Check it is a valid .nii/.nii.gz.") from exc
-    dims = tuple(int(v) for v in img.shape)
-    if len(dims) != 3:
-        raise ScoreError(f"{path} has shape {dims}; a NIfTI label map is a 3D volume (i, j, k).")
-    dtype = np.asarray(img.dataobj[0:1, 0:1, 0:1]).dtype.newbyteorder("=")
-    affine = tuple(tuple(float(v) for v in row) for row in np.asarray(img.affine))
-    shape = (dims[2], dims[1], dims[0])
-    block = (max(1, _TARGET_CHUNK_PIXELS // (dims[0] * dims[1])), dims[1], dims[0])
-    return LabelSource(path, "nifti", shape, dtype, None, SourceGeoref(affine=affine), block, _opener=opener)
+    dtype = np.dtype(reader.dtype)
+    return LabelSource(path, kind, shape, dtype, reader.nodata, georef, block, _opener=opener)
 
 
 def _georef_from_attrs(attrs: dict[str, Any]) -> SourceGeoref:
@@ -205,10 +184,10 @@ def open_labels(path: str | os.PathLike[str]) -> LabelSource:
         raise ReadError(f"{text} does not exist; check the path (absolute: {os.path.abspath(text)}).")
     lower = text.lower().rstrip("/")
     if lower.endswith((".nii", ".nii.gz")):
-        return _open_nifti(text)
+        return _open_with_io(text, "nifti")
     if Path(text).is_dir() or lower.endswith(".zarr"):
         return _open_zarr(text)
-    return _open_raster(text)
+    return _open_with_io(text, "raster")
 
 
 def _axis_chunk(a: int, b: int, length: int, target: int) -> int:
