@@ -58,7 +58,7 @@ def test_minimal_config_takes_documented_defaults() -> None:
     assert cfg.tiling.block == (2048, 2048)
     assert cfg.output.chunks == (512, 512)
     assert cfg.tiling.blend == "gaussian"
-    assert cfg.model.precision == "bf16"
+    assert cfg.model.precision == "auto"
     assert cfg.engine.max_in_flight == 2
     assert cfg.scoring.boundary_width == 0.02
     assert cfg.ndim == 2

@@ -337,7 +337,7 @@ class ModelConfig(_Section):
     normalization: NormalizationConfig | None = None
     class_names: tuple[Str, ...] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     batch_size: PosInt = 8
     tta_flips: tuple[tuple[NonNegInt, ...], ...] = ()
     threads: PosInt | None = None

@@ -134,8 +134,8 @@ def make_runner(options: RayOptions):  # type: ignore[no-untyped-def]
             max_task_retries=options.max_task_retries,
             max_concurrency=max(1, options.max_in_flight),
         )
-        plan_ref = ray.put(plan)
-        actors = [actor_cls.remote(plan_ref, threads) for _ in range(size)]
+        # the plan is small: passed inline so a restarted actor never depends on an object-store copy
+        actors = [actor_cls.remote(plan, threads) for _ in range(size)]
         queue = deque(positions)
         in_flight: dict[Any, tuple[int, Shape]] = {}
 

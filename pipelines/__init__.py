@@ -1,0 +1,1 @@
+"""Job entry points: segment, archive, train."""

@@ -1,0 +1,142 @@
+"""The segment job end to end: config → Ray → store → exports → score → report, the CLI, and ray job submit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+import zarr
+
+from tests.engine.helpers import write_model, write_raster
+from tiler.cli import main as cli_main
+from tiler.config import load_config
+from tiler.segment import run_segment
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def write_truth(image: Path, path: Path) -> Path:
+    """A label GeoTIFF on the image's grid: classes by brightness, 255 over the image's nodata."""
+    with rasterio.open(image) as src:
+        data = src.read(1)
+        profile = src.profile | {"count": 1, "nodata": 255}
+    truth = np.minimum(data // 64, 3).astype(np.uint8)
+    truth[data == 0] = 255
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(truth, 1)
+    return path
+
+
+def write_config(root: Path, **extra: object) -> Path:
+    image = write_raster(root / "image.tif")
+    data = {
+        "input": {"path": str(image)},
+        "model": {"weights": str(write_model(root / "model.pt")), "batch_size": 4, "threads": 1},
+        "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
+        "engine": {"actors": 1},
+        "output": {"path": str(root / "out.zarr"), "chunks": [32, 32], "exports": ["cog", "quicklook"]},
+        "scoring": {"truth": str(write_truth(image, root / "truth.tif")), "boundary_width": 2},
+        **extra,
+    }
+    path = root / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_segment_writes_store_exports_scores_and_report(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path))
+    result = run_segment(cfg, engine="local", quiet=True)
+    group = zarr.open_group(result.store, mode="r")
+    assert group.attrs["complete"] is True
+    with rasterio.open(result.outputs["cog"]) as cog, rasterio.open(cfg.input.path) as src:
+        assert cog.crs == src.crs and cog.transform == src.transform and cog.nodata == 255
+        assert np.array_equal(cog.read(1), group["labels"][...])
+    assert result.scores is not None
+    assert set(result.scores) >= {"fwiou", "miou", "per_class_iou", "confusion_matrix", "boundary_iou"}
+    # the per-block matrices summed during inference give the same headline as the second pass
+    assert result.scores["engine_fwiou"] == pytest.approx(result.scores["fwiou"], abs=1e-12)
+    report = json.loads(Path(result.outputs["report_json"]).read_text())
+    assert report["summary"]["tiles_skipped"] > 0 and report["scores"]["fwiou"] == result.scores["fwiou"]
+    assert Path(result.outputs["report_md"]).read_text().startswith("# tiler report")
+    assert Path(result.outputs["quicklook"]).stat().st_size > 0
+
+
+def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 0
+    assert cli_main(["--json-logs", "run", str(config), "--engine", "local"]) == 0
+    done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert done["summary"]["blocks_resumed"] == done["summary"]["blocks_total"]
+    code = cli_main(["--quiet", "run", str(config), "--engine", "local", "--set", "tiling.overlap=[4,4]"])
+    err = capsys.readouterr().err
+    assert code == 1 and "overwrite" in err and str(tmp_path / "out.zarr") in err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        pytest.param("tiling.overlap=[32,32]", "tiling.overlap", id="overlap>=tile"),
+        pytest.param("input.path=/nonexistent/scene.tif", "/nonexistent/scene.tif", id="missing-input"),
+        pytest.param("input.bands=[1,2]", "expects 3", id="band-count"),
+        pytest.param("input.path=" + str(REPO.parent / "shared" / "data" / "all-nodata.tif"), "nodata", id="all-nodata"),
+    ],
+)
+def test_cli_bad_input_exits_nonzero_with_the_cause(tmp_path: Path, capsys, override: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    code = cli_main(["--quiet", "run", str(config), "--engine", "local", "--set", override])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err
+    assert not (tmp_path / "out.zarr").exists() or not zarr.open_group(str(tmp_path / "out.zarr")).attrs.get("complete")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(VENV_BIN / "ray")
+    port, dash = _free_port(), _free_port()
+    temp = Path("/tmp") / f"ray-submit-{os.getpid()}"
+    start = [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp}", "--include-dashboard=true"]
+    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO),
+                  "--", "python", "-m", "pipelines.segment", str(config), "--quiet"]
+        deadline = time.time() + 120
+        while True:  # the dashboard's job API comes up a few seconds after the head
+            run = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+            if run.returncode == 0 or time.time() > deadline or "connect" not in (run.stdout + run.stderr).lower():
+                break
+            time.sleep(2)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "succeeded" in (run.stdout + run.stderr).lower()
+    finally:
+        head.terminate()  # stops only this head (never `ray stop`, which would kill the test session's Ray)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert group.attrs["complete"] is True
+    scores = json.loads((tmp_path / "out.scores.json").read_text())
+    assert 0.0 <= scores["fwiou"] <= 1.0

@@ -1,0 +1,94 @@
+"""``tiler inspect``: what an input is, and what a job over it would do and cost."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tiler.geometry import BlockPartition, TileGrid, Window
+
+
+def _nodata_share(reader: Any, step: int = 2048) -> float | None:
+    """Share of pixels outside the valid-data mask (None when the reader has no mask)."""
+    from tiler.io.base import scan_windows
+
+    invalid = total = 0
+    for window in scan_windows(reader.shape, step):
+        mask = reader.valid_mask(window)
+        if mask is None:
+            return None
+        invalid += int(mask.size - np.count_nonzero(mask))
+        total += mask.size
+    return invalid / total if total else None
+
+
+def _plan(reader: Any, config: str) -> dict[str, Any]:
+    from tiler.config import load_config
+    from tiler.model import load_model
+    from tiler.segment import model_ref
+
+    cfg = load_config(config, [f"input.path={reader.path}"])
+    grid = TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.pad_mode)
+    part = BlockPartition(reader.shape, cfg.tiling.block)
+    skipped = 0
+    full = Window.from_shape(reader.shape)
+    valid = reader.valid_mask(full) if math.prod(reader.shape) <= 64 * 2**20 else None
+    if valid is not None and cfg.engine.skip_empty:
+        skipped = sum(1 for w in grid if not valid[w.clip(grid.shape).slices].any())  # type: ignore[union-attr]
+    ref = model_ref(cfg)
+    loaded = load_model(ref.weights, **dict(ref.load))
+    classes = loaded.num_classes
+    params = sum(p.numel() for p in loaded.network.parameters())
+    block_px = math.prod(part.block)
+    region_px = math.prod(b + t for b, t in zip(part.block, grid.tile, strict=True))
+    tile_px = math.prod(grid.tile)
+    batch = cfg.model.batch_size * (1 + len(cfg.model.tta_flips))
+    memory = (
+        (classes + 1) * block_px * 4 * 2  # accumulator, one block being filled and one being written
+        + 2 * region_px * reader.channels * reader.dtype.itemsize  # current and prefetched input region
+        + batch * tile_px * (reader.channels + classes) * 4 * 8  # batch in/out and activations (rough)
+        + params * 4
+    )
+    per_block = [len(grid.positions_intersecting(w)) for w in part]
+    return {
+        "tile / overlap": f"{grid.tile} / {grid.overlap} px (step {tuple(t - o for t, o in zip(grid.tile, grid.overlap, strict=True))})",
+        "tiles": f"{len(grid)} ({' x '.join(map(str, grid.counts))})",
+        "blocks": f"{len(part)} of {part.block} px ({' x '.join(map(str, part.counts))})",
+        "tile runs (per block)": f"{sum(per_block)} (tiles on block borders run once per block they touch)",
+        "tiles skipped (mask)": skipped if valid is not None else "not computed (input too large to scan here)",
+        "classes": classes,
+        "memory per actor (est.)": f"{memory / 2**20:.0f} MiB",
+    }
+
+
+def describe(path: str, *, config: str | None = None) -> dict[str, Any]:
+    """A dict describing ``path`` (and the plan of ``config`` over it)."""
+    from tiler.io import open_reader
+
+    reader = open_reader(path)
+    g = reader.georef
+    info: dict[str, Any] = {
+        "path": reader.path,
+        "format": reader.format,
+        "shape": reader.shape,
+        "channels": reader.channels,
+        "dtype": str(reader.dtype),
+        "nodata": reader.nodata,
+        "georef": g.kind,
+    }
+    if g.crs_wkt:
+        info["crs"] = g.crs_wkt.split("[")[1].split(",")[0].strip('"') if "[" in g.crs_wkt else g.crs_wkt
+    if g.transform:
+        info["transform"] = g.transform
+    if g.spacing:
+        info["spacing"] = g.spacing
+    if g.mpp:
+        info["mpp"] = g.mpp
+    share = _nodata_share(reader)
+    info["nodata share"] = "no mask" if share is None else f"{share:.1%}"
+    if config is not None:
+        info.update(_plan(reader, config))
+    reader.close()
+    return info
