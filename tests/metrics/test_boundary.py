@@ -116,3 +116,12 @@ def test_bad_boundary_width_is_a_score_error(make: object) -> None:
 def test_width_zero_pixels_is_rejected_by_the_counter() -> None:
     with pytest.raises(ScoreError, match=r"boundary width=0 must be whole pixels >= 1"):
         boundary_counts(np.zeros((3, 3), np.uint8), np.zeros((3, 3), np.uint8), num_classes=1, width=0)
+
+
+def test_huge_label_is_reported_not_wrapped_into_a_class() -> None:
+    # 2**32 + 1 would wrap to 1 in the int32 codes the boundary filters use: it must be an error instead.
+    truth = np.zeros((4, 4), np.int64)
+    pred = np.zeros((4, 4), np.int64)
+    pred[2, 2] = 2**32 + 1
+    with pytest.raises(ScoreError, match=r"prediction holds label value\(s\) \[4294967297\]"):
+        boundary_counts(truth, pred, num_classes=2, width=1)

@@ -230,7 +230,8 @@ def boundary_counts(
     if truth.shape != pred.shape:
         raise ScoreError(f"truth shape {truth.shape} and prediction shape {pred.shape} differ; use one grid.")
     _check_width(width)
-    t_codes, p_codes = label_codes(truth, pred, None if valid is None else np.asarray(valid), rules)
+    mask = None if valid is None else np.asarray(valid)
+    t_codes, p_codes = label_codes(truth, pred, mask, rules, dtype=np.int32)
     full = tuple(slice(None) for _ in truth.shape)
     return _window_counts(t_codes, p_codes, full, num_classes, width)
 
@@ -248,7 +249,7 @@ def _chunk_task(
     rules: LabelRules,
     width: int,
 ) -> BoundaryCounts:
-    t_codes, p_codes = label_codes(truth, pred, valid, rules)
+    t_codes, p_codes = label_codes(truth, pred, valid, rules, dtype=np.int32)
     return _window_counts(t_codes, p_codes, core, rules.num_classes, width)
 
 

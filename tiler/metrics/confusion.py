@@ -106,7 +106,12 @@ def _out_of_range_error(role: str, values: np.ndarray, rules: LabelRules) -> Sco
 
 
 def label_codes(
-    truth: np.ndarray, pred: np.ndarray, valid: np.ndarray | None, rules: LabelRules
+    truth: np.ndarray,
+    pred: np.ndarray,
+    valid: np.ndarray | None,
+    rules: LabelRules,
+    *,
+    dtype: type = np.int64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map both label maps to codes ``0..K-1`` (a class) or ``K`` (not scored / no prediction).
 
@@ -118,9 +123,10 @@ def label_codes(
         pred: Predicted labels, same shape.
         valid: Optional boolean mask, same shape; False pixels are ignored.
         rules: The label rules.
+        dtype: Integer dtype of the codes (must hold ``K``).
 
     Returns:
-        ``(truth_codes, pred_codes)``, int64 arrays of the input shape.
+        ``(truth_codes, pred_codes)``, arrays of ``dtype`` and the input shape.
 
     Raises:
         ScoreError: A scored pixel holds a label outside ``[0, K)`` (or a non-whole float).
@@ -131,8 +137,8 @@ def label_codes(
     if valid is not None:
         keep = keep & valid.astype(bool, copy=False)
     no_pred = _equals(pred, rules.pred_nodata)
-    t_codes, t_bad = _to_codes(truth, k)
-    p_codes, p_bad = _to_codes(pred, k)
+    t_codes, t_bad = _to_codes(truth, k, dtype)
+    p_codes, p_bad = _to_codes(pred, k, dtype)
     if (t_bad & keep).any():
         raise _out_of_range_error("truth", truth[t_bad & keep], rules)
     if (p_bad & keep & ~no_pred).any():
@@ -142,16 +148,15 @@ def label_codes(
     return t_codes, p_codes
 
 
-def _to_codes(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Labels as int64 codes (out-of-range values become ``k``) and the mask of out-of-range values."""
+def _to_codes(labels: np.ndarray, k: int, dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as integer codes (out-of-range values become ``k``) and the mask of out-of-range values."""
     if labels.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
             bad = ~((labels >= 0) & (labels < k) & (labels == np.floor(labels)))
-        codes = np.where(bad, k, labels).astype(np.int64)
-    else:
-        codes = labels.astype(np.int64)
-        bad = (codes < 0) | (codes >= k)
-        codes[bad] = k
+        return np.where(bad, k, labels).astype(dtype), bad
+    bad = labels >= k if labels.dtype.kind == "u" else (labels < 0) | (labels >= k)
+    codes: np.ndarray = labels.astype(dtype)  # values that wrap here are out of range, overwritten next
+    codes[bad] = k
     return codes, bad
 
 
