@@ -7,6 +7,10 @@ range. ``Georef.affine`` is the file's own affine (mapping ``(i, j, k, 1)`` to w
 ``Georef.spacing`` is the voxel size in the exposed ``(D, H, W)`` order. :func:`write_nifti_slabs` inverts
 the convention exactly, so image -> read -> write -> read keeps pixels and affine.
 
+Reads slice ``img.dataobj``: an uncompressed ``.nii`` is read only where the window lies; a ``.nii.gz``
+cannot seek, so each read decompresses the stream up to the window's last slab (use ``.nii`` or zarr
+for volumes too big to decompress repeatedly).
+
 zarr volumes are taken as stored: 3D arrays are ``(D, H, W)``, 4D arrays ``(C, D, H, W)``.
 """
 
