@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from rasterio.transform import from_origin
 from tests.engine.helpers import write_model, write_raster
 from tiler.archive import (
     Ledger,
+    add_parser,
     fingerprint,
     input_stem,
     load_archive,
@@ -155,7 +157,12 @@ def test_changing_the_overlap_reprocesses_every_file(archive_dir: Path) -> None:
     assert sorted(k.split("/")[0] for k in new) == ["a", "b", "c"]
     assert all(r["attempts"] == 1 for r in new.values())
     assert {k.split("/")[1] for k in new}.isdisjoint({k.split("/")[1] for k in before})
-    assert block_mtimes(archive_dir / "out" / "a" / "a.zarr").values() != blocks.values()
+    store = archive_dir / "out" / "a" / "a.zarr"
+    new_hash = next(k.split("/")[1] for k in new if k.startswith("a/"))
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["config_hash"] == new_hash
+    after_blocks = block_mtimes(store)
+    assert after_blocks.keys() == blocks.keys()
+    assert all(after_blocks[k] > blocks[k] for k in blocks)  # every block recomputed
 
 
 def test_report_files_list_the_counts(archive_dir: Path) -> None:
@@ -196,9 +203,12 @@ def test_a_manifest_lists_inputs_and_a_missing_one_fails_alone(archive_dir: Path
     assert status["gone"].status == "failed" and "gone.tif" in str(status["gone"].error)
 
 
-def test_main_returns_1_when_a_file_failed_and_0_when_none(archive_dir: Path) -> None:
+def test_the_cli_returns_1_when_a_file_failed_and_0_when_none(archive_dir: Path) -> None:
     config = str(archive_dir / "archive.yaml")
-    assert main([config, "--engine", "local", "--quiet"]) == 1
+    parser = argparse.ArgumentParser(prog="tiler")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["archive", config, "--engine", "local", "--quiet"])
+    assert args.func(args) == 1
     (archive_dir / "scenes" / "c.tif").unlink()
     assert main([config, "--engine", "local", "--quiet"]) == 0
 
@@ -412,3 +422,13 @@ def test_ledger_gives_up_with_a_clear_error_after_the_busy_timeout(tmp_path: Pat
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_the_example_archive_config_loads_and_comments_every_key() -> None:
+    archive = load_archive(REPO / "configs" / "archive.yaml")
+    assert archive.root == REPO / "archive-output" / "satellite"
+    assert archive.template["model"]["weights"] == str(REPO / "models" / "satellite-demo.pt")
+    assert archive.truth_path("/scenes/x.tif") == "/scenes/x_truth.tif"
+    keys = [line for line in (REPO / "configs" / "archive.yaml").read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+    assert all("#" in line for line in keys), [line for line in keys if "#" not in line]
