@@ -29,6 +29,10 @@ def test_big_endian_nifti_is_exposed_reversed_and_native():
     assert np.array_equal(full[0], raw.transpose(2, 1, 0))
     assert reader.georef.spacing == (2.0, 2.0, 2.0)
     assert np.allclose(reader.georef.affine, nib.load(ANAT).affine)
+    clone = pickle.loads(pickle.dumps(reader))
+    assert clone._handle is None and np.array_equal(
+        clone.read(Window((3, 4, 5), (9, 20, 30))), full[:, 3:9, 4:20, 5:30]
+    )
 
 
 @pytest.mark.parametrize(
