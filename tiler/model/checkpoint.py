@@ -1,0 +1,371 @@
+"""Checkpoints: saving and safely loading a model with its spec, normalisation and class names.
+
+Three formats are read:
+
+* ``project``: one ``torch.save`` file ``{"format": "tiler-checkpoint", "version": 1, "spec": ...,
+  "normalization": ..., "class_names": [...], "class_colors": [...], "state_dict": ...}`` holding only
+  plain types and tensors;
+* ``state_dict``: a plain state dict (or ``{"state_dict": ...}``) whose spec the caller gives;
+* ``torchscript``: a ``torch.jit.save`` archive (metadata in its ``tiler.json`` extra file when saved
+  by :func:`save_torchscript`).
+
+Pickles are always loaded with ``weights_only=True``: a checkpoint never runs code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tiler.errors import ModelError, ReadError
+from tiler.model.normalize import Normalization
+from tiler.model.spec import ModelSpec, build_network
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "FORMATS",
+    "LoadedModel",
+    "load_model",
+    "save_checkpoint",
+    "save_torchscript",
+]
+
+CHECKPOINT_FORMAT = "tiler-checkpoint"
+CHECKPOINT_VERSION = 1
+FORMATS = ("auto", "project", "state_dict", "torchscript")
+_TS_META = "tiler.json"
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference plus everything needed to feed it and name its outputs.
+
+    Attributes:
+        network: The module, in eval mode, on the CPU.
+        spec: Its spec (None only for a TorchScript file saved without metadata and no spec given).
+        normalization: How raw pixels are normalised before the network.
+        class_names: One name per output channel.
+        class_colors: One RGB colour per class.
+        path: The file it came from.
+        format: ``"project"``, ``"state_dict"`` or ``"torchscript"``.
+
+    """
+
+    network: torch.nn.Module
+    spec: ModelSpec | None
+    normalization: Normalization
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[int, int, int], ...]
+    path: Path | None = None
+    format: str = "project"
+
+    @property
+    def spatial_dims(self) -> int | None:
+        """2 or 3, when known from the spec."""
+        return self.spec.spatial_dims if self.spec is not None else None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes."""
+        if self.spec is not None:
+            return self.spec.out_channels
+        return len(self.class_names)
+
+
+def _default_colors(n: int) -> tuple[tuple[int, int, int], ...]:
+    palette = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]  # fmt: skip
+    return tuple(palette[i % len(palette)] for i in range(n))
+
+
+def _names_colors(
+    spec: ModelSpec | None,
+    names: Sequence[str] | None,
+    colors: Sequence[Sequence[int]] | None,
+) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    n = spec.out_channels if spec is not None else (len(names) if names else 0)
+    out_names = tuple(str(s) for s in names) if names else tuple(f"class_{i}" for i in range(n))
+    if spec is not None and len(out_names) != spec.out_channels:
+        raise ModelError(
+            f"class_names={list(out_names)} has {len(out_names)} names but the model predicts "
+            f"{spec.out_channels} classes; give one name per output channel."
+        )
+    out_colors = (
+        tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors) if colors else _default_colors(len(out_names))
+    )
+    if len(out_colors) != len(out_names):
+        raise ModelError(f"class_colors has {len(out_colors)} colours for {len(out_names)} classes; give one each.")
+    return out_names, out_colors
+
+
+# ---------------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    network: torch.nn.Module,
+    *,
+    spec: ModelSpec,
+    normalization: Normalization | None = None,
+    class_names: Sequence[str] | None = None,
+    class_colors: Sequence[Sequence[int]] | None = None,
+) -> Path:
+    """Write a project checkpoint (plain types and tensors only).
+
+    Returns:
+        The path written.
+
+    """
+    names, colors = _names_colors(spec, class_names, class_colors)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "spec": spec.to_dict(),
+        "normalization": (normalization or Normalization()).to_dict(),
+        "class_names": list(names),
+        "class_colors": [list(c) for c in colors],
+        "state_dict": {k: v.detach().cpu().clone() for k, v in network.state_dict().items()},
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def _meta(
+    spec: ModelSpec | None,
+    normalization: Normalization | None,
+    class_names: Sequence[str] | None,
+    class_colors: Sequence[Sequence[int]] | None,
+) -> dict[str, Any]:
+    names, colors = _names_colors(spec, class_names, class_colors)
+    return {
+        "spec": spec.to_dict() if spec is not None else None,
+        "normalization": (normalization or Normalization()).to_dict(),
+        "class_names": list(names),
+        "class_colors": [list(c) for c in colors],
+    }
+
+
+def save_torchscript(
+    path: str | os.PathLike[str],
+    network: torch.nn.Module,
+    *,
+    spec: ModelSpec | None = None,
+    normalization: Normalization | None = None,
+    class_names: Sequence[str] | None = None,
+    class_colors: Sequence[Sequence[int]] | None = None,
+    example: torch.Tensor | None = None,
+) -> Path:
+    """Script (or trace, given ``example``) a network and save it with tiler metadata as an extra file."""
+    network = network.eval()
+    try:
+        module = torch.jit.trace(network, example) if example is not None else torch.jit.script(network)
+    except Exception as err:  # noqa: BLE001 - scripting errors come in many types
+        raise ModelError(
+            f"could not convert {type(network).__name__} to TorchScript: {err}. Pass example=<a tile batch> to trace it."
+        ) from err
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    extra = {_TS_META: json.dumps(_meta(spec, normalization, class_names, class_colors))}
+    torch.jit.save(module, str(out), _extra_files=extra)
+    return out
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+
+
+def _refusal_reason(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if "unsupported" in ln.lower() or "global" in ln.lower():
+            return ln
+    return lines[0] if lines else "unsafe pickle"
+
+
+def _safe_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise ReadError(
+                f"checkpoint {path} could not be read ({err}); the file is corrupt or not a PyTorch checkpoint. "
+                f"Give a file written by torch.save or torch.jit.save."
+            ) from err
+        raise ModelError(
+            f"checkpoint {path} was refused because it is not weights-only: loading it would run code "
+            f"({_refusal_reason(err)}). Re-save it as a plain state dict "
+            f"or a tiler checkpoint (tiler.model.checkpoint.save_checkpoint) from a trusted environment."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways inside the unpickler
+        raise ReadError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {err}); the file is corrupt or not a "
+            f"PyTorch checkpoint. Give a file written by torch.save or torch.jit.save."
+        ) from err
+
+
+def _check_state_dict(state: Mapping[str, Any], network: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
+    """Raise naming the first tensor whose name or shape does not fit the network."""
+    expected = network.state_dict()
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ModelError(f"checkpoint {path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
+        if key not in expected:
+            raise ModelError(
+                f"checkpoint {path}: tensor {key!r} (shape {tuple(value.shape)}) does not exist in "
+                f"{spec.architecture} with args={spec.args}; the weights belong to another architecture or spec."
+            )
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ModelError(
+                f"checkpoint {path}: tensor {key!r} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(expected[key].shape)} in the model built from the spec {spec.to_dict()}; "
+                f"give the spec the weights were trained with."
+            )
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ModelError(
+            f"checkpoint {path}: {len(missing)} tensor(s) of the model are missing from the file, first {missing[0]!r}; "
+            f"give the spec the weights were trained with."
+        )
+
+
+def _strip_prefix(state: Mapping[str, Any], expected: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop a wrapper prefix (``module.`` from DataParallel, ...) when the names only fit without it."""
+    keys = list(state)
+    if all(k in expected for k in keys):
+        return dict(state)
+    for prefix in ("module.", "model.", "network.", "net."):
+        if keys and all(k.startswith(prefix) and k[len(prefix) :] in expected for k in keys):
+            return {k[len(prefix) :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _network_from_state(state: Mapping[str, Any], spec: ModelSpec, path: Path) -> torch.nn.Module:
+    network = build_network(spec)
+    state = _strip_prefix(state, network.state_dict())
+    _check_state_dict(state, network, path, spec)
+    network.load_state_dict(state, strict=True)
+    return network.eval()
+
+
+def _load_project(path: Path, data: Mapping[str, Any]) -> LoadedModel:
+    version = data.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise ModelError(
+            f"checkpoint {path} has version={version!r}; this tiler reads version {CHECKPOINT_VERSION}. "
+            f"Re-save it with this version of tiler."
+        )
+    for key in ("spec", "state_dict"):
+        if key not in data:
+            raise ModelError(f"checkpoint {path} misses key {key!r}; it is not a complete tiler checkpoint.")
+    spec = ModelSpec.from_dict(data["spec"], source=f"checkpoint {path} spec")
+    norm = Normalization.from_dict(data.get("normalization") or {"kind": "none"}, source=f"checkpoint {path} normalization")
+    names, colors = _names_colors(spec, data.get("class_names"), data.get("class_colors"))
+    network = _network_from_state(data["state_dict"], spec, path)
+    return LoadedModel(network, spec, norm, names, colors, path, "project")
+
+
+def _load_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    extra = {_TS_META: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as err:
+        raise ReadError(f"TorchScript file {path} could not be loaded: {err}") from err
+    meta = json.loads(extra[_TS_META]) if extra[_TS_META] else {}
+    return module.eval(), meta
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    spec: ModelSpec | Mapping[str, Any] | None = None,
+    normalization: Normalization | Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+    class_colors: Sequence[Sequence[int]] | None = None,
+    format: str = "auto",
+) -> LoadedModel:
+    """Load a model from a project checkpoint, a plain state dict or a TorchScript file.
+
+    Args:
+        path: The checkpoint file.
+        spec: The network spec; required for a plain state dict, overrides the file's otherwise.
+        normalization: Overrides the stored normalisation (default: stored, or ``none``).
+        class_names: Overrides the stored class names.
+        class_colors: Overrides the stored class colours.
+        format: ``"auto"`` (detect), ``"project"``, ``"state_dict"`` or ``"torchscript"``.
+
+    Returns:
+        The network (eval mode, CPU) with its spec, normalisation and class names.
+
+    Raises:
+        ReadError: The file is missing or not a readable checkpoint.
+        ModelError: The file would run code when loaded, its tensors do not fit the spec, or the spec is
+            missing or invalid.
+
+    """
+    if format not in FORMATS:
+        raise ModelError(f"checkpoint format={format!r} is unknown; choose one of {list(FORMATS)}.")
+    p = Path(path)
+    if not p.is_file():
+        raise ReadError(f"checkpoint {p} does not exist (or is not a file); give the path of a model file.")
+    if isinstance(spec, Mapping):
+        spec = ModelSpec.from_dict(spec)
+    if isinstance(normalization, Mapping):
+        normalization = Normalization.from_dict(normalization)
+
+    if format == "torchscript" or (format == "auto" and _is_torchscript(p)):
+        module, meta = _load_torchscript(p)
+        file_spec = ModelSpec.from_dict(meta["spec"], source=f"{p} {_TS_META}") if meta.get("spec") else None
+        use_spec = spec or file_spec
+        norm = normalization or Normalization.from_dict(meta.get("normalization") or {"kind": "none"})
+        names, colors = _names_colors(use_spec, class_names or meta.get("class_names"), class_colors or meta.get("class_colors"))
+        return LoadedModel(module, use_spec, norm, names, colors, p, "torchscript")
+
+    data = _safe_load(p)
+    if not isinstance(data, Mapping):
+        raise ModelError(
+            f"checkpoint {p} holds a {type(data).__name__}, not a state dict or tiler checkpoint; "
+            f"save model.state_dict() or use tiler.model.checkpoint.save_checkpoint."
+        )
+    if data.get("format") == CHECKPOINT_FORMAT and format in ("auto", "project"):
+        loaded = _load_project(p, data)
+        if spec is not None and spec != loaded.spec:
+            loaded.network = _network_from_state(data["state_dict"], spec, p)
+            loaded.spec = spec
+        if normalization is not None:
+            loaded.normalization = normalization
+        if class_names is not None or class_colors is not None:
+            loaded.class_names, loaded.class_colors = _names_colors(
+                loaded.spec, class_names or loaded.class_names, class_colors
+            )
+        return loaded
+    if format == "project":
+        raise ModelError(f"checkpoint {p} is not a tiler checkpoint (no format={CHECKPOINT_FORMAT!r} key).")
+    state = data.get("state_dict", data) if isinstance(data.get("state_dict"), Mapping) else data
+    if spec is None:
+        raise ModelError(
+            f"checkpoint {p} is a plain state dict with no spec; pass spec=ModelSpec(architecture=..., "
+            f"spatial_dims=..., in_channels=..., out_channels=..., args=...) (the model section of the config)."
+        )
+    network = _network_from_state(state, spec, p)
+    names, colors = _names_colors(spec, class_names, class_colors)
+    return LoadedModel(network, spec, normalization or Normalization(), names, colors, p, "state_dict")

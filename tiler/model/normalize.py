@@ -1,0 +1,234 @@
+"""Input normalisation: fixed per-band statistics turning raw pixels into the network's float32 input.
+
+Every statistic is a stored constant computed at training time, so a pixel's normalised value
+never depends on the tile it is read through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tiler.errors import ModelError
+
+__all__ = ["KINDS", "Normalization"]
+
+KINDS = ("none", "meanstd", "percentile", "window")
+
+
+def _floats(name: str, values: Sequence[float] | float | None) -> tuple[float, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, int | float):
+        return (float(values),)
+    return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw pixels become network input; all values fixed (stored in the checkpoint).
+
+    Kinds:
+        ``none``: cast to float32.
+        ``meanstd``: ``(x - mean[c]) / std[c]`` per channel.
+        ``percentile``: clip to ``[low[c], high[c]]`` (band percentiles measured on training data) and
+        scale to ``[0, 1]``.
+        ``window``: clip to the intensity window ``(lo, hi)`` (e.g. Hounsfield units), then
+        ``(x - mean[c]) / std[c]`` when ``mean``/``std`` are given, else scale to ``[0, 1]``.
+
+    Attributes:
+        kind: One of :data:`KINDS`.
+        mean: Per-channel means (one value is broadcast to every channel).
+        std: Per-channel standard deviations.
+        low: Per-channel lower clip values (``percentile``).
+        high: Per-channel upper clip values (``percentile``).
+        percentiles: The percentiles ``low``/``high`` were measured at (a record, not used by ``apply``).
+        window: Intensity window ``(lo, hi)`` (``window``).
+
+    """
+
+    kind: str = "none"
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    window: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ModelError(f"normalization kind={self.kind!r} is unknown; choose one of {list(KINDS)}.")
+        for name in ("mean", "std", "low", "high"):
+            object.__setattr__(self, name, _floats(name, getattr(self, name)))
+        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
+        if self.window is not None:
+            object.__setattr__(self, "window", tuple(float(v) for v in self.window))
+        if len(self.mean) != len(self.std):
+            raise ModelError(
+                f"normalization mean={self.mean} and std={self.std} must have the same length (one per band)."
+            )
+        if any(s <= 0 for s in self.std):
+            raise ModelError(f"normalization std={self.std} must be > 0 for every band.")
+        if self.kind == "meanstd" and not self.mean:
+            raise ModelError("normalization kind='meanstd' needs mean and std (one value per band).")
+        if self.kind == "percentile":
+            if not self.low or len(self.low) != len(self.high):
+                raise ModelError(
+                    f"normalization kind='percentile' needs fixed low={self.low} and high={self.high} values of "
+                    f"equal length (measure them on training data with Normalization.fit)."
+                )
+            if any(h <= lo for lo, h in zip(self.low, self.high, strict=True)):
+                raise ModelError(f"normalization low={self.low} must be below high={self.high} for every band.")
+        if self.kind == "window":
+            if self.window is None or len(self.window) != 2 or self.window[1] <= self.window[0]:
+                raise ModelError(
+                    f"normalization kind='window' needs window=(lo, hi) with lo < hi; got {self.window!r}."
+                )
+
+    # ------------------------------------------------------------------ apply
+    def _stat(self, values: tuple[float, ...], channels: int, name: str) -> np.ndarray:
+        if len(values) not in (1, channels):
+            raise ModelError(
+                f"normalization {name} has {len(values)} values but the tiles have {channels} channels; "
+                f"store one value per band."
+            )
+        return np.asarray(values * (channels if len(values) == 1 else 1), dtype=np.float32)
+
+    def apply(self, x: np.ndarray, *, spatial_dims: int | None = None) -> np.ndarray:
+        """Normalise tiles.
+
+        Args:
+            x: ``(N, C, *S)`` or ``(C, *S)`` raw pixels, any numeric dtype.
+            spatial_dims: Number of spatial axes ``len(S)``; needed only when ``x.ndim == 4`` (which is
+                both a 2D batch and one 3D tile) and the statistics differ per channel.
+
+        Returns:
+            float32 array of the same shape.
+
+        """
+        x = np.asarray(x)
+        out = x.astype(np.float32, copy=True)
+        if self.kind == "none":
+            return out
+        if spatial_dims is not None:
+            channel_axis = x.ndim - spatial_dims - 1
+        elif x.ndim in (3, 5):
+            channel_axis = 1 if x.ndim == 5 else 0
+        else:
+            per_channel = max(len(self.mean), len(self.low)) > 1
+            if per_channel:
+                raise ModelError(
+                    f"tiles of shape {x.shape} are ambiguous (a 2D batch or one 3D tile); "
+                    f"pass spatial_dims=2 or 3 to Normalization.apply."
+                )
+            channel_axis = 1 if x.ndim == 4 else 0
+        if channel_axis not in (0, 1):
+            raise ModelError(
+                f"tiles of shape {x.shape} do not fit spatial_dims={spatial_dims}; give (N, C, *S) or (C, *S)."
+            )
+        channels = x.shape[channel_axis]
+        bshape = [1] * x.ndim
+        bshape[channel_axis] = channels
+
+        def stat(values: tuple[float, ...], name: str) -> np.ndarray:
+            return self._stat(values, channels, name).reshape(bshape)
+
+        if self.kind == "meanstd":
+            out -= stat(self.mean, "mean")
+            out /= stat(self.std, "std")
+        elif self.kind == "percentile":
+            lo, hi = stat(self.low, "low"), stat(self.high, "high")
+            np.clip(out, lo, hi, out=out)
+            out -= lo
+            out /= hi - lo
+        else:  # window
+            lo_w, hi_w = self.window  # type: ignore[misc]
+            np.clip(out, lo_w, hi_w, out=out)
+            if self.mean:
+                out -= stat(self.mean, "mean")
+                out /= stat(self.std, "std")
+            else:
+                out -= lo_w
+                out /= hi_w - lo_w
+        return out
+
+    # ------------------------------------------------------------------ fit / plain types
+    @classmethod
+    def fit(
+        cls,
+        images: Sequence[np.ndarray],
+        kind: str,
+        *,
+        masks: Sequence[np.ndarray] | None = None,
+        percentiles: tuple[float, float] = (1.0, 99.0),
+        window: tuple[float, float] | None = None,
+    ) -> Normalization:
+        """Measure fixed statistics on training images.
+
+        Args:
+            images: Images ``(C, *S)`` (same C).
+            kind: One of :data:`KINDS`.
+            masks: Optional boolean masks ``S`` of the pixels to measure (e.g. excluding nodata).
+            percentiles: Percentiles for ``percentile``.
+            window: Intensity window for ``window`` (then mean/std are measured inside it).
+
+        Returns:
+            The normalisation with its statistics filled in.
+
+        """
+        if kind not in KINDS:
+            raise ModelError(f"normalization kind={kind!r} is unknown; choose one of {list(KINDS)}.")
+        if kind == "none":
+            return cls("none")
+        channels = images[0].shape[0]
+        per_band: list[np.ndarray] = []
+        for c in range(channels):
+            parts = []
+            for i, img in enumerate(images):
+                band = img[c]
+                parts.append(band[masks[i]] if masks is not None else band.ravel())
+            vals = np.concatenate(parts).astype(np.float64)
+            if vals.size == 0:
+                raise ModelError("Normalization.fit found no pixels to measure (every mask is empty).")
+            if window is not None:
+                vals = np.clip(vals, window[0], window[1])
+            per_band.append(vals)
+        if kind == "percentile":
+            low = tuple(float(np.percentile(v, percentiles[0])) for v in per_band)
+            high = tuple(float(np.percentile(v, percentiles[1])) for v in per_band)
+            high = tuple(max(h, lo + 1e-6) for lo, h in zip(low, high, strict=True))
+            return cls("percentile", low=low, high=high, percentiles=percentiles)
+        mean = tuple(float(v.mean()) for v in per_band)
+        std = tuple(max(float(v.std()), 1e-6) for v in per_band)
+        return cls(kind, mean=mean, std=std, window=window)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalisation as plain Python types."""
+        return {
+            "kind": self.kind,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "low": list(self.low),
+            "high": list(self.high),
+            "percentiles": list(self.percentiles),
+            "window": list(self.window) if self.window is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "normalization") -> Normalization:
+        """Build from a mapping, naming unknown keys."""
+        if not isinstance(data, Mapping):
+            raise ModelError(f"{source} must be a mapping with key 'kind'; got {data!r}.")
+        valid = {"kind", "mean", "std", "low", "high", "percentiles", "window"}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ModelError(f"{source} has unknown key(s) {unknown}; valid keys are {sorted(valid)}.")
+        kwargs = dict(data)
+        if kwargs.get("window") is not None:
+            kwargs["window"] = tuple(kwargs["window"])
+        if "percentiles" in kwargs:
+            kwargs["percentiles"] = tuple(kwargs["percentiles"])
+        return cls(**kwargs)

@@ -1,0 +1,161 @@
+"""Model specs: which MONAI network, with which dimensions and arguments, stored as plain types."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from monai.networks import nets
+from monai.utils import OptionalImportError
+
+from tiler.errors import ModelError
+
+__all__ = ["ARCHITECTURES", "ModelSpec", "build_network", "default_args"]
+
+ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
+    "UNet": nets.UNet,
+    "BasicUNet": nets.BasicUNet,
+    "DynUNet": nets.DynUNet,
+    "SwinUNETR": nets.SwinUNETR,
+}
+
+
+def default_args(architecture: str, spatial_dims: int) -> dict[str, Any]:
+    """Small, fast default arguments for ``architecture`` in ``spatial_dims`` dimensions."""
+    if architecture == "UNet":
+        return {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
+    if architecture == "BasicUNet":
+        return {"features": [16, 16, 32, 64, 128, 16]}
+    if architecture == "DynUNet":
+        return {
+            "kernel_size": [3, 3, 3, 3],
+            "strides": [1, 2, 2, 2],
+            "upsample_kernel_size": [2, 2, 2],
+            "filters": [16, 32, 64, 128],
+        }
+    if architecture == "SwinUNETR":
+        return {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [3, 3, 3, 3], "window_size": 4}
+    return {}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so a spec survives ``torch.load(weights_only=True)`` and YAML."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A segmentation network: MONAI architecture, spatial dims, channels and constructor arguments.
+
+    Attributes:
+        architecture: One of :data:`ARCHITECTURES` (``"UNet"``, ``"BasicUNet"``, ``"DynUNet"``, ``"SwinUNETR"``).
+        spatial_dims: 2 for ``(C, H, W)`` tiles, 3 for ``(C, D, H, W)`` tiles.
+        in_channels: Image channels (bands) the network reads.
+        out_channels: Number of classes it predicts.
+        args: Further constructor arguments (plain types); empty means :func:`default_args`.
+
+    """
+
+    architecture: str
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ModelError(
+                f"model architecture={self.architecture!r} is unknown; choose one of {sorted(ARCHITECTURES)}."
+            )
+        if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
+            raise ModelError(
+                f"model spatial_dims={self.spatial_dims!r} is not supported; choose 2 (H, W tiles) or 3 (D, H, W)."
+            )
+        for key in ("in_channels", "out_channels"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ModelError(f"model {key}={value!r} must be a positive integer.")
+        if self.out_channels < 2:
+            raise ModelError(
+                f"model out_channels={self.out_channels} must be >= 2: tiler segments with a softmax over classes."
+            )
+        if not isinstance(self.args, Mapping):
+            raise ModelError(f"model args={self.args!r} must be a mapping of constructor arguments.")
+        args = _plain(self.args) if self.args else default_args(self.architecture, self.spatial_dims)
+        object.__setattr__(self, "args", args)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain Python types (str, int, list, dict)."""
+        return {
+            "architecture": self.architecture,
+            "spatial_dims": self.spatial_dims,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "args": _plain(self.args),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "model spec") -> ModelSpec:
+        """Build a spec from a mapping, naming unknown or missing keys."""
+        if not isinstance(data, Mapping):
+            raise ModelError(f"{source} must be a mapping with keys architecture, spatial_dims, ...; got {data!r}.")
+        valid = {"architecture", "spatial_dims", "in_channels", "out_channels", "args"}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ModelError(f"{source} has unknown key(s) {unknown}; valid keys are {sorted(valid)}.")
+        missing = sorted(valid - {"args"} - set(data))
+        if missing:
+            raise ModelError(f"{source} misses key(s) {missing}; give all of {sorted(valid - {'args'})}.")
+        return cls(
+            architecture=data["architecture"],
+            spatial_dims=data["spatial_dims"],
+            in_channels=data["in_channels"],
+            out_channels=data["out_channels"],
+            args=dict(data.get("args") or {}),
+        )
+
+    @property
+    def size_multiple(self) -> int:
+        """Tile sizes should be a multiple of this (the total downsampling of the network)."""
+        if self.architecture == "UNet":
+            total = 1
+            for s in self.args.get("strides", []):
+                total *= int(s) if not isinstance(s, list) else max(int(v) for v in s)
+            return total
+        if self.architecture == "BasicUNet":
+            return 16
+        if self.architecture == "DynUNet":
+            total = 1
+            for s in self.args.get("strides", []):
+                total *= int(s) if not isinstance(s, list) else max(int(v) for v in s)
+            return total
+        return 32
+
+
+def build_network(spec: ModelSpec) -> torch.nn.Module:
+    """Instantiate the MONAI network a spec describes (weights freshly initialised).
+
+    Raises:
+        ModelError: When MONAI refuses the arguments; the message names them.
+
+    """
+    cls = ARCHITECTURES[spec.architecture]
+    kwargs = dict(spec.args)
+    try:
+        return cls(spatial_dims=spec.spatial_dims, in_channels=spec.in_channels, out_channels=spec.out_channels, **kwargs)
+    except OptionalImportError as err:
+        raise ModelError(
+            f"MONAI {spec.architecture} needs an optional package that is not installed: {str(err).splitlines()[0]} "
+            f"Install it (e.g. `pip install einops` for SwinUNETR) or choose UNet/BasicUNet/DynUNet."
+        ) from err
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ModelError(
+            f"MONAI {spec.architecture} refused args={kwargs} for spatial_dims={spec.spatial_dims}: {err}. "
+            f"Fix the model args (see monai.networks.nets.{spec.architecture})."
+        ) from err
