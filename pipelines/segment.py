@@ -16,7 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``CONFIG [--set key=value ...] [--overwrite] [--quiet] [--engine ray|local]`` and run."""
     from tiler.cli import main as cli_main
 
-    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
+    args = list(sys.argv[1:] if argv is None else argv)
+    front = [a for a in args if a in ("--quiet", "--json-logs")]  # global flags may come anywhere here
+    return cli_main([*front, "run", *(a for a in args if a not in front)])
 
 
 if __name__ == "__main__":
