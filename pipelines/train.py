@@ -16,7 +16,7 @@ from tiler.model.train import DOMAINS, TrainConfig, demo_config, train
 
 
 def load_config(source: str) -> TrainConfig:
-    """A domain name gives its demo preset; a path gives a YAML file of :class:`TrainConfig` fields."""
+    """Load a config: a domain name gives its preset, a path a YAML file of :class:`TrainConfig` fields."""
     if source in DOMAINS:
         return demo_config(source)
     path = Path(source)
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        overrides = {k: getattr(args, k) for k in ("out", "steps", "seed", "threads") if getattr(args, k) is not None}
+        overrides = {
+            k: getattr(args, k) for k in ("out", "steps", "seed", "threads") if getattr(args, k) is not None
+        }
         cfg = dataclasses.replace(cfg, **overrides)
         result = train(cfg, log_every=args.log_every)
     except TilerError as err:

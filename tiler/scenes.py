@@ -583,9 +583,7 @@ def make_scene(spec: SceneSpec) -> Scene:
     try:
         cls = _KINDS[spec.kind]
     except KeyError:
-        raise ConfigError(
-            f"scene kind={spec.kind!r} is unknown; choose one of {sorted(_KINDS)}."
-        ) from None
+        raise ConfigError(f"scene kind={spec.kind!r} is unknown; choose one of {sorted(_KINDS)}.") from None
     return cls(spec)  # type: ignore[call-arg]
 
 

@@ -42,7 +42,9 @@ def _save(kind: str, net: torch.nn.Module, path: Path) -> dict:
     if kind == "wrapped_state_dict":
         torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}, path)
         return {"spec": SPEC.to_dict()}
-    save_torchscript(path, net, spec=SPEC, normalization=NORM, class_names=NAMES, example=torch.zeros(1, 3, 16, 16))
+    save_torchscript(
+        path, net, spec=SPEC, normalization=NORM, class_names=NAMES, example=torch.zeros(1, 3, 16, 16)
+    )
     return {}
 
 
@@ -57,7 +59,12 @@ def test_round_trip_gives_identical_outputs(kind, trained, tmp_path):
     if kind in ("project", "torchscript"):
         assert loaded.normalization == NORM and loaded.class_names == NAMES
     else:
-        assert loaded.normalization.kind == "none" and loaded.class_names == ("class_0", "class_1", "class_2", "class_3")
+        assert loaded.normalization.kind == "none" and loaded.class_names == (
+            "class_0",
+            "class_1",
+            "class_2",
+            "class_3",
+        )
 
 
 def test_project_checkpoint_holds_only_plain_types(trained, tmp_path):
@@ -93,7 +100,9 @@ def test_mismatched_shape_names_first_bad_tensor_and_both_shapes(trained, tmp_pa
     torch.save(state, tmp_path / "bad.pt")
     expected = tuple(trained.state_dict()[bad_key].shape)
     got = (*expected, 2)
-    with pytest.raises(ModelError, match=rf"tensor '{bad_key}' has shape \({got[0]}.*in the file but \({expected[0]}"):
+    with pytest.raises(
+        ModelError, match=rf"tensor '{bad_key}' has shape \({got[0]}.*in the file but \({expected[0]}"
+    ):
         load_model(tmp_path / "bad.pt", spec=SPEC)
 
 

@@ -37,7 +37,11 @@ def test_spec_round_trips_through_plain_types():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        pytest.param({"architecture": "ResNet"}, r"architecture='ResNet' is unknown; choose one of \['BasicUNet'", id="arch"),
+        pytest.param(
+            {"architecture": "ResNet"},
+            r"architecture='ResNet' is unknown; choose one of \['BasicUNet'",
+            id="arch",
+        ),
         pytest.param({"spatial_dims": 4}, r"spatial_dims=4 is not supported; choose 2", id="dims"),
         pytest.param({"out_channels": 1}, r"out_channels=1 must be >= 2", id="one-class"),
         pytest.param({"in_channels": 0}, r"in_channels=0 must be a positive integer", id="no-bands"),
@@ -57,7 +61,9 @@ def test_monai_refusing_args_names_them():
 
 def test_spec_from_dict_names_unknown_and_missing_keys():
     with pytest.raises(ModelError, match=r"unknown key\(s\) \['layers'\]"):
-        ModelSpec.from_dict({"architecture": "UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "layers": 3})
+        ModelSpec.from_dict(
+            {"architecture": "UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "layers": 3}
+        )
     with pytest.raises(ModelError, match=r"misses key\(s\) \['out_channels'\]"):
         ModelSpec.from_dict({"architecture": "UNet", "spatial_dims": 2, "in_channels": 1})
 

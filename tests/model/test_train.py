@@ -15,9 +15,25 @@ from tiler.model.train import TrainConfig, demo_config, evaluate_fwiou, fwiou, m
 
 def _tiny(domain: str, out, **kw) -> TrainConfig:
     if domain == "satellite":
-        base = dict(scene_shape=(160, 160), crop=(32, 32), steps=12, batch_size=4, lr=1e-2, channels=(8, 16), strides=(2,))
+        base = dict(
+            scene_shape=(160, 160),
+            crop=(32, 32),
+            steps=12,
+            batch_size=4,
+            lr=1e-2,
+            channels=(8, 16),
+            strides=(2,),
+        )
     else:
-        base = dict(scene_shape=(16, 48, 48), crop=(8, 16, 16), steps=10, batch_size=2, lr=1e-2, channels=(4, 8), strides=(2,))
+        base = dict(
+            scene_shape=(16, 48, 48),
+            crop=(8, 16, 16),
+            steps=10,
+            batch_size=2,
+            lr=1e-2,
+            channels=(4, 8),
+            strides=(2,),
+        )
     base.update(kw)
     return demo_config(domain, out=str(out), threads=2, num_res_units=0, **base)
 
@@ -53,7 +69,9 @@ def test_training_statistics_come_from_valid_pixels(tmp_path):
     model = load_model(train(cfg).checkpoint_path)
     image, labels = make_scene(cfg, cfg.train_seeds[0]).read()
     valid = labels != 255
-    np.testing.assert_allclose(model.normalization.mean, [image[c][valid].mean() for c in range(image.shape[0])], rtol=1e-6)
+    np.testing.assert_allclose(
+        model.normalization.mean, [image[c][valid].mean() for c in range(image.shape[0])], rtol=1e-6
+    )
 
 
 def test_cli_trains_from_yaml(tmp_path, capsys):
@@ -80,8 +98,14 @@ def test_cli_names_unknown_yaml_keys(tmp_path, capsys):
     ("kwargs", "match"),
     [
         pytest.param({"domain": "slide"}, r"domain='slide' is unknown", id="domain"),
-        pytest.param({"domain": "satellite", "crop": (30, 30)}, r"multiple of the U-Net's total stride 8", id="crop"),
-        pytest.param({"domain": "ct", "scene_shape": (16, 64, 64), "crop": (64, 64)}, r"crop=\(64, 64\) must hold 3 positive sizes", id="ct-2d-crop"),
+        pytest.param(
+            {"domain": "satellite", "crop": (30, 30)}, r"multiple of the U-Net's total stride 8", id="crop"
+        ),
+        pytest.param(
+            {"domain": "ct", "scene_shape": (16, 64, 64), "crop": (64, 64)},
+            r"crop=\(64, 64\) must hold 3 positive sizes",
+            id="ct-2d-crop",
+        ),
         pytest.param({"domain": "satellite", "steps": 0}, r"steps=0 must be >= 1", id="steps"),
     ],
 )

@@ -100,10 +100,14 @@ def _names_colors(
             f"{spec.out_channels} classes; give one name per output channel."
         )
     out_colors = (
-        tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors) if colors else _default_colors(len(out_names))
+        tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors)
+        if colors
+        else _default_colors(len(out_names))
     )
     if len(out_colors) != len(out_names):
-        raise ModelError(f"class_colors has {len(out_colors)} colours for {len(out_names)} classes; give one each.")
+        raise ModelError(
+            f"class_colors has {len(out_colors)} colours for {len(out_names)} classes; give one each."
+        )
     return out_names, out_colors
 
 
@@ -174,7 +178,8 @@ def save_torchscript(
         module = torch.jit.trace(network, example) if example is not None else torch.jit.script(network)
     except Exception as err:  # noqa: BLE001 - scripting errors come in many types
         raise ModelError(
-            f"could not convert {type(network).__name__} to TorchScript: {err}. Pass example=<a tile batch> to trace it."
+            f"could not convert {type(network).__name__} to TorchScript: {err}. Pass example=<a tile "
+            "batch> to trace it."
         ) from err
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +213,8 @@ def _safe_load(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower():
             raise ReadError(
-                f"checkpoint {path} could not be read ({err}); the file is corrupt or not a PyTorch checkpoint. "
+                f"checkpoint {path} could not be read ({err}); the file is corrupt or not a PyTorch "
+                "checkpoint. "
                 f"Give a file written by torch.save or torch.jit.save."
             ) from err
         raise ModelError(
@@ -218,12 +224,15 @@ def _safe_load(path: Path) -> Any:
         ) from err
     except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways inside the unpickler
         raise ReadError(
-            f"checkpoint {path} could not be read ({type(err).__name__}: {err}); the file is corrupt or not a "
+            f"checkpoint {path} could not be read ({type(err).__name__}: {err}); the file is corrupt or "
+            "not a "
             f"PyTorch checkpoint. Give a file written by torch.save or torch.jit.save."
         ) from err
 
 
-def _check_state_dict(state: Mapping[str, Any], network: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
+def _check_state_dict(
+    state: Mapping[str, Any], network: torch.nn.Module, path: Path, spec: ModelSpec
+) -> None:
     """Raise naming the first tensor whose name or shape does not fit the network."""
     expected = network.state_dict()
     for key, value in state.items():
@@ -232,7 +241,8 @@ def _check_state_dict(state: Mapping[str, Any], network: torch.nn.Module, path: 
         if key not in expected:
             raise ModelError(
                 f"checkpoint {path}: tensor {key!r} (shape {tuple(value.shape)}) does not exist in "
-                f"{spec.architecture} with args={spec.args}; the weights belong to another architecture or spec."
+                f"{spec.architecture} with args={spec.args}; the weights belong to another architecture "
+                "or spec."
             )
         if tuple(value.shape) != tuple(expected[key].shape):
             raise ModelError(
@@ -243,7 +253,8 @@ def _check_state_dict(state: Mapping[str, Any], network: torch.nn.Module, path: 
     missing = [k for k in expected if k not in state]
     if missing:
         raise ModelError(
-            f"checkpoint {path}: {len(missing)} tensor(s) of the model are missing from the file, first {missing[0]!r}; "
+            f"checkpoint {path}: {len(missing)} tensor(s) of the model are missing from the file, first "
+            f"{missing[0]!r}; "
             f"give the spec the weights were trained with."
         )
 
@@ -278,7 +289,9 @@ def _load_project(path: Path, data: Mapping[str, Any]) -> LoadedModel:
         if key not in data:
             raise ModelError(f"checkpoint {path} misses key {key!r}; it is not a complete tiler checkpoint.")
     spec = ModelSpec.from_dict(data["spec"], source=f"checkpoint {path} spec")
-    norm = Normalization.from_dict(data.get("normalization") or {"kind": "none"}, source=f"checkpoint {path} normalization")
+    norm = Normalization.from_dict(
+        data.get("normalization") or {"kind": "none"}, source=f"checkpoint {path} normalization"
+    )
     names, colors = _names_colors(spec, data.get("class_names"), data.get("class_colors"))
     network = _network_from_state(data["state_dict"], spec, path)
     return LoadedModel(network, spec, norm, names, colors, path, "project")
@@ -337,7 +350,9 @@ def load_model(
         file_spec = ModelSpec.from_dict(meta["spec"], source=f"{p} {_TS_META}") if meta.get("spec") else None
         use_spec = spec or file_spec
         norm = normalization or Normalization.from_dict(meta.get("normalization") or {"kind": "none"})
-        names, colors = _names_colors(use_spec, class_names or meta.get("class_names"), class_colors or meta.get("class_colors"))
+        names, colors = _names_colors(
+            use_spec, class_names or meta.get("class_names"), class_colors or meta.get("class_colors")
+        )
         return LoadedModel(module, use_spec, norm, names, colors, p, "torchscript")
 
     data = _safe_load(p)
@@ -364,7 +379,8 @@ def load_model(
     if spec is None:
         raise ModelError(
             f"checkpoint {p} is a plain state dict with no spec; pass spec=ModelSpec(architecture=..., "
-            f"spatial_dims=..., in_channels=..., out_channels=..., args=...) (the model section of the config)."
+            "spatial_dims=..., in_channels=..., out_channels=..., args=...) (the model section of the "
+            "config)."
         )
     network = _network_from_state(state, spec, p)
     names, colors = _names_colors(spec, class_names, class_colors)

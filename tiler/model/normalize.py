@@ -77,11 +77,14 @@ class Normalization:
         if self.kind == "percentile":
             if not self.low or len(self.low) != len(self.high):
                 raise ModelError(
-                    f"normalization kind='percentile' needs fixed low={self.low} and high={self.high} values of "
+                    f"normalization kind='percentile' needs fixed low={self.low} and high={self.high} "
+                    "values of "
                     f"equal length (measure them on training data with Normalization.fit)."
                 )
             if any(h <= lo for lo, h in zip(self.low, self.high, strict=True)):
-                raise ModelError(f"normalization low={self.low} must be below high={self.high} for every band.")
+                raise ModelError(
+                    f"normalization low={self.low} must be below high={self.high} for every band."
+                )
         if self.kind == "window":
             if self.window is None or len(self.window) != 2 or self.window[1] <= self.window[0]:
                 raise ModelError(
@@ -127,7 +130,8 @@ class Normalization:
             channel_axis = 1 if x.ndim == 4 else 0
         if channel_axis not in (0, 1):
             raise ModelError(
-                f"tiles of shape {x.shape} do not fit spatial_dims={spatial_dims}; give (N, C, *S) or (C, *S)."
+                f"tiles of shape {x.shape} do not fit spatial_dims={spatial_dims}; give (N, C, *S) or "
+                "(C, *S)."
             )
         channels = x.shape[channel_axis]
         bshape = [1] * x.ndim
@@ -206,7 +210,7 @@ class Normalization:
         return cls(kind, mean=mean, std=std, window=window)
 
     def to_dict(self) -> dict[str, Any]:
-        """The normalisation as plain Python types."""
+        """Return the normalisation as plain Python types."""
         return {
             "kind": self.kind,
             "mean": list(self.mean),

@@ -31,9 +31,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ModelError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda[:N]'.") from err
+        raise ModelError(
+            f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda[:N]'."
+        ) from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device={device!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'.")
+        raise ModelError(
+            f"device={device!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'."
+        )
     if dev.type not in ("cpu", "cuda"):
         raise ModelError(f"device={device!r} is not supported; use 'auto', 'cpu' or 'cuda[:N]'.")
     return dev
@@ -47,7 +51,8 @@ def _flip_sets(tta_flips: Sequence[int | Sequence[int]], spatial_dims: int) -> l
         for a in axes:
             if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < spatial_dims:
                 raise ModelError(
-                    f"tta_flips entry {entry!r} names spatial axis {a!r}; valid axes are 0..{spatial_dims - 1} "
+                    f"tta_flips entry {entry!r} names spatial axis {a!r}; valid axes are "
+                    f"0..{spatial_dims - 1} "
                     f"(0 = {'row' if spatial_dims == 2 else 'z'})."
                 )
         key = tuple(sorted(set(axes)))
@@ -107,7 +112,7 @@ class TileRunner:
         self.network = model.network.to(self.device).eval()
         self._channels_last = self.device.type == "cuda" and spatial == 2
         if self._channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last)
+            self.network = self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     # ------------------------------------------------------------------ public
     @property
@@ -129,7 +134,8 @@ class TileRunner:
         spatial = self.model.spatial_dims or x.ndim - 2
         if x.ndim != spatial + 2:
             raise ModelError(
-                f"tiles of shape {tuple(x.shape)} do not have the (N, C, *S) layout with {spatial} spatial axes."
+                f"tiles of shape {tuple(x.shape)} do not have the (N, C, *S) layout with {spatial} "
+                "spatial axes."
             )
         spec = self.model.spec
         if spec is not None and x.shape[1] != spec.in_channels:
@@ -150,8 +156,10 @@ class TileRunner:
                 self._free()
                 if bs == 1:
                     raise ModelError(
-                        f"the model runs out of memory on {self.device} even with batch_size=1 for tiles of shape "
-                        f"{tuple(x.shape[1:])}; use smaller tiles, precision='bf16', or a device with more memory."
+                        f"the model runs out of memory on {self.device} even with batch_size=1 for "
+                        "tiles of shape "
+                        f"{tuple(x.shape[1:])}; use smaller tiles, precision='bf16', or a device with "
+                        "more memory."
                     ) from err
                 self.batch_size = max(1, bs // 2)
                 continue

@@ -54,7 +54,8 @@ class ModelSpec:
     """A segmentation network: MONAI architecture, spatial dims, channels and constructor arguments.
 
     Attributes:
-        architecture: One of :data:`ARCHITECTURES` (``"UNet"``, ``"BasicUNet"``, ``"DynUNet"``, ``"SwinUNETR"``).
+        architecture: One of :data:`ARCHITECTURES` (``"UNet"``, ``"BasicUNet"``, ``"DynUNet"``,
+            ``"SwinUNETR"``).
         spatial_dims: 2 for ``(C, H, W)`` tiles, 3 for ``(C, D, H, W)`` tiles.
         in_channels: Image channels (bands) the network reads.
         out_channels: Number of classes it predicts.
@@ -75,7 +76,8 @@ class ModelSpec:
             )
         if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
             raise ModelError(
-                f"model spatial_dims={self.spatial_dims!r} is not supported; choose 2 (H, W tiles) or 3 (D, H, W)."
+                f"model spatial_dims={self.spatial_dims!r} is not supported; choose 2 (H, W tiles) or 3 "
+                "(D, H, W)."
             )
         for key in ("in_channels", "out_channels"):
             value = getattr(self, key)
@@ -83,7 +85,8 @@ class ModelSpec:
                 raise ModelError(f"model {key}={value!r} must be a positive integer.")
         if self.out_channels < 2:
             raise ModelError(
-                f"model out_channels={self.out_channels} must be >= 2: tiler segments with a softmax over classes."
+                f"model out_channels={self.out_channels} must be >= 2: tiler segments with a softmax "
+                "over classes."
             )
         if not isinstance(self.args, Mapping):
             raise ModelError(f"model args={self.args!r} must be a mapping of constructor arguments.")
@@ -91,7 +94,7 @@ class ModelSpec:
         object.__setattr__(self, "args", args)
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as plain Python types (str, int, list, dict)."""
+        """Return the spec as plain Python types (str, int, list, dict)."""
         return {
             "architecture": self.architecture,
             "spatial_dims": self.spatial_dims,
@@ -104,7 +107,9 @@ class ModelSpec:
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "model spec") -> ModelSpec:
         """Build a spec from a mapping, naming unknown or missing keys."""
         if not isinstance(data, Mapping):
-            raise ModelError(f"{source} must be a mapping with keys architecture, spatial_dims, ...; got {data!r}.")
+            raise ModelError(
+                f"{source} must be a mapping with keys architecture, spatial_dims, ...; got {data!r}."
+            )
         valid = {"architecture", "spatial_dims", "in_channels", "out_channels", "args"}
         unknown = sorted(set(data) - valid)
         if unknown:
@@ -148,10 +153,16 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
     cls = ARCHITECTURES[spec.architecture]
     kwargs = dict(spec.args)
     try:
-        return cls(spatial_dims=spec.spatial_dims, in_channels=spec.in_channels, out_channels=spec.out_channels, **kwargs)
+        return cls(
+            spatial_dims=spec.spatial_dims,
+            in_channels=spec.in_channels,
+            out_channels=spec.out_channels,
+            **kwargs,
+        )
     except OptionalImportError as err:
         raise ModelError(
-            f"MONAI {spec.architecture} needs an optional package that is not installed: {str(err).splitlines()[0]} "
+            f"MONAI {spec.architecture} needs an optional package that is not installed: "
+            f"{str(err).splitlines()[0]} "
             f"Install it (e.g. `pip install einops` for SwinUNETR) or choose UNet/BasicUNet/DynUNet."
         ) from err
     except (TypeError, ValueError, AssertionError) as err:

@@ -55,6 +55,7 @@ class TrainConfig:
         threads: ``torch.set_num_threads`` during training (None keeps torch's default).
         bands: Satellite bands (4 to 6).
         foreground_fraction: Share of crops centred on a non-background voxel (CT).
+
     """
 
     domain: str
@@ -85,13 +86,18 @@ class TrainConfig:
         for name in ("scene_shape", "crop"):
             value = getattr(self, name)
             if len(value) != ndim or any(v < 1 for v in value):
-                raise ConfigError(f"train {name}={value} must hold {ndim} positive sizes for domain={self.domain!r}.")
+                raise ConfigError(
+                    f"train {name}={value} must hold {ndim} positive sizes for domain={self.domain!r}."
+                )
         if any(c > s for c, s in zip(self.crop, self.scene_shape, strict=True)):
-            raise ConfigError(f"train crop={self.crop} is larger than scene_shape={self.scene_shape}; lower the crop.")
+            raise ConfigError(
+                f"train crop={self.crop} is larger than scene_shape={self.scene_shape}; lower the crop."
+            )
         multiple = int(np.prod(self.strides))
         if any(c % multiple for c in self.crop):
             raise ConfigError(
-                f"train crop={self.crop} must be a multiple of the U-Net's total stride {multiple} on every axis."
+                f"train crop={self.crop} must be a multiple of the U-Net's total stride {multiple} on "
+                "every axis."
             )
         if len(self.channels) != len(self.strides) + 1:
             raise ConfigError(
@@ -107,7 +113,7 @@ class TrainConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "train config") -> TrainConfig:
-        """Build from a mapping (e.g. YAML), naming unknown keys; missing keys take the domain's demo preset."""
+        """Build from a mapping (e.g. YAML), naming unknown keys; missing keys take the demo preset."""
         if not isinstance(data, Mapping) or "domain" not in data:
             raise ConfigError(f"{source} must be a mapping with at least the key 'domain' ({list(DOMAINS)}).")
         valid = {f.name for f in dataclasses.fields(cls)}
@@ -127,6 +133,7 @@ class TrainResult:
         losses: Loss per step.
         seconds: Wall time of the run (scene generation included).
         config: The config trained.
+
     """
 
     checkpoint_path: Path
@@ -136,7 +143,7 @@ class TrainResult:
 
 
 def demo_config(domain: str, **overrides: Any) -> TrainConfig:
-    """The preset of a domain: small, fast on 2 CPU cores, accurate on held-out scenes."""
+    """Return the preset of a domain: small, fast on 2 CPU cores, accurate on held-out scenes."""
     if domain == "satellite":
         cfg = TrainConfig(
             domain="satellite", out="models/satellite.pt", scene_shape=(1024, 1024), train_seeds=(1,),
@@ -158,13 +165,15 @@ def demo_config(domain: str, **overrides: Any) -> TrainConfig:
 
 
 def make_scene(cfg: TrainConfig, seed: int) -> Scene:
-    """The generated scene of ``cfg``'s domain and shape with ``seed``."""
+    """Return the generated scene of ``cfg``'s domain and shape with ``seed``."""
     if cfg.domain == "satellite":
         return satellite_scene(cfg.scene_shape, seed=seed, bands=cfg.bands)
     return ct_scene(cfg.scene_shape, seed=seed)
 
 
-def _fit_normalization(cfg: TrainConfig, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Normalization:
+def _fit_normalization(
+    cfg: TrainConfig, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
+) -> Normalization:
     if cfg.domain == "satellite":
         return Normalization.fit(images, "meanstd", masks=[lab != 255 for lab in labels])
     return Normalization.fit(images, "window", window=CT_WINDOW)
@@ -181,7 +190,9 @@ def _sample_crop(
             fg = np.flatnonzero(labels.ravel() > 0)
             if fg.size:
                 centre = np.unravel_index(int(fg[rng.integers(fg.size)]), shape)
-                start = [int(np.clip(c - k // 2, 0, n - k)) for c, k, n in zip(centre, crop, shape, strict=True)]
+                start = [
+                    int(np.clip(c - k // 2, 0, n - k)) for c, k, n in zip(centre, crop, shape, strict=True)
+                ]
             else:
                 start = [int(rng.integers(0, n - k + 1)) for n, k in zip(shape, crop, strict=True)]
         else:
@@ -192,8 +203,7 @@ def _sample_crop(
             best = (bad, sl)
         if bad == 0:
             break
-    assert best is not None  # the loop runs at least once
-    sl = best[1]
+    sl = best[1] if best is not None else tuple(slice(0, k) for k in crop)
     lab = labels[sl].copy()
     lab[lab == 255] = 0  # only when no clean crop was found in 50 tries
     return image[(slice(None), *sl)], lab
@@ -218,7 +228,7 @@ def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np
 
 
 def model_spec(cfg: TrainConfig, num_classes: int, in_channels: int) -> ModelSpec:
-    """The U-Net spec a config trains."""
+    """Return the U-Net spec a config trains."""
     return ModelSpec(
         "UNet",
         2 if cfg.domain == "satellite" else 3,
@@ -237,6 +247,7 @@ def train(cfg: TrainConfig, *, log_every: int = 0) -> TrainResult:
 
     Returns:
         The checkpoint path, the loss per step and the wall time.
+
     """
     t0 = time.perf_counter()
     old_threads = torch.get_num_threads()
@@ -280,10 +291,18 @@ def train(cfg: TrainConfig, *, log_every: int = 0) -> TrainResult:
             losses.append(float(loss.detach()))
             if log_every and (step + 1) % log_every == 0:
                 recent = float(np.mean(losses[-log_every:]))
-                print(f"step {step + 1}/{cfg.steps} loss {recent:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(
+                    f"step {step + 1}/{cfg.steps} loss {recent:.4f} ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
         net.eval()
         path = save_checkpoint(
-            cfg.out, net, spec=spec, normalization=norm, class_names=scene.class_names, class_colors=scene.class_colors
+            cfg.out,
+            net,
+            spec=spec,
+            normalization=norm,
+            class_names=scene.class_names,
+            class_colors=scene.class_colors,
         )
     finally:
         torch.set_num_threads(old_threads)
@@ -304,7 +323,9 @@ def fwiou(truth: np.ndarray, pred: np.ndarray, num_classes: int, *, ignore: int 
     if ignore is not None:
         keep = t != ignore
         t, p = t[keep], p[keep]
-    cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
     tp = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - tp
     iou = np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)
