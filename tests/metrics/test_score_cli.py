@@ -165,3 +165,19 @@ def test_engine_store_against_zarr_array_and_nifti_volumes(tmp_path: Path) -> No
     nib.save(nib.Nifti1Image(truth.transpose(2, 1, 0).copy(), bad), tmp_path / "moved.nii")
     with pytest.raises(ScoreError, match=r"has affine .* but truth .*moved\.nii"):
         score_paths(str(tmp_path / "out.zarr"), str(tmp_path / "moved.nii"))
+
+
+def test_real_multiband_landsat_is_not_a_label_map() -> None:
+    rgb = "/work/shared/data/RGB.byte.tif"  # 3 bands, uint8, EPSG:32618
+    with pytest.raises(ScoreError, match=r"RGB\.byte\.tif has 3 bands/channels; a label map has exactly one"):
+        score_paths(rgb, rgb)
+
+
+def test_real_big_endian_mri_scored_against_itself(tmp_path: Path) -> None:
+    # anatomical.nii: big-endian int16 MRI; thresholded into 3 classes it is a real label volume.
+    image = nib.load("/work/shared/data/anatomical.nii")
+    labels = np.digitize(np.asarray(image.dataobj), [50, 150]).astype(np.int16)
+    nib.save(nib.Nifti1Image(labels, image.affine), tmp_path / "labels.nii")
+    scores, _ = score_paths(str(tmp_path / "labels.nii"), str(tmp_path / "labels.nii"), num_classes=3)
+    assert scores.fwiou == 1.0 and scores.scored_pixels == 33 * 41 * 25
+    assert scores.boundary_iou is not None and all(v in (None, 1.0) for v in scores.boundary_iou)

@@ -160,11 +160,21 @@ class BoundaryCounts:
 
 
 def _band(codes: np.ndarray, radius: int) -> np.ndarray:
-    """Pixels whose radius-``radius`` cube is not all their own code (outside the array differs)."""
+    """Pixels whose radius-``radius`` cube is not all their own code (outside the array differs).
+
+    ``codes`` are ``0..K``; min and max filters with sentinels below / above every code meet only inside
+    a uniform cube. Codes go to uint8 (shifted by one, sentinels 0 and 255) when they fit: the filters
+    run 2-3x faster on bytes than on int32.
+    """
     size = 2 * radius + 1
-    small = codes.astype(np.int32, copy=False)
-    low = ndimage.minimum_filter(small, size=size, mode="constant", cval=np.iinfo(np.int32).min)
-    high = ndimage.maximum_filter(small, size=size, mode="constant", cval=np.iinfo(np.int32).max)
+    if int(codes.max(initial=0)) < 254:
+        small = (codes + 1).astype(np.uint8)
+        low_cval, high_cval = 0, 255
+    else:
+        small = codes.astype(np.int32, copy=False)
+        low_cval, high_cval = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    low = ndimage.minimum_filter(small, size=size, mode="constant", cval=low_cval)
+    high = ndimage.maximum_filter(small, size=size, mode="constant", cval=high_cval)
     return np.asarray(low != high)
 
 
