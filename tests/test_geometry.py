@@ -98,18 +98,28 @@ def test_window_algebra() -> None:
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        pytest.param(lambda: TileGrid((64, 64), (16, 16), (16, 0)), r"overlap=\(16, 0\).*smaller than tile", id="overlap>=tile"),
+        pytest.param(
+            lambda: TileGrid((64, 64), (16, 16), (16, 0)), r"overlap=\(16, 0\).*smaller than tile", id="overlap>=tile"
+        ),
         pytest.param(lambda: TileGrid((64, 64), (16, 16), (20, 20)), r"overlap=\(20, 20\)", id="overlap>tile"),
         pytest.param(lambda: TileGrid((64, 64), (0, 16), (0, 0)), r"tile=\(0, 16\).*at least 1", id="zero-tile"),
         pytest.param(lambda: TileGrid((64, -3), (16, 16), (0, 0)), r"image shape=\(64, -3\)", id="negative-shape"),
-        pytest.param(lambda: TileGrid((64, 64), (16, 16, 16), (0, 0, 0)), r"tile=.*3 axes but the image has 2", id="dims-mismatch"),
+        pytest.param(
+            lambda: TileGrid((64, 64), (16, 16, 16), (0, 0, 0)),
+            r"tile=.*3 axes but the image has 2",
+            id="dims-mismatch",
+        ),
         pytest.param(lambda: TileGrid((64, 64), (16, 16), (-1, 0)), r"overlap=\(-1, 0\)", id="negative-overlap"),
         pytest.param(lambda: TileGrid((64,), (16,), (0,)), r"2D \(H, W\) or 3D", id="1d-image"),
         pytest.param(lambda: TileGrid((64, 64), (16.5, 16), (0, 0)), r"whole pixel counts", id="fractional-tile"),
         pytest.param(lambda: Window((0, 5), (4, 5)), r"empty or inverted", id="empty-window"),
         pytest.param(lambda: Window((0, 0), (4, 4, 4)), r"same, non-zero number of axes", id="window-dims"),
         pytest.param(lambda: BlockPartition((64, 64), (0, 8)), r"block=\(0, 8\)", id="zero-block"),
-        pytest.param(lambda: BlockPartition((64, 64), (48, 48)).check_aligned((32, 32)), r"multiple of the output chunk", id="unaligned-block"),
+        pytest.param(
+            lambda: BlockPartition((64, 64), (48, 48)).check_aligned((32, 32)),
+            r"multiple of the output chunk",
+            id="unaligned-block",
+        ),
     ],
 )
 def test_bad_geometry_raises_project_error(make, match: str) -> None:  # type: ignore[no-untyped-def]

@@ -89,7 +89,9 @@ def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path
         pytest.param("tiling.overlap=[32,32]", "tiling.overlap", id="overlap>=tile"),
         pytest.param("input.path=/nonexistent/scene.tif", "/nonexistent/scene.tif", id="missing-input"),
         pytest.param("input.bands=[1,2]", "expects 3", id="band-count"),
-        pytest.param("input.path=" + str(REPO.parent / "shared" / "data" / "all-nodata.tif"), "nodata", id="all-nodata"),
+        pytest.param(
+            "input.path=" + str(REPO.parent / "shared" / "data" / "all-nodata.tif"), "nodata", id="all-nodata"
+        ),
     ],
 )
 def test_cli_bad_input_exits_nonzero_with_the_cause(tmp_path: Path, capsys, override: str, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -115,12 +117,36 @@ def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path) -> None:
     ray_bin = str(VENV_BIN / "ray")
     port, dash = _free_port(), _free_port()
     temp = Path("/tmp") / f"ray-submit-{os.getpid()}"
-    start = [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp}", "--include-dashboard=true"]
+    start = [
+        ray_bin,
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        "--num-cpus=1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+        "--include-dashboard=true",
+    ]
     head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO),
-                  "--", "python", "-m", "pipelines.segment", str(config), "--quiet"]
+        submit = [
+            ray_bin,
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dash}",
+            "--working-dir",
+            str(REPO),
+            "--",
+            "python",
+            "-m",
+            "pipelines.segment",
+            str(config),
+            "--quiet",
+        ]
         deadline = time.time() + 120
         while True:  # the dashboard's job API comes up a few seconds after the head
             run = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)

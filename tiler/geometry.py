@@ -36,7 +36,9 @@ def _as_int_tuple(name: str, values: Sequence[int] | int, ndim: int | None = Non
     """Normalise ``values`` to a tuple of ints, broadcasting a scalar to ``ndim`` axes."""
     if isinstance(values, int | float) and not isinstance(values, bool):
         if ndim is None:
-            raise GeometryError(f"{name}={values!r} is a scalar but the number of axes is unknown; give one value per axis.")
+            raise GeometryError(
+                f"{name}={values!r} is a scalar but the number of axes is unknown; give one value per axis."
+            )
         values = (values,) * ndim
     out = tuple(values)  # type: ignore[arg-type]
     for v in out:

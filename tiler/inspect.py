@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from tiler.geometry import BlockPartition, TileGrid, Window
+from tiler.geometry import BlockPartition, PadMode, TileGrid, Window
 
 
 def _nodata_share(reader: Any, step: int = 2048) -> float | None:
@@ -30,13 +30,15 @@ def _plan(reader: Any, config: str) -> dict[str, Any]:
     from tiler.segment import model_ref
 
     cfg = load_config(config, [f"input.path={reader.path}"])
-    grid = TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.pad_mode)
+    grid = TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode))
     part = BlockPartition(reader.shape, cfg.tiling.block)
     skipped = 0
     full = Window.from_shape(reader.shape)
     valid = reader.valid_mask(full) if math.prod(reader.shape) <= 64 * 2**20 else None
     if valid is not None and cfg.engine.skip_empty:
-        skipped = sum(1 for w in grid if not valid[w.clip(grid.shape).slices].any())  # type: ignore[union-attr]
+        for tile in grid:
+            inside = tile.clip(grid.shape)
+            skipped += inside is not None and not bool(valid[inside.slices].any())
     ref = model_ref(cfg)
     loaded = load_model(ref.weights, **dict(ref.load))
     classes = loaded.num_classes
@@ -52,8 +54,9 @@ def _plan(reader: Any, config: str) -> dict[str, Any]:
         + params * 4
     )
     per_block = [len(grid.positions_intersecting(w)) for w in part]
+    step = tuple(t - o for t, o in zip(grid.tile, grid.overlap, strict=True))
     return {
-        "tile / overlap": f"{grid.tile} / {grid.overlap} px (step {tuple(t - o for t, o in zip(grid.tile, grid.overlap, strict=True))})",
+        "tile / overlap": f"{grid.tile} / {grid.overlap} px (step {step})",
         "tiles": f"{len(grid)} ({' x '.join(map(str, grid.counts))})",
         "blocks": f"{len(part)} of {part.block} px ({' x '.join(map(str, part.counts))})",
         "tile runs (per block)": f"{sum(per_block)} (tiles on block borders run once per block they touch)",

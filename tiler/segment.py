@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tiler.blend import Blender
+from tiler.blend import Blender, BlendMode
 from tiler.config import JobConfig, config_hash
 from tiler.engine.job import JobResult, run_job
 from tiler.engine.plan import ModelRef, Plan, ReaderRef
 from tiler.errors import InputError, ModelError
-from tiler.geometry import BlockPartition, TileGrid
+from tiler.geometry import BlockPartition, PadMode, TileGrid
 
 READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
 MODEL_FORMATS = {"auto": "auto", "checkpoint": "project", "state_dict": "state_dict", "torchscript": "torchscript"}
@@ -113,9 +113,9 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
     plan = Plan(
         input=ref,
         model=model,
-        grid=TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.pad_mode),
+        grid=TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode)),
         partition=BlockPartition(reader.shape, cfg.tiling.block),
-        blender=Blender(cfg.tiling.blend, cfg.tiling.sigma_scale),
+        blender=Blender(BlendMode(cfg.tiling.blend), cfg.tiling.sigma_scale),
         num_classes=loaded.num_classes,
         store_path=cfg.output.path,
         batch_size=cfg.model.batch_size,
@@ -216,7 +216,8 @@ def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str
         elif name == "ome-zarr":
             done[name] = str(export_ome_zarr(store, paths["ome-zarr"]))
     reader = plan.input.open()
-    done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=reader if len(reader.shape) == 2 else None))
+    overlay = reader if len(reader.shape) == 2 else None
+    done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=overlay))
     reader.close()
     return done
 
@@ -261,8 +262,8 @@ def _report(cfg: JobConfig, result: SegmentResult, paths: dict[str, Path]) -> No
               f"{s['seconds']} | {s['tiles_per_second']} |", ""]
     if result.scores is not None:
         sc = result.scores
-        lines += [f"**FWIoU {sc['fwiou']:.4f}** · mIoU {sc['miou']:.4f} · pixel accuracy {sc['pixel_accuracy']:.4f}", "",
-                  "| class | IoU | Dice |", "|---|---|---|"]
+        headline = f"**FWIoU {sc['fwiou']:.4f}** · mIoU {sc['miou']:.4f} · pixel accuracy {sc['pixel_accuracy']:.4f}"
+        lines += [headline, "", "| class | IoU | Dice |", "|---|---|---|"]
         for name, iou, dice in zip(sc["class_names"], sc["per_class_iou"], sc["per_class_dice"], strict=False):
             fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
             lines.append(f"| {name} | {fmt(iou)} | {fmt(dice)} |")

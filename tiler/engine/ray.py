@@ -127,7 +127,7 @@ def make_runner(options: RayOptions):  # type: ignore[no-untyped-def]
         connect(options.address)
         size = min(pool_size(options), len(positions))
         threads = options.threads or max(1, int(options.cpus_per_actor))
-        actor_cls = ray.remote(BlockActor).options(  # type: ignore[attr-defined]
+        actor_cls: Any = ray.remote(BlockActor).options(  # type: ignore[attr-defined]
             num_cpus=options.cpus_per_actor,
             num_gpus=options.gpus_per_actor,
             max_restarts=options.max_restarts,
@@ -135,7 +135,7 @@ def make_runner(options: RayOptions):  # type: ignore[no-untyped-def]
             max_concurrency=max(1, options.max_in_flight),
         )
         # the plan is small: passed inline so a restarted actor never depends on an object-store copy
-        actors = [actor_cls.remote(plan, threads) for _ in range(size)]
+        actors: list[Any] = [actor_cls.remote(plan, threads) for _ in range(size)]
         queue = deque(positions)
         in_flight: dict[Any, tuple[int, Shape]] = {}
 

@@ -32,7 +32,9 @@ class SceneLike(Protocol):
     channels: int
     dtype: np.dtype
     nodata_label: int
-    image_nodata: float | None
+
+    @property
+    def image_nodata(self) -> float | None: ...  # noqa: D102 - read-only, so float and None scenes both fit
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]: ...  # noqa: D102
 

@@ -1,0 +1,35 @@
+"""``make bench``: every benchmark in turn, each writing ``bench/results/<name>.json``.
+
+Sizes default to the issues' figures; pass ``--quick`` for a smoke run on small inputs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+FULL = [
+    ["bench.bench_stitch", "--size", "4096"],
+    ["bench.bench_runner"],
+    ["bench.bench_score"],
+    ["bench.bench_io"],
+    ["bench.bench_engine", "--size", "8192"],
+    ["bench.bench_engine", "--size", "16384"],
+]
+QUICK = [
+    ["bench.bench_stitch", "--size", "1024"],
+    ["bench.bench_engine", "--size", "2048", "--block", "1024"],
+]
+
+
+def main() -> int:
+    suite = QUICK if "--quick" in sys.argv else FULL
+    failed = 0
+    for module, *args in suite:
+        print(f"== {module} {' '.join(args)}", flush=True)
+        failed += subprocess.call([sys.executable, "-m", module, *args]) != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
