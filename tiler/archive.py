@@ -974,14 +974,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--engine", choices=("ray", "local"), default="ray",
         help="ray (default: RAY_ADDRESS or an embedded local Ray) or local (in-process)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(  # SUPPRESS: keeps `tiler --quiet archive ...` from being reset by this default
+        "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress lines"
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run an archive from parsed arguments; return 0 (nothing failed), 1 (some failed) or 2 (bad setup)."""
     try:
         archive = load_archive(args.config, args.overrides)
-        report = run_archive(archive, engine=args.engine, quiet=args.quiet)
+        report = run_archive(archive, engine=args.engine, quiet=bool(getattr(args, "quiet", False)))
     except TilerError as exc:
         print(f"tiler archive: error: {exc}", file=sys.stderr)
         return 2
