@@ -160,3 +160,13 @@ def test_shape_mismatch_is_a_score_error() -> None:
 def test_bad_num_classes_is_a_score_error() -> None:
     with pytest.raises(ScoreError, match=r"num_classes=0 must be a whole number >= 1"):
         confusion_matrix(TRUTH_4X4, PRED_4X4, num_classes=0)
+
+
+def test_block_larger_than_one_counting_slice_matches_sklearn() -> None:
+    # 600 x 500 = 300000 pixels: more than one 2**18-pixel slice of the byte fast path, with a valid mask.
+    truth, pred = random_labels((600, 500), 7, seed=11)
+    valid = np.random.default_rng(12).random(truth.shape) < 0.8
+    counts = count_pixels(truth, pred, num_classes=7, valid=valid)
+    kept = (truth != 255) & valid
+    np.testing.assert_array_equal(counts.confusion, sk_confusion_matrix(truth[kept], pred[kept], labels=list(range(7))))
+    assert counts.ignored == truth.size - int(kept.sum())
