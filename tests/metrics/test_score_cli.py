@@ -84,6 +84,21 @@ def test_cli_quiet_without_boundary_prints_nothing(tif_pair, capsys) -> None:
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--quiet", "score"], id="tiler --quiet score"),
+        pytest.param(["score", "--quiet"], id="score --quiet"),
+    ],
+)
+def test_quiet_through_the_tiler_cli(tif_pair, argv: list[str], capsys) -> None:
+    from tiler.cli import main
+
+    pred_path, truth_path, _, _ = tif_pair
+    assert main([*argv, str(pred_path), str(truth_path), "--boundary-width", "0"]) == 0
+    assert capsys.readouterr().out == ""
+
+
 def test_num_classes_is_inferred_and_pred_nodata_counts_as_no_prediction(tmp_path: Path) -> None:
     truth = scene((40, 40), 3, seed=2)
     pred = truth.copy()

@@ -130,7 +130,7 @@ def run_score(args: argparse.Namespace) -> int:
     except TilerError as exc:
         print(f"tiler score: error: {exc}", file=sys.stderr)
         return 2
-    if not args.quiet:
+    if not getattr(args, "quiet", False):
         print(f"prediction: {details['prediction']}\ntruth:      {details['truth']}")
         for note in details["notes"]:
             print(f"note: {note}")
@@ -161,5 +161,7 @@ def add_parser(subparsers: Any) -> None:
                         "('5px'); 0 skips the boundary scores")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="write the scores here, and <stem>.confusion.png, <stem>.per_class.png by it")
-    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument(  # SUPPRESS: keeps `tiler --quiet score ...` from being reset by this default
+        "--quiet", action="store_true", default=argparse.SUPPRESS, help="print nothing on success"
+    )
     parser.set_defaults(func=run_score)
