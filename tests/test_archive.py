@@ -427,7 +427,7 @@ def test_ledger_gives_up_with_a_clear_error_after_the_busy_timeout(tmp_path: Pat
 def test_the_example_archive_config_loads_and_comments_every_key() -> None:
     archive = load_archive(REPO / "configs" / "archive.yaml")
     assert archive.root == REPO / "archive-output" / "satellite"
-    assert archive.template["model"]["weights"] == str(REPO / "models" / "satellite-demo.pt")
+    assert archive.template["model"]["weights"] == str(REPO / "demo-output" / "models" / "satellite-demo.pt")
     assert archive.truth_path("/scenes/x.tif") == "/scenes/x_truth.tif"
     keys = [line for line in (REPO / "configs" / "archive.yaml").read_text().splitlines()
             if line.strip() and not line.lstrip().startswith("#")]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -987,9 +988,18 @@ def dump_config(cfg: JobConfig, path: str | Path) -> Path:
 
 
 def _file_sha256(path: str) -> str | None:
-    """Return the sha256 of a local file; None for a remote or missing file."""
+    """Return the sha256 of a local file; None for a remote or missing file.
+
+    Cached by (path, size, mtime), so an archive run hashes its checkpoint once, not once per input.
+    """
     if not _is_local_path(path) or not os.path.isfile(path):
         return None
+    stat = os.stat(path)
+    return _sha256_cached(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -109,7 +109,7 @@ def _failure(plan: Plan, position: Shape, exc: BaseException) -> EngineError:
     cause: BaseException = exc
     if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
         cause = exc.cause
-    where = f"block {block_key(position)} (window {plan.window(position)}) of {plan.store_path}"
+    where = f"block {block_key(position)} (window {plan.window(position)}) of {plan.input.path} → {plan.store_path}"
     if isinstance(exc, ray.exceptions.RayActorError):
         return EngineError(
             f"{where} failed: its actor died more often than engine.max_restarts allows ({exc}). Raise "

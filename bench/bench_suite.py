@@ -1,0 +1,301 @@
+"""Side by side on the same input and model: the bare-forward limit, this project, and MONAI (issue 8).
+
+Each approach runs in its own process so its peak memory is its own:
+
+- ``limit``: a bare ``model(x)`` loop over exactly the tiles the pipeline runs, pre-read into memory;
+- ``project``: the full job (read → tile → infer → stitch → write zarr → labels) on a local Ray
+  (peak memory summed over the driver and every Ray process, sampled every 0.2 s);
+- ``project-noskip``: the same with nodata/background skipping off (Landsat and slide cases);
+- ``peer``: ``monai.inferers.sliding_window_inference`` with the same model, tile, overlap and gaussian
+  blending, input already normalised in memory.
+
+Run ``python -m bench.bench_suite --case 2d`` (cases: 2d, 3d, landsat, slide, huge; ``--quick`` for
+small sizes). Results: ``bench/results/suite-<case>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from bench.common import save
+
+CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CASES: dict[str, dict[str, Any]] = {
+    "2d": {"shape": (8192, 8192), "quick": (2048, 2048), "tile": 256, "overlap": 32, "block": 2048, "chunks": 512},
+    "3d": {"shape": (256, 256, 256), "quick": (96, 128, 128), "tile": 64, "overlap": 16, "block": 128, "chunks": 64},
+    "landsat": {"shape": None, "tile": 128, "overlap": 16, "block": 256, "chunks": 128},
+    "slide": {"shape": (8192, 8192), "quick": (4096, 4096), "tile": 256, "overlap": 32, "block": 1024, "chunks": 512},
+    "huge": {"shape": (32768, 32768), "quick": (8192, 8192), "tile": 256, "overlap": 32, "block": 2048, "chunks": 512},
+}
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def prepare(case: str, quick: bool) -> dict[str, Any]:
+    """Write (once) the case's input and a model checkpoint; returns paths and geometry."""
+    import torch
+
+    from tiler.model import Normalization, save_checkpoint
+    from tiler.model.spec import ModelSpec, build_network
+
+    spec = CASES[case]
+    shape = spec.get("quick") if quick and spec.get("quick") else spec["shape"]
+    root = CACHE / f"{case}-{'x'.join(map(str, shape)) if shape else 'landsat'}"
+    root.mkdir(parents=True, exist_ok=True)
+    if case == "landsat":
+        image, bands = DATA / "RGB.byte.tif", 3
+    elif case == "3d":
+        image, bands = root / "volume.nii.gz", 1
+        if not image.exists():
+            from tiler.io.scenes_files import write_ct
+            from tiler.scenes import ct_scene
+
+            write_ct(ct_scene(shape, seed=3), image, root / "truth.nii.gz")
+    elif case == "slide":
+        image, bands = root / "slide.ome.tif", 3
+        if not image.exists():
+            from tiler.io.scenes_files import write_slide
+            from tiler.scenes import slide_scene
+
+            write_slide(slide_scene(shape, seed=3), image, root / "truth.tif")
+    else:
+        image, bands = root / "scene.tif", 4
+        if not image.exists():
+            from tiler.io.scenes_files import write_satellite
+            from tiler.scenes import satellite_scene
+
+            write_satellite(satellite_scene(shape, seed=3), image, root / "truth.tif")
+    weights = root / "model.pt"
+    ndim = 3 if case == "3d" else 2
+    if not weights.exists():
+        torch.manual_seed(0)
+        channels = [16, 32, 64, 128] if ndim == 2 else [8, 16, 32, 64]
+        model = ModelSpec("UNet", ndim, bands, 6, args={"channels": channels, "strides": [2, 2, 2], "num_res_units": 1})
+        scale = {4: 3000.0, 3: 128.0, 1: 500.0}[bands]
+        norm = Normalization(kind="meanstd", mean=(scale,) * bands, std=(scale,) * bands)
+        save_checkpoint(weights, build_network(model), spec=model, normalization=norm)
+    return {"case": case, "image": str(image), "weights": str(weights), "root": str(root), "ndim": ndim,
+            "tile": spec["tile"], "overlap": spec["overlap"], "block": spec["block"], "chunks": spec["chunks"]}
+
+
+def _plan(info: dict[str, Any], *, skip: bool, store: Path, probabilities: str | None = None) -> Any:
+    from tiler.blend import Blender
+    from tiler.engine.plan import ModelRef, Plan, ReaderRef
+    from tiler.geometry import BlockPartition, TileGrid
+    from tiler.io import open_reader
+
+    options = {"mask": "tissue"} if info["case"] == "slide" else {}
+    reader = open_reader(info["image"], **options)
+    nd = info["ndim"]
+    grid = TileGrid(reader.shape, (info["tile"],) * nd, (info["overlap"],) * nd)
+    return Plan(
+        input=ReaderRef(info["image"], options),
+        model=ModelRef(info["weights"], runner={"device": "auto", "batch_size": 8 if nd == 2 else 2}),
+        grid=grid, partition=BlockPartition(reader.shape, (info["block"],) * nd), blender=Blender("gaussian"),
+        num_classes=6, store_path=str(store), batch_size=8 if nd == 2 else 2, skip_empty=skip,
+        probabilities=probabilities,
+    ), reader
+
+
+# ---------------------------------------------------------------------------------------------- approaches
+
+
+class PeakMemory:
+    """Summed RSS of this process and every Ray process, sampled in the background."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process().pid
+        total = 0
+        for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.info["pid"] == me or "ray::" in cmd or "/ray/" in cmd or "raylet" in cmd or "gcs_server" in cmd:
+                total += proc.info["memory_info"].rss if proc.info["memory_info"] else 0
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_limit(info: dict[str, Any]) -> dict[str, Any]:
+    """Bare forward over the pipeline's tiles (same skip rule, same per-block duplicates), pre-read."""
+    import torch
+
+    from tiler.engine.work import iter_batches, prepare_block
+    from tiler.model import load_model
+
+    plan, reader = _plan(info, skip=True, store=Path(info["root"]) / "unused.zarr")
+    loaded = load_model(info["weights"])
+    batches = []
+    for window in plan.partition:
+        prepared = prepare_block(window, plan.grid, read=reader.read, mask=reader.valid_mask)
+        if prepared.positions:
+            for _, b in iter_batches(prepared, plan.grid, plan.batch_size):
+                batches.append(torch.from_numpy(loaded.normalization.apply(b)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = loaded.network.to(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            torch.softmax(net(b.to(device)), dim=1).cpu()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "tiles": sum(len(b) for b in batches)}
+
+
+def run_project(info: dict[str, Any], *, skip: bool) -> dict[str, Any]:
+    """The whole job on a local Ray."""
+    import zarr
+
+    from tiler.engine.job import run_job
+    from tiler.engine.ray import RayOptions, connect, make_runner
+
+    store = Path(info["root"]) / f"project-{'skip' if skip else 'noskip'}.zarr"
+    shutil.rmtree(store, ignore_errors=True)
+    plan, _ = _plan(info, skip=skip, store=store)
+    connect(None)  # start Ray outside the timed part, like a cluster that is already up
+    with PeakMemory() as memory:
+        t0 = time.perf_counter()
+        result = run_job(plan, run_blocks=make_runner(RayOptions()), chunks=(info["chunks"],) * info["ndim"],
+                         config_hash="bench", overwrite=True)
+        seconds = time.perf_counter() - t0
+    labels = zarr.open_group(str(store), mode="r")["labels"]
+    if math.prod(labels.shape) <= 2**28:
+        np.save(Path(info["root"]) / f"labels-project-{'skip' if skip else 'noskip'}.npy", labels[...])
+    return {"seconds": seconds, "tiles": result.tiles_run, "tiles_skipped": result.tiles_skipped,
+            "peak_memory_mb": memory.peak / 2**20}
+
+
+def run_peer(info: dict[str, Any]) -> dict[str, Any]:
+    """MONAI's sliding_window_inference with the same model and grid, input normalised in memory."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from tiler.geometry import Window
+    from tiler.io import open_reader
+    from tiler.model import load_model
+
+    reader = open_reader(info["image"])
+    pixels = math.prod(reader.shape)
+    need = pixels * (reader.channels + 6 + 1) * 4  # normalised input, float32 output, float32 count map
+    available = psutil.virtual_memory().available
+    if need > 0.9 * available:
+        return {"could_not_run": f"needs about {need / 2**30:.1f} GiB for the in-memory input, float32 "
+                                 f"probabilities and count map; {available / 2**30:.1f} GiB available"}
+    loaded = load_model(info["weights"])
+    image = torch.from_numpy(loaded.normalization.apply(reader.read(Window.from_shape(reader.shape))))[None]
+    nd, tile, overlap = info["ndim"], info["tile"], info["overlap"]
+    fraction = overlap / tile  # MONAI steps int(tile * (1 - fraction)) = tile - overlap pixels
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = loaded.network.to(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = sliding_window_inference(
+            image, (tile,) * nd, 8 if nd == 2 else 2, lambda x: torch.softmax(net(x), dim=1), overlap=fraction,
+            mode="gaussian", sigma_scale=0.125, sw_device=device, device="cpu",
+        )
+        labels = out[0].argmax(0).to(torch.uint8).numpy()
+    seconds = time.perf_counter() - t0
+    np.save(Path(info["root"]) / "labels-peer.npy", labels)
+    return {"seconds": seconds}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def child(approach: str, info: dict[str, Any]) -> None:
+    """Run one approach in this process and print its JSON (with this process tree's peak RSS)."""
+    if approach == "limit":
+        out = run_limit(info)
+    elif approach == "peer":
+        out = run_peer(info)
+    else:
+        out = run_project(info, skip=approach == "project")
+    out.setdefault("peak_memory_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print("RESULT " + json.dumps(out))
+
+
+def spawn(approach: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Run an approach in a fresh process."""
+    cmd = [sys.executable, "-m", "bench.bench_suite", "--child", approach, "--info", json.dumps(info)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    for line in run.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[7:]))
+    return {"error": (run.stderr or run.stdout)[-2000:]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--case", choices=list(CASES), default="2d")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child")
+    parser.add_argument("--info")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, json.loads(args.info))
+        return
+    info = prepare(args.case, args.quick)
+    approaches = ["limit", "project", "peer"]
+    if args.case in ("landsat", "slide"):
+        approaches.insert(2, "project-noskip")
+    if args.case == "huge":
+        approaches = ["project", "peer"]
+    results = {a: spawn(a, info) for a in approaches}
+    from tiler.io import open_reader
+
+    pixels = math.prod(open_reader(info["image"]).shape)
+    for r in results.values():
+        if "seconds" in r:
+            r["mpix_per_s"] = pixels / 1e6 / r["seconds"]
+    ratios: dict[str, Any] = {}
+    p = results.get("project", {})
+    if "seconds" in p:
+        for other in ("limit", "peer", "project-noskip"):
+            if "seconds" in results.get(other, {}):
+                ratios[f"project_vs_{other}_throughput"] = results[other]["seconds"] / p["seconds"]
+        if "peak_memory_mb" in results.get("peer", {}) and "seconds" in results["peer"]:
+            ratios["project_vs_peer_memory"] = p["peak_memory_mb"] / results["peer"]["peak_memory_mb"]
+    root = Path(info["root"])
+    if (root / "labels-peer.npy").exists() and (root / "labels-project-skip.npy").exists():
+        ours, theirs = np.load(root / "labels-project-skip.npy"), np.load(root / "labels-peer.npy")
+        valid = ours != 255
+        ratios["label_agreement_with_peer"] = float((ours[valid] == theirs[valid]).mean())
+        (root / "labels-peer.npy").unlink()
+    save(f"suite-{args.case}{'-quick' if args.quick else ''}",
+         {"case": args.case, "input": info["image"], "pixels": pixels, "tile": info["tile"],
+          "overlap": info["overlap"], "block": info["block"], "results": results, "ratios": ratios},
+         command=f"python -m bench.bench_suite --case {args.case}{' --quick' if args.quick else ''}")
+
+
+if __name__ == "__main__":
+    main()
