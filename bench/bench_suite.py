@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.common import save
+from bench.common import PeakMemory, save
 
 CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -40,6 +39,8 @@ CASES: dict[str, dict[str, Any]] = {
     "3d": {"shape": (256, 256, 256), "quick": (96, 128, 128), "tile": 64, "overlap": 16, "block": 128, "chunks": 64},
     "landsat": {"shape": None, "tile": 128, "overlap": 16, "block": 256, "chunks": 128},
     "slide": {"shape": (8192, 8192), "quick": (4096, 4096), "tile": 256, "overlap": 32, "block": 1024, "chunks": 512},
+    "2d-16k": {"shape": (16384, 16384), "quick": (4096, 4096), "tile": 256, "overlap": 32, "block": 2048,
+               "chunks": 512},
     "huge": {"shape": (32768, 32768), "quick": (8192, 8192), "tile": 256, "overlap": 32, "block": 2048, "chunks": 512},
 }
 
@@ -100,7 +101,7 @@ def _plan(info: dict[str, Any], *, skip: bool, store: Path, probabilities: str |
     from tiler.geometry import BlockPartition, TileGrid
     from tiler.io import open_reader
 
-    options = {"mask": "tissue"} if info["case"] == "slide" else {}
+    options: dict[str, Any] = {}  # each format's own mask: nodata for rasters, tissue for slides
     reader = open_reader(info["image"], **options)
     nd = info["ndim"]
     grid = TileGrid(reader.shape, (info["tile"],) * nd, (info["overlap"],) * nd)
@@ -114,37 +115,6 @@ def _plan(info: dict[str, Any], *, skip: bool, store: Path, probabilities: str |
 
 
 # ---------------------------------------------------------------------------------------------- approaches
-
-
-class PeakMemory:
-    """Summed RSS of this process and every Ray process, sampled in the background."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        me = psutil.Process().pid
-        total = 0
-        for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if proc.info["pid"] == me or "ray::" in cmd or "/ray/" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-                total += proc.info["memory_info"].rss if proc.info["memory_info"] else 0
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            time.sleep(0.2)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def run_limit(info: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +238,7 @@ def main() -> None:
     approaches = ["limit", "project", "peer"]
     if args.case in ("landsat", "slide"):
         approaches.insert(2, "project-noskip")
-    if args.case == "huge":
+    if args.case in ("2d-16k", "huge"):
         approaches = ["project", "peer"]
     results = {a: spawn(a, info) for a in approaches}
     from tiler.io import open_reader

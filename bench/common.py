@@ -7,6 +7,8 @@ import json
 import os
 import platform
 import resource
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,34 @@ def save(name: str, payload: dict[str, Any], command: str) -> Path:
     out.write_text(json.dumps(record, indent=2, default=float) + "\n")
     print(json.dumps(record, indent=2, default=float))
     return out
+
+
+class PeakMemory:
+    """Summed RSS of this process and every Ray process, sampled in the background."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process().pid
+        total = 0
+        for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.info["pid"] == me or "ray::" in cmd or "/ray/" in cmd or "raylet" in cmd or "gcs_server" in cmd:
+                total += proc.info["memory_info"].rss if proc.info["memory_info"] else 0
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

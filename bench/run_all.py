@@ -13,12 +13,17 @@ FULL = [
     ["bench.bench_runner"],
     ["bench.bench_score"],
     ["bench.bench_io"],
-    ["bench.bench_engine", "--size", "8192"],
-    ["bench.bench_engine", "--size", "16384"],
+    ["bench.bench_suite", "--case", "2d"],
+    ["bench.bench_suite", "--case", "2d-16k"],
+    ["bench.bench_suite", "--case", "3d"],
+    ["bench.bench_suite", "--case", "landsat"],
+    ["bench.bench_suite", "--case", "slide"],
+    ["bench.bench_suite", "--case", "huge"],
 ]
 QUICK = [
     ["bench.bench_stitch", "--size", "1024"],
-    ["bench.bench_engine", "--size", "2048", "--block", "1024"],
+    ["bench.bench_suite", "--case", "2d", "--quick"],
+    ["bench.bench_suite", "--case", "3d", "--quick"],
 ]
 
 

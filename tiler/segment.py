@@ -51,7 +51,8 @@ def reader_ref(cfg: JobConfig) -> ReaderRef:
         "channels_from_4d": inp.channels_from_4d,
         "level": inp.level,
         "mpp": inp.mpp,
-        "mask": inp.mask,
+        # nodata (rasters), tissue (slides) and threshold (volumes) are each format's own mask: "auto" there
+        "mask": "none" if inp.mask == "none" else "auto",
         "threshold": inp.threshold,
         # rasterio sets GDAL_CACHEMAX through GDALSetCacheMax64, which needs an int
         "gdal_options": {k: int(v) if v.isdigit() else v for k, v in inp.gdal.env().items()},
