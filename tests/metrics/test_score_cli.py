@@ -182,6 +182,31 @@ def test_engine_store_against_zarr_array_and_nifti_volumes(tmp_path: Path) -> No
         score_paths(str(tmp_path / "out.zarr"), str(tmp_path / "moved.nii"))
 
 
+def test_engine_output_store_against_geotiff_truth(tmp_path: Path) -> None:
+    from tiler.geometry import Window
+    from tiler.io import open_reader
+    from tiler.io.store import OutputStore
+
+    truth = scene((64, 96), 3, seed=8)
+    pred = truth.copy()
+    pred[:, :10] = 255  # the store's nodata label: no prediction there
+    t = write_tif(tmp_path / "truth.tif", truth)
+    georef = open_reader(t).georef
+    store = OutputStore.create(
+        tmp_path / "out.zarr", shape=truth.shape, num_classes=3, chunks=(32, 32), nodata_label=255,
+        attrs={"georef": georef, "class_names": ["water", "land", "roof"]}, config_hash="abc",
+    )
+    store.write_block(Window((0, 0), truth.shape), pred)
+    scores, details = score_paths(str(tmp_path / "out.zarr"), str(t), boundary_width=None)
+    assert scores.num_classes == 3 and scores.class_names == ("water", "land", "roof")
+    assert scores.no_prediction_pixels == 64 * 10 and details["notes"] == []
+    expected = scores_from_confusion(confusion_matrix(truth, pred, num_classes=3, pred_nodata=255))
+    assert scores.fwiou == pytest.approx(expected.fwiou, abs=1e-12)
+    moved = write_tif(tmp_path / "moved.tif", truth, transform=from_origin(500000.0, 4200030.0, 30.0, 30.0))
+    with pytest.raises(ScoreError, match=r"out\.zarr has transform .* but truth .*moved\.tif"):
+        score_paths(str(tmp_path / "out.zarr"), str(moved))
+
+
 def test_real_multiband_landsat_is_not_a_label_map() -> None:
     rgb = "/work/shared/data/RGB.byte.tif"  # 3 bands, uint8, EPSG:32618
     with pytest.raises(ScoreError, match=r"RGB\.byte\.tif has 3 bands/channels; a label map has exactly one"):

@@ -50,6 +50,7 @@ class LabelSource:
         georef: What to compare against the other map.
         block: Native block (tile / chunk) shape, for choosing dask chunks.
         class_names: Class names stored with the map (engine stores), else None.
+        num_classes: ``K`` stored with the map (engine stores), else None.
 
     """
 
@@ -61,6 +62,7 @@ class LabelSource:
     georef: SourceGeoref
     block: tuple[int, ...]
     class_names: list[str] | None = None
+    num_classes: int | None = None
     _opener: Any = None
     _local: threading.local = field(default_factory=threading.local)
 
@@ -167,7 +169,8 @@ def _open_zarr(path: str) -> LabelSource:
     return LabelSource(
         path, kind, tuple(int(v) for v in node.shape), np.dtype(node.dtype),
         None if nodata is None else float(nodata), _georef_from_attrs(attrs),
-        tuple(int(v) for v in node.chunks), list(names) if names else None, _opener=opener,
+        tuple(int(v) for v in node.chunks), list(names) if names else None,
+        int(attrs["num_classes"]) if attrs.get("num_classes") is not None else None, _opener=opener,
     )
 
 

@@ -103,7 +103,9 @@ def score_paths(
 
 
 def _stored_num_classes(source: LabelSource) -> int | None:
-    return len(source.class_names) if source.kind == "store" and source.class_names else None
+    if source.kind != "store":
+        return None
+    return source.num_classes or (len(source.class_names) if source.class_names else None)
 
 
 def _boundary_arg(text: str) -> BoundaryWidth | None:
