@@ -267,8 +267,8 @@ class Scene:
 _SAT_WATER, _SAT_FOREST, _SAT_FIELDS, _SAT_URBAN, _SAT_ROAD, _SAT_BARE = range(6)
 _SAT_SPECTRA = {
     "water": (700, 800, 550, 300, 150, 100),
-    "forest": (350, 650, 450, 3200, 1600, 800),
-    "crop": (450, 900, 600, 3600, 2000, 1000),
+    "forest": (300, 550, 350, 2500, 1300, 650),
+    "crop": (500, 1000, 650, 3900, 2100, 1050),
     "soil": (1100, 1300, 1600, 2100, 2800, 2400),
     "roof": (1700, 1650, 1750, 2000, 2300, 2200),
     "street": (1150, 1150, 1200, 1350, 1500, 1450),
@@ -290,7 +290,7 @@ class SatelliteScene(Scene):
     dtype = np.dtype(np.uint16)
 
     parcel = 96  # parcel size in pixels
-    noise_sigma = 260.0
+    noise_sigma = 200.0
 
     def __init__(self, spec: SceneSpec) -> None:
         super().__init__(spec, 2)
@@ -331,7 +331,8 @@ class SatelliteScene(Scene):
         labels[kind >= 0.70] = _SAT_URBAN
         labels[kind >= 0.90] = _SAT_BARE
         lake = _fractal(seed, 4, [ys, xs], 320.0, octaves=3)
-        water = lake < 0.30
+        river = np.abs(_fractal(seed, 16, [ys, xs], 700.0, octaves=2) - 0.5) < 0.012
+        water = (lake < 0.30) | river
         labels[water] = _SAT_WATER
         # Roads along every other parcel border (rows and columns independently), never on water.
         road_rows = _lookup(seed, 5, py) < 0.5
