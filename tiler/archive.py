@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from tiler.config import JobConfig, apply_overrides, config_hash, parse_config
 from tiler.errors import ConfigError, OutputError, TilerError
+from tiler.io.store import pid_alive
 
 __all__ = [
     "ArchiveConfig",
@@ -470,16 +471,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass(frozen=True)
 class LedgerRow:
     """One ledger row: the latest state of one (input fingerprint, config hash)."""
@@ -651,7 +642,7 @@ class Ledger:
     def _stale(self, row: LedgerRow) -> bool:
         """Whether a ``running`` row was left by a run that is gone."""
         if row.host == self.host and row.pid is not None:
-            return row.pid == self.pid or not _pid_alive(row.pid)
+            return row.pid == self.pid or not pid_alive(row.pid)
         if row.started_at is None:
             return True
         return datetime.now(UTC) - datetime.fromisoformat(row.started_at) > self.stale_after

@@ -48,7 +48,8 @@ def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a job lock or ledger claim it holds is live)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -368,7 +369,7 @@ class OutputStore:
 
     @staticmethod
     def _stale(held: Mapping[str, Any]) -> bool:
-        return held.get("host") == socket.gethostname() and not _pid_alive(int(held.get("pid", -1)))
+        return held.get("host") == socket.gethostname() and not pid_alive(int(held.get("pid", -1)))
 
     def acquire_lock(self, owner: str) -> None:
         """Take the job lock, or raise OutputError naming the job holding it (stale locks are taken over)."""
