@@ -23,7 +23,7 @@ from tiler.model.normalize import Normalization
 from tiler.model.runner import TileRunner
 from tiler.model.spec import ModelSpec, build_network
 
-RESULTS = Path(__file__).parent / "results" / "runner.json"
+RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def bare_loop(net: torch.nn.Module, x: torch.Tensor, batch: int, device: torch.device) -> float:
@@ -38,8 +38,17 @@ def bare_loop(net: torch.nn.Module, x: torch.Tensor, batch: int, device: torch.d
 
 
 def runner_loop(runner: TileRunner, tiles: np.ndarray) -> float:
+    """All tiles in one call: the runner batches them and assembles one (N, K, *S) array."""
     t0 = time.perf_counter()
     runner(tiles)
+    return time.perf_counter() - t0
+
+
+def runner_per_batch(runner: TileRunner, tiles: np.ndarray) -> float:
+    """One call per batch, as an engine actor feeds it: no assembly copy."""
+    t0 = time.perf_counter()
+    for i in range(0, len(tiles), runner.batch_size):
+        runner(tiles[i : i + runner.batch_size])
     return time.perf_counter() - t0
 
 
@@ -50,38 +59,44 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--res-units", type=int, default=0, help="UNet num_res_units (0: the demo model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     spec = ModelSpec(
-        "UNet", 2, 4, 6, {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 0}
+        "UNet", 2, 4, 6, {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": args.res_units}
     )
     net = build_network(spec).eval()
     norm = Normalization("meanstd", mean=(900.0, 1000.0, 1100.0, 2500.0), std=(400.0, 400.0, 450.0, 900.0))
     model = LoadedModel(net, spec, norm, tuple("abcdef"), ((0, 0, 0),) * 6)
-    tiles = (
-        np.random.default_rng(0)
-        .integers(1, 4000, size=(args.tiles, 4, args.tile, args.tile))
-        .astype(np.uint16)
-    )
+    tiles = np.random.default_rng(0).integers(1, 4000, size=(args.tiles, 4, args.tile, args.tile)).astype(np.uint16)
     x = torch.from_numpy(norm.apply(tiles, spatial_dims=2))
     rows: dict[str, object] = {}
     cpu = torch.device("cpu")
     runner = TileRunner(model, device="cpu", batch_size=args.batch)
     bare_loop(net, x[: args.batch], args.batch, cpu)  # warm-up
-    bare_t, run_t = [], []
-    for _ in range(args.repeats):  # interleaved so background load hits both alike
-        bare_t.append(bare_loop(net, x, args.batch, cpu))
-        run_t.append(runner_loop(runner, tiles))
-    bare_tps, run_tps = args.tiles / min(bare_t), args.tiles / min(run_t)
+    times: dict[str, list[float]] = {"bare": [], "runner_one_call": [], "runner_per_batch": []}
+    runner_loop(runner, tiles[: args.batch])
+    order = [
+        ("bare", lambda: bare_loop(net, x, args.batch, cpu)),
+        ("runner_one_call", lambda: runner_loop(runner, tiles)),
+        ("runner_per_batch", lambda: runner_per_batch(runner, tiles)),
+    ]
+    for i in range(args.repeats):  # interleaved, rotating order, so background load hits all alike
+        for name, fn in order[i % 3 :] + order[: i % 3]:
+            times[name].append(fn())
+    tps = {k: args.tiles / min(v) for k, v in times.items()}
     rows["cpu"] = {
-        "bare_tiles_per_s": round(bare_tps, 2),
-        "runner_tiles_per_s": round(run_tps, 2),
-        "ratio": round(run_tps / bare_tps, 3),
-        "bare_seconds": [round(t, 3) for t in bare_t],
-        "runner_seconds": [round(t, 3) for t in run_t],
+        **{f"{k}_tiles_per_s": round(v, 2) for k, v in tps.items()},
+        "ratio_one_call": round(tps["runner_one_call"] / tps["bare"], 3),
+        "ratio_per_batch": round(tps["runner_per_batch"] / tps["bare"], 3),
+        "seconds": {k: [round(t, 3) for t in v] for k, v in times.items()},
     }
-    print(f"cpu: bare {bare_tps:.2f} tiles/s, runner {run_tps:.2f} tiles/s, ratio {run_tps / bare_tps:.3f}")
+    cpu_row = rows["cpu"]
+    print(
+        f"cpu: bare {tps['bare']:.2f} tiles/s; runner one call {tps['runner_one_call']:.2f} "
+        f"(x{cpu_row['ratio_one_call']}), per batch {tps['runner_per_batch']:.2f} (x{cpu_row['ratio_per_batch']})"
+    )
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         for precision in ("fp32", "bf16"):
@@ -95,12 +110,14 @@ def main() -> None:
         bare_loop(net_gpu, x[: args.batch], args.batch, gpu)
         t = min(bare_loop(net_gpu, x, args.batch, gpu) for _ in range(args.repeats))
         rows["cuda_bare_fp32"] = {"bare_tiles_per_s": round(args.tiles / t, 2)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    name = "runner.json" if args.res_units == 0 else f"runner-res{args.res_units}.json"
+    (RESULTS_DIR / name).write_text(
         json.dumps(
             {
                 "command": "python -m bench.bench_runner "
-                + f"--tiles {args.tiles} --tile {args.tile} --batch {args.batch} --threads {args.threads}",
+                + f"--tiles {args.tiles} --tile {args.tile} --batch {args.batch} --threads {args.threads} "
+                + f"--repeats {args.repeats} --res-units {args.res_units}",
                 "machine": f"{platform.machine()} {platform.node()} {torch.get_num_threads()} threads, "
                 f"torch {torch.__version__}, cuda {torch.cuda.is_available()}",
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -43,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        overrides = {
-            k: getattr(args, k) for k in ("out", "steps", "seed", "threads") if getattr(args, k) is not None
-        }
+        overrides = {k: getattr(args, k) for k in ("out", "steps", "seed", "threads") if getattr(args, k) is not None}
         cfg = dataclasses.replace(cfg, **overrides)
         result = train(cfg, log_every=args.log_every)
     except TilerError as err:

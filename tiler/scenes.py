@@ -42,9 +42,7 @@ __all__ = [
 _MASK64 = (1 << 64) - 1
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
 _C2 = np.uint64(0x94D049BB133111EB)
-_AXIS_MUL = [
-    np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
-]
+_AXIS_MUL = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)]
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
@@ -126,9 +124,7 @@ def _value_noise(seed: int, salt: int, coords: Sequence[np.ndarray], scale: floa
     return grid
 
 
-def _fractal(
-    seed: int, salt: int, coords: Sequence[np.ndarray], scale: float, octaves: int = 3
-) -> np.ndarray:
+def _fractal(seed: int, salt: int, coords: Sequence[np.ndarray], scale: float, octaves: int = 3) -> np.ndarray:
     """Sum of value-noise octaves (halving scale, halving weight), normalised to [0, 1]."""
     total = np.zeros(tuple(len(c) for c in coords), dtype=np.float32)
     weight, norm = 1.0, 0.0
@@ -393,9 +389,7 @@ class _Ellipsoid:
     center: tuple[float, float, float]  # normalised (z, y, x)
     radii: tuple[float, float, float]  # normalised
 
-    def inside(
-        self, z: np.ndarray, y: np.ndarray, x: np.ndarray, wobble: np.ndarray | float = 0.0
-    ) -> np.ndarray:
+    def inside(self, z: np.ndarray, y: np.ndarray, x: np.ndarray, wobble: np.ndarray | float = 0.0) -> np.ndarray:
         d = sum(((c - m) / r) ** 2 for c, m, r in zip((z, y, x), self.center, self.radii, strict=True))
         return np.asarray(d < (1.0 + wobble))
 

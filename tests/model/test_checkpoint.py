@@ -42,9 +42,7 @@ def _save(kind: str, net: torch.nn.Module, path: Path) -> dict:
     if kind == "wrapped_state_dict":
         torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}, path)
         return {"spec": SPEC.to_dict()}
-    save_torchscript(
-        path, net, spec=SPEC, normalization=NORM, class_names=NAMES, example=torch.zeros(1, 3, 16, 16)
-    )
+    save_torchscript(path, net, spec=SPEC, normalization=NORM, class_names=NAMES, example=torch.zeros(1, 3, 16, 16))
     return {}
 
 
@@ -100,9 +98,7 @@ def test_mismatched_shape_names_first_bad_tensor_and_both_shapes(trained, tmp_pa
     torch.save(state, tmp_path / "bad.pt")
     expected = tuple(trained.state_dict()[bad_key].shape)
     got = (*expected, 2)
-    with pytest.raises(
-        ModelError, match=rf"tensor '{bad_key}' has shape \({got[0]}.*in the file but \({expected[0]}"
-    ):
+    with pytest.raises(ModelError, match=rf"tensor '{bad_key}' has shape \({got[0]}.*in the file but \({expected[0]}"):
         load_model(tmp_path / "bad.pt", spec=SPEC)
 
 

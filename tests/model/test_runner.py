@@ -13,9 +13,7 @@ from tiler.model.spec import ModelSpec, build_network
 NORM = Normalization("meanstd", mean=(100.0, 50.0), std=(20.0, 10.0))
 
 
-def _loaded(
-    network: torch.nn.Module, *, dims: int = 2, classes: int = 3, norm: Normalization = NORM
-) -> LoadedModel:
+def _loaded(network: torch.nn.Module, *, dims: int = 2, classes: int = 3, norm: Normalization = NORM) -> LoadedModel:
     spec = ModelSpec("UNet", dims, 2, classes)
     names = tuple(f"c{i}" for i in range(classes))
     return LoadedModel(network.eval(), spec, norm, names, ((0, 0, 0),) * classes)
@@ -68,9 +66,7 @@ def test_tta_with_flip_equivariant_model_equals_no_tta(dims, flips):
 
 
 def test_tta_averages_unflipped_probabilities_of_a_position_dependent_model():
-    spec_net = build_network(
-        ModelSpec("UNet", 2, 2, 3, {"channels": [4, 8], "strides": [2], "num_res_units": 0})
-    )
+    spec_net = build_network(ModelSpec("UNet", 2, 2, 3, {"channels": [4, 8], "strides": [2], "num_res_units": 0}))
     model = _loaded(spec_net)
     tiles = _tiles(2)
     runner = TileRunner(model, device="cpu", tta_flips=(1,))

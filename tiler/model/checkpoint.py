@@ -99,15 +99,9 @@ def _names_colors(
             f"class_names={list(out_names)} has {len(out_names)} names but the model predicts "
             f"{spec.out_channels} classes; give one name per output channel."
         )
-    out_colors = (
-        tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors)
-        if colors
-        else _default_colors(len(out_names))
-    )
+    out_colors = tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors) if colors else _default_colors(len(out_names))
     if len(out_colors) != len(out_names):
-        raise ModelError(
-            f"class_colors has {len(out_colors)} colours for {len(out_names)} classes; give one each."
-        )
+        raise ModelError(f"class_colors has {len(out_colors)} colours for {len(out_names)} classes; give one each.")
     return out_names, out_colors
 
 
@@ -230,9 +224,7 @@ def _safe_load(path: Path) -> Any:
         ) from err
 
 
-def _check_state_dict(
-    state: Mapping[str, Any], network: torch.nn.Module, path: Path, spec: ModelSpec
-) -> None:
+def _check_state_dict(state: Mapping[str, Any], network: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
     """Raise naming the first tensor whose name or shape does not fit the network."""
     expected = network.state_dict()
     for key, value in state.items():

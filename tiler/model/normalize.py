@@ -82,9 +82,7 @@ class Normalization:
                     f"equal length (measure them on training data with Normalization.fit)."
                 )
             if any(h <= lo for lo, h in zip(self.low, self.high, strict=True)):
-                raise ModelError(
-                    f"normalization low={self.low} must be below high={self.high} for every band."
-                )
+                raise ModelError(f"normalization low={self.low} must be below high={self.high} for every band.")
         if self.kind == "window":
             if self.window is None or len(self.window) != 2 or self.window[1] <= self.window[0]:
                 raise ModelError(
@@ -100,21 +98,26 @@ class Normalization:
             )
         return np.asarray(values * (channels if len(values) == 1 else 1), dtype=np.float32)
 
-    def apply(self, x: np.ndarray, *, spatial_dims: int | None = None) -> np.ndarray:
+    def apply(self, x: np.ndarray, *, spatial_dims: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Normalise tiles.
 
         Args:
             x: ``(N, C, *S)`` or ``(C, *S)`` raw pixels, any numeric dtype.
             spatial_dims: Number of spatial axes ``len(S)``; needed only when ``x.ndim == 4`` (which is
                 both a 2D batch and one 3D tile) and the statistics differ per channel.
+            out: Optional float32 array of ``x``'s shape to write into (a reused buffer).
 
         Returns:
             float32 array of the same shape.
 
         """
         x = np.asarray(x)
-        out = x.astype(np.float32, copy=True)
+        if out is None:
+            out = np.empty(x.shape, dtype=np.float32)
+        elif out.shape != x.shape or out.dtype != np.float32:
+            raise ModelError(f"out buffer {out.shape} {out.dtype} does not fit tiles {x.shape}; give float32.")
         if self.kind == "none":
+            np.copyto(out, x, casting="unsafe")
             return out
         if spatial_dims is not None:
             channel_axis = x.ndim - spatial_dims - 1
@@ -130,8 +133,7 @@ class Normalization:
             channel_axis = 1 if x.ndim == 4 else 0
         if channel_axis not in (0, 1):
             raise ModelError(
-                f"tiles of shape {x.shape} do not fit spatial_dims={spatial_dims}; give (N, C, *S) or "
-                "(C, *S)."
+                f"tiles of shape {x.shape} do not fit spatial_dims={spatial_dims}; give (N, C, *S) or (C, *S)."
             )
         channels = x.shape[channel_axis]
         bshape = [1] * x.ndim
@@ -140,10 +142,12 @@ class Normalization:
         def stat(values: tuple[float, ...], name: str) -> np.ndarray:
             return self._stat(values, channels, name).reshape(bshape)
 
-        if self.kind == "meanstd":
-            out -= stat(self.mean, "mean")
-            out /= stat(self.std, "std")
-        elif self.kind == "percentile":
+        if self.kind == "meanstd":  # one pass from the raw dtype into float32, then one in place
+            np.subtract(x, stat(self.mean, "mean"), out=out, casting="unsafe")
+            out *= 1.0 / stat(self.std, "std")
+            return out
+        np.copyto(out, x, casting="unsafe")
+        if self.kind == "percentile":
             lo, hi = stat(self.low, "low"), stat(self.high, "high")
             np.clip(out, lo, hi, out=out)
             out -= lo

@@ -31,13 +31,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ModelError(
-            f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda[:N]'."
-        ) from err
+        raise ModelError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda[:N]'.") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(
-            f"device={device!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'."
-        )
+        raise ModelError(f"device={device!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'.")
     if dev.type not in ("cpu", "cuda"):
         raise ModelError(f"device={device!r} is not supported; use 'auto', 'cpu' or 'cuda[:N]'.")
     return dev
@@ -109,6 +105,7 @@ class TileRunner:
         self._tta = list(tta_flips)
         spatial = model.spatial_dims
         self._flips = _flip_sets(self._tta, spatial) if spatial is not None else None
+        self._buffer: np.ndarray | None = None
         self.network = model.network.to(self.device).eval()
         self._channels_last = self.device.type == "cuda" and spatial == 2
         if self._channels_last:
@@ -134,8 +131,7 @@ class TileRunner:
         spatial = self.model.spatial_dims or x.ndim - 2
         if x.ndim != spatial + 2:
             raise ModelError(
-                f"tiles of shape {tuple(x.shape)} do not have the (N, C, *S) layout with {spatial} "
-                "spatial axes."
+                f"tiles of shape {tuple(x.shape)} do not have the (N, C, *S) layout with {spatial} spatial axes."
             )
         spec = self.model.spec
         if spec is not None and x.shape[1] != spec.in_channels:
@@ -145,7 +141,7 @@ class TileRunner:
             )
         flips = self._flips if self._flips is not None else _flip_sets(self._tta, spatial)
         n = x.shape[0]
-        out: np.ndarray | None = None
+        out: torch.Tensor | None = None
         i = 0
         while i < n:
             bs = self.batch_size
@@ -163,13 +159,15 @@ class TileRunner:
                     ) from err
                 self.batch_size = max(1, bs // 2)
                 continue
-            if out is None:
-                out = np.empty((n, probs.shape[1], *probs.shape[2:]), dtype=np.float32)
-            out[i : i + len(chunk)] = probs
+            if i == 0 and len(chunk) == n:  # one chunk: hand its probabilities over without a copy
+                return probs.numpy()
+            if out is None:  # numpy allocates big arrays on huge pages; torch's copy_ is parallel
+                out = torch.from_numpy(np.empty((n, *probs.shape[1:]), dtype=np.float32))
+            out[i : i + len(chunk)].copy_(probs)
             i += len(chunk)
         if out is None:
             return np.empty((0, self.num_classes, *x.shape[2:]), dtype=np.float32)
-        return out
+        return out.numpy()
 
     # ------------------------------------------------------------------ internals
     def _free(self) -> None:
@@ -182,7 +180,10 @@ class TileRunner:
         return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
 
     def _to_device(self, chunk: np.ndarray, spatial: int) -> torch.Tensor:
-        norm = self.model.normalization.apply(chunk, spatial_dims=spatial)
+        # A reused input buffer: fresh multi-megabyte arrays per batch cost page faults the bare loop never pays.
+        if self._buffer is None or self._buffer.shape[1:] != chunk.shape[1:] or len(self._buffer) < len(chunk):
+            self._buffer = np.empty((max(len(chunk), self.batch_size), *chunk.shape[1:]), dtype=np.float32)
+        norm = self.model.normalization.apply(chunk, spatial_dims=spatial, out=self._buffer[: len(chunk)])
         t = torch.from_numpy(norm)
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
@@ -196,7 +197,7 @@ class TileRunner:
             logits = logits[0]
         return torch.softmax(logits.float(), dim=1)
 
-    def _run_chunk(self, chunk: np.ndarray, spatial: int, flips: list[tuple[int, ...]]) -> np.ndarray:
+    def _run_chunk(self, chunk: np.ndarray, spatial: int, flips: list[tuple[int, ...]]) -> torch.Tensor:
         t = self._to_device(chunk, spatial)
         with torch.inference_mode(), self._autocast():
             if len(flips) == 1:
@@ -206,4 +207,4 @@ class TileRunner:
                 batch = torch.cat([t.flip(d) if d else t for d in dims], dim=0)
                 parts = self._forward(batch).split(t.shape[0], dim=0)
                 probs = torch.stack([p.flip(d) if d else p for p, d in zip(parts, dims, strict=True)]).mean(0)
-        return probs.cpu().numpy()
+        return probs.cpu()

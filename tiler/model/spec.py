@@ -76,8 +76,7 @@ class ModelSpec:
             )
         if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
             raise ModelError(
-                f"model spatial_dims={self.spatial_dims!r} is not supported; choose 2 (H, W tiles) or 3 "
-                "(D, H, W)."
+                f"model spatial_dims={self.spatial_dims!r} is not supported; choose 2 (H, W tiles) or 3 (D, H, W)."
             )
         for key in ("in_channels", "out_channels"):
             value = getattr(self, key)
@@ -85,8 +84,7 @@ class ModelSpec:
                 raise ModelError(f"model {key}={value!r} must be a positive integer.")
         if self.out_channels < 2:
             raise ModelError(
-                f"model out_channels={self.out_channels} must be >= 2: tiler segments with a softmax "
-                "over classes."
+                f"model out_channels={self.out_channels} must be >= 2: tiler segments with a softmax over classes."
             )
         if not isinstance(self.args, Mapping):
             raise ModelError(f"model args={self.args!r} must be a mapping of constructor arguments.")
@@ -107,9 +105,7 @@ class ModelSpec:
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "model spec") -> ModelSpec:
         """Build a spec from a mapping, naming unknown or missing keys."""
         if not isinstance(data, Mapping):
-            raise ModelError(
-                f"{source} must be a mapping with keys architecture, spatial_dims, ...; got {data!r}."
-            )
+            raise ModelError(f"{source} must be a mapping with keys architecture, spatial_dims, ...; got {data!r}.")
         valid = {"architecture", "spatial_dims", "in_channels", "out_channels", "args"}
         unknown = sorted(set(data) - valid)
         if unknown:

@@ -86,18 +86,13 @@ class TrainConfig:
         for name in ("scene_shape", "crop"):
             value = getattr(self, name)
             if len(value) != ndim or any(v < 1 for v in value):
-                raise ConfigError(
-                    f"train {name}={value} must hold {ndim} positive sizes for domain={self.domain!r}."
-                )
+                raise ConfigError(f"train {name}={value} must hold {ndim} positive sizes for domain={self.domain!r}.")
         if any(c > s for c, s in zip(self.crop, self.scene_shape, strict=True)):
-            raise ConfigError(
-                f"train crop={self.crop} is larger than scene_shape={self.scene_shape}; lower the crop."
-            )
+            raise ConfigError(f"train crop={self.crop} is larger than scene_shape={self.scene_shape}; lower the crop.")
         multiple = int(np.prod(self.strides))
         if any(c % multiple for c in self.crop):
             raise ConfigError(
-                f"train crop={self.crop} must be a multiple of the U-Net's total stride {multiple} on "
-                "every axis."
+                f"train crop={self.crop} must be a multiple of the U-Net's total stride {multiple} on every axis."
             )
         if len(self.channels) != len(self.strides) + 1:
             raise ConfigError(
@@ -171,9 +166,7 @@ def make_scene(cfg: TrainConfig, seed: int) -> Scene:
     return ct_scene(cfg.scene_shape, seed=seed)
 
 
-def _fit_normalization(
-    cfg: TrainConfig, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
-) -> Normalization:
+def _fit_normalization(cfg: TrainConfig, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Normalization:
     if cfg.domain == "satellite":
         return Normalization.fit(images, "meanstd", masks=[lab != 255 for lab in labels])
     return Normalization.fit(images, "window", window=CT_WINDOW)
@@ -190,9 +183,7 @@ def _sample_crop(
             fg = np.flatnonzero(labels.ravel() > 0)
             if fg.size:
                 centre = np.unravel_index(int(fg[rng.integers(fg.size)]), shape)
-                start = [
-                    int(np.clip(c - k // 2, 0, n - k)) for c, k, n in zip(centre, crop, shape, strict=True)
-                ]
+                start = [int(np.clip(c - k // 2, 0, n - k)) for c, k, n in zip(centre, crop, shape, strict=True)]
             else:
                 start = [int(rng.integers(0, n - k + 1)) for n, k in zip(shape, crop, strict=True)]
         else:
@@ -323,9 +314,7 @@ def fwiou(truth: np.ndarray, pred: np.ndarray, num_classes: int, *, ignore: int 
     if ignore is not None:
         keep = t != ignore
         t, p = t[keep], p[keep]
-    cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
+    cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
     tp = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - tp
     iou = np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)
