@@ -500,6 +500,9 @@ class OutputConfig(_Section):
     chunks: Axes = (512, 512)
     probabilities: Literal["float16", "uint8", "float32"] | None = None
     nodata_label: Annotated[int, Strict(), Field(ge=0, le=65535)] = 255
+    # label of pixels outside the input's valid mask: null keeps nodata_label (rasters' nodata collar);
+    # 0 suits slides and volumes, where outside the tissue / body mask is the background class
+    background_label: Annotated[int, Strict(), Field(ge=0, le=65535)] | None = None
     exports: tuple[Literal["cog", "nifti", "ome-zarr", "quicklook", "report"], ...] = ()
 
     @model_validator(mode="before")
@@ -1029,7 +1032,7 @@ def config_hash(cfg: JobConfig) -> str:
         },
         "tiling": cfg.tiling.model_dump(mode="json"),
         "engine": {"skip_empty": cfg.engine.skip_empty},
-        "output": cfg.output.model_dump(mode="json", include={"chunks", "probabilities", "nodata_label"}),
+        "output": cfg.output.model_dump(mode="json", include={"chunks", "probabilities", "nodata_label", "background_label"}),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

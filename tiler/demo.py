@@ -14,6 +14,11 @@ from tiler.segment import SegmentResult
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIZES = {"satellite": (3072, 3072), "ct": (64, 192, 192), "slide": (4096, 4096)}
 HELD_OUT_SEED = 7
+OPEN_WITH = {
+    "satellite": ("cog", "in QGIS over the input scene"),
+    "ct": ("nifti", "in 3D Slicer or ITK-SNAP as a segmentation of the input volume"),
+    "slide": ("ome-zarr", "in napari (napari-ome-zarr) beside the input slide"),
+}
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -79,6 +84,7 @@ def run_demo(
     )
     result = run_segment(cfg, overwrite=True, quiet=quiet, engine=engine)
     if not quiet:
-        print(f"\nDemo done. Open {result.outputs.get('cog', result.store)} in QGIS over {image};"
-              f" report: {result.outputs['report_md']}")
+        export, viewer = OPEN_WITH[domain]
+        print(f"\nDemo done. Open {result.outputs.get(export, result.store)} {viewer} (input: {image}); "
+              f"report: {result.outputs['report_md']}")
     return result

@@ -123,6 +123,7 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
         nodata_label=cfg.output.nodata_label,
         probabilities=cfg.output.probabilities,
         skip_empty=cfg.engine.skip_empty,
+        background_label=cfg.output.background_label,
         truth=ReaderRef(cfg.scoring.truth) if cfg.scoring.truth else None,
         ignore_index=cfg.scoring.ignore_index if cfg.scoring.ignore_index is not None else -1,
     )

@@ -247,3 +247,16 @@ def test_a_different_config_on_existing_output_is_refused_unless_overwrite(scene
         run_job(plan, chunks=CHUNKS, config_hash="second")
     result = run_job(plan, chunks=CHUNKS, config_hash="second", overwrite=True)
     assert result.blocks_run == len(plan.partition)
+
+
+def test_background_label_replaces_nodata_outside_the_mask(scene, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    image, weights = scene
+    with rasterio.open(image) as src:
+        valid = src.dataset_mask() > 0
+    plan = dataclasses.replace(make_plan(image, weights, tmp_path / "out.zarr"), background_label=0)
+    result = run_job(plan, chunks=CHUNKS, config_hash="h")
+    labels, _ = outputs(tmp_path / "out.zarr")
+    assert result.tiles_skipped > 0
+    assert (labels[~valid] == 0).all() and (labels != 255).all()

@@ -69,7 +69,8 @@ class Plan:
         nodata_label: Label of uncovered and invalid pixels.
         probabilities: Dtype of stored probabilities, or None.
         skip_empty: Skip tiles with no valid input.
-        mask_labels: Give invalid-input pixels the nodata label.
+        mask_labels: Give invalid-input pixels the nodata label (or ``background_label``).
+        background_label: Label of pixels outside the valid mask instead of ``nodata_label`` (slides: 0).
         truth: Ground-truth labels, to score each block as it is written; or None.
         ignore_index: Truth value excluded from scoring.
     """
@@ -86,6 +87,7 @@ class Plan:
     probabilities: str | None = None
     skip_empty: bool = True
     mask_labels: bool = True
+    background_label: int | None = None
     truth: ReaderRef | None = None
     ignore_index: int = 255
 

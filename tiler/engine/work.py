@@ -134,6 +134,7 @@ def infer_block(
     nodata_label: int = 255,
     probabilities: ProbabilityDType | str | None = None,
     mask_labels: bool = True,
+    background_label: int | None = None,
 ) -> tuple[BlockResult, BlockStats]:
     """Run the model over a prepared block's tiles and blend them into the block.
 
@@ -147,6 +148,8 @@ def infer_block(
         nodata_label: Label for pixels no tile counted (and, with ``mask_labels``, invalid input).
         probabilities: Keep probabilities in this dtype, or None.
         mask_labels: Give invalid-input pixels the nodata label even where a tile covered them.
+        background_label: Label of invalid-input pixels instead of ``nodata_label`` (tissue/body masks: the
+            background class). Pixels no tile covered lie outside the mask too, so they get it as well.
 
     Returns:
         The finalised block and its stats.
@@ -166,7 +169,7 @@ def infer_block(
     t0 = time.perf_counter()
     result = acc.finalize(nodata_label=nodata_label, probabilities=probabilities)
     if mask_labels and prepared.valid is not None:
-        result.labels[~prepared.valid] = nodata_label
+        result.labels[~prepared.valid] = nodata_label if background_label is None else background_label
     stats.stitch_seconds += time.perf_counter() - t0
     return result, stats
 

@@ -46,7 +46,7 @@ class BlockWorker:
         result, stats = infer_block(
             prepared, plan.grid, predict=self.predict, blender=plan.blender, num_classes=plan.num_classes,
             batch_size=plan.batch_size, nodata_label=plan.nodata_label, probabilities=plan.probabilities,
-            mask_labels=plan.mask_labels,
+            mask_labels=plan.mask_labels, background_label=plan.background_label,
         )
         t0 = time.perf_counter()
         self.store.write_block(result.window, result.labels, result.probabilities)

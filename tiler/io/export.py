@@ -98,11 +98,11 @@ def export_cog(
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".cog-") as tmp_dir:
         tmp = Path(tmp_dir) / "labels.tif"
         with rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(tmp, "w", **profile) as dst:
-            for window in _windows(store.shape, _block_for(store)):
-                dst.write(np.asarray(labels[window.slices])[None], window=to_rio_window(window))
-            if labels.dtype == np.uint8:
+            if labels.dtype == np.uint8:  # the palette must be set before any pixel is written
                 cmap = {k: (*c, 255) for k, c in enumerate(store.class_colors)}
                 dst.write_colormap(1, cmap)
+            for window in _windows(store.shape, _block_for(store)):
+                dst.write(np.asarray(labels[window.slices])[None], window=to_rio_window(window))
         with rasterio.Env(GDAL_CACHEMAX=256):
             rasterio.shutil.copy(
                 tmp,

@@ -114,8 +114,9 @@ def _open_with_io(path: str, kind: str) -> LabelSource:
     g = reader.georef
     georef = SourceGeoref(crs_wkt=g.crs_wkt, transform=g.transform, affine=g.affine)
     shape = tuple(int(v) for v in reader.shape)
-    if kind == "raster":
-        block = tuple(int(v) for v in reader.handle.block_shapes[0])
+    if kind == "raster":  # GDAL rasters chunk by their own blocks; other 2D readers (OME-TIFF slides) by 512
+        shapes = getattr(reader.handle, "block_shapes", None)
+        block = tuple(int(v) for v in shapes[0]) if shapes else (512, 512)
         reader.close()
     else:  # NIfTI (D, H, W) slabs of whole planes: contiguous on disk
         block = (max(1, _TARGET_CHUNK_PIXELS // (shape[1] * shape[2])), shape[1], shape[2])

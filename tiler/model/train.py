@@ -27,11 +27,12 @@ from tiler.model.checkpoint import LoadedModel, save_checkpoint
 from tiler.model.normalize import Normalization
 from tiler.model.runner import TileRunner
 from tiler.model.spec import ModelSpec, build_network
-from tiler.scenes import Scene, ct_scene, satellite_scene
+from tiler.scenes import Scene, ct_scene, satellite_scene, slide_scene
 
 __all__ = ["DOMAINS", "TrainConfig", "TrainResult", "demo_config", "evaluate_fwiou", "fwiou", "train"]
 
-DOMAINS = ("satellite", "ct")
+DOMAINS = ("satellite", "ct", "slide")
+PLANAR = ("satellite", "slide")
 CT_WINDOW = (-200.0, 400.0)
 
 
@@ -40,7 +41,7 @@ class TrainConfig:
     """Everything a training run depends on.
 
     Attributes:
-        domain: ``"satellite"`` (2D) or ``"ct"`` (3D).
+        domain: ``"satellite"`` (2D), ``"slide"`` (2D RGB) or ``"ct"`` (3D).
         out: Checkpoint path to write.
         scene_shape: Spatial shape of each generated training scene, ``(H, W)`` or ``(D, H, W)``.
         train_seeds: Seeds of the training scenes (evaluate on another seed).
@@ -82,7 +83,7 @@ class TrainConfig:
             if isinstance(value, int):
                 value = (value,)
             object.__setattr__(self, name, tuple(int(v) for v in value))
-        ndim = 2 if self.domain == "satellite" else 3
+        ndim = 2 if self.domain in PLANAR else 3
         for name in ("scene_shape", "crop"):
             value = getattr(self, name)
             if len(value) != ndim or any(v < 1 for v in value):
@@ -151,6 +152,12 @@ def demo_config(domain: str, **overrides: Any) -> TrainConfig:
             crop=(32, 64, 64), steps=200, batch_size=4, lr=3e-3, channels=(8, 16, 32, 64), strides=(2, 2, 2),
             num_res_units=0,
         )  # fmt: skip
+    elif domain == "slide":
+        cfg = TrainConfig(
+            domain="slide", out="models/slide.pt", scene_shape=(1024, 1024), train_seeds=(1, 2),
+            crop=(128, 128), steps=200, batch_size=8, lr=3e-3, channels=(16, 32, 64, 128), strides=(2, 2, 2),
+            num_res_units=0,
+        )  # fmt: skip
     else:
         raise ConfigError(f"train domain={domain!r} is unknown; choose one of {list(DOMAINS)}.")
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
@@ -163,11 +170,13 @@ def make_scene(cfg: TrainConfig, seed: int) -> Scene:
     """Return the generated scene of ``cfg``'s domain and shape with ``seed``."""
     if cfg.domain == "satellite":
         return satellite_scene(cfg.scene_shape, seed=seed, bands=cfg.bands)
+    if cfg.domain == "slide":
+        return slide_scene(cfg.scene_shape, seed=seed)
     return ct_scene(cfg.scene_shape, seed=seed)
 
 
 def _fit_normalization(cfg: TrainConfig, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Normalization:
-    if cfg.domain == "satellite":
+    if cfg.domain in PLANAR:
         return Normalization.fit(images, "meanstd", masks=[lab != 255 for lab in labels])
     return Normalization.fit(images, "window", window=CT_WINDOW)
 
@@ -222,7 +231,7 @@ def model_spec(cfg: TrainConfig, num_classes: int, in_channels: int) -> ModelSpe
     """Return the U-Net spec a config trains."""
     return ModelSpec(
         "UNet",
-        2 if cfg.domain == "satellite" else 3,
+        2 if cfg.domain in PLANAR else 3,
         in_channels,
         num_classes,
         {"channels": list(cfg.channels), "strides": list(cfg.strides), "num_res_units": cfg.num_res_units},
