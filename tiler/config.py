@@ -1032,7 +1032,9 @@ def config_hash(cfg: JobConfig) -> str:
         },
         "tiling": cfg.tiling.model_dump(mode="json"),
         "engine": {"skip_empty": cfg.engine.skip_empty},
-        "output": cfg.output.model_dump(mode="json", include={"chunks", "probabilities", "nodata_label", "background_label"}),
+        "output": cfg.output.model_dump(
+            mode="json", include={"chunks", "probabilities", "nodata_label", "background_label"}
+        ),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
