@@ -131,7 +131,7 @@ def run_limit(info: dict[str, Any]) -> dict[str, Any]:
         prepared = prepare_block(window, plan.grid, read=reader.read, mask=reader.valid_mask)
         if prepared.positions:
             for _, b in iter_batches(prepared, plan.grid, plan.batch_size):
-                batches.append(torch.from_numpy(loaded.normalization.apply(b)))
+                batches.append(torch.from_numpy(loaded.normalization.apply(b, spatial_dims=info["ndim"])))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = loaded.network.to(device)
     t0 = time.perf_counter()
@@ -162,7 +162,7 @@ def run_project(info: dict[str, Any], *, skip: bool) -> dict[str, Any]:
     if math.prod(labels.shape) <= 2**28:
         np.save(Path(info["root"]) / f"labels-project-{'skip' if skip else 'noskip'}.npy", labels[...])
     return {"seconds": seconds, "tiles": result.tiles_run, "tiles_skipped": result.tiles_skipped,
-            "peak_memory_mb": memory.peak / 2**20}
+            "peak_memory_mb": memory.peak / 2**20, "peak_breakdown_mb": memory.breakdown}
 
 
 def run_peer(info: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +182,9 @@ def run_peer(info: dict[str, Any]) -> dict[str, Any]:
         return {"could_not_run": f"needs about {need / 2**30:.1f} GiB for the in-memory input, float32 "
                                  f"probabilities and count map; {available / 2**30:.1f} GiB available"}
     loaded = load_model(info["weights"])
-    image = torch.from_numpy(loaded.normalization.apply(reader.read(Window.from_shape(reader.shape))))[None]
+    pixels_in = reader.read(Window.from_shape(reader.shape))
+    image = torch.from_numpy(loaded.normalization.apply(pixels_in, spatial_dims=info["ndim"]))[None]
+    del pixels_in
     nd, tile, overlap = info["ndim"], info["tile"], info["overlap"]
     fraction = overlap / tile  # MONAI steps int(tile * (1 - fraction)) = tile - overlap pixels
     device = "cuda" if torch.cuda.is_available() else "cpu"

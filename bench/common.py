@@ -54,21 +54,26 @@ class PeakMemory:
 
     def __init__(self) -> None:
         self.peak = 0
+        self.breakdown: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, dict[str, float]]:
         me = psutil.Process().pid
-        total = 0
-        for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+        parts: dict[str, float] = {}
+        for proc in psutil.process_iter(["pid", "name", "cmdline", "memory_info"]):
             cmd = " ".join(proc.info["cmdline"] or [])
             if proc.info["pid"] == me or "ray::" in cmd or "/ray/" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-                total += proc.info["memory_info"].rss if proc.info["memory_info"] else 0
-        return total
+                rss = proc.info["memory_info"].rss if proc.info["memory_info"] else 0
+                name = "driver" if proc.info["pid"] == me else (cmd.split()[0].split("/")[-1] or proc.info["name"])
+                parts[name] = parts.get(name, 0.0) + rss / 2**20
+        return int(sum(parts.values()) * 2**20), parts
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            total, parts = self._sample()
+            if total > self.peak:
+                self.peak, self.breakdown = total, {k: round(v) for k, v in sorted(parts.items())}
             time.sleep(0.2)
 
     def __enter__(self) -> PeakMemory:

@@ -19,6 +19,7 @@ import yaml
 from rasterio.transform import from_origin
 
 from tests.engine.helpers import write_model, write_raster
+from tests.shared_data import SHARED_DATA
 from tiler.archive import (
     Ledger,
     add_parser,
@@ -30,7 +31,7 @@ from tiler.archive import (
 )
 from tiler.errors import ConfigError, OutputError
 
-CORRUPT = Path("/work/shared/data/corrupt.tif")
+CORRUPT = SHARED_DATA / "corrupt.tif"
 SHAPE = (96, 80)
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,6 +18,7 @@ import yaml
 import zarr
 
 from tests.engine.helpers import write_model, write_raster
+from tests.shared_data import SHARED_DATA
 from tiler.cli import main as cli_main
 from tiler.config import load_config
 from tiler.segment import run_segment
@@ -90,7 +91,7 @@ def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path
         pytest.param("input.path=/nonexistent/scene.tif", "/nonexistent/scene.tif", id="missing-input"),
         pytest.param("input.bands=[1,2]", "expects 3", id="band-count"),
         pytest.param(
-            "input.path=" + str(REPO.parent / "shared" / "data" / "all-nodata.tif"), "nodata", id="all-nodata"
+            "input.path=" + str(SHARED_DATA / "all-nodata.tif"), "nodata", id="all-nodata"
         ),
     ],
 )
@@ -129,6 +130,11 @@ def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path) -> None:
         "--disable-usage-stats",
         f"--temp-dir={temp}",
         "--include-dashboard=true",
+        # its own ports, so it never collides with the test session's Ray on the defaults (agent 52365...)
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
     ]
     head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -150,7 +156,9 @@ def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path) -> None:
         deadline = time.time() + 120
         while True:  # the dashboard's job API comes up a few seconds after the head
             run = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-            if run.returncode == 0 or time.time() > deadline or "connect" not in (run.stdout + run.stderr).lower():
+            text = (run.stdout + run.stderr).lower()
+            not_up_yet = "connect" in text or "try again later" in text
+            if run.returncode == 0 or time.time() > deadline or not not_up_yet:
                 break
             time.sleep(2)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

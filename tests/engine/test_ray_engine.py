@@ -17,13 +17,14 @@ import rasterio
 import zarr
 
 from tests.engine.helpers import make_plan, write_model, write_raster
+from tests.shared_data import SHARED_DATA
 from tiler.engine.job import run_job
 from tiler.engine.plan import Plan, block_key
 from tiler.engine.ray import RayOptions, make_runner
 from tiler.errors import EngineError, OutputError
 
 CHUNKS = (32, 32)
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def outputs(store: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.shared_data import SHARED_DATA
 from tiler.geometry import Window
 
-DATA = "/work/shared/data"
+DATA = str(SHARED_DATA)
 
 
 class StandInScene:

@@ -8,12 +8,13 @@ import pytest
 import rasterio
 from affine import Affine
 
+from tests.shared_data import SHARED_DATA
 from tiler.errors import InputError, OutputError, ReadError
 from tiler.geometry import BlockPartition, Window
 from tiler.io import check_has_data, open_reader
 from tiler.io.store import OutputStore
 
-DATA = "/work/shared/data"
+DATA = str(SHARED_DATA)
 
 
 def _mini_job(reader, out, *, config_hash="job"):

@@ -9,6 +9,7 @@ import rasterio
 import zarr
 from PIL import Image
 
+from tests.shared_data import SHARED_DATA
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition, Window
 from tiler.io import open_reader
@@ -16,7 +17,7 @@ from tiler.io.export import export_cog, export_nifti, export_ome_zarr, write_qui
 from tiler.io.scenes_files import write_satellite
 from tiler.io.store import OutputStore
 
-ANAT = "/work/shared/data/anatomical.nii"
+ANAT = str(SHARED_DATA / "anatomical.nii")
 
 
 def _fill(store, labels):
@@ -137,7 +138,7 @@ def test_quicklook_of_a_volume_shows_the_middle_slice(tmp_path):
 
 
 def test_landsat_band_round_trips_through_store_and_cog(tmp_path):
-    reader = open_reader("/work/shared/data/RGB.byte.tif", bands=[2])
+    reader = open_reader(str(SHARED_DATA / "RGB.byte.tif"), bands=[2])
     band = reader.read(Window.from_shape(reader.shape))[0]
     store = OutputStore.create(
         tmp_path / "l.zarr",

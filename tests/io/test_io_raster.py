@@ -10,12 +10,13 @@ import rasterio
 from affine import Affine
 from rasterio.io import MemoryFile
 
+from tests.shared_data import SHARED_DATA
 from tiler.errors import InputError
 from tiler.geometry import Window
 from tiler.io import open_reader
 from tiler.io.raster import RasterReader
 
-DATA = "/work/shared/data"
+DATA = str(SHARED_DATA)
 
 RGB = f"{DATA}/RGB.byte.tif"
 
@@ -165,3 +166,26 @@ def test_float_raster_extreme_nodata_smaller_than_tile():
     assert not mask[:10].any() and not mask[:, :10].any() and not mask[22:].any()
     assert 0 < mask.sum() < 12 * 13
     assert np.all(out[0][~mask] == np.float32(reader.nodata))
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        pytest.param(((0, 0), (256, 256)), id="corner-collar"),
+        pytest.param(((300, 200), (500, 600)), id="interior"),
+        pytest.param(((400, 500), (800, 900)), id="boundless"),
+    ],
+)
+def test_read_masked_equals_read_and_gdal_dataset_mask(window) -> None:  # type: ignore[no-untyped-def]
+    from tiler.geometry import Window
+    from tiler.io import open_reader
+
+    reader = open_reader(f"{DATA}/RGB.byte.tif")
+    w = Window(*window)
+    pixels, valid = reader.read_masked(w)
+    assert reader._mask_from_pixels  # the shortcut is what is under test
+    assert np.array_equal(pixels, reader.read(w))
+    expected = reader.valid_mask(w)
+    assert valid is not None and expected is not None
+    assert np.array_equal(valid, expected)
+    assert not valid[reader.shape[0] - w.start[0] :].any() and not valid[:, reader.shape[1] - w.start[1] :].any()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from tests.shared_data import SHARED_DATA
 from tiler.errors import InputError
 from tiler.geometry import Window
 from tiler.io import detect_format, open_reader
@@ -107,6 +108,6 @@ def test_openslide_reader_on_tiled_tiff(slide_files):
 def test_detect_format_by_name_and_tags(slide_files):
     folder, _, _ = slide_files
     assert detect_format(str(folder / "slide.ome.tif")) == "tiff-slide"
-    assert detect_format("/work/shared/data/RGB.byte.tif") == "raster"
+    assert detect_format(str(SHARED_DATA / "RGB.byte.tif")) == "raster"
     assert detect_format("/vsis3/bucket/scene.tif") == "raster"
     assert detect_format("case.svs") == "openslide" and detect_format("ct.nii.gz") == "nifti"

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import zarr
 
+from tests.shared_data import SHARED_DATA
 from tiler.errors import InputError
 from tiler.geometry import Window
 from tiler.io import open_reader
 from tiler.io.scenes_files import write_ct
 from tiler.io.volume import NiftiReader, ZarrReader, affine_from_spacing, write_nifti_slabs
 
-ANAT = "/work/shared/data/anatomical.nii"
+ANAT = str(SHARED_DATA / "anatomical.nii")
 
 
 def test_big_endian_nifti_is_exposed_reversed_and_native():

@@ -14,6 +14,7 @@ import zarr
 from rasterio.transform import from_origin
 from scipy import ndimage
 
+from tests.shared_data import SHARED_DATA
 from tiler.errors import ScoreError
 from tiler.metrics import confusion_matrix, scores_from_confusion
 from tiler.metrics._sources import check_compatible, open_labels
@@ -208,14 +209,14 @@ def test_engine_output_store_against_geotiff_truth(tmp_path: Path) -> None:
 
 
 def test_real_multiband_landsat_is_not_a_label_map() -> None:
-    rgb = "/work/shared/data/RGB.byte.tif"  # 3 bands, uint8, EPSG:32618
+    rgb = str(SHARED_DATA / "RGB.byte.tif")  # 3 bands, uint8, EPSG:32618
     with pytest.raises(ScoreError, match=r"RGB\.byte\.tif has 3 bands/channels; a label map has exactly one"):
         score_paths(rgb, rgb)
 
 
 def test_real_big_endian_mri_scored_against_itself(tmp_path: Path) -> None:
     # anatomical.nii: big-endian int16 MRI; thresholded into 3 classes it is a real label volume.
-    image = nib.load("/work/shared/data/anatomical.nii")
+    image = nib.load(str(SHARED_DATA / "anatomical.nii"))
     labels = np.digitize(np.asarray(image.dataobj), [50, 150]).astype(np.int16)
     nib.save(nib.Nifti1Image(labels, image.affine), tmp_path / "labels.nii")
     scores, _ = score_paths(str(tmp_path / "labels.nii"), str(tmp_path / "labels.nii"), num_classes=3)

@@ -14,7 +14,7 @@ from tiler.model.train import TrainConfig, demo_config, evaluate_fwiou, fwiou, m
 
 
 def _tiny(domain: str, out, **kw) -> TrainConfig:
-    if domain == "satellite":
+    if domain in ("satellite", "slide"):
         base = dict(
             scene_shape=(160, 160),
             crop=(32, 32),
@@ -38,7 +38,7 @@ def _tiny(domain: str, out, **kw) -> TrainConfig:
     return demo_config(domain, out=str(out), threads=2, num_res_units=0, **base)
 
 
-@pytest.mark.parametrize("domain", ["satellite", "ct"])
+@pytest.mark.parametrize("domain", ["satellite", "ct", "slide"])
 def test_tiny_training_lowers_the_loss_and_writes_a_loadable_checkpoint(domain, tmp_path):
     cfg = _tiny(domain, tmp_path / f"{domain}.pt")
     result = train(cfg)
@@ -48,7 +48,7 @@ def test_tiny_training_lowers_the_loss_and_writes_a_loadable_checkpoint(domain, 
     scene = make_scene(cfg, 0)
     assert model.class_names == scene.class_names
     assert model.spec is not None and model.spec.spatial_dims == len(cfg.scene_shape)
-    expected_kind = "meanstd" if domain == "satellite" else "window"
+    expected_kind = "window" if domain == "ct" else "meanstd"
     assert model.normalization.kind == expected_kind and len(model.normalization.mean) == scene.channels
     roi = cfg.crop
     score = evaluate_fwiou(model, make_scene(cfg, 9), roi=roi)
@@ -97,7 +97,7 @@ def test_cli_names_unknown_yaml_keys(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        pytest.param({"domain": "slide"}, r"domain='slide' is unknown", id="domain"),
+        pytest.param({"domain": "xray"}, r"domain='xray' is unknown", id="domain"),
         pytest.param({"domain": "satellite", "crop": (30, 30)}, r"multiple of the U-Net's total stride 8", id="crop"),
         pytest.param(
             {"domain": "ct", "scene_shape": (16, 64, 64), "crop": (64, 64)},

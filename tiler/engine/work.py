@@ -23,6 +23,8 @@ ReadFn = Callable[[Window], np.ndarray]
 """Pixels of a window inside the image → ``(C_in, *window.shape)``."""
 MaskFn = Callable[[Window], "np.ndarray | None"]
 """Valid-data mask of a window inside the image → bool ``(*window.shape)``, or None (all valid)."""
+ReadMaskedFn = Callable[[Window], "tuple[np.ndarray, np.ndarray | None]"]
+"""Pixels and valid mask of a window together (one decode where the format allows it)."""
 
 
 @dataclass
@@ -48,6 +50,7 @@ class PreparedBlock:
         valid: Valid-data mask ``(*block.shape)`` of the block itself, or None when all valid.
         positions: Tile positions to run, in global grid order.
         stats: Counts and read time so far.
+        started_at: Wall-clock time (``time.time()``) the block's read began.
     """
 
     block: Window
@@ -56,6 +59,7 @@ class PreparedBlock:
     valid: np.ndarray | None
     positions: list[Shape]
     stats: BlockStats
+    started_at: float = field(default_factory=time.time)
 
 
 def _pad_to_region(pixels: np.ndarray, inside: Window, region: Window, mode: PadMode) -> np.ndarray:
@@ -76,39 +80,51 @@ def prepare_block(
     read: ReadFn,
     mask: MaskFn | None = None,
     skip_empty: bool = True,
+    read_masked: ReadMaskedFn | None = None,
 ) -> PreparedBlock:
     """Read everything one block needs and decide which of its tiles to run.
 
     A tile is skipped when ``skip_empty`` and the valid-data mask is False on every pixel of it
     that lies inside the image. The decision depends only on the tile, never on the block.
+    With ``read_masked`` the whole region is read once, pixels and mask together; otherwise the mask
+    is read first and the pixels only for the tiles kept.
     """
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     positions = grid.positions_intersecting(block)
     region = grid.region_of(positions)
     inside = region.clip(grid.shape)
     assert inside is not None  # a region always overlaps the image it tiles
-    valid_region = mask(inside) if mask is not None else None
+    pixels_inside = None
+    if read_masked is not None:
+        pixels_inside, valid_region = read_masked(inside)
+    else:
+        valid_region = mask(inside) if mask is not None else None
     stats = BlockStats()
     if valid_region is not None and skip_empty:
-        kept = []
+        running = []
         for pos in positions:
             part = grid.window(pos).clip(grid.shape)
             assert part is not None
             if valid_region[part.relative_to(inside).slices].any():
-                kept.append(pos)
-        stats.tiles_skipped = len(positions) - len(kept)
-        positions = kept
+                running.append(pos)
+        stats.tiles_skipped = len(positions) - len(running)
+        positions = running
     valid_block = None
     if valid_region is not None:
         valid_block = valid_region[block.relative_to(inside).slices]
     pixels = None
     if positions:
-        region = grid.region_of(positions)
-        inside = region.clip(grid.shape)
-        assert inside is not None
-        pixels = _pad_to_region(read(inside), inside, region, grid.pad_mode)
+        kept = grid.region_of(positions)
+        kept_inside = kept.clip(grid.shape)
+        assert kept_inside is not None
+        if pixels_inside is not None:
+            part = pixels_inside[(slice(None), *kept_inside.relative_to(inside).slices)]
+        else:
+            part = read(kept_inside)
+        pixels = _pad_to_region(part, kept_inside, kept, grid.pad_mode)
+        region = kept
     stats.read_seconds = time.perf_counter() - t0
-    return PreparedBlock(block, region if positions else None, pixels, valid_block, positions, stats)
+    return PreparedBlock(block, region if positions else None, pixels, valid_block, positions, stats, started_at)
 
 
 def iter_batches(prepared: PreparedBlock, grid: TileGrid, batch_size: int) -> Iterator[tuple[list[Shape], np.ndarray]]:

@@ -37,7 +37,7 @@ class BlockWorker:
         """Read the input region covering every tile of the block at ``position``."""
         return prepare_block(
             self.plan.window(position), self.plan.grid, read=self.reader.read,
-            mask=self.reader.valid_mask, skip_empty=self.plan.skip_empty,
+            read_masked=self.reader.read_masked, skip_empty=self.plan.skip_empty,
         )
 
     def finish(self, position: Shape, prepared: PreparedBlock) -> dict[str, Any]:
@@ -53,6 +53,8 @@ class BlockWorker:
         write_seconds = time.perf_counter() - t0
         record: dict[str, Any] = {
             "block": block_key(position),
+            "started_at": prepared.started_at,
+            "finished_at": time.time(),
             "start": list(result.window.start),
             "stop": list(result.window.stop),
             "tiles_run": stats.tiles_run,

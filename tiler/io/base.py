@@ -182,6 +182,13 @@ class Reader(abc.ABC):
                 f"The file may be corrupt or truncated; check it (e.g. `gdalinfo -checksum`) or re-create it."
             ) from exc
 
+    def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pixels and valid mask of ``window`` together (see :meth:`read` and :meth:`valid_mask`).
+
+        Formats whose mask follows from the pixels override this to decode the window only once.
+        """
+        return self.read(window), self.valid_mask(window)
+
     def valid_mask(self, window: Window) -> np.ndarray | None:
         """Which pixels of ``window`` hold data.
 

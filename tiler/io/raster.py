@@ -89,6 +89,13 @@ class RasterReader(Reader):
         all_valid = all(f == [rasterio.enums.MaskFlags.all_valid] for f in flags)
         self._has_mask = self.mask_mode != "none" and (not all_valid or self.dtype.kind == "f")
         self._gdal_mask = not all_valid
+        # GDAL's dataset mask of a nodata-only raster is "any band differs from nodata": with every band
+        # read, it follows from the pixels, so read_masked need not decode the window twice
+        every_band = sorted(chosen) == list(range(1, count + 1))
+        self._mask_from_pixels = (
+            self._has_mask and every_band and self.nodata is not None
+            and all(f == [rasterio.enums.MaskFlags.nodata] for f in flags)
+        )
 
     def _open(self) -> Any:
         try:
@@ -104,6 +111,22 @@ class RasterReader(Reader):
         with rasterio.Env(**self.gdal_options):
             data = self.handle.read(list(self.bands), window=to_rio_window(window))
         return np.asarray(data, dtype=self.dtype)
+
+    def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pixels and valid mask of ``window``, decoding it once when the mask is nodata-only."""
+        if not self._mask_from_pixels:
+            return super().read_masked(window)
+        pixels = self.read(window)
+        valid = (pixels != np.asarray(self.nodata, dtype=pixels.dtype)).any(axis=0)
+        if self.dtype.kind == "f":
+            valid &= ~np.isnan(pixels).any(axis=0)
+        inside = window.clip(self.shape)
+        if inside != window:  # outside the image is never valid, whatever the fill value
+            keep = np.zeros(window.shape, dtype=bool)
+            if inside is not None:
+                keep[inside.relative_to(window).slices] = True
+            valid &= keep
+        return pixels, valid
 
     def valid_mask(self, window: Window) -> np.ndarray | None:
         """Return valid pixels: GDAL's dataset mask (nodata, alpha, internal mask), no NaN in any band."""
