@@ -118,10 +118,10 @@ def prepare_block(
         kept_inside = kept.clip(grid.shape)
         assert kept_inside is not None
         if pixels_inside is not None:
-            part = pixels_inside[(slice(None), *kept_inside.relative_to(inside).slices)]
+            source = pixels_inside[(slice(None), *kept_inside.relative_to(inside).slices)]
         else:
-            part = read(kept_inside)
-        pixels = _pad_to_region(part, kept_inside, kept, grid.pad_mode)
+            source = read(kept_inside)
+        pixels = _pad_to_region(source, kept_inside, kept, grid.pad_mode)
         region = kept
     stats.read_seconds = time.perf_counter() - t0
     return PreparedBlock(block, region if positions else None, pixels, valid_block, positions, stats, started_at)
