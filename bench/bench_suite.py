@@ -154,14 +154,17 @@ def run_project(info: dict[str, Any], *, skip: bool) -> dict[str, Any]:
     plan, _ = _plan(info, skip=skip, store=store)
     connect(None)  # start Ray outside the timed part, like a cluster that is already up
     with PeakMemory() as memory:
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         result = run_job(plan, run_blocks=make_runner(RayOptions()), chunks=(info["chunks"],) * info["ndim"],
                          config_hash="bench", overwrite=True)
         seconds = time.perf_counter() - t0
     labels = zarr.open_group(str(store), mode="r")["labels"]
     if math.prod(labels.shape) <= 2**28:
         np.save(Path(info["root"]) / f"labels-project-{'skip' if skip else 'noskip'}.npy", labels[...])
+    first = min(float(r["started_at"]) for r in result.records.values())
+    last = max(float(r["finished_at"]) for r in result.records.values())
     return {"seconds": seconds, "tiles": result.tiles_run, "tiles_skipped": result.tiles_skipped,
+            "actor_startup_s": first - wall0, "steady_state_s": last - first,
             "peak_memory_mb": memory.peak / 2**20, "peak_breakdown_mb": memory.breakdown}
 
 
