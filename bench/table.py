@@ -1,0 +1,114 @@
+"""Render the README's performance table from ``bench/results/*.json`` (``python -m bench.table``).
+
+Every figure in the table is read from a result file that one command in ``bench/`` wrote; the
+``--write`` flag replaces the table between the README's markers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _suite_rows() -> list[str]:
+    rows = []
+    for case, label in (("2d", "2D 4-band 8192², 2D U-Net"), ("2d-16k", "2D 4-band 16384²"),
+                        ("3d", "3D 256³ volume, 3D U-Net"), ("landsat", "Landsat RGB.byte.tif (⅓ nodata)"),
+                        ("slide", "slide 8192², ≤ 40% tissue"), ("huge", "2D 32768²")):
+        r = _load(f"suite-{case}")
+        if r is None:
+            continue
+        res, ratios = r["results"], r["ratios"]
+        p, peer = res.get("project", {}), res.get("peer", {})
+        peer_cell = _f(peer.get("mpix_per_s")) if "mpix_per_s" in peer else "could not run"
+        noskip = ratios.get("project_vs_project-noskip_throughput")
+        agreement = ratios.get("label_agreement_with_peer")
+        agree = "–" if agreement is None else f"{100 * agreement:.5f}%"
+        rows.append(
+            f"| {label} | {_f(res.get('limit', {}).get('mpix_per_s'))} | {_f(p.get('mpix_per_s'))} | {peer_cell} | "
+            f"{_f(ratios.get('project_vs_limit_throughput'))} | {_f(ratios.get('project_vs_peer_throughput'))} | "
+            f"{_f(p.get('peak_memory_mb'), 0)} / {_f(peer.get('peak_memory_mb'), 0)} | "
+            f"{_f(1 / noskip) if noskip else '–'} | "
+            f"{agree} |"
+        )
+    return rows
+
+
+def render() -> str:
+    """The markdown of the performance section's tables."""
+    lines = []
+    any_result = next(iter(sorted(RESULTS.glob("*.json"))), None)
+    if any_result is not None:
+        m = json.loads(any_result.read_text())["machine"]
+        lines.append(f"Machine: {m['cores']} CPU cores, {m['memory_gb']} GB, GPU: {m['gpu'] or 'none'}, "
+                     f"torch {m['torch']}. Mpx/s = megapixels (megavoxels) of input per second, wall clock.")
+        lines.append("")
+    suite = _suite_rows()
+    if suite:
+        lines += [
+            "Side by side (`python -m bench.bench_suite --case CASE`; limit = bare forward over the same tiles, "
+            "pre-read; peer = MONAI `sliding_window_inference`, input in memory):",
+            "",
+            "| case | limit Mpx/s | tiler Mpx/s | MONAI Mpx/s | tiler ÷ limit | tiler ÷ MONAI | peak MB tiler / MONAI "
+            "| time with skipping ÷ without | labels = MONAI |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *suite,
+            "",
+        ]
+    other = []
+    for name in sorted(p.stem for p in RESULTS.glob("stitch-*.json")):
+        r = _load(name)
+        if r:
+            other.append(f"| stitching ÷ forward, U-Net {r['unet_channels']} (`{r['command']}`) | "
+                         f"{_f(r['stitch_fraction_of_forward'], 3)} | ≤ 0.10 |")
+    for name in ("runner", "runner-res1"):
+        runner = _load(name)
+        if runner:
+            cpu = runner["results"]["cpu"]
+            other.append(f"| runner ÷ bare `model(x)` tiles/s, tiles {runner['tile_shape']} (`{runner['command']}`) | "
+                         f"{_f(cpu['ratio_per_batch'])} | ≥ 0.95 |")
+    score = _load("score")
+    if score:
+        for key in ("zarr", "geotiff"):
+            c = score[key]
+            other.append(f"| scoring {score['size']}² {key}: confusion Mpx/s, peak MB (`{score['command']}`) | "
+                         f"{_f(c['mpixel_per_s_confusion'], 0)}, {_f(c['peak_rss_mb'], 0)} | ≥ 100, < 1024 |")
+    demo = _load("demo")
+    if demo:
+        for dom, t in demo["domains"].items():
+            target = {"satellite": 0.85, "ct": 0.80}.get(dom)
+            other.append(f"| `tiler demo --domain {dom}`: FWIoU (full pipeline, held-out scene), train s, total s | "
+                         f"{_f(t['fwiou'], 3)}, {_f(t['train_seconds'], 0)}, {_f(t['total_seconds'], 0)} | "
+                         f"{'≥ ' + str(target) + ', ' if target else ''}train ≤ 300, total ≤ 300 |")
+    if other:
+        lines += ["| other figure | measured | target |", "|---|---|---|", *other, ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    table = render()
+    if "--write" in sys.argv:
+        text = README.read_text()
+        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+        README.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
