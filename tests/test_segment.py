@@ -174,3 +174,15 @@ def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path) -> None:
     assert group.attrs["complete"] is True
     scores = json.loads((tmp_path / "out.scores.json").read_text())
     assert 0.0 <= scores["fwiou"] <= 1.0
+
+
+def test_inspect_describes_the_input_and_the_plan(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    image = tmp_path / "image.tif"
+    assert cli_main(["--json-logs", "inspect", str(image), "--config", str(config)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["shape"] == [200, 168] and info["channels"] == 3 and info["crs"].startswith("WGS 84")
+    assert info["nodata share"] == "11.0%"  # the corner: (200 // 3) * (168 // 3) = 3696 of 33600 pixels
+    assert info["tiles"].startswith("56 (8 x 7)")  # ceil((200 - 32) / 24) + 1 = 8 rows, ceil(136 / 24) + 1 = 7 cols
+    assert info["tiles skipped (mask)"] == 4
+    assert info["memory per actor (est.)"].endswith("MiB")

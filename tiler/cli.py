@@ -43,13 +43,15 @@ def _add_inspect(sub: Any) -> None:
     p = sub.add_parser("inspect", help="describe an input and, with --config, its tile plan")
     p.add_argument("input", help="image path (GeoTIFF/COG, NIfTI, zarr, slide)")
     p.add_argument("--config", help="job config whose tiling, model and engine to plan with")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of --config (repeatable)")
     p.set_defaults(func=_inspect)
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from tiler.inspect import describe
 
-    info = describe(args.input, config=args.config)
+    info = describe(args.input, config=args.config, overrides=args.overrides)
     if args.json_logs:
         print(json.dumps(info, default=str))
     else:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tiler.geometry import BlockPartition, PadMode, TileGrid, Window
+
+PROCESS_BASELINE = 350 * 2**20
+"""What an actor process holds before any block: Python, torch, GDAL and Ray's worker (measured ~300-400 MB)."""
 
 
 def _nodata_share(reader: Any, step: int = 2048) -> float | None:
@@ -24,12 +28,12 @@ def _nodata_share(reader: Any, step: int = 2048) -> float | None:
     return invalid / total if total else None
 
 
-def _plan(reader: Any, config: str) -> dict[str, Any]:
+def _plan(reader: Any, config: str, overrides: Sequence[str]) -> dict[str, Any]:
     from tiler.config import load_config
     from tiler.model import load_model
     from tiler.segment import model_ref
 
-    cfg = load_config(config, [f"input.path={reader.path}"])
+    cfg = load_config(config, [*overrides, f"input.path={reader.path}"])
     grid = TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode))
     part = BlockPartition(reader.shape, cfg.tiling.block)
     skipped = 0
@@ -52,6 +56,7 @@ def _plan(reader: Any, config: str) -> dict[str, Any]:
         + 2 * region_px * reader.channels * reader.dtype.itemsize  # current and prefetched input region
         + batch * tile_px * (reader.channels + classes) * 4 * 8  # batch in/out and activations (rough)
         + params * 4
+        + PROCESS_BASELINE
     )
     per_block = [len(grid.positions_intersecting(w)) for w in part]
     step = tuple(t - o for t, o in zip(grid.tile, grid.overlap, strict=True))
@@ -66,8 +71,8 @@ def _plan(reader: Any, config: str) -> dict[str, Any]:
     }
 
 
-def describe(path: str, *, config: str | None = None) -> dict[str, Any]:
-    """A dict describing ``path`` (and the plan of ``config`` over it)."""
+def describe(path: str, *, config: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A dict describing ``path`` (and the plan of ``config``, with ``overrides``, over it)."""
     from tiler.io import open_reader
 
     reader = open_reader(path)
@@ -92,6 +97,6 @@ def describe(path: str, *, config: str | None = None) -> dict[str, Any]:
     share = _nodata_share(reader)
     info["nodata share"] = "no mask" if share is None else f"{share:.1%}"
     if config is not None:
-        info.update(_plan(reader, config))
+        info.update(_plan(reader, config, overrides))
     reader.close()
     return info
