@@ -37,8 +37,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CASES: dict[str, dict[str, Any]] = {
     "2d": {"shape": (8192, 8192), "quick": (2048, 2048), "tile": 256, "overlap": 32, "block": 2048, "chunks": 512},
     # 3D: tile 96 (MONAI's usual roi); slab blocks keep tiles run twice on block borders to one axis
-    "3d": {"shape": (256, 256, 256), "quick": (96, 192, 192), "tile": 96, "overlap": 24, "block": (128, 256, 256),
-           "chunks": 64},
+    "3d": {"shape": (256, 256, 256), "quick": (96, 192, 192), "tile": 96, "overlap": 24, "block": (256, 256, 256),
+           "chunks": 64, "cpus_per_actor": 2},
     "landsat": {"shape": None, "tile": 64, "overlap": 8, "block": 256, "chunks": 128},
     "slide": {"shape": (8192, 8192), "quick": (4096, 4096), "tile": 256, "overlap": 32, "block": 1024, "chunks": 512},
     "2d-16k": {"shape": (16384, 16384), "quick": (4096, 4096), "tile": 256, "overlap": 32, "block": 2048,
@@ -94,7 +94,8 @@ def prepare(case: str, quick: bool) -> dict[str, Any]:
         norm = Normalization(kind="meanstd", mean=(scale,) * bands, std=(scale,) * bands)
         save_checkpoint(weights, build_network(model), spec=model, normalization=norm)
     return {"case": case, "image": str(image), "weights": str(weights), "root": str(root), "ndim": ndim,
-            "tile": spec["tile"], "overlap": spec["overlap"], "block": spec["block"], "chunks": spec["chunks"]}
+            "tile": spec["tile"], "overlap": spec["overlap"], "block": spec["block"], "chunks": spec["chunks"],
+            "cpus_per_actor": spec.get("cpus_per_actor", 1)}
 
 
 def _axes(value: int | list[int] | tuple[int, ...], ndim: int) -> tuple[int, ...]:
@@ -161,7 +162,8 @@ def run_project(info: dict[str, Any], *, skip: bool) -> dict[str, Any]:
     connect(None)  # start Ray outside the timed part, like a cluster that is already up
     with PeakMemory() as memory:
         t0, wall0 = time.perf_counter(), time.time()
-        result = run_job(plan, run_blocks=make_runner(RayOptions()), chunks=(info["chunks"],) * info["ndim"],
+        options = RayOptions(cpus_per_actor=info.get("cpus_per_actor", 1))
+        result = run_job(plan, run_blocks=make_runner(options), chunks=(info["chunks"],) * info["ndim"],
                          config_hash="bench", overwrite=True)
         seconds = time.perf_counter() - t0
     labels = zarr.open_group(str(store), mode="r")["labels"]
@@ -214,7 +216,14 @@ def run_peer(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def child(approach: str, info: dict[str, Any]) -> None:
-    """Run one approach in this process and print its JSON (with this process tree's peak RSS)."""
+    """Run one approach in this process and print its JSON (with this process tree's peak RSS).
+
+    Every approach flushes denormal floats to zero, as tiler's runner does on CPU, so the comparison
+    measures the pipelines, not the CPU's slow path for denormals (up to 3x on uniform regions).
+    """
+    import torch
+
+    torch.set_flush_denormal(True)
     if approach == "limit":
         out = run_limit(info)
     elif approach == "peer":
