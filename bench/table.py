@@ -38,11 +38,14 @@ def _suite_rows() -> list[str]:
         peer_cell = _f(peer.get("mpix_per_s")) if "mpix_per_s" in peer else "could not run"
         skip_ratio = ratios.get("steady_time_skip_vs_noskip")
         agreement = ratios.get("label_agreement_with_peer")
+        limit_s = res.get("limit", {}).get("seconds")
+        steady = limit_s / p["steady_state_s"] if limit_s and p.get("steady_state_s") else None
         agree = "–" if agreement is None else f"{100 * agreement:.5f}%"
         rows.append(
             f"| {label} | {_f(res.get('limit', {}).get('mpix_per_s'))} | {_f(p.get('mpix_per_s'))} | {peer_cell} | "
-            f"{_f(ratios.get('project_vs_limit_throughput'))} | {_f(ratios.get('project_vs_peer_throughput'))} | "
-            f"{_f(p.get('peak_memory_mb'), 0)} / {_f(peer.get('peak_memory_mb'), 0)} | "
+            f"{_f(ratios.get('project_vs_limit_throughput'))} ({_f(steady)}) | "
+            f"{_f(ratios.get('project_vs_peer_throughput'))} | "
+            f"{_f(p.get('peak_memory_mb'), 0)} / {_f(peer.get('peak_memory_mb') if 'seconds' in peer else None, 0)} | "
             f"{_f(skip_ratio)} | "
             f"{agree} |"
         )
@@ -64,7 +67,8 @@ def render() -> str:
             "Side by side (`python -m bench.bench_suite --case CASE`; limit = bare forward over the same tiles, "
             "pre-read; peer = MONAI `sliding_window_inference`, input in memory):",
             "",
-            "| case | limit Mpx/s | tiler Mpx/s | MONAI Mpx/s | tiler ÷ limit | tiler ÷ MONAI | peak MB tiler / MONAI "
+            "| case | limit Mpx/s | tiler Mpx/s | MONAI Mpx/s | tiler ÷ limit (steady state) | tiler ÷ MONAI "
+            "| peak MB tiler / MONAI "
             "| steady time with skipping ÷ without | labels = MONAI |",
             "|---|---|---|---|---|---|---|---|---|",
             *suite,
