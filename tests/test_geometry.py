@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from tiler.errors import GeometryError, TilerError
 from tiler.geometry import BlockPartition, TileGrid, Window, axis_starts
 
-
 MAX_TILES = 4000  # keeps each example to milliseconds (a 300x300 image with 1-px tiles would be 90000 tiles)
 
 
