@@ -532,15 +532,18 @@ class ScoringConfig(_Section):
     boundary_width: BoundaryWidth = 0.02
     num_classes: Annotated[int, Strict(), Field(ge=2)] | None = None
 
-    def boundary_pixels(self, shape: Sequence[int]) -> int:
-        """Return the boundary band width in pixels for an image of ``shape`` ((H, W) or (D, H, W)).
+    def boundary(self) -> Any:
+        """Return :attr:`boundary_width` as the scorer's ``BoundaryWidth`` (an int is pixels, a float a fraction)."""
+        from tiler.metrics.boundary import BoundaryWidth as Width
+        from tiler.metrics.boundary import WidthUnit
 
-        A fraction is taken of the image diagonal and rounded, never below 1 pixel.
-        """
         if isinstance(self.boundary_width, int):
-            return self.boundary_width
-        diagonal = sum(int(s) ** 2 for s in shape) ** 0.5
-        return max(1, round(self.boundary_width * diagonal))
+            return Width(self.boundary_width, WidthUnit.PIXELS)
+        return Width(self.boundary_width, WidthUnit.DIAGONAL)
+
+    def boundary_pixels(self, shape: Sequence[int]) -> int:
+        """Return the boundary band width in pixels for an image of ``shape`` ((H, W) or (D, H, W))."""
+        return int(self.boundary().pixels(shape))
 
 
 # ---------------------------------------------------------------------------------------------------

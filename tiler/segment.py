@@ -228,15 +228,12 @@ def _score(cfg: JobConfig, plan: Plan, result: JobResult, paths: dict[str, Path]
     """Full report from the store against the truth; the engine's per-block matrix must agree with it."""
     if cfg.scoring.truth is None:
         return None
-    from tiler.metrics.boundary import BoundaryWidth
     from tiler.metrics.cli import score_paths
     from tiler.metrics.report import chart_paths, plot_confusion, plot_per_class, write_json
 
-    width = cfg.scoring.boundary_width
-    boundary = BoundaryWidth.parse(f"{width}px" if isinstance(width, int) else str(width))
     scores, details = score_paths(
         plan.store_path, cfg.scoring.truth, num_classes=plan.num_classes,
-        ignore_index=cfg.scoring.ignore_index, boundary_width=boundary,
+        ignore_index=cfg.scoring.ignore_index, boundary_width=cfg.scoring.boundary(),
     )
     payload = scores.to_dict()
     if result.confusion is not None:

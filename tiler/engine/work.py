@@ -36,7 +36,6 @@ class BlockStats:
     read_seconds: float = 0.0
     infer_seconds: float = 0.0
     stitch_seconds: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass

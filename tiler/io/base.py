@@ -11,7 +11,7 @@ import itertools
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -254,15 +254,3 @@ def check_has_data(reader: Reader, *, block: int = 2048) -> None:
         f"Check that this is the right file, the right bands, or the nodata value set in its metadata."
     )
 
-
-@dataclass
-class ReaderOptions:
-    """Options shared by all readers (see :func:`tiler.io.open_reader`)."""
-
-    bands: tuple[int, ...] | None = None
-    channels_from_4d: bool = False
-    level: int | None = None
-    mpp: float | None = None
-    mask: str = "auto"
-    threshold: float | None = None
-    gdal_options: dict[str, Any] = field(default_factory=dict)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 import nibabel as nib
@@ -29,8 +29,6 @@ from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
 from tiler.io.base import Georef, Reader, check_exists
 from tiler.io.masks import foreground_mask
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def _native(dtype: np.dtype) -> np.dtype:
@@ -259,12 +257,3 @@ def write_nifti_slabs(
     if written != shape[0]:
         raise InputError(f"wrote {written} slices to {path} but the volume has D={shape[0]}.")
 
-
-def read_affine_attrs(attrs: Mapping[str, Any]) -> np.ndarray:
-    """Return the 4x4 affine stored in georef attributes (identity when absent)."""
-    geo = Georef.from_attrs(attrs)
-    if geo.affine is not None:
-        return np.asarray(geo.affine, dtype=float)
-    if geo.spacing is not None:
-        return affine_from_spacing(geo.spacing)
-    return np.eye(4)
