@@ -11,10 +11,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# torch is pinned and installed first so that pip never swaps in a CUDA build.
-$(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,dev]"
+# torch is pinned (constraints.txt) for every install so that pip never swaps in a CUDA build.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[test,dev]"
+	@if $(PIP) list 2>/dev/null | grep -qiE '^nvidia-'; then \
+		echo "error: a dependency pulled CUDA packages (nvidia-*) into $(VENV); pin it in constraints.txt" >&2; exit 1; fi
 	touch $(STAMP)
 
 install: $(STAMP)
