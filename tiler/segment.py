@@ -1,24 +1,29 @@
-"""The segment job: one input → tiled inference → output store → exports → score → report.
+"""The segment job: input → tiled inference → output store → exports → score → report → complete.
 
-This is the product's main job; ``tiler run``, ``python -m pipelines.segment`` and the archive
-pipeline all call :func:`run_segment`.
+This is the product's main job. :func:`run_many` streams the jobs of many inputs through one pool of
+model workers (the archive pipeline uses it); :func:`run_segment` (``tiler run``,
+``python -m pipelines.segment``) is its one-input case.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tiler.blend import Blender, BlendMode
 from tiler.config import JobConfig, config_hash
-from tiler.engine.job import JobResult, run_job
+from tiler.engine.executor import Executor
+from tiler.engine.job import JobResult, StoreJob
 from tiler.engine.plan import ModelRef, Plan, ReaderRef
-from tiler.errors import InputError, ModelError
+from tiler.engine.stream import Outcome, Work, run_stream
+from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import BlockPartition, PadMode, TileGrid
 
 READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
@@ -80,74 +85,113 @@ def model_ref(cfg: JobConfig) -> ModelRef:
     return ModelRef(m.weights, load, runner)
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver needs to know of a model to plan with it (the network itself stays in the workers)."""
+
+    spatial_dims: int | None
+    in_channels: int | None
+    num_classes: int
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[int, int, int], ...]
+
+
+@functools.lru_cache(maxsize=8)
+def _facts(weights: str, load: str, size: int, mtime_ns: int) -> ModelFacts:
+    from tiler.model import load_model
+
+    loaded = load_model(weights, **json.loads(load))
+    spec = loaded.spec
+    return ModelFacts(
+        spatial_dims=spec.spatial_dims if spec is not None else None,
+        in_channels=spec.in_channels if spec is not None else None,
+        num_classes=loaded.num_classes,
+        class_names=tuple(loaded.class_names),
+        class_colors=tuple(tuple(int(v) for v in c) for c in loaded.class_colors),  # type: ignore[misc]
+    )
+
+
+def model_facts(model: ModelRef) -> ModelFacts:
+    """Load ``model`` once per process (per file version) and keep what planning needs."""
+    try:
+        st = os.stat(model.weights)
+        size, mtime = st.st_size, st.st_mtime_ns
+    except OSError:
+        size, mtime = -1, -1  # load_model names the missing file
+    return _facts(model.weights, json.dumps(dict(model.load), sort_keys=True, default=list), size, mtime)
+
+
 def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
     """Check the input against the model and build the plan; returns it with the store attributes.
 
-    Opens the input's header and the model's checkpoint once on the driver (no pixels are read
-    beyond the check that the input holds data).
+    Opens the input's header on the driver (no pixels are read beyond the check that the input holds
+    data); the model is loaded once per process and file version (:func:`model_facts`).
     """
     from tiler.io import check_has_data
-    from tiler.model import load_model
 
     ref = reader_ref(cfg)
     reader = ref.open()
-    model = model_ref(cfg)
-    loaded = load_model(model.weights, **dict(model.load))
-    spec = loaded.spec
-    if spec is not None and reader.channels != spec.in_channels:
-        raise InputError(
-            f"{cfg.input.path} gives {reader.channels} channel(s) but the model {cfg.model.weights} expects "
-            f"{spec.in_channels}; select the bands it was trained on with input.bands (e.g. "
-            f"{list(range(1, spec.in_channels + 1))})."
+    try:
+        model = model_ref(cfg)
+        facts = model_facts(model)
+        if facts.in_channels is not None and reader.channels != facts.in_channels:
+            raise InputError(
+                f"{cfg.input.path} gives {reader.channels} channel(s) but the model {cfg.model.weights} expects "
+                f"{facts.in_channels}; select the bands it was trained on with input.bands (e.g. "
+                f"{list(range(1, facts.in_channels + 1))})."
+            )
+        if facts.spatial_dims is not None and facts.spatial_dims != len(reader.shape):
+            raise ModelError(
+                f"model {cfg.model.weights} is {facts.spatial_dims}D but {cfg.input.path} has spatial shape "
+                f"{reader.shape}; use a {len(reader.shape)}D model."
+            )
+        if len(cfg.tiling.tile) != len(reader.shape):
+            raise InputError(
+                f"tiling.tile={list(cfg.tiling.tile)} has {len(cfg.tiling.tile)} axes but {cfg.input.path} has "
+                f"spatial shape {reader.shape}; give one tile size per axis."
+            )
+        check_has_data(reader)
+        plan = Plan(
+            input=ref,
+            model=model,
+            grid=TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode)),
+            partition=BlockPartition(reader.shape, cfg.tiling.block),
+            blender=Blender(BlendMode(cfg.tiling.blend), cfg.tiling.sigma_scale),
+            num_classes=facts.num_classes,
+            store_path=cfg.output.path,
+            batch_size=cfg.model.batch_size,
+            nodata_label=cfg.output.nodata_label,
+            probabilities=cfg.output.probabilities,
+            skip_empty=cfg.engine.skip_empty,
+            background_label=cfg.output.background_label,
+            truth=ReaderRef(cfg.scoring.truth) if cfg.scoring.truth else None,
+            ignore_index=cfg.scoring.ignore_index if cfg.scoring.ignore_index is not None else -1,
         )
-    if spec is not None and spec.spatial_dims != len(reader.shape):
-        raise ModelError(
-            f"model {cfg.model.weights} is {spec.spatial_dims}D but {cfg.input.path} has spatial shape {reader.shape}; "
-            f"use a {len(reader.shape)}D model."
-        )
-    if len(cfg.tiling.tile) != len(reader.shape):
-        raise InputError(
-            f"tiling.tile={list(cfg.tiling.tile)} has {len(cfg.tiling.tile)} axes but {cfg.input.path} has spatial "
-            f"shape {reader.shape}; give one tile size per axis."
-        )
-    check_has_data(reader)
-    plan = Plan(
-        input=ref,
-        model=model,
-        grid=TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode)),
-        partition=BlockPartition(reader.shape, cfg.tiling.block),
-        blender=Blender(BlendMode(cfg.tiling.blend), cfg.tiling.sigma_scale),
-        num_classes=loaded.num_classes,
-        store_path=cfg.output.path,
-        batch_size=cfg.model.batch_size,
-        nodata_label=cfg.output.nodata_label,
-        probabilities=cfg.output.probabilities,
-        skip_empty=cfg.engine.skip_empty,
-        background_label=cfg.output.background_label,
-        truth=ReaderRef(cfg.scoring.truth) if cfg.scoring.truth else None,
-        ignore_index=cfg.scoring.ignore_index if cfg.scoring.ignore_index is not None else -1,
-    )
-    attrs = {
-        "georef": reader.georef.to_attrs(),
-        "class_names": list(loaded.class_names),
-        "class_colors": [list(c) for c in loaded.class_colors],
-        "config": json.loads(cfg.model_dump_json()),
-        "input": {"path": cfg.input.path, "shape": list(reader.shape), "channels": reader.channels,
-                  "dtype": str(reader.dtype), "nodata": reader.nodata},
-    }
-    reader.close()
+        attrs = {
+            "georef": reader.georef.to_attrs(),
+            "class_names": list(facts.class_names),
+            "class_colors": [list(c) for c in facts.class_colors],
+            "config": json.loads(cfg.model_dump_json()),
+            "input": {"path": cfg.input.path, "shape": list(reader.shape), "channels": reader.channels,
+                      "dtype": str(reader.dtype), "nodata": reader.nodata},
+        }
+    finally:
+        reader.close()
     return plan, attrs
 
 
-def _engine(cfg: JobConfig, engine: str) -> Callable[..., None]:
+def make_executor(cfg: JobConfig, engine: str = "ray") -> Executor:
+    """The executor of ``cfg``'s engine section: ``ray`` (an actor pool) or ``local`` (this process)."""
     if engine == "local":
-        from tiler.engine.job import run_blocks_local
+        from tiler.engine.executor import LocalExecutor
 
-        return run_blocks_local
-    from tiler.engine.ray import RayOptions, make_runner
+        return LocalExecutor(threads=cfg.model.threads)
+    if engine != "ray":
+        raise ConfigError(f"engine: {engine!r} is not an engine; fix: use ray or local")
+    from tiler.engine.ray import RayExecutor, RayOptions
 
     e = cfg.engine
-    return make_runner(
+    return RayExecutor(
         RayOptions(
             address=e.address, actors=e.actors, gpus_per_actor=e.gpus_per_actor, cpus_per_actor=e.cpus_per_actor,
             threads=cfg.model.threads, max_in_flight=e.max_in_flight if e.prefetch else 1,
@@ -157,36 +201,58 @@ def _engine(cfg: JobConfig, engine: str) -> Callable[..., None]:
 
 
 class Progress:
-    """Blocks done, tiles/s and ETA on stderr (silent when ``quiet``)."""
+    """One bar over every block of the run on stderr, with inputs done / failed and tiles/s (silent when quiet)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.bar: Any = None
         self.tiles = 0
+        self.done = 0
+        self.failed = 0
         self.t0 = time.perf_counter()
 
-    def start(self, pending: int, total: int) -> None:
-        """Open the bar for ``pending`` of ``total`` blocks."""
+    def opened(self, job: Any, work: Work) -> None:
+        """Add an opened input's pending blocks to the bar."""
         if self.quiet:
             return
-        from tqdm import tqdm
+        if self.bar is None:
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=pending, unit="block", file=sys.stderr, desc="blocks", dynamic_ncols=True)
-        if pending < total:
-            self.bar.write(f"resuming: {total - pending} of {total} blocks already done")
+            self.bar = tqdm(total=0, unit="block", file=sys.stderr, desc="blocks", dynamic_ncols=True)
+        self.bar.total += len(work.pending)
+        self.bar.refresh()
+        if len(work.pending) < work.total:
+            self.write(f"{job.name}: resuming, {work.total - len(work.pending)} of {work.total} blocks already done")
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, job: Any, record: dict[str, Any]) -> None:
         """Advance by one finished block."""
         self.tiles += int(record["tiles_run"])
         if self.bar is not None:
             rate = self.tiles / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"{rate:.1f} tiles/s")
+            self.bar.set_postfix_str(f"inputs {self.done} done, {self.failed} failed · {rate:.1f} tiles/s")
             self.bar.update(1)
+
+    def ended(self, ok: bool) -> None:
+        """Count a finished or failed input."""
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+
+    def write(self, line: str) -> None:
+        """A line above the bar (or plain stderr when there is no bar yet)."""
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         """Close the bar."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def output_paths(store: str) -> dict[str, Path]:
@@ -271,8 +337,109 @@ def _report(cfg: JobConfig, result: SegmentResult, paths: dict[str, Path]) -> No
     paths["report_md"].write_text("\n".join(lines) + "\n")
 
 
+class SegmentJob:
+    """One input's whole job as a stream job: plan and lock on :meth:`open`; exports, score, report on :meth:`finish`.
+
+    ``complete`` is written last, after every block is recorded and every export, score and report is in place.
+
+    Args:
+        cfg: The validated job configuration.
+        overwrite: Replace an output store that holds another configuration's result.
+    """
+
+    def __init__(self, cfg: JobConfig, *, overwrite: bool = False) -> None:
+        self.cfg = cfg
+        self.name = cfg.input.path
+        self.overwrite = overwrite
+        self.plan: Plan | None = None
+        self.store_job: StoreJob | None = None
+
+    def open(self) -> Work:
+        """Build the plan, create or resume the store under its lock; the blocks still to run."""
+        plan, attrs = build_plan(self.cfg)
+        self.plan = plan
+        self.store_job = StoreJob(
+            plan, chunks=self.cfg.output.chunks, config_hash=config_hash(self.cfg), attrs=attrs,
+            overwrite=self.overwrite,
+        )
+        return self.store_job.open()
+
+    def finish(self) -> SegmentResult:
+        """Check the blocks, write exports, score and report, then mark the store complete."""
+        assert self.plan is not None and self.store_job is not None
+        cfg, plan = self.cfg, self.plan
+        job = self.store_job.result()
+        paths = output_paths(plan.store_path)
+        result = SegmentResult(store=plan.store_path, summary=job.summary())
+        result.outputs = _export(cfg, plan, paths)
+        result.scores = _score(cfg, plan, job, paths)
+        if result.scores is not None:
+            result.outputs["scores_json"] = str(paths["scores_json"])
+        result.outputs["report_json"] = str(paths["report_json"])
+        result.outputs["report_md"] = str(paths["report_md"])
+        _report(cfg, result, paths)
+        self.store_job.complete(result.summary)
+        return result
+
+    def close(self) -> None:
+        """Release the store's lock."""
+        if self.store_job is not None:
+            self.store_job.release()
+
+
+def run_many(
+    jobs: Iterable[SegmentJob],
+    *,
+    engine: str = "ray",
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    lookahead: int = 2,
+    finishers: int = 2,
+) -> Iterator[Outcome]:
+    """Stream many inputs' jobs through one pool of model workers; yield each job's outcome as it ends.
+
+    The pool is started once, from the first job's engine and model settings (every job must use the
+    same model: a job with another model waits for the pool to drain, then the pool restarts). Inputs
+    are opened ``lookahead`` at a time ahead of the pool and finished on ``finishers`` threads.
+
+    Args:
+        jobs: The jobs, consumed lazily.
+        engine: ``"ray"`` (joins ``RAY_ADDRESS`` or starts an embedded local Ray) or ``"local"`` (in-process).
+        executor: Use this executor instead of one built from the first job's config (not closed here).
+        progress: The bar to advance (None: none).
+        lookahead: Inputs planned ahead of the pool.
+        finishers: Threads writing exports, scores and reports.
+
+    Yields:
+        :class:`~tiler.engine.stream.Outcome` per job: ``result`` is its :class:`SegmentResult`, or ``error``.
+    """
+    source = iter(jobs)
+    first = next(source, None)
+    if first is None:
+        return
+    own = executor is None
+    pool = executor if executor is not None else make_executor(first.cfg, engine)
+
+    def chained() -> Iterator[SegmentJob]:
+        yield first
+        yield from source
+
+    try:
+        for outcome in run_stream(
+            chained(), pool, lookahead=lookahead, finishers=finishers,
+            on_open=progress.opened if progress is not None else None,
+            on_record=progress.record if progress is not None else None,
+        ):
+            if progress is not None:
+                progress.ended(outcome.ok)
+            yield outcome
+    finally:
+        if own:
+            pool.close()
+
+
 def run_segment(cfg: JobConfig, *, overwrite: bool = False, quiet: bool = False, engine: str = "ray") -> SegmentResult:
-    """Run one segment job end to end.
+    """Run one segment job end to end: the one-input case of :func:`run_many`.
 
     Args:
         cfg: The validated job configuration.
@@ -282,25 +449,18 @@ def run_segment(cfg: JobConfig, *, overwrite: bool = False, quiet: bool = False,
 
     Returns:
         Paths of the store and exports, the scores, and the run summary.
+
+    Raises:
+        TilerError: The job failed (the message names the input, the block or export, and the fix).
     """
-    plan, attrs = build_plan(cfg)
     progress = Progress(quiet)
     try:
-        job = run_job(
-            plan, run_blocks=_engine(cfg, engine), chunks=cfg.output.chunks, config_hash=config_hash(cfg),
-            attrs=attrs, overwrite=overwrite, on_record=progress.record, on_start=progress.start,
-        )
+        (outcome,) = list(run_many([SegmentJob(cfg, overwrite=overwrite)], engine=engine, progress=progress))
     finally:
         progress.close()
-    paths = output_paths(plan.store_path)
-    result = SegmentResult(store=plan.store_path, summary=job.summary())
-    result.outputs = _export(cfg, plan, paths)
-    result.scores = _score(cfg, plan, job, paths)
-    if result.scores is not None:
-        result.outputs["scores_json"] = str(paths["scores_json"])
-    result.outputs["report_json"] = str(paths["report_json"])
-    result.outputs["report_md"] = str(paths["report_md"])
-    _report(cfg, result, paths)
+    if outcome.error is not None:
+        raise outcome.error
+    result: SegmentResult = outcome.result
     if not quiet:
         s = result.summary
         print(f"done: {s['blocks_total']} blocks ({s['blocks_resumed']} resumed), {s['tiles_run']} tiles run, "

@@ -20,7 +20,7 @@ from tests.engine.helpers import make_plan, write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.engine.job import run_job
 from tiler.engine.plan import Plan, block_key
-from tiler.engine.ray import RayOptions, make_runner
+from tiler.engine.ray import RayExecutor, RayOptions
 from tiler.errors import EngineError, OutputError
 
 CHUNKS = (32, 32)
@@ -64,7 +64,7 @@ def test_output_is_identical_however_the_work_is_split(
     store = tmp_path / "out.zarr"
     plan = make_plan(image, weights, store, block=block)
     result = run_job(
-        plan, run_blocks=make_runner(RayOptions(actors=actors, max_in_flight=in_flight)),
+        plan, executor=RayExecutor(RayOptions(actors=actors, max_in_flight=in_flight)),
         chunks=CHUNKS, config_hash="h",
     )
     labels, probs = outputs(store)
@@ -89,7 +89,7 @@ def test_sigkill_of_an_actor_mid_job_still_completes_identically(
             os.kill(record["pid"], signal.SIGKILL)
 
     result = run_job(
-        plan, run_blocks=make_runner(RayOptions(actors=2, max_in_flight=2, max_restarts=2, max_task_retries=3)),
+        plan, executor=RayExecutor(RayOptions(actors=2, max_in_flight=2, max_restarts=2, max_task_retries=3)),
         chunks=CHUNKS, config_hash="h", on_record=on_record,
     )
     labels, probs = outputs(tmp_path / "out.zarr")
@@ -106,10 +106,10 @@ DRIVER = textwrap.dedent(
     """
     import sys, pickle, ray
     from tiler.engine.job import run_job
-    from tiler.engine.ray import RayOptions, make_runner
+    from tiler.engine.ray import RayExecutor, RayOptions
     plan = pickle.load(open(sys.argv[1], "rb"))
     ray.init(address=sys.argv[2], log_to_driver=False)
-    run_job(plan, run_blocks=make_runner(RayOptions(actors=1, max_in_flight=1)), chunks=(32, 32), config_hash="h")
+    run_job(plan, executor=RayExecutor(RayOptions(actors=1, max_in_flight=1)), chunks=(32, 32), config_hash="h")
     """
 )
 
@@ -142,7 +142,7 @@ def test_driver_killed_then_rerun_skips_finished_blocks(
     assert 5 <= len(before) < total
     assert not zarr.open_group(str(store), mode="r").attrs.get("complete", False)
 
-    result = run_job(plan, run_blocks=make_runner(RayOptions(actors=2)), chunks=CHUNKS, config_hash="h")
+    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=CHUNKS, config_hash="h")
     assert result.blocks_run == total - len(before)
     for name, content in before.items():
         assert (blocks / name).read_bytes() == content, f"{name} was recomputed"
@@ -156,14 +156,14 @@ CLUSTER = textwrap.dedent(
     import sys, pickle, ray
     from ray.cluster_utils import Cluster
     from tiler.engine.job import run_job
-    from tiler.engine.ray import RayOptions, make_runner
+    from tiler.engine.ray import RayExecutor, RayOptions
     plan = pickle.load(open(sys.argv[1], "rb"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    result = run_job(plan, run_blocks=make_runner(RayOptions(actors=2)), chunks=(32, 32), config_hash="h")
+    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=(32, 32), config_hash="h")
     nodes = {r["pid"] for r in result.records.values()}
     print("PIDS", len(nodes))
     ray.shutdown()
@@ -199,7 +199,7 @@ def test_tiles_over_landsat_nodata_are_skipped_and_labelled_nodata(ray_session, 
         valid = src.dataset_mask() > 0
     grid = TileGrid(valid.shape, (64, 64), (16, 16))
     empty = sum(1 for w in grid if not valid[w.clip(grid.shape).slices].any())  # type: ignore[union-attr]
-    result = run_job(plan, run_blocks=make_runner(RayOptions(actors=2)), chunks=CHUNKS, config_hash="h")
+    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=CHUNKS, config_hash="h")
     # tiles straddling block borders are counted once per block they touch; count unique tiles per block
     per_block_expected = 0
     for pos in plan.positions():
@@ -219,7 +219,7 @@ def test_a_corrupt_input_fails_the_job_naming_the_block_and_leaves_nothing_compl
     weights = write_model(tmp_path / "model.pt")
     plan = make_plan(DATA / "corrupt.tif", weights, tmp_path / "out.zarr", block=256, tile=64, probabilities=None)
     with pytest.raises(EngineError, match=r"block \d+_\d+ .*corrupt\.tif"):
-        run_job(plan, run_blocks=make_runner(RayOptions(actors=1)), chunks=CHUNKS, config_hash="h")
+        run_job(plan, executor=RayExecutor(RayOptions(actors=1)), chunks=CHUNKS, config_hash="h")
     assert not zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs.get("complete", False)
 
 

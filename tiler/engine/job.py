@@ -1,7 +1,7 @@
-"""Running a plan as a job: output store, job lock, resume from block records, and the complete flag.
+"""A plan's job on its output store: lock, create or resume, check every block's record, mark complete.
 
-The engine that executes the blocks (in-process or Ray) is chosen by the caller; everything about
-what "done" means lives here, once.
+The executor that runs the blocks and the stream that feeds it are chosen by the caller; everything
+about what "done" means lives here, once.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from tiler.engine.executor import Executor, LocalExecutor
 from tiler.engine.plan import Plan, block_key
-from tiler.engine.worker import BlockWorker
-from tiler.errors import EngineError, TilerError
-from tiler.geometry import Shape
+from tiler.engine.stream import Work, run_stream
+from tiler.errors import EngineError
 
 OnRecord = Callable[[dict[str, Any]], None]
-RunBlocks = Callable[[Plan, Sequence[Shape], OnRecord], None]
 
 
 @dataclass
@@ -61,70 +60,63 @@ class JobResult:
         }
 
 
-def run_blocks_local(plan: Plan, positions: Sequence[Shape], on_record: OnRecord) -> None:
-    """The in-process engine: one worker in this process runs the blocks in order."""
-    if not positions:
-        return
-    worker = BlockWorker(plan)
-    for position in positions:
-        try:
-            record = worker.run(position)
-        except TilerError as exc:
-            raise EngineError(
-                f"block {block_key(position)} (window {plan.window(position)}) failed: {exc}"
-            ) from exc
-        on_record(record)
-
-
 def _sum_confusion(records: Mapping[str, Mapping[str, Any]]) -> np.ndarray | None:
     matrices = [np.asarray(r["confusion"], dtype=np.int64) for r in records.values() if r.get("confusion") is not None]
     return np.sum(matrices, axis=0) if matrices else None
 
 
-def run_job(
-    plan: Plan,
-    *,
-    run_blocks: RunBlocks = run_blocks_local,
-    chunks: Sequence[int],
-    config_hash: str,
-    attrs: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
-    on_record: OnRecord | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-) -> JobResult:
-    """Run every block of ``plan`` not yet recorded in its store, then mark the store complete.
+class StoreJob:
+    """The store side of one plan: :meth:`open` before any block runs, :meth:`result` after the last one.
 
     Args:
         plan: The job.
-        run_blocks: The engine: runs the given blocks and reports each record.
         chunks: Output chunk shape; blocks must own whole chunks.
         config_hash: Hash of the configuration; an existing store with another hash is refused.
         attrs: Store attributes (georeferencing, class names and colours, config).
-        overwrite: Replace an existing store.
-        on_record: Called with each block record as it arrives (progress).
-        on_start: Called with (blocks to run, blocks in the plan) before running.
-
-    Returns:
-        The job result. The store's ``complete`` flag is set only when every block is recorded.
+        overwrite: Replace an existing tiler store holding another configuration's result.
     """
-    from tiler.io.store import OutputStore
 
-    plan.partition.check_aligned(chunks)
-    t0 = time.perf_counter()
-    store = OutputStore.create(
-        plan.store_path, shape=plan.grid.shape, num_classes=plan.num_classes, chunks=chunks,
-        nodata_label=plan.nodata_label, probabilities=plan.probabilities, attrs=attrs,
-        config_hash=config_hash, overwrite=overwrite,
-    )
-    store.acquire_lock(f"tiler job pid {os.getpid()} on {socket.gethostname()}")
-    try:
-        done = store.block_records()
+    def __init__(
+        self, plan: Plan, *, chunks: Sequence[int], config_hash: str, attrs: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.chunks = tuple(chunks)
+        self.config_hash = config_hash
+        self.attrs = attrs
+        self.overwrite = overwrite
+        self.store: Any = None
+        self.blocks_run = 0
+        self.t0 = 0.0
+
+    def open(self) -> Work:
+        """Create or resume the store under the job lock; return the blocks without a record."""
+        from tiler.io.store import OutputStore
+
+        plan = self.plan
+        plan.partition.check_aligned(self.chunks)
+        self.t0 = time.perf_counter()
+        self.store = OutputStore.create(
+            plan.store_path, shape=plan.grid.shape, num_classes=plan.num_classes, chunks=self.chunks,
+            nodata_label=plan.nodata_label, probabilities=plan.probabilities, attrs=self.attrs,
+            config_hash=self.config_hash, overwrite=self.overwrite,
+        )
+        self.store.acquire_lock(f"tiler job pid {os.getpid()} on {socket.gethostname()}")
+        done = self.store.block_records()
         positions = plan.positions()
         pending = [p for p in positions if block_key(p) not in done]
-        if on_start is not None:
-            on_start(len(pending), len(positions))
-        run_blocks(plan, pending, on_record or (lambda record: None))
-        records = store.block_records()
+        self.blocks_run = len(pending)
+        return Work(plan, pending, len(positions))
+
+    def result(self) -> JobResult:
+        """Check that every block is recorded and something ran; return the job's figures.
+
+        Raises:
+            EngineError: A block has no record, or every tile was skipped (nothing to segment).
+        """
+        plan = self.plan
+        records = self.store.block_records()
+        positions = plan.positions()
         missing = [block_key(p) for p in positions if block_key(p) not in records]
         if missing:
             raise EngineError(
@@ -134,10 +126,10 @@ def run_job(
         result = JobResult(
             store_path=plan.store_path,
             blocks_total=len(positions),
-            blocks_run=len(pending),
+            blocks_run=self.blocks_run,
             tiles_run=sum(int(r["tiles_run"]) for r in records.values()),
             tiles_skipped=sum(int(r["tiles_skipped"]) for r in records.values()),
-            seconds=time.perf_counter() - t0,
+            seconds=time.perf_counter() - self.t0,
             confusion=_sum_confusion(records),
             records=records,
         )
@@ -146,7 +138,80 @@ def run_job(
                 f"every tile of {plan.input.path} was skipped: its valid-data mask is empty, so there is nothing "
                 f"to segment. Check the input's nodata value or mask setting (input.mask=none disables skipping)."
             )
-        store.mark_complete(result.summary())
         return result
+
+    def complete(self, summary: Mapping[str, Any]) -> None:
+        """Write the summary and the ``complete`` flag: the last thing a job does."""
+        self.store.mark_complete(summary)
+
+    def release(self) -> None:
+        """Drop the job lock (if it was taken)."""
+        if self.store is not None:
+            self.store.release_lock()
+
+
+class _PlanJob:
+    """A bare plan as a stream job: finishing marks the store complete (no exports, no scores)."""
+
+    def __init__(self, store_job: StoreJob) -> None:
+        self.name = store_job.plan.store_path
+        self.store_job = store_job
+
+    def open(self) -> Work:
+        return self.store_job.open()
+
+    def finish(self) -> JobResult:
+        result = self.store_job.result()
+        self.store_job.complete(result.summary())
+        return result
+
+    def close(self) -> None:
+        self.store_job.release()
+
+
+def run_job(
+    plan: Plan,
+    *,
+    executor: Executor | None = None,
+    chunks: Sequence[int],
+    config_hash: str,
+    attrs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    on_record: OnRecord | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> JobResult:
+    """Run every block of ``plan`` not yet recorded in its store, then mark the store complete.
+
+    The one-plan case of :func:`tiler.engine.stream.run_stream`, without exports (see
+    :func:`tiler.segment.run_segment` for the whole job).
+
+    Args:
+        plan: The job.
+        executor: Where the blocks run (default: in this process); closed at the end.
+        chunks: Output chunk shape; blocks must own whole chunks.
+        config_hash: Hash of the configuration; an existing store with another hash is refused.
+        attrs: Store attributes (georeferencing, class names and colours, config).
+        overwrite: Replace an existing store.
+        on_record: Called with each block record as it arrives (progress).
+        on_start: Called with (blocks to run, blocks in the plan) before running.
+
+    Returns:
+        The job result. The store's ``complete`` flag is set only when every block is recorded.
+
+    Raises:
+        TilerError: The store cannot be opened, a block failed, or a block has no record.
+    """
+    job = _PlanJob(StoreJob(plan, chunks=chunks, config_hash=config_hash, attrs=attrs, overwrite=overwrite))
+    executor = executor if executor is not None else LocalExecutor()
+    try:
+        outcomes = run_stream(
+            [job], executor,
+            on_open=(lambda _job, work: on_start(len(work.pending), work.total)) if on_start else None,
+            on_record=(lambda _job, record: on_record(record)) if on_record else None,
+        )
+        (outcome,) = list(outcomes)
     finally:
-        store.release_lock()
+        executor.close()
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.result  # type: ignore[no-any-return]

@@ -1,26 +1,29 @@
-"""The Ray engine: a pool of model actors, block dispatch with backpressure, retries on worker death.
+"""The Ray executor: a pool of model actors that lives for the whole run and takes blocks of any input.
 
-The only module that imports ray. Each actor holds one :class:`BlockWorker` (model loaded once,
-in its constructor) and runs up to ``max_in_flight`` block calls on threads: reading the next
-block overlaps inference on the current one (reads and inference each hold their own lock).
+The only module that imports ray. Each actor holds one :class:`~tiler.engine.worker.ModelWorker`
+(model loaded once, in its constructor, a few inputs kept open) and runs up to ``max_in_flight``
+block calls on threads, so reading the next block overlaps inference on the current one. Blocks go to
+the least busy actor with a free slot; an actor that dies is restarted by Ray and its calls retried.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from collections import deque
-from collections.abc import Sequence
+import socket
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 import ray.exceptions
 
-from tiler.engine.job import OnRecord
-from tiler.engine.plan import Plan, block_key
+from tiler.engine.executor import Done, block_failure
+from tiler.engine.plan import ModelRef, Plan
 from tiler.errors import ConfigError, EngineError
 from tiler.geometry import Shape
+
+CONNECT_TIMEOUT_S = 15.0
+"""How long to wait for a cluster's address to accept a connection before giving up."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ class RayOptions:
     """How the actor pool is sized and how hard it retries.
 
     Attributes:
-        address: Cluster to join; None: ``RAY_ADDRESS`` if set, else start an embedded local Ray.
+        address: Cluster to join; None: ``RAY_ADDRESS`` if set, else start an embedded local Ray;
+            ``"local"``: always start a private embedded one.
         actors: Pool size; None: one per ``gpus_per_actor`` GPU share, else CPUs // ``cpus_per_actor``.
         gpus_per_actor: GPUs per actor (fractional allowed); 0 for CPU actors.
         cpus_per_actor: CPUs reserved per actor.
@@ -48,123 +52,234 @@ class RayOptions:
     max_task_retries: int = 3
 
 
-def connect(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's cluster), else start a local one.
+def _check_reachable(address: str) -> None:
+    """Raise EngineError within :data:`CONNECT_TIMEOUT_S` when ``host:port`` accepts no connection."""
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms are Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise EngineError(
+            f"engine.address / RAY_ADDRESS {address!r}: nothing answers there ({exc}); fix: start the cluster "
+            "(ray start --head), correct the address, or unset it to use an embedded local Ray"
+        ) from None
 
-    The embedded local Ray is sized to this machine and keeps its dashboard off.
+
+def _start_local() -> None:
+    """Start a private embedded Ray: dashboard off, node address on loopback, session folder for this user only."""
+    root = tempfile.mkdtemp(prefix="tiler-ray-")
+    ray.init(
+        address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+        _node_ip_address="127.0.0.1", _temp_dir=root,
+    )
+    os.chmod(root, 0o700)  # ray makes its temp root world-writable; nobody else needs to enter it
+
+
+def connect(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's cluster), else start a private local one.
+
+    Raises:
+        EngineError: The address does not answer, or refuses us (token authentication).
     """
     if ray.is_initialized():
         return
-    if address == "local":
-        address = None
-    elif address is None:
-        address = os.environ.get("RAY_ADDRESS") or None
     if address is None:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    else:
+        address = os.environ.get("RAY_ADDRESS") or None
+    if address is None or address == "local":
+        _start_local()
+        return
+    _check_reachable(address)
+    try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError) as exc:
+        hint = ""
+        if "auth" in str(exc).lower() or os.environ.get("RAY_AUTH_MODE") != "token":
+            hint = " (a cluster started with `ray start` wants RAY_AUTH_MODE=token in the client's environment)"
+        raise EngineError(
+            f"engine.address / RAY_ADDRESS {address!r}: cannot join the cluster: {str(exc).splitlines()[0]}{hint}; "
+            "fix: export RAY_AUTH_MODE=token, check the address, or unset it for an embedded local Ray"
+        ) from None
 
 
 def pool_size(options: RayOptions) -> int:
-    """Number of actors the cluster can hold at once for these options."""
-    if options.actors is not None:
-        if options.actors < 1:
-            raise ConfigError(f"engine.actors={options.actors} must be at least 1 (or null for automatic).")
-        return options.actors
+    """Number of actors for these options, checked against what the cluster can place.
+
+    Raises:
+        ConfigError: The pool asks for more CPUs or GPUs than the whole cluster has (it would wait forever).
+    """
     resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    if options.actors is not None and options.actors < 1:
+        raise ConfigError(f"engine.actors={options.actors} must be at least 1 (or null for automatic).")
+    if options.cpus_per_actor > cpus:
+        raise ConfigError(
+            f"engine.cpus_per_actor={options.cpus_per_actor} but the cluster has {cpus:g} CPUs in all, so no actor "
+            f"could ever start; fix: set engine.cpus_per_actor to at most {cpus:g}"
+        )
+    fit = int(cpus / options.cpus_per_actor + 1e-9) if options.cpus_per_actor > 0 else 1 << 30
     if options.gpus_per_actor > 0:
-        count = int(resources.get("GPU", 0) / options.gpus_per_actor + 1e-9)
-        if count < 1:
+        fit = min(fit, int(gpus / options.gpus_per_actor + 1e-9))
+        if fit < 1:
             raise ConfigError(
-                f"engine.gpus_per_actor={options.gpus_per_actor} but the cluster has {resources.get('GPU', 0)} GPUs; "
-                f"set engine.gpus_per_actor=0 to run on CPUs, or add GPU nodes."
+                f"engine.gpus_per_actor={options.gpus_per_actor} but the cluster has {gpus:g} GPUs; "
+                "set engine.gpus_per_actor=0 to run on CPUs, or add GPU nodes."
             )
-        return count
-    return max(1, int(resources.get("CPU", 1) / options.cpus_per_actor + 1e-9))
+    if options.actors is None:
+        return fit
+    if options.actors > fit:
+        raise ConfigError(
+            f"engine.actors={options.actors} but the cluster can place only {fit} actor(s) of "
+            f"{options.cpus_per_actor:g} CPU / {options.gpus_per_actor:g} GPU ({cpus:g} CPUs, {gpus:g} GPUs in all), "
+            f"so the rest would wait forever; fix: set engine.actors to at most {fit}, or null for automatic"
+        )
+    return options.actors
 
 
-class BlockActor:
-    """One model actor: builds its worker once, then runs block calls (possibly on two threads)."""
+class ModelActor:
+    """One model actor: loads its model once, then runs block calls of any plan (possibly on two threads)."""
 
-    def __init__(self, plan: Plan, threads: int | None) -> None:
-        from tiler.engine.worker import BlockWorker
+    def __init__(self, model: ModelRef, threads: int | None) -> None:
+        from tiler.engine.worker import ModelWorker
 
-        self.worker = BlockWorker(plan, threads=threads)
-        self.read_lock = threading.Lock()
-        self.infer_lock = threading.Lock()
+        self.worker = ModelWorker(model, threads=threads)
 
     def pid(self) -> int:
         """This actor's process id (tests kill it)."""
         return os.getpid()
 
-    def run(self, position: Shape) -> dict[str, Any]:
+    def run(self, plan: Plan, position: Shape) -> dict[str, Any]:
         """Read, infer, write and record one block."""
-        with self.read_lock:
-            prepared = self.worker.prepare(position)
-        with self.infer_lock:
-            return self.worker.finish(position, prepared)
+        return self.worker.run(plan, position)
 
 
-def _failure(plan: Plan, position: Shape, exc: BaseException) -> EngineError:
-    cause: BaseException = exc
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return (
+            f"its actor died more often than engine.max_restarts allows ({str(exc).splitlines()[0]}); raise "
+            "engine.max_restarts or check the workers' memory; the output is not marked complete, rerun to resume"
+        )
     if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
         cause = exc.cause
-    where = f"block {block_key(position)} (window {plan.window(position)}) of {plan.input.path} → {plan.store_path}"
-    if isinstance(exc, ray.exceptions.RayActorError):
-        return EngineError(
-            f"{where} failed: its actor died more often than engine.max_restarts allows ({exc}). Raise "
-            f"engine.max_restarts or check the workers' memory; the output is not marked complete, rerun to resume."
-        )
-    return EngineError(f"{where} failed: {cause}")
+        from tiler.errors import TilerError
+
+        return str(cause) if isinstance(cause, TilerError) else f"{type(cause).__name__}: {cause}"
+    return f"{type(exc).__name__}: {exc}"
 
 
-def make_runner(options: RayOptions):  # type: ignore[no-untyped-def]
-    """A ``run_blocks`` engine for :func:`tiler.engine.job.run_job` that dispatches to a Ray actor pool."""
+class RayExecutor:
+    """Blocks on a pool of Ray model actors that lives until :meth:`close` (one model at a time).
 
-    def run_blocks(plan: Plan, positions: Sequence[Shape], on_record: OnRecord) -> None:
-        if not positions:
+    Args:
+        options: Pool size, resources and retries.
+    """
+
+    def __init__(self, options: RayOptions | None = None) -> None:
+        self.options = options or RayOptions()
+        self.model: ModelRef | None = None
+        self._actors: list[Any] = []
+        self._busy: list[int] = []
+        self._refs: dict[Any, tuple[int, Any, Plan, Shape]] = {}
+
+    @property
+    def depth(self) -> int:
+        """Blocks queued on one actor at a time."""
+        return max(1, self.options.max_in_flight)
+
+    def slots(self) -> int:
+        """Free block slots over all actors (0 before :meth:`start`)."""
+        return sum(self.depth - busy for busy in self._busy)
+
+    def in_flight(self) -> int:
+        """Blocks submitted and not yet returned."""
+        return len(self._refs)
+
+    def start(self, model: ModelRef, *, hint: int | None = None) -> None:
+        """Start the pool for ``model`` (replacing a pool of another model, which must be idle)."""
+        if self.model == model and self._actors:
             return
-        connect(options.address)
-        size = min(pool_size(options), len(positions))
-        threads = options.threads or max(1, int(options.cpus_per_actor))
-        actor_cls: Any = ray.remote(BlockActor).options(  # type: ignore[attr-defined]
+        if self._refs:
+            raise EngineError("the actor pool cannot change its model while blocks are in flight")
+        self._kill()
+        connect(self.options.address)
+        size = pool_size(self.options)
+        if hint is not None:
+            size = max(1, min(size, hint))
+        options = self.options
+        actor_cls: Any = ray.remote(ModelActor).options(  # type: ignore[attr-defined]
             num_cpus=options.cpus_per_actor,
             num_gpus=options.gpus_per_actor,
             max_restarts=options.max_restarts,
             max_task_retries=options.max_task_retries,
-            max_concurrency=max(1, options.max_in_flight),
+            max_concurrency=self.depth,
         )
-        # the plan is small: passed inline so a restarted actor never depends on an object-store copy
-        actors: list[Any] = [actor_cls.remote(plan, threads) for _ in range(size)]
-        queue = deque(positions)
-        in_flight: dict[Any, tuple[int, Shape]] = {}
+        threads = options.threads or max(1, int(options.cpus_per_actor))
+        # the model reference is small: passed inline so a restarted actor never depends on an object-store copy
+        self._actors = [actor_cls.remote(model, threads) for _ in range(size)]
+        self._busy = [0] * size
+        self.model = model
 
-        def submit(i: int) -> None:
-            position = queue.popleft()
-            in_flight[actors[i].run.remote(position)] = (i, position)
+    def submit(self, token: Any, plan: Plan, position: Shape) -> None:
+        """Send one block to the least busy actor with a free slot."""
+        if self.slots() <= 0:
+            raise EngineError("no free actor slot: wait for a block to finish before submitting another")
+        i = min(range(len(self._actors)), key=lambda k: self._busy[k])
+        self._busy[i] += 1
+        ref = self._actors[i].run.remote(plan, position)
+        self._refs[ref] = (i, token, plan, position)
 
+    def wait(self, timeout: float | None = None) -> list[Done]:
+        """Blocks that finished within ``timeout`` seconds (all that are ready, at least one unless it ran out)."""
+        if not self._refs:
+            return []
+        ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+        if ready:
+            more, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
+            ready = list(dict.fromkeys([*ready, *more]))
+        out = []
+        for ref in ready:
+            i, token, plan, position = self._refs.pop(ref)
+            self._busy[i] -= 1
+            try:
+                out.append(Done(token, plan, position, record=ray.get(ref)))
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                error = block_failure(plan, position, _cause(exc))
+                error.__cause__ = exc
+                out.append(Done(token, plan, position, error=error))
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    self._replace(i)
+        return out
+
+    def _replace(self, i: int) -> None:
+        """Swap a permanently dead actor for a new one (its own restarts ran out)."""
+        assert self.model is not None
         try:
-            for _ in range(max(1, options.max_in_flight)):
-                for i in range(size):
-                    if queue:
-                        submit(i)
-            while in_flight:
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                i, position = in_flight.pop(ready[0])
-                try:
-                    record = ray.get(ready[0])
-                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
-                    raise _failure(plan, position, exc) from exc
-                on_record(record)
-                if queue:
-                    submit(i)
-        finally:
-            for ref in in_flight:
-                try:
-                    ray.cancel(ref, force=False)
-                except Exception:  # noqa: BLE001 - best effort: the actors are killed next anyway
-                    pass
-            for actor in actors:
-                ray.kill(actor)
+            ray.kill(self._actors[i])
+        except Exception:  # noqa: BLE001 - it is already dead
+            pass
+        options = self.options
+        actor_cls: Any = ray.remote(ModelActor).options(  # type: ignore[attr-defined]
+            num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor, max_restarts=options.max_restarts,
+            max_task_retries=options.max_task_retries, max_concurrency=self.depth,
+        )
+        self._actors[i] = actor_cls.remote(self.model, options.threads or max(1, int(options.cpus_per_actor)))
 
-    return run_blocks
+    def pids(self) -> list[int]:
+        """Process ids of the actors (tests kill them)."""
+        return [int(pid) for pid in ray.get([a.pid.remote() for a in self._actors])]
+
+    def _kill(self) -> None:
+        for ref in self._refs:
+            try:
+                ray.cancel(ref, force=False)
+            except Exception:  # noqa: BLE001 - best effort: the actors are killed next anyway
+                pass
+        self._refs.clear()
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors, self._busy, self.model = [], [], None
+
+    def close(self) -> None:
+        """Kill the pool; blocks in flight are abandoned."""
+        self._kill()

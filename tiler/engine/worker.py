@@ -1,19 +1,26 @@
-"""The block worker: opens input, model and store once, then processes blocks one call at a time.
+"""The block worker: one model, and the inputs and stores of the plans it has been handed.
 
-No Ray here. The in-process engine calls it directly; each Ray actor wraps one.
+No Ray here. The in-process executor holds one :class:`ModelWorker`; each Ray actor wraps one. A
+model worker loads its model once and keeps a few inputs open (one :class:`BlockWorker` per plan),
+so a block of any input that uses its model can be sent to it, in any order.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from tiler.engine.plan import Plan, block_key
-from tiler.engine.work import PreparedBlock, infer_block, prepare_block
+from tiler.engine.plan import ModelRef, Plan, block_key
+from tiler.engine.work import Predict, PreparedBlock, infer_block, prepare_block
 from tiler.geometry import Shape
+
+OPEN_INPUTS = 4
+"""Inputs (readers and output stores) a model worker keeps open at once."""
 
 
 class BlockWorker:
@@ -21,15 +28,16 @@ class BlockWorker:
 
     Args:
         plan: The job.
-        threads: torch intra-op threads for a CPU runner (None: the runner's default).
+        predict: The model's predict function; None loads ``plan.model`` here.
+        threads: torch intra-op threads for a CPU runner when the model is loaded here.
     """
 
-    def __init__(self, plan: Plan, *, threads: int | None = None) -> None:
+    def __init__(self, plan: Plan, *, predict: Predict | None = None, threads: int | None = None) -> None:
         from tiler.io.store import OutputStore
 
         self.plan = plan
         self.reader = plan.input.open()
-        self.predict = plan.model(threads)
+        self.predict = predict if predict is not None else plan.model(threads)
         self.store = OutputStore.open(plan.store_path)
         self.truth = plan.truth.open() if plan.truth is not None else None
 
@@ -74,6 +82,13 @@ class BlockWorker:
         """Process one block start to finish."""
         return self.finish(position, self.prepare(position))
 
+    def close(self) -> None:
+        """Close the input files this worker opened."""
+        for reader in (self.reader, self.truth):
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
+
     def _confusion(self, labels: np.ndarray, prepared: PreparedBlock) -> np.ndarray:
         from tiler.metrics.confusion import confusion_matrix
 
@@ -83,3 +98,54 @@ class BlockWorker:
             truth, labels, num_classes=self.plan.num_classes, ignore_index=self.plan.ignore_index,
             valid=prepared.valid, pred_nodata=self.plan.nodata_label,
         )
+
+
+class ModelWorker:
+    """One loaded model serving blocks of many plans; reads overlap inference when called from two threads.
+
+    Reading the next block (under ``read_lock``) runs while the model infers the current one (under
+    ``infer_lock``). The most recently used :data:`OPEN_INPUTS` plans keep their files open.
+
+    Args:
+        model: The model every plan handed to :meth:`run` must use.
+        threads: torch intra-op threads for a CPU runner.
+    """
+
+    def __init__(self, model: ModelRef, *, threads: int | None = None) -> None:
+        self.model = model
+        self.predict = model(threads)
+        self.read_lock = threading.Lock()
+        self.infer_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._workers: OrderedDict[str, BlockWorker] = OrderedDict()
+
+    def worker(self, plan: Plan) -> BlockWorker:
+        """The block worker of ``plan`` (opened on first use, least recently used one closed past the cap)."""
+        if plan.model != self.model:
+            raise ValueError(f"plan for {plan.store_path} uses another model than this worker's {self.model.weights}")
+        with self._lock:
+            worker = self._workers.get(plan.store_path)
+            if worker is not None and worker.plan != plan:
+                self._workers.pop(plan.store_path).close()
+                worker = None
+            if worker is None:
+                worker = BlockWorker(plan, predict=self.predict)
+                self._workers[plan.store_path] = worker
+                while len(self._workers) > OPEN_INPUTS:
+                    self._workers.popitem(last=False)[1].close()
+            self._workers.move_to_end(plan.store_path)
+            return worker
+
+    def run(self, plan: Plan, position: Shape) -> dict[str, Any]:
+        """Read, infer, write and record one block of ``plan``."""
+        worker = self.worker(plan)
+        with self.read_lock:
+            prepared = worker.prepare(position)
+        with self.infer_lock:
+            return worker.finish(position, prepared)
+
+    def close(self) -> None:
+        """Close every open input."""
+        with self._lock:
+            while self._workers:
+                self._workers.popitem()[1].close()

@@ -1,0 +1,133 @@
+"""Executors run single blocks of any plan: in this process, or on a pool of Ray actors (``tiler.engine.ray``).
+
+An executor knows nothing of jobs: :func:`tiler.engine.stream.run_stream` decides which block goes
+next and hands it over; the executor runs it somewhere and reports its record, or why it failed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tiler.engine.plan import ModelRef, Plan, block_key
+from tiler.errors import EngineError, TilerError
+from tiler.geometry import Shape
+
+
+@dataclass(frozen=True)
+class Done:
+    """A block that finished: its record, or the error that ended it.
+
+    Attributes:
+        token: What the caller passed to :meth:`Executor.submit` (it identifies the job).
+        plan: The block's plan.
+        position: The block's position in the plan's partition.
+        record: The block record (see :class:`tiler.engine.worker.BlockWorker`), or None on failure.
+        error: An :class:`~tiler.errors.EngineError` naming the block and the cause, or None.
+    """
+
+    token: Any
+    plan: Plan
+    position: Shape
+    record: dict[str, Any] | None = None
+    error: EngineError | None = None
+
+
+class Executor(Protocol):
+    """Where blocks run. ``submit`` never blocks; ``wait`` returns finished blocks."""
+
+    @property
+    def model(self) -> ModelRef | None:
+        """The model the workers hold (None before :meth:`start`)."""
+        ...
+
+    def slots(self) -> int:
+        """How many more blocks can be submitted now without queueing behind busy workers."""
+        ...
+
+    def in_flight(self) -> int:
+        """Blocks submitted and not yet returned by :meth:`wait`."""
+        ...
+
+    def start(self, model: ModelRef, *, hint: int | None = None) -> None:
+        """Load ``model`` in the workers (a no-op when they hold it); ``hint``: blocks known to be waiting."""
+        ...
+
+    def submit(self, token: Any, plan: Plan, position: Shape) -> None:
+        """Queue one block of ``plan`` (whose model was passed to :meth:`start`)."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> list[Done]:
+        """Blocks that finished, at least one unless ``timeout`` (seconds) passed or nothing is in flight."""
+        ...
+
+    def close(self) -> None:
+        """Stop every worker; blocks still in flight are abandoned (their jobs are not complete)."""
+        ...
+
+
+def block_failure(plan: Plan, position: Shape, cause: BaseException | str) -> EngineError:
+    """The one-line error of a failed block: which block of which input and store, and the cause."""
+    where = f"block {block_key(position)} (window {plan.window(position)}) of {plan.input.path} → {plan.store_path}"
+    return EngineError(f"{where} failed: {cause}")
+
+
+class LocalExecutor:
+    """The in-process executor: one model worker in this process runs each block when asked for results.
+
+    Args:
+        threads: torch intra-op threads for a CPU runner (None: the runner's default).
+    """
+
+    def __init__(self, *, threads: int | None = None) -> None:
+        self.threads = threads
+        self._worker: Any = None
+        self._queue: deque[tuple[Any, Plan, Shape]] = deque()
+
+    @property
+    def model(self) -> ModelRef | None:
+        """The model loaded here, or None."""
+        return None if self._worker is None else self._worker.model
+
+    def slots(self) -> int:
+        """One block at a time: a block can be queued when none is."""
+        return 0 if self._queue else 1
+
+    def in_flight(self) -> int:
+        """Blocks queued and not yet run."""
+        return len(self._queue)
+
+    def start(self, model: ModelRef, *, hint: int | None = None) -> None:
+        """Load ``model`` here unless it is already loaded."""
+        from tiler.engine.worker import ModelWorker
+
+        if self._worker is not None and self._worker.model == model:
+            return
+        self.close()
+        self._worker = ModelWorker(model, threads=self.threads)
+
+    def submit(self, token: Any, plan: Plan, position: Shape) -> None:
+        """Queue a block; it runs in :meth:`wait`."""
+        self._queue.append((token, plan, position))
+
+    def wait(self, timeout: float | None = None) -> list[Done]:
+        """Run the queued block now and return it."""
+        if not self._queue:
+            return []
+        token, plan, position = self._queue.popleft()
+        try:
+            record = self._worker.run(plan, position)
+        except Exception as exc:  # noqa: BLE001 - a block's failure fails its job, not the run
+            text = str(exc) if isinstance(exc, TilerError) else f"{type(exc).__name__}: {exc}"
+            error = block_failure(plan, position, text)
+            error.__cause__ = exc
+            return [Done(token, plan, position, error=error)]
+        return [Done(token, plan, position, record=record)]
+
+    def close(self) -> None:
+        """Drop the model and close the open inputs."""
+        if self._worker is not None:
+            self._worker.close()
+        self._worker = None
+        self._queue.clear()
