@@ -1,0 +1,343 @@
+"""The archive file: an ``archive`` section plus a job template, and the inputs, stores and truths it names."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+
+from tiler.config import JobConfig, apply_overrides, parse_config
+from tiler.errors import ConfigError
+
+_TRUTH_FIELDS = ("stem", "name")
+_DOUBLE_SUFFIXES = (".nii.gz", ".ome.tiff", ".ome.tif", ".ome.zarr")
+
+class ArchiveSection(BaseModel):
+    """The ``archive`` section: where outputs, ledger and reports go, and how inputs are listed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: Annotated[str, Strict(), Field(min_length=1)]
+    manifest: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    missing_truth: Literal["fail", "unscored"] = "fail"
+    busy_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    stale_after_hours: Annotated[float, Field(gt=0)] = 24.0
+
+
+_SECTION_FIXES = {
+    "root": "set archive.root to the output folder, e.g. root: ../out/nightly",
+    "manifest": "set archive.manifest to a text file with one input path per line, or null",
+    "missing_truth": "use fail or unscored",
+    "busy_timeout_s": "use a positive number of seconds, e.g. 60",
+    "stale_after_hours": "use a positive number of hours, e.g. 24",
+}
+
+
+def input_stem(path: str) -> str:
+    """Return the name an input's outputs take: its file name without the suffix (``a.nii.gz`` → ``a``)."""
+    name = Path(path.rstrip("/")).name
+    for suffix in _DOUBLE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or name
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """A validated archive file: the archive section and the job template it applies to every input.
+
+    Attributes:
+        source: The config file (for messages and reports).
+        archive: The archive section, with ``root`` and ``manifest`` made absolute.
+        template: The job sections as a mapping, with ``input.path`` (the glob) and ``model.weights``
+            absolute, ``output.path`` unset and ``scoring.truth`` kept as the pattern written.
+
+    """
+
+    source: str
+    archive: ArchiveSection
+    template: Mapping[str, Any]
+
+    @property
+    def root(self) -> Path:
+        """The output root."""
+        return Path(self.archive.root)
+
+    @property
+    def truth_pattern(self) -> str | None:
+        """The per-input truth pattern, or None when the archive is not scored."""
+        scoring = self.template.get("scoring") or {}
+        truth = scoring.get("truth") if isinstance(scoring, Mapping) else None
+        return truth if isinstance(truth, str) else None
+
+    def store_path(self, input_path: str) -> str:
+        """Return ``<root>/<stem>/<stem>.zarr`` for an input."""
+        stem = input_stem(input_path)
+        return str(self.root / stem / f"{stem}.zarr")
+
+    def truth_path(self, input_path: str) -> str | None:
+        """Return the input's truth file from the pattern (relative → the input's directory), or None."""
+        pattern = self.truth_pattern
+        if pattern is None:
+            return None
+        text = pattern.format(stem=input_stem(input_path), name=Path(input_path).name)
+        text = os.path.expanduser(text)
+        if is_remote(text) or os.path.isabs(text):
+            return text
+        return os.path.normpath(os.path.join(os.path.dirname(input_path), text))
+
+    def inputs(self) -> list[str]:
+        """Return the inputs of this archive, absolute and in a stable (sorted or manifest) order.
+
+        Raises:
+            ConfigError: The manifest cannot be read, nothing matched, or two inputs share a stem.
+
+        """
+        if self.archive.manifest is not None:
+            found = _read_manifest(self.archive.manifest)
+            where = f"archive.manifest {self.archive.manifest}"
+        else:
+            pattern = str(self.template["input"]["path"])
+            found = sorted(os.path.abspath(p) for p in glob.glob(pattern, recursive=True))
+            where = f"input.path {pattern!r}"
+        root = os.path.abspath(self.root)
+        found = [p for p in found if os.path.commonpath([root, os.path.abspath(p)]) != root]
+        truths = {self.truth_path(p) for p in found} - {None}
+        inputs = [p for p in found if p not in truths]
+        if not inputs:
+            raise ConfigError(
+                f"{self.source}: {where} lists no inputs (outputs under archive.root and truth files are "
+                "left out); fix: check the glob or manifest and that the files exist"
+            )
+        by_stem: dict[str, list[str]] = {}
+        for p in inputs:
+            by_stem.setdefault(input_stem(p), []).append(p)
+        clashes = {s: ps for s, ps in by_stem.items() if len(ps) > 1}
+        if clashes:
+            stem, paths = next(iter(clashes.items()))
+            raise ConfigError(
+                f"{self.source}: {where}: {len(clashes)} stem(s) are shared by several inputs, which would "
+                f"write the same store (e.g. {stem!r}: {', '.join(paths)}); fix: rename the files, or split "
+                "them into archives with different archive.root"
+            )
+        return inputs
+
+    def job_for(self, input_path: str) -> JobConfig:
+        """Return the JobConfig of one input (its path, its store and its truth file filled in).
+
+        Raises:
+            ConfigError: The template does not validate for this input, or its truth file is missing
+                and ``archive.missing_truth`` is ``fail``.
+
+        """
+        data = copy.deepcopy(dict(self.template))
+        data["input"] = {**(data.get("input") or {}), "path": input_path}
+        data["output"] = {**(data.get("output") or {}), "path": self.store_path(input_path)}
+        truth = self.truth_path(input_path)
+        if truth is not None and not is_remote(truth) and not os.path.exists(truth):
+            if self.archive.missing_truth == "fail":
+                raise ConfigError(
+                    f"{input_path}: its truth file {truth} (scoring.truth {self.truth_pattern!r}) does not "
+                    "exist; fix: add it, or set archive.missing_truth: unscored to run such inputs unscored"
+                )
+            truth = None
+        if truth is not None or self.truth_pattern is not None:
+            data["scoring"] = {**(data.get("scoring") or {}), "truth": truth}
+        return parse_config(data, source=f"{self.source} (input {input_path})")
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith("/vsi") or "://" in path
+
+
+def _read_manifest(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"archive.manifest: {path} cannot be read ({exc}); fix: point it at a text file with one "
+            "input path per line"
+        ) from None
+    base = os.path.dirname(path)
+    out: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        text = os.path.expanduser(text)
+        full = text if is_remote(text) or os.path.isabs(text) else os.path.join(base, text)
+        full = full if is_remote(full) else os.path.normpath(full)
+        if full not in out:
+            out.append(full)
+    return out
+
+
+def _resolve_local(value: Any, base: Path) -> Any:
+    if not isinstance(value, str) or not value or is_remote(value):
+        return value
+    expanded = os.path.expanduser(value)
+    return expanded if os.path.isabs(expanded) else os.path.normpath(os.path.join(base, expanded))
+
+
+def _section_error(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        key = "archive." + ".".join(str(p) for p in err["loc"])
+        name = str(err["loc"][0]) if err["loc"] else ""
+        value = err.get("input")
+        if err["type"] == "missing":
+            lines.append(f"{source}: {key}: required key is missing; fix: {_SECTION_FIXES.get(name, '')}")
+        elif err["type"] == "extra_forbidden":
+            lines.append(
+                f"{source}: {key}: unknown key (got {json.dumps(value, default=str)}); "
+                f"fix: remove it, or use one of: {', '.join(ArchiveSection.model_fields)}"
+            )
+        else:
+            lines.append(
+                f"{source}: {key}: {err['msg'].lower()} (got {json.dumps(value, default=str)}); "
+                f"fix: {_SECTION_FIXES.get(name, 'see configs/archive.yaml')}"
+            )
+    head = f"{len(lines)} problem{'s' if len(lines) != 1 else ''} in the archive section:\n"
+    return ConfigError(head + "\n".join(lines))
+
+
+def _check_truth_pattern(pattern: Any, source: str) -> None:
+    if pattern is None:
+        return
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(
+            f"{source}: scoring.truth: must be a path pattern or null (got {json.dumps(pattern)}); "
+            'fix: write e.g. "{stem}_truth.tif"'
+        )
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as exc:
+        raise ConfigError(
+            f"{source}: scoring.truth: {pattern!r} is not a valid pattern ({exc}); "
+            'fix: use {stem} or {name} in braces, e.g. "{stem}_truth.tif"'
+        ) from None
+    bad = [f for f in fields if f not in _TRUTH_FIELDS]
+    if bad:
+        raise ConfigError(
+            f"{source}: scoring.truth: placeholder {{{bad[0]}}} in {pattern!r} is unknown; "
+            "fix: use {stem} (file name without suffix) or {name} (file name)"
+        )
+
+
+def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str], str | None]:
+    """Split ``--set`` items into archive-section ones, job-template ones and a raw truth pattern."""
+    archive, job, truth = [], [], None
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key.startswith("archive."):
+            archive.append(item)
+        elif key == "scoring.truth":
+            truth = item.partition("=")[2]
+        else:
+            job.append(item)
+    return archive, job, truth
+
+
+def _parse_value(text: str, key: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"{source}: override {key}: value {text!r} is not valid YAML ({exc}); fix: quote strings"
+        ) from None
+
+
+def load_archive(path: str | Path, overrides: Sequence[str] = ()) -> ArchiveConfig:
+    """Read and validate an archive file.
+
+    Relative paths in the file (``archive.root``, ``archive.manifest``, the ``input.path`` glob and
+    ``model.weights``) are resolved against its directory, those given in ``overrides`` against the
+    current working directory; ``scoring.truth`` stays a pattern resolved per input.
+
+    Args:
+        path: The YAML file.
+        overrides: ``key.path=value`` strings (``archive.root=/data/out``, ``tiling.overlap=16``).
+
+    Raises:
+        ConfigError: A missing or invalid file, section, key or value; one line per problem.
+
+    """
+    file = Path(path)
+    source = str(file)
+    if not file.is_file():
+        raise ConfigError(f"{file}: archive config does not exist or is not a file; fix: check the path")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{file}: cannot be read as YAML ({exc}); fix: correct the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{file}: the top level must be a mapping with an archive section and the job sections; "
+            "fix: see configs/archive.yaml"
+        )
+    base = file.resolve().parent
+    raw_section = data.pop("archive", None)
+    if not isinstance(raw_section, dict):
+        raise ConfigError(
+            f"{file}: archive: required section is missing or not a mapping (got {json.dumps(raw_section)}); "
+            "fix: add `archive:` with at least `root: <output folder>`"
+        )
+    section = {k: _resolve_local(v, base) if k in ("root", "manifest") else v for k, v in raw_section.items()}
+    archive_sets, job_sets, truth_set = _split_overrides(overrides)
+    for item in archive_sets:
+        key, _, text = item.partition("=")
+        name = key.strip().split(".", 1)[1]
+        value = _parse_value(text, key, f"{file} --set")
+        section[name] = _resolve_local(value, Path.cwd()) if name in ("root", "manifest") else value
+    try:
+        archive = ArchiveSection.model_validate(section)
+    except ValidationError as exc:
+        raise _section_error(exc, source) from None
+
+    for sec, key in (("input", "path"), ("model", "weights")):
+        part = data.get(sec)
+        if isinstance(part, dict) and key in part:
+            part[key] = _resolve_local(part[key], base)
+    data = apply_overrides(data, job_sets, source=f"{file} --set")
+    if truth_set is not None:
+        text = truth_set.strip()  # kept raw: "{stem}_truth.tif" is not valid YAML
+        truth = None if text in ("", "null", "~", "None") else text.strip("'\"")
+        data["scoring"] = {**(data.get("scoring") or {}), "truth": truth}
+    return _validated(source, archive, data)
+
+
+def _validated(source: str, archive: ArchiveSection, data: dict[str, Any]) -> ArchiveConfig:
+    output = data.get("output") or {}
+    if isinstance(output, dict) and output.get("path") is not None:
+        raise ConfigError(
+            f"{source}: output.path: is set by the archive to <archive.root>/<stem>/<stem>.zarr "
+            f"(got {json.dumps(output['path'])}); fix: remove output.path and set archive.root"
+        )
+    given = (data.get("input") or {}).get("path") if isinstance(data.get("input"), dict) else None
+    if (given is None) == (archive.manifest is None):
+        both = "both are set" if given is not None else "neither is set"
+        raise ConfigError(
+            f"{source}: input.path / archive.manifest: {both} (input.path={json.dumps(given)}, "
+            f"archive.manifest={json.dumps(archive.manifest)}); fix: give a glob in input.path, or a "
+            "manifest file in archive.manifest, not both"
+        )
+    scoring = data.get("scoring")
+    _check_truth_pattern(scoring.get("truth") if isinstance(scoring, dict) else None, source)
+    probe = copy.deepcopy(data)
+    probe["input"] = {**(probe.get("input") or {}), "path": given or "<manifest entry>"}
+    probe["output"] = {**(probe.get("output") or {}), "path": str(Path(archive.root) / "x" / "x.zarr")}
+    if isinstance(probe.get("scoring"), dict) and probe["scoring"].get("truth") is not None:
+        probe["scoring"]["truth"] = "<truth>"
+    parse_config(probe, source=source)  # every template problem, before any input runs
+    template = copy.deepcopy(data)
+    template.setdefault("input", {})
+    return ArchiveConfig(source=source, archive=archive, template=template)

@@ -1,0 +1,46 @@
+"""Input fingerprints: a cheap identity of a file that changes whenever it is rewritten or touched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from tiler.archive.config import is_remote
+
+EDGE_BYTES = 1 << 20
+
+
+def fingerprint(path: str, *, edge_bytes: int = EDGE_BYTES) -> str:
+    """Return a cheap identity of an input: sha256 of size, mtime (ns), first and last ``edge_bytes``.
+
+    A directory (e.g. a zarr input) hashes the relative names, sizes and mtimes of its files instead.
+    A remote path (URL, GDAL virtual path) is identified by the path alone.
+
+    Raises:
+        OSError: The path does not exist or cannot be read.
+
+    """
+    digest = hashlib.sha256(b"tiler-fingerprint-v1\0")
+    if is_remote(path):
+        digest.update(b"remote\0" + path.encode())
+        return digest.hexdigest()
+    if os.path.isdir(path):
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                st = os.stat(full)
+                digest.update(f"{os.path.relpath(full, path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        return digest.hexdigest()
+    st = os.stat(path)
+    digest.update(f"file\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(edge_bytes))
+        if st.st_size > edge_bytes:
+            fh.seek(max(edge_bytes, st.st_size - edge_bytes))
+            digest.update(fh.read(edge_bytes))
+    return digest.hexdigest()
+
+
+def missing_fingerprint(path: str) -> str:
+    return "missing:" + hashlib.sha256(path.encode()).hexdigest()

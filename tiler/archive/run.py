@@ -1,0 +1,171 @@
+"""Running an archive: claim each input in the ledger, stream the claimed ones through one pool, record outcomes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from tiler.archive.config import ArchiveConfig, input_stem
+from tiler.archive.fingerprint import fingerprint, missing_fingerprint
+from tiler.archive.ledger import LEDGER_NAME, Ledger, now
+from tiler.archive.report import ArchiveItem, ArchiveReport
+from tiler.config import config_hash
+from tiler.errors import ConfigError, TilerError
+from tiler.segment import Progress, SegmentJob, run_many
+
+
+def _error_text(exc: BaseException, input_path: str) -> str:
+    text = str(exc) if isinstance(exc, TilerError) else f"{type(exc).__name__}: {exc}"
+    if input_path not in text:
+        text = f"{input_path}: {text}"
+    return text
+
+
+def _describe(item: ArchiveItem) -> str:
+    if item.status == "failed":
+        return f"FAILED (attempt {item.attempts}): {item.error}"
+    score = (item.scores or {}).get("fwiou")
+    extra = f", fwiou {score:.4f}" if isinstance(score, int | float) else ""
+    if item.status == "skipped":
+        return f"skipped ({item.reason}{extra})"
+    return f"done in {item.seconds or 0:.1f} s{extra}"
+
+
+class _Run:
+    """One archive run's bookkeeping: the ledger, the report, the claimed inputs still running, the log."""
+
+    def __init__(self, archive: ArchiveConfig, ledger: Ledger, report: ArchiveReport, progress: Progress) -> None:
+        self.archive = archive
+        self.ledger = ledger
+        self.report = report
+        self.progress = progress
+        self.total = 0
+        self.running: dict[int, ArchiveItem] = {}
+
+    def ended(self, item: ArchiveItem) -> None:
+        self.report.items.append(item)
+        self.progress.write(f"[{len(self.report.items)}/{self.total}] {item.input}: {_describe(item)}")
+
+    def fail(self, item: ArchiveItem, error: str) -> None:
+        """An input that failed before it could be claimed (unreadable, bad per-input config)."""
+        item.error = error
+        row = self.ledger.record_failure(str(item.fingerprint), "-", input_path=item.input, error=error)
+        item.attempts = row.attempts
+        self.ended(item)
+
+    def jobs(self, inputs: list[str]) -> Iterator[SegmentJob]:
+        """Claim each input in turn (lazily: only as the pool asks for more) and yield the claimed ones."""
+        for input_path in inputs:
+            item = ArchiveItem(input=input_path, stem=input_stem(input_path), status="failed")
+            try:
+                item.fingerprint = fingerprint(input_path)
+            except OSError as exc:
+                item.fingerprint, item.config_hash = missing_fingerprint(input_path), "-"
+                self.fail(item, f"{input_path}: the input cannot be read ({exc}); fix: check that the file exists")
+                continue
+            try:
+                item.store = self.archive.store_path(input_path)
+                cfg = self.archive.job_for(input_path)
+                item.config_hash = config_hash(cfg)
+            except Exception as exc:  # noqa: BLE001 - one bad input must not stop the others
+                item.config_hash = "-"
+                self.fail(item, _error_text(exc, input_path))
+                continue
+            claim = self.ledger.claim(item.fingerprint, item.config_hash, input_path=input_path, store_path=item.store)
+            item.attempts = claim.row.attempts
+            if claim.state != "claimed":
+                item.status, item.scores, item.outputs = "skipped", claim.row.scores, claim.row.outputs
+                item.reason = (
+                    f"done on {claim.row.finished_at}"
+                    if claim.state == "done"
+                    else f"being processed by pid {claim.row.pid} on {claim.row.host} since {claim.row.started_at}"
+                )
+                self.ended(item)
+                continue
+            job = SegmentJob(cfg, overwrite=not claim.resume and os.path.exists(item.store))
+            self.running[id(job)] = item
+            yield job
+
+    def record(self, job: SegmentJob, *, seconds: float, error: BaseException | None, result: object) -> None:
+        """Write a streamed input's outcome to the ledger and the report."""
+        item = self.running.pop(id(job))
+        item.seconds = seconds
+        assert item.fingerprint is not None and item.config_hash is not None
+        if error is not None:
+            item.error = _error_text(error, item.input)
+            self.ledger.finish(item.fingerprint, item.config_hash, status="failed", error=item.error)
+        else:
+            item.status = "done"
+            item.scores = result.scores  # type: ignore[attr-defined]
+            item.outputs = dict(result.outputs)  # type: ignore[attr-defined]
+            self.ledger.finish(
+                item.fingerprint, item.config_hash, status="done", scores=item.scores, outputs=item.outputs,
+                summary=result.summary,  # type: ignore[attr-defined]
+            )
+        self.ended(item)
+
+    def interrupted(self, exc: BaseException) -> None:
+        """Inputs still running when the run was stopped: failed (retried by the next run, which resumes them)."""
+        for item in self.running.values():
+            item.error = f"{item.input}: interrupted ({type(exc).__name__}); rerun to resume"
+            assert item.fingerprint is not None and item.config_hash is not None
+            self.ledger.finish(item.fingerprint, item.config_hash, status="failed", error=item.error)
+            self.report.items.append(item)
+        self.running.clear()
+
+
+def run_archive(
+    archive: ArchiveConfig, *, engine: str = "ray", quiet: bool = False, lookahead: int = 2, finishers: int = 2
+) -> ArchiveReport:
+    """Process every input of an archive not already done with the same fingerprint and config hash.
+
+    Every claimed input streams through one pool of model workers (:func:`tiler.segment.run_many`),
+    started once for the run; a failing input fails alone.
+
+    Args:
+        archive: The loaded archive (see :func:`tiler.archive.load_archive`).
+        engine: ``ray`` or ``local`` (in-process).
+        quiet: No progress bar or lines on stderr.
+        lookahead: Inputs claimed and planned ahead of the pool.
+        finishers: Threads writing exports, scores and reports.
+
+    Returns:
+        The run report (also written to the root as JSON and Markdown); its ``exit_code`` is 1 when
+        some input failed.
+
+    Raises:
+        ConfigError: The inputs cannot be listed (see :meth:`ArchiveConfig.inputs`).
+        OutputError: The root or the ledger cannot be written.
+    """
+    if engine not in ("ray", "local"):
+        raise ConfigError(f"engine: {engine!r} is not an engine; fix: use ray or local")
+    t0 = time.perf_counter()
+    report = ArchiveReport(config=archive.source, root=str(archive.root), engine=engine, started_at=now())
+    inputs = archive.inputs()
+    ledger = Ledger(
+        archive.root / LEDGER_NAME,
+        busy_timeout_s=archive.archive.busy_timeout_s,
+        stale_after_hours=archive.archive.stale_after_hours,
+    )
+    progress = Progress(quiet)
+    run = _Run(archive, ledger, report, progress)
+    run.total = len(inputs)
+    try:
+        outcomes = run_many(
+            run.jobs(inputs), engine=engine, progress=progress, lookahead=lookahead, finishers=finishers
+        )
+        for outcome in outcomes:
+            run.record(outcome.job, seconds=outcome.seconds, error=outcome.error, result=outcome.result)  # type: ignore[arg-type]
+    except BaseException as exc:
+        run.interrupted(exc)
+        raise
+    finally:
+        progress.close()
+        ledger.close()
+        order = {path: n for n, path in enumerate(inputs)}
+        report.items.sort(key=lambda item: order.get(item.input, len(order)))  # input order, not completion order
+        report.finished_at = now()
+        report.seconds = time.perf_counter() - t0
+        report.write(archive.root)
+    return report
