@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import glob
 import json
 import os
@@ -80,16 +81,33 @@ class ArchiveConfig:
         return truth if isinstance(truth, str) else None
 
     def store_path(self, input_path: str) -> str:
-        """Return ``<root>/<stem>/<stem>.zarr`` for an input."""
+        """Return ``<root>/<stem>/<stem>.zarr`` for an input.
+
+        Raises:
+            ConfigError: The stem is not a plain file name (``..``, ``.``, empty), so the store would not
+                lie inside ``archive.root``.
+        """
         stem = input_stem(input_path)
-        return str(self.root / stem / f"{stem}.zarr")
+        bad = stem in ("", ".", "..") or any(c in stem for c in ("/", "\\", "\0"))
+        store = os.path.abspath(os.path.join(self.root, stem, f"{stem}.zarr"))
+        if bad or os.path.dirname(os.path.dirname(store)) != os.path.abspath(self.root):
+            raise ConfigError(
+                f"{input_path}: its name gives the output stem {stem!r}, which would put its store outside "
+                f"archive.root {self.root}; fix: rename the file (its name without suffix must be a plain name)"
+            )
+        return store
 
     def truth_path(self, input_path: str) -> str | None:
         """Return the input's truth file from the pattern (relative → the input's directory), or None."""
         pattern = self.truth_pattern
         if pattern is None:
             return None
-        text = pattern.format(stem=input_stem(input_path), name=Path(input_path).name)
+        values = {"stem": input_stem(input_path), "name": Path(input_path).name}
+        # only plain {stem} / {name} fields get here (_check_truth_pattern): no format specs, conversions or nesting
+        text = "".join(
+            literal + (values[field] if field is not None else "")
+            for literal, field, _, _ in string.Formatter().parse(pattern)
+        )
         text = os.path.expanduser(text)
         if is_remote(text) or os.path.isabs(text):
             return text
@@ -107,7 +125,7 @@ class ArchiveConfig:
             where = f"archive.manifest {self.archive.manifest}"
         else:
             pattern = str(self.template["input"]["path"])
-            found = sorted(os.path.abspath(p) for p in glob.glob(pattern, recursive=True))
+            found = sorted(os.path.abspath(p) for p in expand_glob(pattern))
             where = f"input.path {pattern!r}"
         root = os.path.abspath(self.root)
         found = [p for p in found if os.path.commonpath([root, os.path.abspath(p)]) != root]
@@ -156,7 +174,42 @@ class ArchiveConfig:
 
 
 def is_remote(path: str) -> bool:
+    """Whether ``path`` is a URL or a GDAL virtual path (never resolved against a folder)."""
     return path.startswith("/vsi") or "://" in path
+
+
+def _parts_match(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Whether path components match glob components (``**``: zero or more components, no hidden names)."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(
+            _parts_match(parts[i:], rest) for i in range(len(parts) + 1)
+            if not any(p.startswith(".") for p in parts[:i])
+        )
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and _parts_match(parts[1:], rest)
+
+
+def expand_glob(pattern: str) -> list[str]:
+    """The paths matching ``pattern``, like ``glob.glob(pattern, recursive=True)`` but never following symlinked
+    folders during a ``**`` walk, so a symlink loop cannot make it run forever (a symlink is still matched itself).
+    """
+    if "**" not in pattern:
+        return glob.glob(pattern)
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:first]) if first else Path(".")
+    wanted = parts[first:]
+    found = []
+    for folder, dirnames, filenames in os.walk(base, followlinks=False):
+        rel = Path(folder).relative_to(base).parts
+        for name in (*dirnames, *filenames):
+            if _parts_match((*rel, name), wanted):
+                found.append(os.path.join(folder, name))
+    return found
 
 
 def _read_manifest(path: str) -> list[str]:
@@ -225,6 +278,17 @@ def _check_truth_pattern(pattern: Any, source: str) -> None:
             f"{source}: scoring.truth: {pattern!r} is not a valid pattern ({exc}); "
             'fix: use {stem} or {name} in braces, e.g. "{stem}_truth.tif"'
         ) from None
+    try:
+        parts = list(string.Formatter().parse(pattern))
+    except ValueError:  # pragma: no cover - parsed above
+        parts = []
+    fancy = [(f, spec, conv) for _, f, spec, conv in parts if f is not None and (spec or conv)]
+    if fancy:
+        f, spec, conv = fancy[0]
+        raise ConfigError(
+            f"{source}: scoring.truth: {{{f}{'!' + conv if conv else ''}{':' + spec if spec else ''}}} in "
+            f"{pattern!r} has a format spec or conversion; fix: write plain {{stem}} or {{name}}"
+        )
     bad = [f for f in fields if f not in _TRUTH_FIELDS]
     if bad:
         raise ConfigError(

@@ -83,10 +83,7 @@ def chart_paths(json_path: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 def plot_confusion(scores: Scores, path: str | os.PathLike[str]) -> None:
     """Draw the confusion matrix as a heatmap, each truth row normalised to 1 (counts in cells when few)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: its global state is not thread-safe (jobs finish on threads)
 
     cm = scores.confusion_matrix
     rows = cm.sum(axis=1, keepdims=True)
@@ -94,7 +91,8 @@ def plot_confusion(scores: Scores, path: str | os.PathLike[str]) -> None:
     k = scores.num_classes
     cols = list(scores.class_names) + (["no pred"] if cm.shape[1] > k else [])
     size = max(4.0, 0.5 * len(cols) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
     image = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(k), scores.class_names)
@@ -108,15 +106,11 @@ def plot_confusion(scores: Scores, path: str | os.PathLike[str]) -> None:
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_per_class(scores: Scores, path: str | os.PathLike[str]) -> None:
     """Draw grouped bars per class: IoU, Dice and (when computed) boundary IoU and boundary F1."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: its global state is not thread-safe (jobs finish on threads)
 
     series = {"IoU": scores.per_class_iou, "Dice": scores.per_class_dice}
     if scores.boundary_iou is not None and scores.boundary_f1 is not None:
@@ -125,7 +119,8 @@ def plot_per_class(scores: Scores, path: str | os.PathLike[str]) -> None:
     k = scores.num_classes
     x = np.arange(k)
     bar = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * k + 2), 4))
+    fig = Figure(figsize=(max(5.0, 0.6 * k + 2), 4))
+    ax = fig.subplots()
     for n, (label, values) in enumerate(series.items()):
         ax.bar(x + n * bar - 0.4 + bar / 2, [0.0 if v is None else v for v in values], bar, label=label)
     ax.set_xticks(x, scores.class_names, rotation=45, ha="right")
@@ -135,4 +130,3 @@ def plot_per_class(scores: Scores, path: str | os.PathLike[str]) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,197 @@
+"""Archives stream through one pool: same pixels as single runs, faults isolated, driver death resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from tests.engine.helpers import write_model, write_raster
+from tests.shared_data import SHARED_DATA
+from tiler.archive import Ledger, input_stem, load_archive, run_archive
+from tiler.config import parse_config
+from tiler.segment import Progress, SegmentJob, run_many, run_segment
+
+SHAPES = {"a": (96, 80), "b": (128, 64), "c": (64, 160)}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_archive(folder: Path, *, block: int = 32, engine: dict[str, Any] | None = None) -> Path:
+    """Three scenes of different shapes, a tiny model and an archive file with small blocks (many per scene)."""
+    scenes = folder / "scenes"
+    scenes.mkdir(exist_ok=True)
+    for seed, (stem, shape) in enumerate(SHAPES.items()):
+        write_raster(scenes / f"{stem}.tif", shape, 3, seed)
+    write_model(folder / "model.pt")
+    config = {
+        "archive": {"root": "out"},
+        "input": {"path": "scenes/*.tif"},
+        "model": {"weights": "model.pt", "device": "cpu", "batch_size": 2, "threads": 1},
+        "tiling": {"tile": 32, "overlap": 8, "block": block},
+        "output": {"chunks": 32, "probabilities": "float32", "exports": []},
+        "engine": engine or {"actors": 2, "max_in_flight": 2},
+    }
+    path = folder / "archive.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def arrays(store: Path) -> tuple[np.ndarray, np.ndarray]:
+    group = zarr.open_group(str(store), mode="r")
+    assert group.attrs["complete"] is True, f"{store} is not complete"
+    return group["labels"][...], group["probabilities"][...]
+
+
+def single_runs(folder: Path, block: int = 32) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each scene alone through `tiler run`'s code path (in-process, same config), into its own store."""
+    out = {}
+    for stem in SHAPES:
+        cfg = parse_config(
+            {
+                "input": {"path": str(folder / "scenes" / f"{stem}.tif")},
+                "model": {"weights": str(folder / "model.pt"), "device": "cpu", "batch_size": 2, "threads": 1},
+                "tiling": {"tile": 32, "overlap": 8, "block": block},
+                "output": {"path": str(folder / "single" / f"{stem}.zarr"), "chunks": 32, "probabilities": "float32",
+                           "exports": []},
+            }
+        )
+        run_segment(cfg, quiet=True, engine="local")
+        out[stem] = arrays(folder / "single" / f"{stem}.zarr")
+    return out
+
+
+def records(store: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((store / ".tiler" / "blocks").glob("*.json"))]
+
+
+def test_interleaved_archive_on_one_pool_equals_single_input_runs_bit_for_bit(ray_session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = write_archive(tmp_path)
+    report = run_archive(load_archive(config), engine="ray", quiet=True)
+    assert report.counts == {"done": 3, "skipped": 0, "failed": 0, "total": 3}
+    expected = single_runs(tmp_path)
+    pids_per_input = {}
+    for stem in SHAPES:
+        store = tmp_path / "out" / stem / f"{stem}.zarr"
+        labels, probs = arrays(store)
+        assert np.array_equal(labels, expected[stem][0]), stem
+        assert np.array_equal(probs, expected[stem][1]), stem  # bit for bit, not within a tolerance
+        pids_per_input[stem] = {r["pid"] for r in records(store)}
+    every = set().union(*pids_per_input.values())
+    assert len(every) == 2, f"the pool was started more than once: {len(every)} actor processes for 2 actors"
+    assert all(len(p) == 2 for p in pids_per_input.values()), "an input did not use the whole pool"
+
+
+class KillFirstActor(Progress):
+    """A silent progress bar that SIGKILLs the actor of the first block record it sees."""
+
+    def __init__(self) -> None:
+        super().__init__(quiet=True)
+        self.killed: list[int] = []
+        self.seen: list[tuple[str, str]] = []
+
+    def record(self, job: Any, record: dict[str, Any]) -> None:
+        super().record(job, record)
+        self.seen.append((job.name, record["block"]))
+        if not self.killed:
+            self.killed.append(record["pid"])
+            os.kill(record["pid"], signal.SIGKILL)
+
+
+def test_an_actor_killed_mid_archive_is_replaced_and_every_input_is_still_identical(
+    ray_session, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    config = write_archive(tmp_path, engine={"actors": 2, "max_in_flight": 2, "max_restarts": 2,
+                                             "max_task_retries": 3})
+    archive = load_archive(config)
+    jobs = [SegmentJob(archive.job_for(p)) for p in archive.inputs()]
+    progress = KillFirstActor()
+    outcomes = list(run_many(jobs, engine="ray", progress=progress))
+    assert progress.killed
+    assert [o.error for o in outcomes] == [None, None, None]
+    assert len(progress.seen) == len(set(progress.seen)), "a block was reported twice"
+    expected = single_runs(tmp_path)
+    pids = set()
+    for stem in SHAPES:
+        store = tmp_path / "out" / stem / f"{stem}.zarr"
+        labels, probs = arrays(store)
+        assert np.array_equal(labels, expected[stem][0]) and np.array_equal(probs, expected[stem][1])
+        pids |= {r["pid"] for r in records(store)}
+    assert len(pids) >= 3, "no block ran in a replacement actor"
+
+
+def test_a_bad_file_among_good_ones_fails_alone_on_the_shared_pool(ray_session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = write_archive(tmp_path)
+    (tmp_path / "scenes" / "bad.tif").write_bytes((SHARED_DATA / "corrupt.tif").read_bytes())
+    report = run_archive(load_archive(config, ["tiling.tile=64", "tiling.overlap=16", "tiling.block=64"]),
+                         engine="ray", quiet=True)
+    status = {item.stem: item for item in report.items}
+    assert {s: i.status for s, i in status.items()} == {"a": "done", "b": "done", "bad": "failed", "c": "done"}
+    assert "bad.tif" in str(status["bad"].error) and "block" in str(status["bad"].error)
+    bad_store = tmp_path / "out" / "bad" / "bad.zarr"
+    assert not json.loads((bad_store / "zarr.json").read_text())["attributes"].get("complete")
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    from tiler.archive import load_archive, run_archive
+    run_archive(load_archive(sys.argv[1], ["model.batch_size=1"]), engine="local", quiet=True)
+    """
+)
+
+
+def test_a_driver_killed_mid_archive_resumes_every_input_without_recomputing_a_finished_block(tmp_path: Path) -> None:
+    config = write_archive(tmp_path, block=32)
+    stores = [tmp_path / "out" / stem / f"{stem}.zarr" for stem in SHAPES]
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(config)], cwd=REPO)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = sum(len(list((s / ".tiler" / "blocks").glob("*.json"))) for s in stores if s.exists())
+        if done >= 11:  # a has 9 blocks: b has started
+            break
+        assert proc.poll() is None, "the archive finished before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {
+        str(f): f.read_bytes() for s in stores if s.exists() for f in (s / ".tiler" / "blocks").glob("*.json")
+    }
+    assert 11 <= len(before) < 9 + 8 + 10
+
+    report = run_archive(load_archive(config, ["model.batch_size=1"]), engine="local", quiet=True)
+    assert report.counts["failed"] == 0 and report.counts["done"] >= 2  # a may have finished before the kill
+    for name, content in before.items():
+        assert Path(name).read_bytes() == content, f"{name} was recomputed"
+    expected = single_runs(tmp_path)
+    for stem, store in zip(SHAPES, stores, strict=True):
+        assert np.array_equal(arrays(store)[0], expected[stem][0])
+    with Ledger(tmp_path / "out" / "ledger.sqlite") as ledger:
+        assert {input_stem(r.input_path): r.status for r in ledger.rows()} == dict.fromkeys(SHAPES, "done")
+
+
+def test_two_archive_runs_on_one_root_never_compute_one_input_twice(tmp_path: Path) -> None:
+    config = write_archive(tmp_path)
+    for stem in ("d", "e", "f"):
+        write_raster(tmp_path / "scenes" / f"{stem}.tif", (64, 64), 3, 7)
+    command = [sys.executable, "-m", "pipelines.archive", str(config), "--engine", "local", "--quiet"]
+    procs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    done = [int(out.split(" done")[0].split()[-1]) for out in outs]
+    assert sum(done) == 6, outs  # every input computed by exactly one of the two runs
+    for stem in ("a", "b", "c", "d", "e", "f"):
+        store = tmp_path / "out" / stem / f"{stem}.zarr"
+        assert len({r["pid"] for r in records(store)}) == 1, f"{stem} was computed by both runs"
+    with Ledger(tmp_path / "out" / "ledger.sqlite") as ledger:
+        assert all(r.status == "done" and r.attempts == 1 for r in ledger.rows())
