@@ -154,7 +154,7 @@ def run_project(info: dict[str, Any], *, skip: bool) -> dict[str, Any]:
     import zarr
 
     from tiler.engine.job import run_job
-    from tiler.engine.ray import RayOptions, connect, make_runner
+    from tiler.engine.ray import RayExecutor, RayOptions, connect
 
     store = Path(info["root"]) / f"project-{'skip' if skip else 'noskip'}.zarr"
     shutil.rmtree(store, ignore_errors=True)
@@ -163,7 +163,7 @@ def run_project(info: dict[str, Any], *, skip: bool) -> dict[str, Any]:
     with PeakMemory() as memory:
         t0, wall0 = time.perf_counter(), time.time()
         options = RayOptions(cpus_per_actor=info.get("cpus_per_actor", 1))
-        result = run_job(plan, run_blocks=make_runner(options), chunks=(info["chunks"],) * info["ndim"],
+        result = run_job(plan, executor=RayExecutor(options), chunks=(info["chunks"],) * info["ndim"],
                          config_hash="bench", overwrite=True)
         seconds = time.perf_counter() - t0
     labels = zarr.open_group(str(store), mode="r")["labels"]

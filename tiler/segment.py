@@ -419,6 +419,8 @@ def run_many(
         return
     own = executor is None
     pool = executor if executor is not None else make_executor(first.cfg, engine)
+    if own:  # workers load the model while the driver plans the first inputs
+        pool.start(model_ref(first.cfg))
 
     def chained() -> Iterator[SegmentJob]:
         yield first

@@ -1,0 +1,221 @@
+"""Archives side by side: the whole ``tiler archive`` command against a plain MONAI loop and the bare forward.
+
+N generated 4-band satellite scenes, the bench U-Net [16, 32, 64, 128] (6 classes), tile 256, overlap 32,
+gaussian blend, COG export. Each approach runs in its own process, wall clock of the whole thing:
+
+- ``tiler``: ``python -m pipelines.archive`` on an embedded local Ray (start-up, ledger, every scene's
+  blocks streamed through one actor pool, COG + quicklook + report per scene, finished on threads);
+- ``tiler-1``: the same command over the first scene only (the fixed cost of a run: with ``tiler``,
+  ``start-up + N × per-input`` is solved for both);
+- ``monai-loop``: for each file, read it with rasterio, normalise, ``sliding_window_inference`` with the
+  same model, tile, overlap and blend, argmax, write a GeoTIFF — the loop a user would write;
+- ``limit``: a bare ``softmax(model(x))`` loop over exactly the tiles tiler runs, pre-read in memory.
+
+Run ``python -m bench.bench_archive --scenes 12 --size 1024`` (and ``--scenes 4 --size 4096``).
+Results: ``bench/results/archive-<N>x<size>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import save
+
+CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
+TILE, OVERLAP, BATCH = 256, 32, 8
+
+
+def prepare(scenes: int, size: int) -> dict[str, Any]:
+    """Write (once) the scenes and the model; return their paths."""
+    import torch
+
+    from tiler.io.scenes_files import write_satellite
+    from tiler.model import Normalization, save_checkpoint
+    from tiler.model.spec import ModelSpec, build_network
+    from tiler.scenes import satellite_scene
+
+    root = CACHE / f"archive-{scenes}x{size}"
+    (root / "scenes").mkdir(parents=True, exist_ok=True)
+    images = []
+    for n in range(scenes):
+        image = root / "scenes" / f"scene{n:03d}.tif"
+        if not image.exists():
+            write_satellite(satellite_scene((size, size), seed=100 + n), image, root / f"truth{n:03d}.tif")
+        images.append(str(image))
+    weights = root / "model.pt"
+    if not weights.exists():
+        torch.manual_seed(0)
+        spec = ModelSpec("UNet", 2, 4, 6, args={"channels": [16, 32, 64, 128], "strides": [2, 2, 2],
+                                                "num_res_units": 1})
+        norm = Normalization(kind="meanstd", mean=(3000.0,) * 4, std=(3000.0,) * 4)
+        save_checkpoint(weights, build_network(spec), spec=spec, normalization=norm)
+    return {"root": str(root), "images": images, "weights": str(weights), "size": size}
+
+
+def _config(info: dict[str, Any], images: list[str], name: str) -> Path:
+    root = Path(info["root"])
+    (root / f"{name}.txt").write_text("\n".join(images) + "\n")
+    out = root / f"out-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    block = min(info["size"], 2048)
+    config = {
+        "archive": {"root": str(out), "manifest": str(root / f"{name}.txt")},
+        "model": {"weights": info["weights"], "batch_size": BATCH},
+        "tiling": {"tile": TILE, "overlap": OVERLAP, "blend": "gaussian", "block": block},
+        "output": {"chunks": min(512, block), "exports": ["cog"]},
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def run_tiler(info: dict[str, Any], images: list[str], name: str) -> dict[str, Any]:
+    """The whole archive command, in a fresh process; steady state from the block records."""
+    config = _config(info, images, name)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.archive", str(config), "--quiet"],
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    records = [
+        json.loads(p.read_text())
+        for p in Path(info["root"], f"out-{name}").glob("*/*.zarr/.tiler/blocks/*.json")
+    ]
+    first = min(r["started_at"] for r in records)
+    last = max(r["finished_at"] for r in records)
+    tiles = sum(r["tiles_run"] for r in records)
+    return {"seconds": seconds, "tiles": tiles, "steady_state_s": last - first, "pids": len({r["pid"] for r in records}),
+            "inputs": len(images)}
+
+
+def run_monai_loop(info: dict[str, Any]) -> dict[str, Any]:
+    """For each file: rasterio read, normalise, sliding_window_inference, argmax, GeoTIFF write."""
+    import rasterio
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from tiler.model import load_model
+
+    loaded = load_model(info["weights"])
+    net = loaded.network
+    out = Path(info["root"]) / "out-monai"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    t0 = time.perf_counter()
+    for image in info["images"]:
+        with rasterio.open(image) as src:
+            pixels, profile = src.read(), src.profile
+        x = torch.from_numpy(loaded.normalization.apply(pixels, spatial_dims=2))[None]
+        with torch.inference_mode():
+            probs = sliding_window_inference(
+                x, (TILE, TILE), BATCH, lambda t: torch.softmax(net(t), dim=1), overlap=OVERLAP / TILE,
+                mode="gaussian", sigma_scale=0.125,
+            )
+        labels = probs[0].argmax(0).to(torch.uint8).numpy()
+        profile.update(count=1, dtype="uint8", nodata=255, compress="deflate", tiled=True)
+        with rasterio.open(out / Path(image).name, "w", **profile) as dst:
+            dst.write(labels, 1)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def run_limit(info: dict[str, Any]) -> dict[str, Any]:
+    """Bare forward over the tiles tiler runs (same grid, blocks and skip rule), pre-read in memory."""
+    import torch
+
+    from tiler.engine.work import iter_batches, prepare_block
+    from tiler.geometry import BlockPartition, TileGrid
+    from tiler.io import open_reader
+    from tiler.model import load_model
+
+    loaded = load_model(info["weights"])
+    batches = []
+    block = min(info["size"], 2048)
+    for image in info["images"]:
+        reader = open_reader(image)
+        grid = TileGrid(reader.shape, (TILE, TILE), (OVERLAP, OVERLAP))
+        for window in BlockPartition(reader.shape, (block, block)):
+            prepared = prepare_block(window, grid, read=reader.read, read_masked=reader.read_masked)
+            if prepared.positions:
+                for _, b in iter_batches(prepared, grid, BATCH):
+                    batches.append(torch.from_numpy(loaded.normalization.apply(b, spatial_dims=2)))
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            torch.softmax(loaded.network(b), dim=1)
+    return {"seconds": time.perf_counter() - t0, "tiles": sum(len(b) for b in batches)}
+
+
+def child(approach: str, info: dict[str, Any]) -> None:
+    """Run one approach in this process and print its JSON."""
+    import torch
+
+    torch.set_flush_denormal(True)  # as tiler's runner does on CPU: compare pipelines, not denormal slow paths
+    if approach == "limit":
+        out = run_limit(info)
+    elif approach == "monai-loop":
+        out = run_monai_loop(info)
+    elif approach == "tiler-1":
+        out = run_tiler(info, info["images"][:1], "one")
+    else:
+        out = run_tiler(info, info["images"], "all")
+    print("RESULT " + json.dumps(out))
+
+
+def spawn(approach: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Run an approach in a fresh process."""
+    cmd = [sys.executable, "-m", "bench.bench_archive", "--child", approach, "--info", json.dumps(info)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in run.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[7:]))
+    return {"error": (run.stderr or run.stdout)[-2000:]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scenes", type=int, default=12)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--child")
+    parser.add_argument("--info")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, json.loads(args.info))
+        return
+    info = prepare(args.scenes, args.size)
+    results = {a: spawn(a, info) for a in ("limit", "monai-loop", "tiler-1", "tiler")}
+    pixels = args.scenes * args.size**2
+    for name, r in results.items():
+        if "seconds" in r:
+            r["mpix_per_s"] = (args.size**2 if name == "tiler-1" else pixels) / 1e6 / r["seconds"]
+    figures: dict[str, Any] = {}
+    t, one, loop, limit = (results[k] for k in ("tiler", "tiler-1", "monai-loop", "limit"))
+    if all("seconds" in r for r in (t, one, loop, limit)):
+        per_input = (t["seconds"] - one["seconds"]) / max(1, args.scenes - 1)
+        figures = {
+            "tiler_vs_monai_loop_time": t["seconds"] / loop["seconds"],
+            "tiler_vs_monai_loop_throughput": loop["seconds"] / t["seconds"],
+            "tiler_vs_limit_throughput": limit["seconds"] / t["seconds"],
+            "steady_state_vs_limit_throughput": limit["seconds"] / t["steady_state_s"],
+            "startup_s": one["seconds"] - per_input,
+            "per_input_s": per_input,
+            "limit_per_input_s": limit["seconds"] / args.scenes,
+            "per_input_overhead_s": per_input - limit["seconds"] / args.scenes,
+        }
+    save(f"archive-{args.scenes}x{args.size}",
+         {"scenes": args.scenes, "size": args.size, "tile": TILE, "overlap": OVERLAP, "results": results,
+          "figures": figures},
+         command=f"python -m bench.bench_archive --scenes {args.scenes} --size {args.size}")
+
+
+if __name__ == "__main__":
+    main()
