@@ -132,7 +132,7 @@ def test_disk_full_is_an_output_error_naming_the_path(tmp_path):
 @pytest.mark.parametrize(
     "code,fix",
     [
-        pytest.param(errno.ENOSPC, r"free space on that disk \(.* MiB free\)", id="no-space"),
+        pytest.param(errno.ENOSPC, r"disk is full or nearly full \(.* MiB free\): free space", id="no-space"),
         pytest.param(errno.EACCES, r"writable output folder or fix its permissions", id="permission"),
         pytest.param(errno.EIO, r"exists, is writable and has free space", id="other"),
     ],

@@ -33,6 +33,7 @@ from tiler.errors import OutputError
 TMP_PREFIX = ".tiler-tmp-"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+LOW_SPACE = 64 * 2**20
 
 
 def host_tag() -> str:
@@ -52,27 +53,31 @@ def temp_path(final: str | os.PathLike[str], *, label: str = "") -> Path:
 
 
 def output_error(path: str | os.PathLike[str], exc: BaseException, *, what: str = "write") -> OutputError:
-    """The OutputError for an OS (or GDAL) failure writing ``path``: the path, the error, the free space, the fix."""
+    """The OutputError for an OS (or GDAL) failure writing ``path``: the path, the error, the free space, the fix.
+
+    GDAL reports a full disk as a generic I/O error, so a folder with less than :data:`LOW_SPACE` bytes free is
+    called nearly full whatever the error says.
+    """
     code = exc.errno if isinstance(exc, OSError) else None  # GDAL errors carry CPL numbers, not errno
-    free = _free_space(Path(path).parent)
-    if code in _NO_SPACE:
-        fix = f"free space on that disk ({free} free) or choose an output folder on a disk with room"
+    free = _free_bytes(Path(path).parent)
+    shown = f"{free / 2**20:.1f} MiB" if free is not None else "unknown"
+    if code in _NO_SPACE or (free is not None and free < LOW_SPACE):
+        fix = f"the disk is full or nearly full ({shown} free): free space or choose an output folder with room"
     elif code in _NO_ACCESS:
         fix = "choose a writable output folder or fix its permissions"
     else:
-        fix = f"check that the folder exists, is writable and has free space ({free} free)"
+        fix = f"check that the folder exists, is writable and has free space ({shown} free)"
     return OutputError(f"cannot {what} {path}: {exc}; {fix}.")
 
 
-def _free_space(folder: Path) -> str:
-    """Free space under ``folder`` (or its nearest existing parent) as text, e.g. ``'12.5 MiB'``."""
+def _free_bytes(folder: Path) -> int | None:
+    """Free bytes under ``folder`` (or its nearest existing parent), None when unknown."""
     for candidate in (folder, *folder.parents):
         try:
-            free = shutil.disk_usage(candidate).free
+            return int(shutil.disk_usage(candidate).free)
         except OSError:
             continue
-        return f"{free / 2**20:.1f} MiB"
-    return "unknown"
+    return None
 
 
 def _remove(path: Path) -> None:
