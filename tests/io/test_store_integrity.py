@@ -302,3 +302,14 @@ def test_mark_complete_rewrites_zarr_json_atomically(tmp_path):
     assert after["attributes"] == {**before["attributes"], "complete": True, "summary": {"blocks_total": 4}}
     assert zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["complete"] is True
     assert _temporaries(tmp_path) == []
+
+
+def test_sharded_store_records_and_checks_its_shard_files(tmp_path):
+    store = _create(tmp_path / "o.zarr", shards=(64, 64))
+    block = Window((0, 64), (64, 128))
+    store.write_block(block, np.full(block.shape, 255, np.uint8))  # all nodata: the shard is still stored
+    store.record_block("0_1", {"tiles_run": 1}, block)
+    assert store.block_records()["0_1"]["chunks"] == ["labels/c/0/1"]
+    assert store.check_blocks() == []
+    os.remove(tmp_path / "o.zarr" / "labels" / "c" / "0" / "1")
+    assert store.check_blocks() == ["0_1"]
