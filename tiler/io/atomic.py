@@ -67,7 +67,8 @@ def output_error(path: str | os.PathLike[str], exc: BaseException, *, what: str 
         fix = "choose a writable output folder or fix its permissions"
     else:
         fix = f"check that the folder exists, is writable and has free space ({shown} free)"
-    return OutputError(f"cannot {what} {path}: {exc}; {fix}.")
+    text = " ".join(str(exc).split())  # one line, whatever GDAL or the OS said
+    return OutputError(f"cannot {what} {path}: {text}; {fix}.")
 
 
 def _free_bytes(folder: Path) -> int | None:

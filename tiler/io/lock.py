@@ -88,7 +88,12 @@ def _take_over(lock: Path, stale: Mapping[str, Any]) -> None:
     aside.unlink(missing_ok=True)
 
 
-def acquire_store_lock(path: str | os.PathLike[str], owner: str) -> Path:
+def default_owner() -> str:
+    """The owner recorded in a lock taken without one: ``tiler job pid <pid> on <host>``."""
+    return f"tiler job pid {os.getpid()} on {socket.gethostname()}"
+
+
+def acquire_store_lock(path: str | os.PathLike[str], owner: str | None = None) -> Path:
     """Take the job lock of the store at ``path`` (which need not exist yet); re-entrant in one process.
 
     A lock whose holder is a dead process on this host is taken over.
@@ -99,7 +104,7 @@ def acquire_store_lock(path: str | os.PathLike[str], owner: str) -> Path:
     """
     path = Path(path)
     lock = lock_path_for(path)
-    payload = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+    payload = {"owner": owner or default_owner(), "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -135,7 +140,7 @@ def release_store_lock(path: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
-def store_lock(path: str | os.PathLike[str], owner: str) -> Iterator[Path]:
+def store_lock(path: str | os.PathLike[str], owner: str | None = None) -> Iterator[Path]:
     """Hold the job lock of the store at ``path`` for the block: create or resume, run, export, mark complete.
 
     >>> import tempfile

@@ -18,6 +18,8 @@ file always means a lost chunk), and :meth:`OutputStore.check_blocks` finds reco
 gone. The whole group is built under a temporary name and renamed into place, so a store either exists with
 all its metadata or not at all. Block records are separate files because zarr attribute updates from several
 processes would race. The ``complete`` attribute is written last, by :meth:`OutputStore.mark_complete`.
+(zarr 3.1's LocalStore itself writes each chunk file to a temporary name and renames it, so a killed block
+write leaves whole chunks, old or new; the block has no record yet and is recomputed.)
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ PROBABILITY_DTYPES = {"float16": np.float16, "uint8": np.uint8, "float32": np.fl
 STATE_DIR = ".tiler"
 STORE_MARKER = "tiler_store"
 STORE_FORMAT = 1
-ARRAY_NAMES = ("labels", "probabilities")
 _ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
 
@@ -426,6 +427,7 @@ class OutputStore:
 
     def corrupt_chunk_error(self, key: str, reason: str) -> OutputError:
         """The OutputError for an unreadable chunk ``key`` (relative to the store), with the fix."""
+        reason = " ".join(reason.split())
         return OutputError(
             f"chunk {key} of output store {self.path} is corrupt or missing ({reason}); its pixels cannot be "
             f"trusted. Run `tiler verify {self.path}` to list every bad chunk, then rerun the job to recompute them."

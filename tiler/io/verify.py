@@ -43,7 +43,7 @@ class Problem:
     def line(self) -> str:
         """One line for a terminal."""
         owner = f" (block {self.block})" if self.block else ""
-        return f"{self.kind}: {self.where}{owner}: {self.detail}"
+        return " ".join(f"{self.kind}: {self.where}{owner}: {self.detail}".split())
 
 
 @dataclass
