@@ -90,6 +90,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_verify(sub: Any) -> None:
+    p = sub.add_parser("verify", help="check every chunk and block record of an output store (exit 1: problems)")
+    p.add_argument("store", help="output store folder (a job's output.store)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from tiler.io.store import OutputStore
+    from tiler.io.verify import verify_store
+
+    if not OutputStore.is_tiler_store(args.store):
+        print(f"tiler verify: {args.store} is not a tiler output store (no tiler metadata in its zarr.json); "
+              f"give the store folder a job wrote.", file=sys.stderr)
+        return 2
+    report = verify_store(args.store)
+    if args.json or args.json_logs:
+        print(json.dumps(report.to_dict()))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tiler`` argument parser with every subcommand."""
     from tiler.archive import add_parser as add_archive
@@ -99,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
     parser.add_argument("--json-logs", action="store_true", help="machine-readable JSON lines on stdout")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_inspect, add_score, _add_train, _add_demo, add_archive):
+    for add in (_add_run, _add_inspect, add_score, _add_train, _add_demo, add_archive, _add_verify):
         add(sub)
     return parser
 

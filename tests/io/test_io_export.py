@@ -59,7 +59,7 @@ def test_cog_is_valid_and_drops_onto_source(tmp_path, raster_case):
         assert cog.nodata == 255 and cog.dtypes[0] == "uint8"
         assert np.array_equal(cog.read(1), labels)
         assert cog.colormap(1)[1][:3] == (0, 255, 0)
-    assert not list(tmp_path.glob(".cog-*"))  # temporary file removed
+    assert not list(tmp_path.glob(".tiler-tmp-*"))  # temporary folder and file removed
 
 
 def test_cog_georef_from_store_by_default(tmp_path, raster_case):

@@ -1,13 +1,18 @@
 """Exports of a finished output store: Cloud-Optimised GeoTIFF, NIfTI, OME-Zarr labels, and a PNG quicklook.
 
 Every export streams the labels window by window (or slab by slab); none holds the whole output in memory.
+Every export appears whole or not at all: it is written under a temporary name in the destination folder and
+moved into place (:mod:`tiler.io.atomic`); a failure (disk full, a killed GDAL copy) leaves nothing at the final
+path and no temporary behind. Labels are read through :meth:`OutputStore.read`, so a corrupt chunk stops the
+export with an error instead of exporting wrong pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +22,12 @@ import rasterio
 import rasterio.shutil
 import zarr
 from affine import Affine
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 
 from tiler.errors import OutputError
 from tiler.geometry import Window
+from tiler.io.atomic import atomic_dir, atomic_path, clean_temporaries, output_error, temporary_dir
 from tiler.io.base import Georef, Reader
 from tiler.io.raster import to_rio_window
 from tiler.io.store import OutputStore
@@ -53,6 +61,18 @@ def _check_writable(out_path: Path) -> None:
     parent = out_path.parent if str(out_path.parent) else Path(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {out_path}: its folder {parent} does not exist or is not writable.")
+    clean_temporaries(parent)
+
+
+@contextlib.contextmanager
+def _write_errors(out_path: Path, what: str) -> Iterator[None]:
+    """Turn an OS or GDAL failure (GDAL reports a full disk as an I/O error) into OutputError naming the output."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
+        raise output_error(out_path, exc, what=what) from exc
 
 
 def export_cog(
@@ -95,25 +115,33 @@ def export_cog(
         profile["crs"] = rasterio.crs.CRS.from_wkt(geo.crs_wkt)
     if geo.transform:
         profile["transform"] = Affine(*geo.transform[:6])
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".cog-") as tmp_dir:
-        tmp = Path(tmp_dir) / "labels.tif"
+    with _write_errors(out_path, "write the COG"), temporary_dir(out_path.parent, label="cog") as tmp_dir:
+        tmp = tmp_dir / "labels.tif"
         with rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(tmp, "w", **profile) as dst:
             if labels.dtype == np.uint8:  # the palette must be set before any pixel is written
                 cmap = {k: (*c, 255) for k, c in enumerate(store.class_colors)}
                 dst.write_colormap(1, cmap)
             for window in _windows(store.shape, _block_for(store)):
-                dst.write(np.asarray(labels[window.slices])[None], window=to_rio_window(window))
-        with rasterio.Env(GDAL_CACHEMAX=256):
+                dst.write(store.read(window)[None], window=to_rio_window(window))
+        with rasterio.Env(GDAL_CACHEMAX=256), atomic_path(out_path, what="write the COG") as cog_tmp:
             rasterio.shutil.copy(
                 tmp,
-                out_path,
+                cog_tmp,
                 driver="COG",
                 compress="deflate",
                 blocksize=512,
                 overview_resampling="nearest",
                 BIGTIFF="IF_SAFER",
             )
+            _move_sidecar(cog_tmp, out_path)
     return out_path
+
+
+def _move_sidecar(tmp: Path, out_path: Path) -> None:
+    """Move a ``.aux.xml`` GDAL wrote beside the temporary COG to its place beside ``out_path``."""
+    aux = tmp.with_name(tmp.name + ".aux.xml")
+    if aux.exists():
+        os.replace(aux, out_path.with_name(out_path.name + ".aux.xml"))
 
 
 def export_nifti(
@@ -131,10 +159,13 @@ def export_nifti(
         affine = np.asarray(geo.affine, dtype=float)
     else:
         affine = affine_from_spacing(geo.spacing or (1.0, 1.0, 1.0))
-    labels = store.labels
+    depth, height, width = store.shape
     slab = store.write_unit[0]
-    slabs = (np.asarray(labels[z : z + slab]) for z in range(0, store.shape[0], slab))
-    write_nifti_slabs(out_path, store.shape, dtype=labels.dtype, affine=affine, slabs=slabs)
+    slabs = (
+        store.read(Window((z, 0, 0), (min(z + slab, depth), height, width))) for z in range(0, depth, slab)
+    )
+    with atomic_path(out_path, what="write the NIfTI") as tmp:
+        write_nifti_slabs(tmp, store.shape, dtype=store.labels.dtype, affine=affine, slabs=slabs)
     return out_path
 
 
@@ -168,53 +199,70 @@ def export_ome_zarr(store: OutputStore, out_path: str | os.PathLike[str], *, nam
     names = ["z", "y", "x"][-ndim:]
     axes = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in names]
     levels = _downsample_levels(store.shape)
-    try:
-        root = zarr.open_group(str(out_path), mode="w", zarr_format=3)
-        root.attrs["ome"] = {"version": "0.5"}
-        labels_group = root.create_group("labels")
-        labels_group.attrs["ome"] = {"version": "0.5", "labels": [name]}
-        group = labels_group.create_group(name)
-    except OSError as exc:
-        raise OutputError(f"cannot write OME-Zarr at {out_path}: {exc}. Choose a writable location.") from exc
-    datasets = []
-    src: Any = store.labels
-    for level in range(levels):
-        f = 2**level
-        shape = tuple(store.shape[:-2]) + tuple(-(-n // f) for n in store.shape[-2:])
-        chunks = tuple(min(c, n) for c, n in zip(store.chunks, shape, strict=True))
-        arr = group.create_array(
-            str(level),
-            shape=shape,
-            chunks=chunks,
-            dtype=store.labels.dtype,
-            fill_value=store.nodata_label,
-            dimension_names=tuple(names),
-        )
-        step = (1,) * (ndim - 2) + (2, 2) if level else (1,) * ndim
-        for window in _windows(shape, _block_for(store)):
-            src_slices = tuple(
-                slice(a * s, b * s, s) for a, b, s in zip(window.start, window.stop, step, strict=True)
-            )
-            arr[window.slices] = np.asarray(src[src_slices])
-        scale = list(base_scale[: ndim - 2]) + [v * f for v in base_scale[-2:]]
-        datasets.append(
-            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-        )
-        src = arr
     colors = [{"label-value": k, "rgba": [*c, 255]} for k, c in enumerate(store.class_colors)]
     colors.append({"label-value": store.nodata_label, "rgba": [0, 0, 0, 0]})
     properties = [{"label-value": k, "class": n} for k, n in enumerate(store.class_names)]
-    ome: dict[str, Any] = {
-        "version": "0.5",
-        "multiscales": [{"name": name, "axes": axes, "datasets": datasets, "type": "nearest"}],
-        "image-label": {
-            "colors": colors,
-            "properties": properties,
-            "source": {"image": "../../"},
-        },
-    }
-    group.attrs["ome"] = ome
+    replace = os.path.lexists(out_path)
+    if replace and not _is_ome_zarr(out_path):
+        raise OutputError(
+            f"cannot write OME-Zarr at {out_path}: something that is not an OME-Zarr export is already there; "
+            f"it was left untouched. Choose another export path, or remove it by hand if it is yours to delete."
+        )
+    _check_writable(out_path)
+    what = "write OME-Zarr at"
+    with _write_errors(out_path, what), atomic_dir(out_path, replace=replace, what=what) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes={"ome": {"version": "0.5"}})
+        labels_group = root.create_group("labels", attributes={"ome": {"version": "0.5", "labels": [name]}})
+        group = labels_group.create_group(name)
+        datasets = []
+        src: Any = store
+        for level in range(levels):
+            f = 2**level
+            arr = _write_level(store, group, src, level, names)
+            scale = list(base_scale[: ndim - 2]) + [v * f for v in base_scale[-2:]]
+            datasets.append(
+                {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            )
+            src = arr
+        ome: dict[str, Any] = {
+            "version": "0.5",
+            "multiscales": [{"name": name, "axes": axes, "datasets": datasets, "type": "nearest"}],
+            "image-label": {"colors": colors, "properties": properties, "source": {"image": "../../"}},
+        }
+        group.attrs["ome"] = ome
     return out_path
+
+
+def _is_ome_zarr(path: Path) -> bool:
+    """Whether ``path`` is a zarr group with OME metadata (an earlier export that may be replaced)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("attributes"), dict) and "ome" in meta["attributes"]
+
+
+def _write_level(store: OutputStore, group: zarr.Group, src: Any, level: int, names: Sequence[str]) -> zarr.Array:
+    """Write pyramid level ``level`` (every 2nd y/x pixel of ``src``, the store itself at level 0)."""
+    ndim = len(store.shape)
+    f = 2**level
+    shape = tuple(store.shape[:-2]) + tuple(-(-n // f) for n in store.shape[-2:])
+    chunks = tuple(min(c, n) for c, n in zip(store.chunks, shape, strict=True))
+    arr = group.create_array(
+        str(level),
+        shape=shape,
+        chunks=chunks,
+        dtype=store.labels.dtype,
+        fill_value=store.nodata_label,
+        dimension_names=tuple(names),
+    )
+    step = (1,) * (ndim - 2) + (2, 2) if level else (1,) * ndim
+    for window in _windows(shape, _block_for(store)):
+        src_slices = tuple(
+            slice(a * s, b * s, s) for a, b, s in zip(window.start, window.stop, step, strict=True)
+        )
+        arr[window.slices] = store.read(src_slices) if src is store else np.asarray(src[src_slices])
+    return arr
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:
@@ -259,7 +307,8 @@ def write_quicklook(
     rows_lab, rows_img = [], []
     for r0 in range(0, h, band):
         r1 = min(r0 + band, h)
-        rows_lab.append(np.asarray(store.labels[(*plane, slice(r0, r1, step), slice(0, w, step))]))
+        lab = store.read((*(slice(p, p + 1) for p in plane), slice(r0, r1, step), slice(0, w, step)))
+        rows_lab.append(lab[0] if plane else lab)
         if reader is not None:
             win = Window((*plane, r0, 0), (*(p + 1 for p in plane), r1, w))
             data = reader.read(win)
@@ -275,5 +324,6 @@ def write_quicklook(
         a = (rgba[..., 3:4] / 255.0) * alpha
         blended = (base * (1 - a) + rgba[..., :3] * a).astype(np.uint8)
         rgba = np.concatenate([blended, np.full((*labels.shape, 1), 255, np.uint8)], axis=-1)
-    Image.fromarray(rgba, mode="RGBA").save(png_path)
+    with atomic_path(png_path, what="write the quicklook") as tmp:
+        Image.fromarray(rgba, mode="RGBA").save(tmp, format="PNG")
     return png_path

@@ -1,62 +1,95 @@
 """The output store: one zarr v3 group holding labels, optional probabilities, georeferencing and job state.
 
-Layout of ``<path>/``::
+Layout of ``<parent>/``::
 
-    zarr.json                 group attributes: georef, class names/colours, config hash, version, complete
-    labels/                   uint8 (uint16 past 255 classes) (*shape), fill value = nodata label
-    probabilities/            optional (K, *shape), chunks (K, *chunks)
-    .tiler/blocks/<key>.json  one completion record per block, written atomically (temp file + os.replace)
-    .tiler/lock               the job lock (exclusive create), holding owner, pid, host, time
+    .<name>.lock                  the job lock (exclusive create), holding owner, pid, host, time; taken with
+                                  :func:`store_lock` before the store exists and held until exports are done
+    <name>/zarr.json              group attributes: ``tiler_store`` marker, georef, class names/colours, config
+                                  hash, version, complete (rewritten atomically)
+    <name>/labels/                uint8 (uint16 past 255 classes) (*shape), fill value = nodata label
+    <name>/probabilities/         optional (K, *shape), chunks (K, *chunks)
+    <name>/.tiler/blocks/<key>.json   one record per finished block: its window, the chunk files it wrote and a
+                                  digest of its labels (atomic JSON)
+    <name>/.tiler/exports/<n>.json    one record per finished export
 
-Block records are separate files because zarr attribute updates from several processes would race. The
-``complete`` attribute is written last, by :meth:`OutputStore.mark_complete`.
+The store proves itself: every chunk carries a crc32c checksum (a flipped bit is an error on read, never a
+wrong pixel), every chunk a block covers is written even when it holds only the fill value (so a missing chunk
+file always means a lost chunk), and :meth:`OutputStore.check_blocks` finds recorded blocks whose chunks are
+gone. The whole group is built under a temporary name and renamed into place, so a store either exists with
+all its metadata or not at all. Block records are separate files because zarr attribute updates from several
+processes would race. The ``complete`` attribute is written last, by :meth:`OutputStore.mark_complete`.
+(zarr 3.1's LocalStore itself writes each chunk file to a temporary name and renames it, so a killed block
+write leaves whole chunks, old or new; the block has no record yet and is recomputed.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import zarr
+import zarr.codecs
 
 import tiler
 from tiler.errors import OutputError
 from tiler.geometry import Window
+from tiler.io.atomic import atomic_dir, clean_temporaries, output_error, pid_alive, write_json_atomic
 from tiler.io.base import Georef
+from tiler.io.lock import acquire_store_lock, check_not_locked, lock_path_for, release_store_lock, store_lock
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
+
+__all__ = ["OutputStore", "StoreWarning", "labels_digest", "lock_path_for", "pid_alive", "store_lock"]
 
 PROBABILITY_DTYPES = {"float16": np.float16, "uint8": np.uint8, "float32": np.float32}
 STATE_DIR = ".tiler"
+STORE_MARKER = "tiler_store"
+STORE_FORMAT = 1
+_ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
+
+
+class StoreWarning(UserWarning):
+    """A store file that could not be used (an unreadable block record): the block counts as not done.
+
+    Attributes:
+        path: The file.
+    """
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def _safe_key(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(key))
 
 
-def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _codecs() -> tuple[Any, ...]:
+    """Chunk compressors: zstd, then a crc32c checksum of the compressed bytes (checked on every read)."""
+    return (zarr.codecs.ZstdCodec(level=0), zarr.codecs.Crc32cCodec())
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (a job lock or ledger claim it holds is live)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _read_json(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def labels_digest(labels: np.ndarray, dtype: np.dtype | str) -> str:
+    """The digest a block record keeps of its labels: crc32 of the C-order little-endian bytes.
+
+    >>> labels_digest(np.zeros((2, 2), np.uint8), "uint8")
+    'crc32:2144df1c'
+    """
+    data = np.ascontiguousarray(labels, dtype=np.dtype(dtype).newbyteorder("<"))
+    return f"crc32:{zlib.crc32(data.tobytes()):08x}"
 
 
 class OutputStore:
@@ -65,8 +98,38 @@ class OutputStore:
     def __init__(self, path: str | os.PathLike[str], group: zarr.Group) -> None:
         self.path = Path(path)
         self.group = group
+        self._digests: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
+    @staticmethod
+    def is_tiler_store(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` holds a tiler store, judged by its own metadata (one small JSON read, no zarr).
+
+        Stores carry the ``tiler_store`` marker; stores written before it are recognised by their config hash,
+        tiler version and labels array.
+        """
+        path = Path(path)
+        try:
+            meta = _read_json(path / "zarr.json")
+        except (OSError, ValueError):
+            return False
+        if not isinstance(meta, dict) or meta.get("node_type") != "group":
+            return False
+        attrs = meta.get("attributes")
+        if not isinstance(attrs, dict):
+            return False
+        if attrs.get(STORE_MARKER) == STORE_FORMAT:
+            return True
+        return "config_hash" in attrs and "tiler_version" in attrs and (path / "labels" / "zarr.json").is_file()
+
+    @staticmethod
+    def _not_a_store(path: Path, detail: str = "") -> OutputError:
+        what = "is not a tiler output store" if not detail else f"is not a readable tiler output store ({detail})"
+        return OutputError(
+            f"{path} exists and {what}: no tiler metadata in {path / 'zarr.json'}. It was left untouched; "
+            f"choose another output path, or remove it by hand if it is yours to delete."
+        )
+
     @classmethod
     def create(
         cls,
@@ -85,6 +148,10 @@ class OutputStore:
     ) -> OutputStore:
         """Create the store, or re-open it for resume when it holds the same config hash.
 
+        The whole group (arrays and every attribute) is built under a temporary name beside ``path`` and renamed
+        into place, so a killed creation leaves no half store. Take :func:`store_lock` first when several jobs
+        may target the same path.
+
         Args:
             path: Store directory.
             shape: Spatial output shape (H, W) or (D, H, W).
@@ -95,25 +162,31 @@ class OutputStore:
             probabilities: None (no probabilities), ``"float16"``, ``"uint8"`` (x255) or ``"float32"``.
             attrs: Extra group attributes: ``georef`` (a :class:`Georef` or its attrs), ``class_names``,
                 ``class_colors``, ``config``...
-            config_hash: Hash of the job's configuration; a store with another hash is refused.
-            overwrite: Delete an existing store first.
+            config_hash: Hash of the configuration; a store with another hash is refused.
+            overwrite: Replace an existing tiler store (never anything else: a folder that is not a tiler store
+                is refused whatever this says).
             shards: Optional shard shape per spatial axis (a multiple of ``chunks``).
 
         Raises:
-            OutputError: unwritable path, or a store holding another job's result (without ``overwrite``).
+            OutputError: unwritable path, a path holding something that is not a tiler store, a store holding
+                another job's result (without ``overwrite``), a store locked by a live job, or a store that
+                appeared at ``path`` while this one was being built.
 
         """
         path = Path(path)
-        if path.exists():
-            if overwrite:
-                cls._check_not_locked(path)
-                try:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-                except OSError as exc:
-                    raise OutputError(
-                        f"cannot delete existing output {path} for --overwrite: {exc}."
-                    ) from exc
-            else:
+        shape = tuple(int(n) for n in shape)
+        chunks = tuple(int(c) for c in chunks)
+        if len(chunks) != len(shape):
+            raise OutputError(f"chunks={chunks} must have one value per axis of shape={shape} (output {path}).")
+        if probabilities is not None and probabilities not in PROBABILITY_DTYPES:
+            raise OutputError(
+                f"probabilities={probabilities!r} for output {path}; use None or one of {sorted(PROBABILITY_DTYPES)}."
+            )
+        replace = False
+        if os.path.lexists(path):
+            if not cls.is_tiler_store(path):
+                raise cls._not_a_store(path)
+            if not overwrite:
                 existing = cls.open(path)
                 if existing.config_hash != config_hash:
                     raise OutputError(
@@ -122,27 +195,19 @@ class OutputStore:
                         f"or choose another output path."
                     )
                 return existing
-        shape = tuple(int(n) for n in shape)
-        chunks = tuple(int(c) for c in chunks)
-        if len(chunks) != len(shape):
-            raise OutputError(
-                f"chunks={chunks} must have one value per axis of shape={shape} (output {path})."
-            )
+            check_not_locked(path)
+            replace = True
         dtype = (
             np.dtype(labels_dtype)
             if labels_dtype is not None
             else np.dtype(np.uint16 if num_classes > 255 else np.uint8)
         )
-        if probabilities is not None and probabilities not in PROBABILITY_DTYPES:
-            raise OutputError(
-                f"probabilities={probabilities!r} for output {path}; "
-                f"use None or one of {sorted(PROBABILITY_DTYPES)}."
-            )
         meta = dict(attrs or {})
         georef = meta.get("georef")
         if isinstance(georef, Georef):
             meta["georef"] = georef.to_attrs()
         meta.update(
+            {STORE_MARKER: STORE_FORMAT},
             config_hash=config_hash,
             num_classes=int(num_classes),
             nodata_label=int(nodata_label),
@@ -150,56 +215,38 @@ class OutputStore:
             complete=False,
         )
         try:
-            group = zarr.open_group(str(path), mode="w", zarr_format=3)
-            group.create_array(
-                "labels",
-                shape=shape,
-                chunks=chunks,
-                shards=tuple(shards) if shards else None,
-                dtype=dtype,
-                fill_value=int(nodata_label),
-                dimension_names=_dim_names(len(shape)),
-            )
-            if probabilities is not None:
-                k = int(num_classes)
-                group.create_array(
-                    "probabilities",
-                    shape=(k, *shape),
-                    chunks=(k, *chunks),
-                    shards=(k, *shards) if shards else None,
-                    dtype=PROBABILITY_DTYPES[probabilities],
-                    fill_value=0,
-                    dimension_names=("c", *_dim_names(len(shape))),
-                )
-            (path / STATE_DIR / "blocks").mkdir(parents=True, exist_ok=True)
-            group.attrs.update(meta)
+            path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(
-                f"cannot write the output store at {path}: {exc}. "
-                f"Choose a writable location (check permissions "
-                f"and free space)."
-            ) from exc
-        return cls(path, group)
+            raise output_error(path, exc, what="write the output store at") from exc
+        clean_temporaries(path.parent)
+        with atomic_dir(path, replace=replace, what="write the output store at") as tmp:
+            _build_group(
+                tmp, meta, shape=shape, chunks=chunks, shards=shards, dtype=dtype, nodata_label=int(nodata_label),
+                num_classes=int(num_classes), probabilities=probabilities,
+            )
+        return cls.open(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, mode: Literal["r", "r+"] = "r+") -> OutputStore:
-        """Open an existing store (``mode="r"`` for read-only consumers such as exports)."""
+        """Open an existing store (``mode="r"`` for read-only consumers such as exports).
+
+        Raises:
+            OutputError: ``path`` is missing or is not a tiler store.
+
+        """
         path = Path(path)
+        if not os.path.lexists(path):
+            raise OutputError(f"output store {path} does not exist; run the job that writes it first.")
+        if not cls.is_tiler_store(path):
+            raise cls._not_a_store(path)
         try:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
-            if "labels" not in group or "config_hash" not in group.attrs:
-                raise OutputError(
-                    f"{path} exists but is not a tiler output store (no labels array / config hash); choose "
-                    f"another output path or delete it."
-                )
+            if "labels" not in group:
+                raise cls._not_a_store(path, "no labels array")
         except OutputError:
             raise
         except (OSError, ValueError, KeyError) as exc:
-            raise OutputError(
-                f"{path} exists but cannot be opened as a tiler output store ({exc}); "
-                f"choose another output path "
-                f"or pass --overwrite to replace it."
-            ) from exc
+            raise cls._not_a_store(path, str(exc)) from exc
         return cls(path, group)
 
     # -- properties ------------------------------------------------------------------------------------
@@ -213,13 +260,20 @@ class OutputStore:
 
     @property
     def labels(self) -> zarr.Array:
-        """The labels array (*shape)."""
-        return self.group["labels"]  # type: ignore[return-value]
+        """The labels array (*shape); every written chunk is stored, even one equal to the fill value."""
+        return self.group["labels"].with_config(_ARRAY_CONFIG)  # type: ignore[union-attr,return-value]
 
     @property
     def probabilities(self) -> zarr.Array | None:
         """The probabilities array (K, *shape), or None."""
-        return self.group["probabilities"] if "probabilities" in self.group else None  # type: ignore[return-value]
+        if "probabilities" not in self.group:
+            return None
+        return self.group["probabilities"].with_config(_ARRAY_CONFIG)  # type: ignore[union-attr,return-value]
+
+    def arrays(self) -> dict[str, zarr.Array]:
+        """The store's arrays by name: ``labels`` and, when stored, ``probabilities``."""
+        probs = self.probabilities
+        return {"labels": self.labels, **({"probabilities": probs} if probs is not None else {})}
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -254,8 +308,17 @@ class OutputStore:
 
     @property
     def complete(self) -> bool:
-        """Whether :meth:`mark_complete` has run."""
-        return bool(zarr.open_group(str(self.path), mode="r").attrs.get("complete", False))
+        """Whether :meth:`mark_complete` has run (read from disk, not from this object's copy)."""
+        try:
+            meta = _read_json(self.path / "zarr.json")
+        except (OSError, ValueError):
+            return False
+        return bool(meta.get("attributes", {}).get("complete", False)) if isinstance(meta, dict) else False
+
+    @property
+    def has_checksums(self) -> bool:
+        """Whether this store was written with chunk checksums and every block chunk stored (the marker)."""
+        return self._attr(STORE_MARKER) == STORE_FORMAT
 
     @property
     def georef(self) -> Georef:
@@ -280,6 +343,96 @@ class OutputStore:
         rgb = [cmap(k % 20) for k in range(self.num_classes)]
         return [(int(255 * c[0]), int(255 * c[1]), int(255 * c[2])) for c in rgb]
 
+    # -- attributes (zarr.json, rewritten atomically) ----------------------------------------------------
+    def _update_attrs(self, changes: Mapping[str, Any]) -> None:
+        """Rewrite the group's zarr.json with ``changes`` applied, in one atomic, fsynced replace."""
+        meta_path = self.path / "zarr.json"
+        try:
+            meta = _read_json(meta_path)
+        except (OSError, ValueError) as exc:
+            raise OutputError(
+                f"cannot read {meta_path} to update it ({exc}); the store is damaged. Rerun the job with "
+                f"--overwrite to rebuild it."
+            ) from exc
+        meta.setdefault("attributes", {}).update(changes)
+        write_json_atomic(meta_path, meta, indent=2)
+        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+
+    # -- chunks ----------------------------------------------------------------------------------------
+    def chunk_keys(self, window: Window, *, array: str = "labels") -> list[str]:
+        """The stored chunk files (shard files when sharded) that ``window`` touches, relative to the store.
+
+        >>> # for a (100, 120) store with (32, 32) chunks:  store.chunk_keys(Window((0, 32), (32, 64)))
+        >>> # ['labels/c/0/1']
+        """
+        arr = self.arrays().get(array)
+        if arr is None:
+            return []
+        return [f"{array}/{key}" for key in _chunk_keys_of(arr, window)]
+
+    def chunk_grid(self, array: str = "labels") -> Iterator[tuple[str, Window]]:
+        """Every stored chunk (shard) file of ``array``: ``(key relative to the store, spatial window)``."""
+        arr = self.arrays().get(array)
+        if arr is None:
+            return
+        for coords, window in _chunk_windows(arr, Window.from_shape(self.shape)):
+            yield f"{array}/{_encode_key(arr, coords)}", window
+
+    @staticmethod
+    def record_window(record: Mapping[str, Any]) -> Window | None:
+        """The window a block record covers (its ``start``/``stop``), or None when it names none."""
+        return _window_of(record)
+
+    def _block_chunk_keys(self, window: Window) -> list[str]:
+        return [key for name in self.arrays() for key in self.chunk_keys(window, array=name)]
+
+    def missing_chunk_files(self, keys: Sequence[str]) -> list[str]:
+        """Those of ``keys`` (paths relative to the store) with no file on disk; no decoding."""
+        return [key for key in keys if not (self.path / key).is_file()]
+
+    def read(self, selection: Window | Sequence[slice], *, array: str = "labels") -> np.ndarray:
+        """Read spatial ``selection`` (a window, or one slice per spatial axis, steps allowed) of an array.
+
+        Returns ``(*sel)`` for labels, ``(K, *sel)`` for probabilities. Corruption is never read as pixels:
+
+        Raises:
+            OutputError: a chunk fails its checksum or cannot be decoded, or (in a complete store written with
+                checksums) a chunk file is missing; the message names the chunk and the store.
+
+        """
+        arr = self.arrays().get(array)
+        if arr is None:
+            raise OutputError(f"output store {self.path} has no {array!r} array.")
+        slices = selection.slices if isinstance(selection, Window) else tuple(selection)
+        full = (slice(None), *slices) if array == "probabilities" else slices
+        bounds = _bounds(slices, self.shape)
+        if self.has_checksums and self.complete:
+            missing = self.missing_chunk_files(self.chunk_keys(bounds, array=array))
+            if missing:
+                raise self.corrupt_chunk_error(missing[0], "the chunk file is missing")
+        try:
+            return np.asarray(arr[full])
+        except (ValueError, RuntimeError, OSError) as exc:
+            key = self._find_bad_chunk(arr, array, bounds) or f"{array} chunk in {bounds}"
+            raise self.corrupt_chunk_error(key, str(exc)) from exc
+
+    def _find_bad_chunk(self, arr: zarr.Array, name: str, bounds: Window) -> str | None:
+        for coords, window in _chunk_windows(arr, bounds):
+            sel = (slice(None), *window.slices) if name == "probabilities" else window.slices
+            try:
+                arr[sel]
+            except (ValueError, RuntimeError, OSError):
+                return f"{name}/{_encode_key(arr, coords)}"
+        return None
+
+    def corrupt_chunk_error(self, key: str, reason: str) -> OutputError:
+        """The OutputError for an unreadable chunk ``key`` (relative to the store), with the fix."""
+        reason = " ".join(reason.split())
+        return OutputError(
+            f"chunk {key} of output store {self.path} is corrupt or missing ({reason}); its pixels cannot be "
+            f"trusted. Run `tiler verify {self.path}` to list every bad chunk, then rerun the job to recompute them."
+        )
+
     # -- writing ---------------------------------------------------------------------------------------
     def check_aligned(self, window: Window) -> None:
         """Raise OutputError unless ``window`` covers whole write units (chunks, or shards when sharded)."""
@@ -302,11 +455,18 @@ class OutputStore:
     def write_block(
         self, window: Window, labels: np.ndarray, probabilities: np.ndarray | None = None
     ) -> None:
-        """Overwrite exactly ``window`` (chunk-aligned) with labels (*window.shape), probs (K, ...)."""
+        """Overwrite exactly ``window`` (chunk-aligned) with labels (*window.shape), probs (K, ...).
+
+        Every chunk of the window is stored (also one equal to the fill value), and the labels' digest is kept
+        for :meth:`record_block` of the same window.
+        """
         self.check_aligned(window)
         if tuple(labels.shape) != window.shape:
             raise OutputError(f"labels of shape {labels.shape} do not match block {window} of {self.path}.")
-        self.labels[window.slices] = labels.astype(self.labels.dtype, copy=False)
+        lab = self.labels
+        data = labels.astype(lab.dtype, copy=False)
+        lab[window.slices] = data
+        self._digests[(window.start, window.stop)] = labels_digest(data, lab.dtype)
         probs = self.probabilities
         if probabilities is not None and probs is not None:
             if tuple(probabilities.shape) != (self.num_classes, *window.shape):
@@ -318,98 +478,276 @@ class OutputStore:
                 probabilities = np.clip(np.rint(probabilities * 255), 0, 255)
             probs[(slice(None), *window.slices)] = probabilities.astype(probs.dtype, copy=False)
 
+    def stored_digest(self, window: Window) -> str:
+        """The digest of the labels stored in ``window``, read slab by slab (bounded memory).
+
+        Raises:
+            OutputError: a chunk of the window is corrupt (see :meth:`read`).
+
+        """
+        dtype = np.dtype(self.labels.dtype).newbyteorder("<")
+        crc = 0
+        step = self.write_unit[0]
+        for a in range(window.start[0], window.stop[0], step):
+            b = min(a + step, window.stop[0])
+            slab = Window((a, *window.start[1:]), (b, *window.stop[1:]))
+            crc = zlib.crc32(np.ascontiguousarray(self.read(slab), dtype=dtype).tobytes(), crc)
+        return f"crc32:{crc:08x}"
+
+    # -- block records ---------------------------------------------------------------------------------
     @property
     def _blocks_dir(self) -> Path:
         return self.path / STATE_DIR / "blocks"
 
-    def record_block(self, key: str, record: Mapping[str, Any]) -> None:
-        """Record a finished block (one JSON file per block, atomic; safe from many processes)."""
-        self._blocks_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(self._blocks_dir / f"{_safe_key(key)}.json", {"key": key, **dict(record)})
+    @property
+    def _exports_dir(self) -> Path:
+        return self.path / STATE_DIR / "exports"
+
+    def record_block(
+        self,
+        key: str,
+        record: Mapping[str, Any],
+        window: Window | None = None,
+        *,
+        labels: np.ndarray | None = None,
+    ) -> None:
+        """Record a finished block (one JSON file per block, atomic; safe from many processes).
+
+        With a ``window`` (or ``start``/``stop`` in ``record``) the record also keeps ``chunks``, the chunk files
+        the block wrote (paths relative to the store, e.g. ``labels/c/0/1``), and ``labels_digest`` (see
+        :func:`labels_digest`) of ``labels``, of this process's last :meth:`write_block` of that window, or else
+        of the labels read back from the store.
+        """
+        payload = {"key": key, **dict(record)}
+        window = window if window is not None else _window_of(record)
+        if window is not None:
+            payload.setdefault("start", list(window.start))
+            payload.setdefault("stop", list(window.stop))
+            payload["chunks"] = self._block_chunk_keys(window)
+            cached = self._digests.pop((window.start, window.stop), None)
+            if labels is not None:
+                payload["labels_digest"] = labels_digest(labels, self.labels.dtype)
+            else:
+                payload["labels_digest"] = cached or self.stored_digest(window)
+        try:
+            self._blocks_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise output_error(self._blocks_dir, exc, what="record blocks in") from exc
+        write_json_atomic(self._blocks_dir / f"{_safe_key(key)}.json", payload)
 
     def block_records(self) -> dict[str, dict[str, Any]]:
-        """Every recorded block, by key."""
-        out: dict[str, dict[str, Any]] = {}
-        if not self._blocks_dir.exists():
+        """Every readable block record, by key.
+
+        A record file that is truncated or not a JSON object is skipped with a :class:`StoreWarning` naming the
+        file: that block counts as not done, so a rerun recomputes it.
+        """
+        return {str(rec.pop("key")): rec for rec in self._read_records(self._blocks_dir, "block")}
+
+    def _read_records(self, folder: Path, kind: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if not folder.is_dir():
             return out
-        for file in sorted(self._blocks_dir.glob("*.json")):
-            with open(file) as f:
-                rec = json.load(f)
-            out[str(rec.pop("key", file.stem))] = rec
+        for file in sorted(folder.glob("*.json")):
+            try:
+                rec = _read_json(file)
+                if not isinstance(rec, dict):
+                    raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+            except (OSError, ValueError) as exc:
+                message = (
+                    f"{kind} record {file} is unreadable ({exc}); that {kind} counts as not done and a rerun "
+                    f"redoes it."
+                )
+                warnings.warn(StoreWarning(message, file), stacklevel=3)
+                continue
+            rec.setdefault("key", file.stem)
+            out.append(rec)
         return out
 
+    def missing_chunks(self, record: Mapping[str, Any]) -> list[str]:
+        """The chunk files a block record lists (or its window implies) that are not on disk; no decoding."""
+        keys = record.get("chunks")
+        if not isinstance(keys, list):
+            window = _window_of(record)
+            keys = self._block_chunk_keys(window) if window is not None else []
+        return self.missing_chunk_files([str(k) for k in keys])
+
+    def check_blocks(self) -> list[str]:
+        """Keys of recorded blocks with a chunk file missing: a cheap check (one stat per chunk, no decoding).
+
+        Pass them to :meth:`invalidate_blocks` so a rerun recomputes them.
+        """
+        return sorted(key for key, rec in self.block_records().items() if self.missing_chunks(rec))
+
+    def invalidate_blocks(self, keys: Sequence[str]) -> int:
+        """Forget blocks so a rerun (``tiler run`` with the same config) recomputes them.
+
+        Deletes their records and every export record (the exports were made from the old pixels) and clears
+        ``complete``. Returns the number of records deleted.
+        """
+        keys = list(keys)
+        if not keys:
+            return 0
+        removed = 0
+        for key in keys:
+            file = self._blocks_dir / f"{_safe_key(key)}.json"
+            if file.exists():
+                file.unlink()
+                removed += 1
+        for file in self._exports_dir.glob("*.json") if self._exports_dir.is_dir() else []:
+            file.unlink(missing_ok=True)
+        if self.complete:
+            self._update_attrs({"complete": False})
+        return removed
+
+    # -- exports and completion ------------------------------------------------------------------------
+    def record_export(self, name: str, path: str | os.PathLike[str]) -> None:
+        """Record that export ``name`` is in place at ``path`` (atomic JSON under ``.tiler/exports/``)."""
+        try:
+            self._exports_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise output_error(self._exports_dir, exc, what="record exports in") from exc
+        payload = {"key": name, "path": str(Path(path).resolve()), "time": time.time()}
+        write_json_atomic(self._exports_dir / f"{_safe_key(name)}.json", payload)
+
+    def export_records(self) -> dict[str, dict[str, Any]]:
+        """Every readable export record, by export name (unreadable ones are skipped with a StoreWarning)."""
+        return {str(rec.pop("key")): rec for rec in self._read_records(self._exports_dir, "export")}
+
+    def exports_done(self) -> dict[str, str]:
+        """Recorded exports whose file is still in place: name -> absolute path."""
+        return {
+            name: rec["path"]
+            for name, rec in self.export_records().items()
+            if isinstance(rec.get("path"), str) and os.path.lexists(rec["path"])
+        }
+
     def mark_complete(self, summary: Mapping[str, Any]) -> None:
-        """Write the summary and set ``complete``; call last, after every block is recorded."""
-        self.group.attrs.update({"summary": dict(summary), "complete": True})
+        """Write the summary and set ``complete`` in one atomic rewrite of zarr.json; call last.
+
+        Raises:
+            OutputError: a recorded block's chunk file is missing (the store would claim pixels it lacks).
+
+        """
+        broken = self.check_blocks()
+        if broken:
+            raise OutputError(
+                f"output store {self.path} cannot be marked complete: {len(broken)} recorded block(s) have chunk "
+                f"files missing (first: {broken[0]}). Rerun the job to recompute them."
+            )
+        self._update_attrs({"summary": dict(summary), "complete": True})
 
     # -- job lock --------------------------------------------------------------------------------------
     @property
     def lock_path(self) -> Path:
-        """The lock file."""
-        return self.path / STATE_DIR / "lock"
-
-    @staticmethod
-    def _read_lock(lock: Path) -> dict[str, Any] | None:
-        try:
-            with open(lock) as f:
-                return dict(json.load(f))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {"owner": "unknown", "pid": -1, "host": "unknown"}
-
-    @classmethod
-    def _check_not_locked(cls, path: Path) -> None:
-        held = cls._read_lock(path / STATE_DIR / "lock")
-        if held and not cls._stale(held):
-            raise OutputError(
-                f"output {path} is being written by job {held.get('owner')} (pid {held.get('pid')} on "
-                f"{held.get('host')}); wait for it to finish or use another output."
-            )
-
-    @staticmethod
-    def _stale(held: Mapping[str, Any]) -> bool:
-        return held.get("host") == socket.gethostname() and not pid_alive(int(held.get("pid", -1)))
+        """The lock file, beside the store: ``<parent>/.<name>.lock``."""
+        return lock_path_for(self.path)
 
     def acquire_lock(self, owner: str) -> None:
-        """Take the job lock, or raise OutputError naming the job holding it (stale locks are taken over)."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
-        for _ in range(3):
-            try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                held = self._read_lock(self.lock_path)
-                if held is None:
-                    continue
-                if held.get("owner") == owner and held.get("pid") == os.getpid():
-                    return
-                if self._stale(held):
-                    self.lock_path.unlink(missing_ok=True)
-                    continue
-                raise OutputError(
-                    f"output {self.path} is being written by job {held.get('owner')} "
-                    f"(pid {held.get('pid')} on "
-                    f"{held.get('host')}); wait for it to finish or use another output."
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f)
-            return
-        raise OutputError(
-            f"could not take the lock {self.lock_path}; another job keeps taking it. Retry later."
-        )
+        """Take the job lock (see :func:`acquire_store_lock`); re-entrant, stale locks are taken over."""
+        acquire_store_lock(self.path, owner)
 
     def release_lock(self) -> None:
-        """Drop the job lock if this process holds it."""
-        held = self._read_lock(self.lock_path)
-        if held is not None and held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
-            self.lock_path.unlink(missing_ok=True)
+        """Drop this process's hold of the job lock (see :func:`release_store_lock`)."""
+        release_store_lock(self.path)
 
     def __repr__(self) -> str:
         return (
             f"OutputStore({str(self.path)!r}, shape={self.shape}, chunks={self.chunks}, "
             f"complete={self.complete})"
         )
+
+
+def _build_group(
+    root: Path,
+    meta: Mapping[str, Any],
+    *,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    shards: Sequence[int] | None,
+    dtype: np.dtype,
+    nodata_label: int,
+    num_classes: int,
+    probabilities: str | None,
+) -> None:
+    """Write a whole store into the empty folder ``root``: group with every attribute, arrays, state folders."""
+    group = zarr.open_group(str(root), mode="w", zarr_format=3, attributes=dict(meta))
+    group.create_array(
+        "labels",
+        shape=shape,
+        chunks=chunks,
+        shards=tuple(shards) if shards else None,
+        dtype=dtype,
+        fill_value=nodata_label,
+        compressors=_codecs(),
+        dimension_names=_dim_names(len(shape)),
+        config=_ARRAY_CONFIG,
+    )
+    if probabilities is not None:
+        group.create_array(
+            "probabilities",
+            shape=(num_classes, *shape),
+            chunks=(num_classes, *chunks),
+            shards=(num_classes, *shards) if shards else None,
+            dtype=PROBABILITY_DTYPES[probabilities],
+            fill_value=0,
+            compressors=_codecs(),
+            dimension_names=("c", *_dim_names(len(shape))),
+            config=_ARRAY_CONFIG,
+        )
+    for sub in ("blocks", "exports"):
+        (root / STATE_DIR / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _window_of(record: Mapping[str, Any]) -> Window | None:
+    start, stop = record.get("start"), record.get("stop")
+    if not isinstance(start, list | tuple) or not isinstance(stop, list | tuple):
+        return None
+    try:
+        return Window(tuple(int(a) for a in start), tuple(int(b) for b in stop))
+    except (TypeError, ValueError):
+        return None
+
+
+def _bounds(slices: Sequence[slice], shape: Sequence[int]) -> Window:
+    """The box ``slices`` (steps allowed) reads from an array of spatial ``shape``."""
+    starts, stops = [], []
+    for s, n in zip(slices, shape, strict=True):
+        a, b, _ = s.indices(n)
+        starts.append(a)
+        stops.append(max(b, a + 1))
+    return Window(tuple(starts), tuple(stops))
+
+
+def _stored_unit(arr: zarr.Array) -> tuple[int, ...]:
+    """The shape of one stored file of ``arr``: the shard when sharded, else the chunk."""
+    shards = getattr(arr, "shards", None)
+    return tuple(shards) if shards else tuple(arr.chunks)
+
+
+def _encode_key(arr: zarr.Array, coords: Sequence[int]) -> str:
+    encoding = getattr(arr.metadata, "chunk_key_encoding")  # noqa: B009 (v3 metadata only)
+    return str(encoding.encode_chunk_key(tuple(coords)))
+
+
+def _chunk_windows(arr: zarr.Array, bounds: Window) -> Iterator[tuple[tuple[int, ...], Window]]:
+    """``(grid coords, spatial window)`` of every stored file of ``arr`` that spatial ``bounds`` touches."""
+    import itertools
+
+    unit = _stored_unit(arr)
+    spatial_unit = unit[-bounds.ndim :]
+    lead = (0,) * (len(unit) - bounds.ndim)
+    shape = tuple(arr.shape)[-bounds.ndim :]
+    ranges = [
+        range(a // u, -(-b // u)) for a, b, u in zip(bounds.start, bounds.stop, spatial_unit, strict=True)
+    ]
+    for idx in itertools.product(*ranges):
+        start = tuple(i * u for i, u in zip(idx, spatial_unit, strict=True))
+        stop = tuple(min(a + u, n) for a, u, n in zip(start, spatial_unit, shape, strict=True))
+        yield (*lead, *idx), Window(start, stop)
+
+
+def _chunk_keys_of(arr: zarr.Array, window: Window) -> list[str]:
+    return [_encode_key(arr, coords) for coords, _ in _chunk_windows(arr, window)]
 
 
 def _dim_names(ndim: int) -> tuple[str, ...]:

@@ -1,0 +1,247 @@
+"""Verifying an output store end to end: every chunk decoded, every block record checked, ``complete`` honest.
+
+:func:`verify_store` reads every stored chunk (shard) of every array one at a time (memory bounded by one
+chunk), so a checksum failure, a truncated file or a missing chunk is found and named together with the block
+that wrote it. Bad blocks are listed in :attr:`VerifyReport.bad_blocks`; hand them to
+:meth:`OutputStore.invalidate_blocks <tiler.io.store.OutputStore.invalidate_blocks>` and rerun the job with the
+same config to recompute exactly those blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tiler.errors import OutputError
+from tiler.io.atomic import TMP_PREFIX
+from tiler.io.store import OutputStore, StoreWarning
+
+__all__ = ["Problem", "VerifyReport", "verify_store"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a store.
+
+    Attributes:
+        kind: ``missing-chunk``, ``corrupt-chunk``, ``bad-record``, ``digest-mismatch``, ``incomplete-complete``
+            or ``missing-export``.
+        where: The chunk (``labels/c/0/1``), record file or export it concerns, relative to the store when inside it.
+        block: Key of the block that owns it, when known.
+        detail: What was found.
+    """
+
+    kind: str
+    where: str
+    block: str | None
+    detail: str
+
+    def line(self) -> str:
+        """One line for a terminal."""
+        owner = f" (block {self.block})" if self.block else ""
+        return " ".join(f"{self.kind}: {self.where}{owner}: {self.detail}".split())
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_store` found.
+
+    Attributes:
+        store: The store path.
+        complete: The store's ``complete`` flag.
+        chunks_checked: Stored chunk files decoded.
+        blocks_checked: Block records read.
+        problems: Everything wrong, one entry per chunk, record or export.
+        notes: Facts that are not problems (not yet complete, leftover temporary files).
+    """
+
+    store: str
+    complete: bool
+    chunks_checked: int = 0
+    blocks_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether no problem was found."""
+        return not self.problems
+
+    @property
+    def bad_blocks(self) -> list[str]:
+        """Keys of the blocks to recompute (pass them to ``OutputStore.invalidate_blocks``)."""
+        return sorted({p.block for p in self.problems if p.block})
+
+    def lines(self) -> list[str]:
+        """One line per problem, then a summary line."""
+        out = [p.line() for p in self.problems]
+        if self.problems:
+            blocks = self.bad_blocks
+            out.append(
+                f"{self.store}: {len(self.problems)} problem(s), {len(blocks)} block(s) to recompute"
+                f"{' (' + ', '.join(blocks[:10]) + (', ...' if len(blocks) > 10 else '') + ')' if blocks else ''}; "
+                f"invalidate them and rerun `tiler run` with the same config to recompute them."
+            )
+        else:
+            out.append(
+                f"{self.store}: ok ({self.chunks_checked} chunks, {self.blocks_checked} block records checked"
+                f"{', complete' if self.complete else ', not complete'})."
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form."""
+        return {
+            "store": self.store,
+            "ok": self.ok,
+            "complete": self.complete,
+            "chunks_checked": self.chunks_checked,
+            "blocks_checked": self.blocks_checked,
+            "bad_blocks": self.bad_blocks,
+            "problems": [p.__dict__ for p in self.problems],
+            "notes": list(self.notes),
+        }
+
+
+def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
+    """Check every chunk, block record and the ``complete`` flag of the store at ``path``.
+
+    Raises:
+        OutputError: ``path`` is not a tiler store (:meth:`OutputStore.is_tiler_store`).
+
+    """
+    path = Path(path)
+    if not OutputStore.is_tiler_store(path):
+        raise OutputError(
+            f"{path} is not a tiler output store (no tiler metadata in its zarr.json); give the store folder a "
+            f"job wrote (its `output.store`)."
+        )
+    store = OutputStore.open(path, mode="r")
+    report = VerifyReport(store=str(path), complete=store.complete)
+    records = _read_records(store, report)
+    owner = _chunk_owners(store, records)
+    for name in store.arrays():
+        _check_chunks(store, name, owner, report)
+    _check_digests(store, records, report)
+    _check_complete(store, records, report)
+    _note_leftovers(store, report)
+    return report
+
+
+def _read_records(store: OutputStore, report: VerifyReport) -> dict[str, dict[str, Any]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreWarning)
+        records = store.block_records()
+    _add_bad_records(store, caught, report)
+    report.blocks_checked = len(records)
+    return records
+
+
+def _add_bad_records(
+    store: OutputStore, caught: list[warnings.WarningMessage], report: VerifyReport, *, blocks: bool = True
+) -> None:
+    """A problem per unreadable record; a block record's file name is its block key (made file-safe)."""
+    for w in caught:
+        if isinstance(w.message, StoreWarning):
+            where = str(w.message.path.relative_to(store.path))
+            block = w.message.path.stem if blocks else None
+            report.problems.append(Problem("bad-record", where, block, str(w.message)))
+
+
+def _chunk_owners(store: OutputStore, records: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    owner: dict[str, str] = {}
+    for key, rec in records.items():
+        chunks = rec.get("chunks")
+        if not isinstance(chunks, list):
+            window = store.record_window(rec)
+            chunks = [c for n in store.arrays() for c in store.chunk_keys(window, array=n)] if window else []
+        for chunk in chunks:
+            owner[str(chunk)] = key
+    return owner
+
+
+def _check_chunks(store: OutputStore, name: str, owner: Mapping[str, str], report: VerifyReport) -> None:
+    """Stat and decode every stored chunk of array ``name``, one at a time."""
+    pending = 0
+    arr = store.arrays()[name]
+    for key, window in store.chunk_grid(name):
+        block = owner.get(key)
+        if not (store.path / key).is_file():
+            if block is not None or (store.complete and store.has_checksums):
+                why = "recorded as written by its block" if block else "the store is marked complete"
+                report.problems.append(Problem("missing-chunk", key, block, f"the chunk file is missing ({why})"))
+            else:
+                pending += 1
+            continue
+        sel = (slice(None), *window.slices) if name == "probabilities" else window.slices
+        try:
+            arr[sel]
+        except (ValueError, RuntimeError, OSError) as exc:
+            report.problems.append(Problem("corrupt-chunk", key, block, f"cannot be decoded: {exc}"))
+        report.chunks_checked += 1
+    if pending:
+        report.notes.append(f"{pending} {name} chunk(s) not written yet (no block record covers them).")
+
+
+def _check_digests(store: OutputStore, records: Mapping[str, Mapping[str, Any]], report: VerifyReport) -> None:
+    """Compare each record's labels digest with the labels stored in its window (blocks already bad are skipped)."""
+    bad = set(report.bad_blocks)
+    for key, rec in records.items():
+        digest, window = rec.get("labels_digest"), store.record_window(rec)
+        if key in bad or not digest or window is None:
+            continue
+        try:
+            stored = store.stored_digest(window)
+        except OutputError as exc:
+            report.problems.append(Problem("corrupt-chunk", f"labels in {window}", key, str(exc)))
+            continue
+        if stored != digest:
+            report.problems.append(
+                Problem(
+                    "digest-mismatch",
+                    f"labels in start={window.start} stop={window.stop}",
+                    key,
+                    f"the stored labels hash to {stored}, the block recorded {digest}",
+                )
+            )
+
+
+def _check_complete(store: OutputStore, records: Mapping[str, Mapping[str, Any]], report: VerifyReport) -> None:
+    if not store.complete:
+        report.notes.append(
+            f"not complete: {len(records)} block record(s); rerun `tiler run` with the same config to finish."
+        )
+        return
+    summary = store.attrs.get("summary") or {}
+    total = summary.get("blocks_total") if isinstance(summary, dict) else None
+    if isinstance(total, int) and total != len(records):
+        report.problems.append(
+            Problem(
+                "incomplete-complete",
+                "zarr.json",
+                None,
+                f"marked complete with {total} blocks but {len(records)} block record(s) are readable",
+            )
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreWarning)
+        exports = store.export_records()
+    _add_bad_records(store, caught, report, blocks=False)
+    for name, rec in sorted(exports.items()):
+        where = str(rec.get("path"))
+        if not os.path.lexists(where):
+            detail = f"export {name!r} is recorded as done; its file is gone"
+            report.problems.append(Problem("missing-export", where, None, detail))
+
+
+def _note_leftovers(store: OutputStore, report: VerifyReport) -> None:
+    leftovers = [p for p in store.path.rglob("*") if p.name.endswith(".partial") or p.name.startswith(TMP_PREFIX)]
+    if leftovers:
+        report.notes.append(
+            f"{len(leftovers)} leftover temporary file(s) from an interrupted write (first: "
+            f"{leftovers[0].relative_to(store.path)}); they are ignored."
+        )
