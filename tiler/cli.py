@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -127,8 +128,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Kubernetes, systemd, ``ray job stop``): handled like Ctrl-C, with exit code 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this (main) thread, so locks are released and the run stops cleanly."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def stopped_code(command: str, exc: KeyboardInterrupt) -> int:
+    """Print the one-line message of a stopped run; return 143 for SIGTERM, 130 for Ctrl-C."""
+    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    print(f"tiler {command}: {how}; finished blocks are kept, rerun the same command to resume.", file=sys.stderr)
+    return 143 if isinstance(exc, Terminated) else 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 success, 1 job failure, 2 usage error)."""
+    """Run the CLI; returns the exit code (0 success, 1 job failure, 2 usage error, 130/143 stopped)."""
+    handle_sigterm()
     args = build_parser().parse_args(argv)
     for name in ("quiet", "json_logs"):
         if not hasattr(args, name):
@@ -141,9 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"event": "error", "type": type(exc).__name__, "message": str(exc)}))
         print(f"tiler {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"tiler {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return stopped_code(args.command, exc)
 
 
 if __name__ == "__main__":

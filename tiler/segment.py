@@ -271,22 +271,32 @@ def output_paths(store: str) -> dict[str, Path]:
 
 
 def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
+    """Write every configured export (and the quicklook) beside the store, each recorded in the store when in place.
+
+    An export already recorded by an earlier run of this store (and still on disk) is not written again.
+    """
     from tiler.io.export import export_cog, export_nifti, export_ome_zarr, write_quicklook
     from tiler.io.store import OutputStore
 
-    store = OutputStore.open(plan.store_path, mode="r")
+    store = OutputStore.open(plan.store_path)
+    recorded = store.exports_done()
+    writers = {"cog": export_cog, "nifti": export_nifti, "ome-zarr": export_ome_zarr}
     done: dict[str, str] = {}
     for name in cfg.output.exports:
-        if name == "cog":
-            done[name] = str(export_cog(store, paths["cog"]))
-        elif name == "nifti":
-            done[name] = str(export_nifti(store, paths["nifti"]))
-        elif name == "ome-zarr":
-            done[name] = str(export_ome_zarr(store, paths["ome-zarr"]))
+        if name not in writers:
+            continue
+        if recorded.get(name) == str(paths[name]):
+            done[name] = recorded[name]
+            continue
+        done[name] = str(writers[name](store, paths[name]))
+        store.record_export(name, done[name])
     reader = plan.input.open()
-    overlay = reader if len(reader.shape) == 2 else None
-    done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=overlay))
-    reader.close()
+    try:
+        overlay = reader if len(reader.shape) == 2 else None
+        done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=overlay))
+    finally:
+        reader.close()
+    store.record_export("quicklook", done["quicklook"])
     return done
 
 
@@ -318,7 +328,9 @@ def _score(cfg: JobConfig, plan: Plan, result: JobResult, paths: dict[str, Path]
 def _report(cfg: JobConfig, result: SegmentResult, paths: dict[str, Path]) -> None:
     payload = {"config_hash": config_hash(cfg), "store": result.store, "outputs": result.outputs,
                "summary": result.summary, "scores": result.scores}
-    paths["report_json"].write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    from tiler.io.atomic import write_bytes_atomic
+
+    write_bytes_atomic(paths["report_json"], (json.dumps(payload, indent=2, default=str) + "\n").encode())
     lines = [f"# tiler report: {Path(cfg.input.path).name}", "", f"- input: `{cfg.input.path}`",
              f"- output store: `{result.store}`", f"- config hash: `{payload['config_hash']}`", ""]
     s = result.summary
@@ -334,7 +346,7 @@ def _report(cfg: JobConfig, result: SegmentResult, paths: dict[str, Path]) -> No
             lines.append(f"| {name} | {fmt(iou)} | {fmt(dice)} |")
         lines.append("")
     lines += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in result.outputs.items()]
-    paths["report_md"].write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(paths["report_md"], ("\n".join(lines) + "\n").encode())
 
 
 class SegmentJob:

@@ -29,12 +29,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run an archive from parsed arguments; return 0 (nothing failed), 1 (some failed) or 2 (bad setup)."""
+    from tiler.cli import stopped_code
+
     try:
         archive = load_archive(args.config, args.overrides)
         report = run_archive(archive, engine=args.engine, quiet=bool(getattr(args, "quiet", False)))
     except TilerError as exc:
         print(f"tiler archive: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        return stopped_code("archive", exc)
     c = report.counts
     print(
         f"{c['done']} done, {c['skipped']} skipped, {c['failed']} failed of {c['total']} inputs; "
@@ -58,6 +62,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m pipelines.archive``."""
+    from tiler.cli import handle_sigterm
+
+    handle_sigterm()
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.archive",
         description="Segment every input of an archive, skipping those already done (SQLite ledger).",

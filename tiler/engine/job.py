@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,22 +87,33 @@ class StoreJob:
         self.attrs = attrs
         self.overwrite = overwrite
         self.store: Any = None
+        self.locked = False
         self.blocks_run = 0
         self.t0 = 0.0
 
     def open(self) -> Work:
         """Create or resume the store under the job lock; return the blocks without a record."""
-        from tiler.io.store import OutputStore
+        from tiler.io.store import OutputStore, acquire_store_lock
 
         plan = self.plan
         plan.partition.check_aligned(self.chunks)
         self.t0 = time.perf_counter()
+        # the lock comes first: nobody else can create, replace or resume the store between check and create
+        acquire_store_lock(plan.store_path, f"tiler job pid {os.getpid()} on {socket.gethostname()}")
+        self.locked = True
         self.store = OutputStore.create(
             plan.store_path, shape=plan.grid.shape, num_classes=plan.num_classes, chunks=self.chunks,
             nodata_label=plan.nodata_label, probabilities=plan.probabilities, attrs=self.attrs,
             config_hash=self.config_hash, overwrite=self.overwrite,
         )
-        self.store.acquire_lock(f"tiler job pid {os.getpid()} on {socket.gethostname()}")
+        broken = self.store.check_blocks()  # recorded blocks whose chunks are gone: recomputed, never trusted
+        if broken:
+            warnings.warn(
+                f"{plan.store_path}: {len(broken)} recorded block(s) lost chunk files (first: {broken[0]}); "
+                "they are computed again",
+                stacklevel=2,
+            )
+            self.store.invalidate_blocks(broken)
         done = self.store.block_records()
         positions = plan.positions()
         pending = [p for p in positions if block_key(p) not in done]
@@ -146,8 +158,11 @@ class StoreJob:
 
     def release(self) -> None:
         """Drop the job lock (if it was taken)."""
-        if self.store is not None:
-            self.store.release_lock()
+        from tiler.io.store import release_store_lock
+
+        if self.locked:
+            release_store_lock(self.plan.store_path)
+            self.locked = False
 
 
 class _PlanJob:

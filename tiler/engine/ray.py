@@ -9,8 +9,10 @@ the least busy actor with a free slot; an actor that dies is restarted by Ray an
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +87,15 @@ def connect(address: str | None = None) -> None:
     """
     if ray.is_initialized():
         return
+    keep = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        _connect(address)
+    finally:
+        if keep is not None:  # ray.init installs its own SIGTERM handler; the caller's (tiler's CLI) wins
+            signal.signal(signal.SIGTERM, keep)
+
+
+def _connect(address: str | None) -> None:
     if address is None:
         address = os.environ.get("RAY_ADDRESS") or None
     if address is None or address == "local":

@@ -68,11 +68,21 @@ def _clean(value: Any) -> Any:
 
 def write_json(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``payload`` (e.g. ``Scores.to_dict()`` plus file names) as indented JSON."""
+    from tiler.io.atomic import write_bytes_atomic
+
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n")
     except OSError as exc:
         raise OutputError(f"cannot write the score JSON {path}: {exc}; give a writable --json path.") from exc
+    write_bytes_atomic(path, (json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n").encode())
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Save a figure as PNG atomically (a temporary name beside it, then renamed)."""
+    from tiler.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def chart_paths(json_path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -105,7 +115,7 @@ def plot_confusion(scores: Scores, path: str | os.PathLike[str]) -> None:
             ax.text(j, i, f"{v:,}", ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
 
 
 def plot_per_class(scores: Scores, path: str | os.PathLike[str]) -> None:
@@ -129,4 +139,4 @@ def plot_per_class(scores: Scores, path: str | os.PathLike[str]) -> None:
     ax.set_title(f"per class  (FWIoU {scores.fwiou:.3f}, mIoU {scores.miou:.3f})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
