@@ -648,6 +648,12 @@ class JobConfig(_Section):
                     "use a label no class can take, e.g. 255",
                 )
             )
+        for name, dims, fix in (("cog", 2, "a COG holds a 2D raster: use nifti or ome-zarr for a volume"),
+                                ("nifti", 3, "a NIfTI export is for volumes: use cog or ome-zarr for a 2D image")):
+            if name in self.output.exports and ndim != dims:
+                problems.append(
+                    ("output.exports", list(self.output.exports), f"asks for {name} on a {ndim}D job", fix)
+                )
         if spec is not None and self.input.bands is not None and len(self.input.bands) != spec.in_channels:
             problems.append(
                 (

@@ -270,6 +270,52 @@ def output_paths(store: str) -> dict[str, Path]:
     }
 
 
+def _local(path: str | None) -> str | None:
+    if path is None or path.startswith("/vsi") or "://" in path:
+        return None
+    return os.path.realpath(path)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_paths(cfg: JobConfig) -> None:
+    """Refuse, before anything is written, outputs that would touch an input or a file tiler did not make.
+
+    The store and every file written beside it (exports, quicklook, reports, scores) must not be, contain or
+    lie inside the input or the truth; an existing file at one of those paths must be one this store
+    recorded writing (an earlier run of it), never a user's file.
+
+    Raises:
+        ConfigError: naming the key, the path it would overwrite and the fix.
+    """
+    from tiler.io.store import OutputStore
+
+    protected = {k: p for k, p in (("input.path", _local(cfg.input.path)), ("scoring.truth", _local(cfg.scoring.truth)))
+                 if p is not None}
+    store = cfg.output.path
+    paths = output_paths(store)
+    targets = {"output.path": store, **{f"output.exports ({name}, beside output.path)": str(path)
+                                        for name, path in paths.items()}}
+    made: set[str] = set()
+    if OutputStore.is_tiler_store(store):
+        made = {os.path.realpath(r.get("path", "")) for r in OutputStore.open(store, mode="r").export_records().values()}
+    for key, target in targets.items():
+        real = os.path.realpath(target)
+        for what, source in protected.items():
+            if _inside(real, source) or _inside(source, real):
+                raise ConfigError(
+                    f"{key}: {target} would overwrite {what} {source} (or lie inside it); fix: set output.path to "
+                    "another folder or name, e.g. --set output.path=<folder>/<name>.zarr"
+                )
+        if key != "output.path" and os.path.lexists(target) and real not in made:
+            raise ConfigError(
+                f"{key}: {target} already exists and was not written by the store {store}; tiler never replaces a "
+                "file it did not make. Fix: move that file away, or set output.path to another name"
+            )
+
+
 def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
     """Write every configured export (and the quicklook) beside the store, each recorded in the store when in place.
 
@@ -368,6 +414,7 @@ class SegmentJob:
 
     def open(self) -> Work:
         """Build the plan, create or resume the store under its lock; the blocks still to run."""
+        check_output_paths(self.cfg)
         plan, attrs = build_plan(self.cfg)
         self.plan = plan
         self.store_job = StoreJob(
@@ -390,6 +437,9 @@ class SegmentJob:
         result.outputs["report_json"] = str(paths["report_json"])
         result.outputs["report_md"] = str(paths["report_md"])
         _report(cfg, result, paths)
+        for name in ("scores_json", "report_json", "report_md"):
+            if name in result.outputs:
+                self.store_job.store.record_export(name, result.outputs[name])
         self.store_job.complete(result.summary)
         return result
 
