@@ -62,6 +62,7 @@ __all__ = [
     "ModelConfig",
     "ModelSpecConfig",
     "NormalizationConfig",
+    "OnnxConfig",
     "OutputConfig",
     "ScoringConfig",
     "TilingConfig",
@@ -259,10 +260,18 @@ class InputConfig(_Section):
 # model
 
 
+# The monai.networks.nets classes tiler builds (tiler.model.spec.ARCHITECTURES; a test keeps the two equal).
+MonaiArchitecture = Literal[
+    "AHNet", "AttentionUnet", "BasicUNet", "BasicUNetPlusPlus", "DynUNet", "FlexibleUNet", "HighResNet", "MedNeXt",
+    "SegResNet", "SegResNetDS", "SwinUNETR", "UNETR", "UNet", "VNet",
+]  # fmt: skip
+Channel = Annotated[int, Strict(), Field(ge=0, le=255)]
+
+
 class ModelSpecConfig(_Section):
     """The network to build when the weights file does not carry its own spec."""
 
-    architecture: Literal["UNet", "BasicUNet", "DynUNet", "SwinUNETR"]
+    architecture: MonaiArchitecture
     spatial_dims: Literal[2, 3]
     in_channels: PosInt
     out_channels: PosInt
@@ -329,14 +338,26 @@ class NormalizationConfig(_Section):
         return self
 
 
+class OnnxConfig(_Section):
+    """What an ONNX graph does not say about its tensors; unset keys come from the file's metadata, else defaults."""
+
+    input_layout: Literal["channels_first", "channels_last"] | None = None
+    class_axis: Int | None = None
+    output: Literal["logits", "probabilities"] | None = None
+    input_name: Str | None = None
+    output_name: Str | None = None
+
+
 class ModelConfig(_Section):
     """The weights, how to run them, and test-time augmentation."""
 
     weights: Str
-    format: Literal["auto", "checkpoint", "state_dict", "torchscript"] = "auto"
+    format: Literal["auto", "checkpoint", "state_dict", "monai", "torchscript", "smp", "onnx"] = "auto"
     spec: ModelSpecConfig | None = None
     normalization: NormalizationConfig | None = None
     class_names: tuple[Str, ...] | None = None
+    class_colors: tuple[tuple[Channel, Channel, Channel], ...] | None = None
+    onnx: OnnxConfig | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     batch_size: PosInt = 8
@@ -353,6 +374,37 @@ class ModelConfig(_Section):
                     None,
                     f"is required when format is {self.format!r}",
                     "add model.spec {architecture, spatial_dims, in_channels, out_channels}",
+                )
+            )
+        if self.onnx is not None and self.format not in ("auto", "onnx"):
+            problems.append(
+                (
+                    "onnx",
+                    self.onnx.model_dump(mode="json", exclude_none=True),
+                    f"does not apply to format {self.format!r}",
+                    "remove it, or set format: onnx",
+                )
+            )
+        if self.spec is not None and self.format in ("smp", "onnx"):
+            problems.append(
+                (
+                    "spec",
+                    self.spec.architecture,
+                    f"does not apply to format {self.format!r}",
+                    "remove it: the model file carries its own network",
+                )
+            )
+        if (
+            self.class_colors is not None
+            and self.class_names is not None
+            and len(self.class_colors) != len(self.class_names)
+        ):
+            problems.append(
+                (
+                    "class_colors",
+                    [list(c) for c in self.class_colors],
+                    f"has {len(self.class_colors)} colours for {len(self.class_names)} class_names",
+                    "give one [r, g, b] per class",
                 )
             )
         spec, norm = self.spec, self.normalization

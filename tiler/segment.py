@@ -27,7 +27,10 @@ from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import BlockPartition, PadMode, TileGrid
 
 READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
-MODEL_FORMATS = {"auto": "auto", "checkpoint": "project", "state_dict": "state_dict", "torchscript": "torchscript"}
+MODEL_FORMATS = {
+    "auto": "auto", "checkpoint": "project", "state_dict": "state_dict", "monai": "monai", "torchscript": "torchscript",
+    "smp": "smp", "onnx": "onnx",
+}  # fmt: skip
 
 
 @dataclass
@@ -75,6 +78,10 @@ def model_ref(cfg: JobConfig) -> ModelRef:
         load["normalization"] = {k: v for k, v in m.normalization.model_dump(mode="json").items() if v is not None}
     if m.class_names is not None:
         load["class_names"] = list(m.class_names)
+    if m.class_colors is not None:
+        load["class_colors"] = [list(c) for c in m.class_colors]
+    if m.onnx is not None:
+        load["onnx"] = m.onnx.model_dump(mode="json", exclude_none=True)
     runner = {
         "device": m.device,
         "precision": m.precision,

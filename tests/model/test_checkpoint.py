@@ -133,5 +133,5 @@ def test_wrong_number_of_class_names_is_refused(trained, tmp_path):
 
 
 def test_unknown_format_is_refused(tmp_path):
-    with pytest.raises(ModelError, match=r"format='onnx' is unknown"):
-        load_model(tmp_path / "m.onnx", format="onnx")
+    with pytest.raises(ModelError, match=r"format='keras' is unknown"):
+        load_model(tmp_path / "m.h5", format="keras")

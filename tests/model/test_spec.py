@@ -39,7 +39,7 @@ def test_spec_round_trips_through_plain_types():
     [
         pytest.param(
             {"architecture": "ResNet"},
-            r"architecture='ResNet' is unknown; choose one of \['BasicUNet'",
+            r"architecture='ResNet' is unknown; choose one of \['AHNet', 'AttentionUnet', 'BasicUNet'",
             id="arch",
         ),
         pytest.param({"spatial_dims": 4}, r"spatial_dims=4 is not supported; choose 2", id="dims"),

@@ -1,13 +1,16 @@
 """Checkpoints: saving and safely loading a model with its spec, normalisation and class names.
 
-Three formats are read:
+:func:`load_model` is the one entry point for every model source; the package formats (MONAI
+bundles, smp folders, ONNX files) are read by their own modules in :mod:`tiler.model.sources`.
+Three file formats are read here:
 
 * ``project``: one ``torch.save`` file ``{"format": "tiler-checkpoint", "version": 1, "spec": ...,
   "normalization": ..., "class_names": [...], "class_colors": [...], "state_dict": ...}`` holding only
   plain types and tensors;
 * ``state_dict``: a plain state dict (or ``{"state_dict": ...}``) whose spec the caller gives;
 * ``torchscript``: a ``torch.jit.save`` archive (metadata in its ``tiler.json`` extra file when saved
-  by :func:`save_torchscript`).
+  by :func:`save_torchscript`). A TorchScript file is a serialized program: loading it runs the code
+  it was compiled from, so give only TorchScript files you trust.
 
 Pickles are always loaded with ``weights_only=True``: a checkpoint never runs code when loaded.
 """
@@ -41,7 +44,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "tiler-checkpoint"
 CHECKPOINT_VERSION = 1
-FORMATS = ("auto", "project", "state_dict", "torchscript")
+FORMATS = ("auto", "project", "state_dict", "monai", "torchscript", "smp", "onnx")
 _TS_META = "tiler.json"
 
 
@@ -55,8 +58,8 @@ class LoadedModel:
         normalization: How raw pixels are normalised before the network.
         class_names: One name per output channel.
         class_colors: One RGB colour per class.
-        path: The file it came from.
-        format: ``"project"``, ``"state_dict"`` or ``"torchscript"``.
+        path: The file (or package folder) it came from.
+        format: ``"project"``, ``"state_dict"``, ``"torchscript"``, ``"bundle"``, ``"smp"`` or ``"onnx"``.
 
     """
 
@@ -307,16 +310,20 @@ def load_model(
     class_names: Sequence[str] | None = None,
     class_colors: Sequence[Sequence[int]] | None = None,
     format: str = "auto",
+    onnx: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a model from a project checkpoint, a plain state dict or a TorchScript file.
+    """Load a model from a project checkpoint, a plain state dict, a TorchScript file or a model package.
 
     Args:
-        path: The checkpoint file.
+        path: The checkpoint file, ONNX file, MONAI bundle folder or smp ``save_pretrained`` folder.
         spec: The network spec; required for a plain state dict, overrides the file's otherwise.
         normalization: Overrides the stored normalisation (default: stored, or ``none``).
         class_names: Overrides the stored class names.
         class_colors: Overrides the stored class colours.
-        format: ``"auto"`` (detect), ``"project"``, ``"state_dict"`` or ``"torchscript"``.
+        format: ``"auto"`` (detect), ``"project"``, ``"state_dict"`` / ``"monai"`` (a state dict of a
+            ``monai.networks.nets`` class, or with a folder a MONAI bundle), ``"torchscript"``, ``"smp"`` or
+            ``"onnx"``.
+        onnx: Layout of an ONNX model (:class:`tiler.model.sources.onnx.OnnxOptions` fields).
 
     Returns:
         The network (eval mode, CPU) with its spec, normalisation and class names.
@@ -329,15 +336,18 @@ def load_model(
     """
     if format not in FORMATS:
         raise ModelError(f"checkpoint format={format!r} is unknown; choose one of {list(FORMATS)}.")
+    from tiler.model.sources.detect import resolve_source
+
     p = Path(path)
-    if not p.is_file():
-        raise ReadError(f"checkpoint {p} does not exist (or is not a file); give the path of a model file.")
+    source = resolve_source(p, format)
     if isinstance(spec, Mapping):
         spec = ModelSpec.from_dict(spec)
     if isinstance(normalization, Mapping):
         normalization = Normalization.from_dict(normalization)
+    if source in ("bundle", "smp", "onnx"):
+        return _load_package(source, p, spec, normalization, class_names, class_colors, onnx)
 
-    if format == "torchscript" or (format == "auto" and _is_torchscript(p)):
+    if source == "torchscript":
         module, meta = _load_torchscript(p)
         file_spec = ModelSpec.from_dict(meta["spec"], source=f"{p} {_TS_META}") if meta.get("spec") else None
         use_spec = spec or file_spec
@@ -347,7 +357,9 @@ def load_model(
         )
         return LoadedModel(module, use_spec, norm, names, colors, p, "torchscript")
 
-    data = _safe_load(p)
+    from tiler.model.sources.files import read_state
+
+    data = read_state(p)
     if not isinstance(data, Mapping):
         raise ModelError(
             f"checkpoint {p} holds a {type(data).__name__}, not a state dict or tiler checkpoint; "
@@ -377,3 +389,33 @@ def load_model(
     network = _network_from_state(state, spec, p)
     names, colors = _names_colors(spec, class_names, class_colors)
     return LoadedModel(network, spec, normalization or Normalization(), names, colors, p, "state_dict")
+
+
+def _load_package(
+    source: str,
+    path: Path,
+    spec: ModelSpec | None,
+    normalization: Normalization | None,
+    class_names: Sequence[str] | None,
+    class_colors: Sequence[Sequence[int]] | None,
+    onnx: Mapping[str, Any] | None,
+) -> LoadedModel:
+    """Dispatch a package folder or ONNX file to its source module (imported only when used)."""
+    if source == "bundle":
+        from tiler.model.sources.bundle import load_bundle
+
+        return load_bundle(
+            path, spec=spec, normalization_override=normalization, class_names_override=class_names,
+            class_colors=class_colors,
+        )  # fmt: skip
+    if spec is not None:
+        raise ModelError(f"model {path} is {source}: it carries its own network, so a model spec does not apply.")
+    if source == "smp":
+        from tiler.model.sources.smp import load_smp
+
+        return load_smp(path, normalization=normalization, class_names=class_names, class_colors=class_colors)
+    from tiler.model.sources.onnx import load_onnx
+
+    return load_onnx(
+        path, options=onnx, normalization=normalization, class_names=class_names, class_colors=class_colors
+    )

@@ -1,4 +1,9 @@
-"""Model specs: which MONAI network, with which dimensions and arguments, stored as plain types."""
+"""Model specs: which MONAI network, with which dimensions and arguments, stored as plain types.
+
+The networks are an explicit allow-list of dense-prediction classes of ``monai.networks.nets`` (each
+takes ``spatial_dims``, ``in_channels`` and ``out_channels`` and returns ``(N, K, *S)``); a name is
+looked up in that list, never imported from a user string.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,56 @@ from monai.utils import OptionalImportError
 
 from tiler.errors import ModelError
 
-__all__ = ["ARCHITECTURES", "ModelSpec", "build_network", "default_args"]
+__all__ = ["ARCHITECTURES", "MONAI_ALIASES", "ModelSpec", "build_network", "default_args", "resolve_architecture"]
 
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
-    "UNet": nets.UNet,
+    "AHNet": nets.AHNet,
+    "AttentionUnet": nets.AttentionUnet,
     "BasicUNet": nets.BasicUNet,
+    "BasicUNetPlusPlus": nets.BasicUNetPlusPlus,
     "DynUNet": nets.DynUNet,
+    "FlexibleUNet": nets.FlexibleUNet,
+    "HighResNet": nets.HighResNet,
+    "MedNeXt": nets.MedNeXt,
+    "SegResNet": nets.SegResNet,
+    "SegResNetDS": nets.SegResNetDS,
     "SwinUNETR": nets.SwinUNETR,
+    "UNETR": nets.UNETR,
+    "UNet": nets.UNet,
+    "VNet": nets.VNet,
 }
+"""The MONAI networks tiler builds, by their canonical ``monai.networks.nets`` name."""
+
+MONAI_ALIASES: dict[str, str] = {
+    name: canonical
+    for name, obj in vars(nets).items()
+    if not name.startswith("_")
+    for canonical, cls in ARCHITECTURES.items()
+    if obj is cls
+}
+"""Every name ``monai.networks.nets`` exports for an allowed class (``Unet``, ``BasicUnet``...) → canonical name."""
+
+# Constructor arguments that would download weights: the weights always come from the model file.
+_DOWNLOADING_ARGS = ("pretrained",)
+
+
+def resolve_architecture(name: str) -> str | None:
+    """The canonical allowed name for ``name``, ``monai.networks.nets.name`` or ``monai.networks.nets.<module>.name``.
+
+    >>> resolve_architecture("monai.networks.nets.Unet")
+    'UNet'
+    >>> resolve_architecture("os.system") is None
+    True
+    """
+    prefix = "monai.networks.nets."
+    short = name[len(prefix) :] if name.startswith(prefix) else name
+    module, _, short = short.rpartition(".")
+    canonical = MONAI_ALIASES.get(short)
+    if canonical is None:
+        return None
+    if module and (not name.startswith(prefix) or ARCHITECTURES[canonical].__module__ != prefix + module):
+        return None
+    return canonical
 
 
 def default_args(architecture: str, spatial_dims: int) -> dict[str, Any]:
@@ -55,7 +102,7 @@ class ModelSpec:
 
     Attributes:
         architecture: One of :data:`ARCHITECTURES` (``"UNet"``, ``"BasicUNet"``, ``"DynUNet"``,
-            ``"SwinUNETR"``).
+            ``"SegResNet"``, ``"SwinUNETR"``...), the canonical ``monai.networks.nets`` class name.
         spatial_dims: 2 for ``(C, H, W)`` tiles, 3 for ``(C, D, H, W)`` tiles.
         in_channels: Image channels (bands) the network reads.
         out_channels: Number of classes it predicts.
@@ -148,6 +195,12 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
     """
     cls = ARCHITECTURES[spec.architecture]
     kwargs = dict(spec.args)
+    downloading = [k for k in _DOWNLOADING_ARGS if kwargs.get(k)]
+    if downloading:
+        raise ModelError(
+            f"model args {downloading[0]}={kwargs[downloading[0]]!r} would download weights for MONAI "
+            f"{spec.architecture}; tiler takes the weights from the model file only. Remove it (or set it false)."
+        )
     try:
         return cls(
             spatial_dims=spec.spatial_dims,

@@ -1,0 +1,109 @@
+"""Format detection: which model source reads a path, decided from file names and magic bytes (nothing is loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tiler.errors import ModelError, ReadError
+from tiler.model.checkpoint import _is_torchscript
+
+__all__ = ["BUNDLE_CONFIGS", "SMP_FILES", "detect_source", "resolve_source"]
+
+BUNDLE_CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
+SMP_FILES = ("config.json", "model.safetensors")
+
+
+def bundle_config(folder: Path) -> Path | None:
+    """The inference config of a MONAI bundle folder, or None."""
+    for name in BUNDLE_CONFIGS:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def is_smp_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``save_pretrained`` pair ``config.json`` + ``model.safetensors``."""
+    return all((folder / name).is_file() for name in SMP_FILES)
+
+
+def detect_source(path: Path) -> str:
+    """Name the source that reads ``path``.
+
+    Returns:
+        ``"bundle"`` (a folder with ``configs/inference.json``), ``"smp"`` (a folder with ``config.json``
+        and ``model.safetensors``), ``"onnx"`` (``*.onnx``), ``"torchscript"`` (a TorchScript archive),
+        ``"safetensors"`` (``*.safetensors``: a state dict) or ``"pickle"`` (a ``torch.save`` file: a
+        tiler checkpoint or a state dict).
+
+    Raises:
+        ReadError: Nothing exists at ``path``.
+        ModelError: A folder that is neither kind, or both.
+
+    """
+    if path.is_dir():
+        bundle, smp = bundle_config(path) is not None, is_smp_folder(path)
+        if bundle and smp:
+            raise ModelError(
+                f"model folder {path} is both a MONAI bundle ({BUNDLE_CONFIGS[0]}) and an smp folder "
+                f"({' + '.join(SMP_FILES)}); set model.format to 'monai' or 'smp'."
+            )
+        if bundle:
+            return "bundle"
+        if smp:
+            return "smp"
+        raise ModelError(
+            f"model folder {path} is neither a MONAI bundle (no {BUNDLE_CONFIGS[0]}) nor an smp save_pretrained "
+            f"folder (no {' + '.join(SMP_FILES)}); give one of those, or a model file (.pt, .onnx, .safetensors)."
+        )
+    if not path.is_file():
+        raise ReadError(
+            f"checkpoint {path} does not exist (or is not a file); give the path of a model file or folder."
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix == ".safetensors":
+        return "safetensors"
+    if _is_torchscript(path):
+        return "torchscript"
+    return "pickle"
+
+
+def resolve_source(path: Path, format: str) -> str:
+    """The source that reads ``path`` under ``model.format``: detected for ``auto``, checked otherwise.
+
+    Returns:
+        ``"bundle"``, ``"smp"``, ``"onnx"``, ``"torchscript"``, or ``"tensors"`` (a tiler checkpoint or a
+        state dict in a ``torch.save`` or safetensors file).
+
+    Raises:
+        ReadError: Nothing exists at ``path``, or a file format needs a file and got a folder.
+        ModelError: The path is not of the named format.
+
+    """
+    if not (path.is_dir() or path.is_file()):
+        raise ReadError(
+            f"checkpoint {path} does not exist (or is not a file); give the path of a model file or folder."
+        )
+    if format == "auto":
+        found = detect_source(path)
+        return "tensors" if found in ("pickle", "safetensors") else found
+    if format == "monai" and path.is_dir():
+        if bundle_config(path) is None:
+            raise ModelError(f"model.format='monai' but {path} is not a MONAI bundle (no {BUNDLE_CONFIGS[0]}).")
+        return "bundle"
+    if format == "smp" and not (path.is_dir() and is_smp_folder(path)):
+        raise ModelError(
+            f"model.format='smp' but {path} is not a folder with {' + '.join(SMP_FILES)}; give the folder "
+            "model.save_pretrained wrote, or set model.format: auto."
+        )
+    if format == "onnx" and not path.is_file():
+        raise ModelError(f"model.format='onnx' but {path} is a folder; give the ONNX file.")
+    if format in ("smp", "onnx"):
+        return format
+    if not path.is_file():
+        raise ReadError(
+            f"checkpoint {path} is a folder; model.format={format!r} reads one file. Give the file, or use "
+            "model.format: auto for a MONAI bundle or smp folder."
+        )
+    return "torchscript" if format == "torchscript" else "tensors"

@@ -1,0 +1,123 @@
+"""segmentation_models_pytorch (smp): a ``save_pretrained`` folder built from its config, weights from safetensors.
+
+``model.save_pretrained(folder)`` writes ``config.json`` (the constructor's keyword arguments plus
+``"_model_class": "Unet"``) and ``model.safetensors``. tiler reads the config as JSON, builds the class
+only when ``_model_class`` is one of smp's own architectures (checked against :data:`ARCHITECTURES`
+before smp is imported, and against ``smp.__all__`` after), forces ``encoder_weights`` to None so that
+nothing is downloaded and ``activation`` to None so that the network returns logits, then loads the
+safetensors weights strictly. A one-class (sigmoid) model becomes two classes, background and
+foreground. smp's config records no normalisation or class names: give them in the tiler config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from tiler.errors import ModelError, ReadError
+from tiler.model.checkpoint import LoadedModel
+from tiler.model.normalize import Normalization
+from tiler.model.sources.detect import SMP_FILES
+from tiler.model.sources.files import load_state, read_json, read_state
+from tiler.model.sources.outputs import TwoClassLogits, class_labels
+
+__all__ = ["ARCHITECTURES", "load_smp", "read_config"]
+
+ARCHITECTURES = (
+    "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "PAN", "UPerNet",
+    "Segformer", "DPT",
+)  # fmt: skip
+"""smp's segmentation architectures (``segmentation_models_pytorch.__all__`` minus its functions and modules)."""
+
+# Arguments tiler sets itself: weights come from the folder, probabilities from the runner's softmax.
+_FORCED: dict[str, Any] = {"encoder_weights": None, "activation": None}
+
+
+def read_config(folder: Path) -> tuple[str, dict[str, Any]]:
+    """The architecture name and constructor arguments of an smp ``config.json``.
+
+    Raises:
+        ModelError: ``_model_class`` is missing or is not one of smp's architectures.
+
+    """
+    path = folder / SMP_FILES[0]
+    data = read_json(path, what="smp config")
+    if not isinstance(data, Mapping):
+        raise ModelError(f"smp config {path} holds a {type(data).__name__}, not a mapping of arguments.")
+    name = data.get("_model_class")
+    if not isinstance(name, str):
+        raise ModelError(
+            f"smp config {path}: _model_class is {name!r}; save_pretrained writes the architecture there "
+            f"(one of {list(ARCHITECTURES)}). Re-save the model with model.save_pretrained(folder)."
+        )
+    if name not in ARCHITECTURES:
+        raise ModelError(
+            f"smp config {path}: _model_class is {name!r}, refused: tiler builds only smp's own architectures "
+            f"{list(ARCHITECTURES)}. Nothing else named in a config is built."
+        )
+    return name, {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def _import_smp() -> ModuleType:
+    try:
+        import segmentation_models_pytorch as smp
+    except Exception as err:  # noqa: BLE001 - a torchvision not built for this torch fails with RuntimeError
+        raise ModelError(
+            f"segmentation_models_pytorch could not be imported ({type(err).__name__}: {err}); install "
+            f"tiler[models] with a torchvision built for torch {torch.__version__} (the CPU build of torch needs "
+            "the CPU build of torchvision)."
+        ) from err
+    return smp
+
+
+def _build(name: str, kwargs: Mapping[str, Any], path: Path) -> torch.nn.Module:
+    smp = _import_smp()
+    cls = getattr(smp, name) if name in getattr(smp, "__all__", ()) else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ModelError(f"smp config {path}: {name!r} is not an architecture of this smp ({smp.__version__}).")
+    try:
+        return cls(**{**kwargs, **_FORCED})  # type: ignore[no-any-return]
+    except (TypeError, ValueError, KeyError) as err:
+        raise ModelError(
+            f"smp {name} refused the arguments of {path} ({type(err).__name__}: {err}); the config was written by "
+            "another smp version or edited. Re-save it with model.save_pretrained(folder)."
+        ) from err
+
+
+def load_smp(
+    folder: Path,
+    *,
+    normalization: Normalization | None = None,
+    class_names: Sequence[str] | None = None,
+    class_colors: Sequence[Sequence[int]] | None = None,
+) -> LoadedModel:
+    """Build an smp model from a ``save_pretrained`` folder and load its safetensors weights.
+
+    Args:
+        folder: The folder holding ``config.json`` and ``model.safetensors``.
+        normalization: How raw pixels are normalised (smp's config does not record it).
+        class_names: One name per class (two for a one-channel model).
+        class_colors: One RGB colour per class.
+
+    Returns:
+        The loaded model, format ``"smp"`` (no MONAI spec).
+
+    """
+    name, kwargs = read_config(folder)
+    weights = folder / SMP_FILES[1]
+    if not weights.is_file():
+        raise ReadError(f"smp folder {folder} has no {SMP_FILES[1]}; save the model with model.save_pretrained.")
+    state = read_state(weights)
+    network = _build(name, kwargs, folder / SMP_FILES[0])
+    built = f"smp {name} built from {folder / SMP_FILES[0]}"
+    network = load_state(network, state, path=weights, built=built)
+    classes = int(kwargs.get("classes", 1))
+    if classes == 1:
+        network = TwoClassLogits(network).eval()
+        classes = 2
+    names, colors = class_labels(classes, class_names, class_colors, model=built)
+    return LoadedModel(network, None, normalization or Normalization(), names, colors, folder, "smp")
