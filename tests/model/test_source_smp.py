@@ -33,11 +33,9 @@ TILE, OVERLAP = 32, 8
 
 
 def import_smp() -> ModuleType:
-    try:
-        import segmentation_models_pytorch as smp
-    except Exception as err:  # noqa: BLE001 - a torchvision built for another torch fails with RuntimeError
-        pytest.skip(f"segmentation_models_pytorch cannot be imported here ({type(err).__name__}: {err})")
-    return smp
+    from tiler.model.sources.smp import import_smp as tiler_import_smp
+
+    return tiler_import_smp()
 
 
 def save_unet(folder: Path, *, classes: int = 3, seed: int = 0, **kwargs: Any) -> torch.nn.Module:

@@ -11,6 +11,8 @@ foreground. smp's config records no normalisation or class names: give them in t
 
 from __future__ import annotations
 
+import sys
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -62,20 +64,57 @@ def read_config(folder: Path) -> tuple[str, dict[str, Any]]:
     return name, {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-def _import_smp() -> ModuleType:
+_TORCHVISION_FAKE_OPS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
+
+
+def _declare_torchvision_ops() -> None:
+    """Declare the two torchvision op schemas its import registers fake kernels for, when its C++ ops did not load.
+
+    PyPI's torchvision wheel is linked against CUDA torch; next to the CPU build of torch its ``_C`` extension
+    does not load, and ``import torchvision`` then fails registering fake kernels for ``nms``/``qnms`` ("operator
+    torchvision::nms does not exist"). Declaring the schemas lets its pure-Python parts import (smp needs them);
+    the detection ops themselves stay unavailable, and smp's segmentation models never call them.
+    """
+    if hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "nms"):
+        return
+    library = torch.library.Library("torchvision", "FRAGMENT")  # noqa: TOR901 - kept for the process lifetime
+    for schema in _TORCHVISION_FAKE_OPS:
+        library.define(schema)
+    _KEEP.append(library)
+
+
+_KEEP: list[Any] = []
+
+
+def import_smp() -> ModuleType:
+    """Import segmentation_models_pytorch (working around a torchvision whose C++ ops cannot load here).
+
+    Raises:
+        ModelError: smp is not installed or still cannot be imported.
+    """
     try:
         import segmentation_models_pytorch as smp
-    except Exception as err:  # noqa: BLE001 - a torchvision not built for this torch fails with RuntimeError
+    except RuntimeError as err:
+        if "torchvision::" not in str(err):
+            raise ModelError(f"segmentation_models_pytorch could not be imported ({err})") from err
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith(("torchvision.", "timm",
+                                                                                     "segmentation_models_pytorch"))]:
+            del sys.modules[name]
+        _declare_torchvision_ops()
+        return import_smp()
+    except Exception as err:  # noqa: BLE001 - any other import failure: not installed or broken
         raise ModelError(
             f"segmentation_models_pytorch could not be imported ({type(err).__name__}: {err}); install "
-            f"tiler[models] with a torchvision built for torch {torch.__version__} (the CPU build of torch needs "
-            "the CPU build of torchvision)."
+            f"tiler[models] (pip install -c constraints.txt 'tiler[models]')."
         ) from err
     return smp
 
 
 def _build(name: str, kwargs: Mapping[str, Any], path: Path) -> torch.nn.Module:
-    smp = _import_smp()
+    smp = import_smp()
     cls = getattr(smp, name) if name in getattr(smp, "__all__", ()) else None
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise ModelError(f"smp config {path}: {name!r} is not an architecture of this smp ({smp.__version__}).")
