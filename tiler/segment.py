@@ -277,6 +277,10 @@ def output_paths(store: str) -> dict[str, Path]:
     }
 
 
+RAY_WORKING_COPY = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
+"""Where Ray unpacks ``ray job submit --working-dir`` for a job (a temporary copy, deleted later)."""
+
+
 def _local(path: str | None) -> str | None:
     if path is None or path.startswith("/vsi") or "://" in path:
         return None
@@ -299,6 +303,19 @@ def check_output_paths(cfg: JobConfig) -> None:
     """
     from tiler.io.store import OutputStore
 
+    if RAY_WORKING_COPY in os.path.realpath(cfg.output.path):
+        raise ConfigError(
+            f"output.path: {cfg.output.path} lies inside Ray's temporary copy of `ray job submit --working-dir`, "
+            "which Ray deletes after the job (the outputs would vanish); fix: give the config as an absolute path "
+            "on storage the cluster sees (e.g. `python -m pipelines.segment $PWD/configs/x.yaml`) or set an "
+            "absolute output.path with --set output.path=/data/out/x.zarr"
+        )
+    weights = cfg.model.weights
+    if RAY_WORKING_COPY in os.path.realpath(weights) and not os.path.exists(weights):
+        raise ConfigError(
+            f"model.weights: {weights} is not in Ray's copy of --working-dir: `ray job submit` skips files that "
+            ".gitignore excludes (models/, demo-output/); fix: give an absolute path the cluster can read"
+        )
     protected = {k: p for k, p in (("input.path", _local(cfg.input.path)), ("scoring.truth", _local(cfg.scoring.truth)))
                  if p is not None}
     store = cfg.output.path
