@@ -53,6 +53,7 @@ from pydantic import (
 )
 
 from tiler.errors import ConfigError
+from tiler.labels import nodata_label_problem
 
 __all__ = [
     "EngineConfig",
@@ -639,15 +640,10 @@ class JobConfig(_Section):
                         f"use spatial axes 0..{ndim - 1} (0 = first spatial axis)",
                     )
                 )
-        if spec is not None and spec.out_channels > self.output.nodata_label:
-            problems.append(
-                (
-                    "output.nodata_label",
-                    self.output.nodata_label,
-                    f"is a class index of the model (out_channels={spec.out_channels})",
-                    "use a label no class can take, e.g. 255",
-                )
-            )
+        label_problem = nodata_label_problem(spec.out_channels, self.output.nodata_label) if spec else None
+        if label_problem is not None:
+            fix = "use a label no class can take, e.g. 255"
+            problems.append(("output.nodata_label", self.output.nodata_label, label_problem, fix))
         if spec is not None and self.input.bands is not None and len(self.input.bands) != spec.in_channels:
             problems.append(
                 (
