@@ -25,17 +25,19 @@ __all__ = ["MASK", "is_secret_key", "redact", "redacted_config_dict"]
 MASK = "***"
 
 _SECRET_KEY = re.compile(
-    r"SECRET|TOKEN|PASSWORD|PASSWD|USERPWD|CREDENTIAL|SIGNATURE|COOKIE|AUTH|HEADERS|(?:^|[_.-])KEY(?:$|[_.-])",
+    r"SECRET|TOKEN|PASSWORD|PASSWD|USERPWD|CREDENTIAL|SIGNATURE|COOKIE|AUTH|HEADERS|(?:^|[_-])KEY(?:$|[_-])",
     re.IGNORECASE,
 )
 _KEY_CHARS = r"[A-Za-z0-9_.-]"
-# KEY=value, KEY: value, 'KEY': 'value', "KEY"="value" for a credential-bearing key
+# KEY=value, KEY: value, 'KEY': 'value', "KEY"="value" for a credential-bearing key (not inside a path)
 _KEY_VALUE = re.compile(
-    rf"(?P<key>(?P<q>['\"]?)(?P<name>{_KEY_CHARS}+)(?P=q))(?P<sep>\s*[:=]\s*)"
-    r"(?P<value>'[^']*'|\"[^\"]*\"|(?:(?:bearer|basic|digest|token|aws4-hmac-sha256)\s+)?[^\s,;&'\"}\])]+)",
+    rf"(?<![\w/.:-])(?P<key>(?P<q>['\"]?)(?P<name>{_KEY_CHARS}+)(?P=q))(?P<sep>\s*[:=]\s*)"
+    r"(?P<value>'[^']*'|\"[^\"]*\"|(?:(?:bearer|basic|digest|token|negotiate|aws4-hmac-sha256)\s+)?[^\s,;&'\"}\])]*[^\s,;&'\"}\]).:])",
     re.IGNORECASE,
 )
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# a headers option holds whole header lines: everything to the end of the line (or the closing quote)
+_HEADERS_VALUE = re.compile(r"(?P<head>\b\w*HEADERS['\"]?\s*[:=]\s*['\"]?)[^\n'\"]+", re.IGNORECASE)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]+@")
 _QUERY_VALUE = re.compile(r"(?P<name>[?&;][^=&;#]*=)[^&;#]*")
 
@@ -67,6 +69,7 @@ def _redact_key_value(match: re.Match[str]) -> str:
 
 def _redact_text(text: str) -> str:
     text = _URL.sub(_redact_url, text)
+    text = _HEADERS_VALUE.sub(rf"\g<head>{MASK}", text)
     return _KEY_VALUE.sub(_redact_key_value, text)
 
 
