@@ -53,6 +53,7 @@ from pydantic import (
 )
 
 from tiler.errors import ConfigError
+from tiler.labels import nodata_label_problem
 
 __all__ = [
     "EngineConfig",
@@ -691,15 +692,10 @@ class JobConfig(_Section):
                         f"use spatial axes 0..{ndim - 1} (0 = first spatial axis)",
                     )
                 )
-        if spec is not None and spec.out_channels > self.output.nodata_label:
-            problems.append(
-                (
-                    "output.nodata_label",
-                    self.output.nodata_label,
-                    f"is a class index of the model (out_channels={spec.out_channels})",
-                    "use a label no class can take, e.g. 255",
-                )
-            )
+        label_problem = nodata_label_problem(spec.out_channels, self.output.nodata_label) if spec else None
+        if label_problem is not None:
+            fix = "use a label no class can take, e.g. 255"
+            problems.append(("output.nodata_label", self.output.nodata_label, label_problem, fix))
         for name, dims, fix in (("cog", 2, "a COG holds a 2D raster: use nifti or ome-zarr for a volume"),
                                 ("nifti", 3, "a NIfTI export is for volumes: use cog or ome-zarr for a 2D image")):
             if name in self.output.exports and ndim != dims:
@@ -864,8 +860,63 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 # loading
 
 
+MAX_YAML_NODES = 100_000
+"""Most nodes a config document may expand to, every alias counted at its full size (a job file has ~100)."""
+
+
+class _TooLarge(yaml.YAMLError):
+    """A document whose aliases expand past :data:`MAX_YAML_NODES` nodes, or refer to themselves."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes of ``root`` with every alias expanded, without expanding anything (memoised per node).
+
+    Raises:
+        _TooLarge: Past :data:`MAX_YAML_NODES`, or on an alias inside its own anchor (a recursive structure).
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise _TooLarge(f"it expands to more than {MAX_YAML_NODES} values through its aliases (*name)")
+            continue
+        if key in open_nodes:
+            raise _TooLarge("an alias (*name) refers to the anchor that contains it (a recursive structure)")
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_nodes:
+                raise _TooLarge("an alias (*name) refers to the anchor that contains it (a recursive structure)")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses a key written twice in one mapping (YAML would keep the last silently)."""
+    """A safe loader that refuses repeated keys and alias bombs.
+
+    A key written twice in one mapping is refused (YAML would keep the last silently), and so is a
+    document whose aliases expand it past :data:`MAX_YAML_NODES` nodes ("billion laughs").
+    """
+
+    def compose_document(self) -> yaml.Node | None:  # type: ignore[override]
+        node: yaml.Node | None = super().compose_document()  # type: ignore[no-untyped-call]
+        if node is not None:
+            _expanded_size(node)
+        return node
 
 
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -884,6 +935,11 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def _load_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _TooLarge as exc:
+        raise ConfigError(
+            f"{source}: refused: {exc}; fix: write the values out instead of nesting aliases "
+            "(a job file needs few, if any, anchors)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -10,9 +10,6 @@ import numpy as np
 
 from tiler.geometry import BlockPartition, PadMode, TileGrid, Window
 
-PROCESS_BASELINE = 350 * 2**20
-"""What an actor process holds before any block: Python, torch, GDAL and Ray's worker (measured ~300-400 MB)."""
-
 
 def _nodata_share(reader: Any, step: int = 2048) -> float | None:
     """Share of pixels outside the valid-data mask (None when the reader has no mask)."""
@@ -30,6 +27,8 @@ def _nodata_share(reader: Any, step: int = 2048) -> float | None:
 
 def _plan(reader: Any, config: str, overrides: Sequence[str]) -> dict[str, Any]:
     from tiler.config import load_config
+    from tiler.engine.budget import estimate_actor_memory
+    from tiler.labels import check_nodata_label
     from tiler.model import load_model
     from tiler.segment import model_ref
 
@@ -46,18 +45,12 @@ def _plan(reader: Any, config: str, overrides: Sequence[str]) -> dict[str, Any]:
     ref = model_ref(cfg)
     loaded = load_model(ref.weights, **dict(ref.load))
     classes = loaded.num_classes
+    check_nodata_label(classes, cfg.output.nodata_label, source=ref.weights)
     params = sum(p.numel() for p in loaded.network.parameters())
-    block_px = math.prod(part.block)
-    region_px = math.prod(b + t for b, t in zip(part.block, grid.tile, strict=True))
-    tile_px = math.prod(grid.tile)
-    batch = cfg.model.batch_size * (1 + len(cfg.model.tta_flips))
-    memory = (
-        (classes + 1) * block_px * 4 * 2  # accumulator, one block being filled and one being written
-        + 2 * region_px * reader.channels * reader.dtype.itemsize  # current and prefetched input region
-        + batch * tile_px * (reader.channels + classes) * 4 * 8  # batch in/out and activations (rough)
-        + params * 4
-        + PROCESS_BASELINE
-    )
+    memory = estimate_actor_memory(
+        grid.tile, part.block, channels=reader.channels, itemsize=reader.dtype.itemsize, classes=classes,
+        parameters=params, batch_size=cfg.model.batch_size, tta_passes=len(cfg.model.tta_flips), shape=reader.shape,
+    ).total
     per_block = [len(grid.positions_intersecting(w)) for w in part]
     step = tuple(t - o for t, o in zip(grid.tile, grid.overlap, strict=True))
     return {

@@ -16,6 +16,7 @@ from typing import Any
 
 from tiler.errors import ReadError
 from tiler.io.base import Georef, Reader, check_exists, check_has_data, is_remote
+from tiler.redact import redact
 
 FORMATS = ("raster", "nifti", "zarr", "tiff-slide", "openslide")
 SUPPORTED = (
@@ -64,17 +65,39 @@ def _looks_like_slide(path: str) -> bool:
         logger.setLevel(level)
 
 
+ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
+"""Files that make a folder a zarr store (v3, v2 array, v2 group), whatever its name."""
+
+
+def _zarr_store(path: str) -> str | None:
+    """The store part of ``path`` when it is zarr, else None.
+
+    A path is zarr when its last component ends in ``.zarr`` or it is a folder holding zarr metadata;
+    ``store.zarr:array`` names an array inside such a store.
+    """
+    from tiler.io.volume import _split_zarr_path
+
+    for store in dict.fromkeys((path, _split_zarr_path(path)[0])):
+        name = os.path.basename(store.rstrip("/\\")).lower()
+        if name.endswith(".zarr") or any(os.path.isfile(os.path.join(store, m)) for m in ZARR_METADATA):
+            return store
+    return None
+
+
 def detect_format(path: str) -> str:
-    """Return the reader format for ``path`` from its name (and, for local TIFFs, its tags)."""
+    """Return the reader format for ``path`` from its last component's suffix (and zarr metadata, TIFF tags).
+
+    Only the last component counts: ``survey.zarr-exports/a.tif`` is a raster, ``scan.zarr`` a zarr store.
+    """
     from tiler.io.slide import OPENSLIDE_SUFFIXES
 
-    lower = path.lower().rstrip("/")
+    lower = os.path.basename(path.rstrip("/\\")).lower()
     if is_remote(path):
         return "raster"
+    if _zarr_store(path) is not None:
+        return "zarr"
     if lower.endswith((".nii", ".nii.gz")):
         return "nifti"
-    if ".zarr" in lower:
-        return "zarr"
     if lower.endswith(OPENSLIDE_SUFFIXES):
         return "openslide"
     if lower.endswith((".ome.tif", ".ome.tiff")):
@@ -84,7 +107,7 @@ def detect_format(path: str) -> str:
     if lower.endswith(RASTER_SUFFIXES):
         return "raster"
     raise ReadError(
-        f"{path}: unsupported format {Path(lower).suffix or '(no extension)'!r}. Supported: {SUPPORTED}."
+        redact(f"{path}: unsupported format {Path(lower).suffix or '(no extension)'!r}. Supported: {SUPPORTED}.")
     )
 
 
@@ -123,15 +146,15 @@ def open_reader(
 
     text = os.fspath(path)
     if mask not in ("auto", "none"):
-        raise ReadError(f"mask={mask!r} is unknown for {text}; use 'auto' or 'none'.")
+        raise ReadError(redact(f"mask={mask!r} is unknown for {text}; use 'auto' or 'none'."))
     if format == "auto":
-        if not is_remote(text) and ".zarr" not in text:
-            check_exists(text)
+        if not is_remote(text):
+            check_exists(_zarr_store(text) or text)
         fmt = detect_format(text)
     elif format in FORMATS:
         fmt = format
     else:
-        raise ReadError(f"format={format!r} is not supported for {text}; use 'auto' or one of {FORMATS}.")
+        raise ReadError(redact(f"format={format!r} is not supported for {text}; use 'auto' or one of {FORMATS}."))
     if fmt == "raster":
         return RasterReader(text, bands=bands, mask=mask, gdal_options=gdal_options)
     if fmt == "nifti":

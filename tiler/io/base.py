@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import abc
 import itertools
+import logging
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +20,11 @@ import numpy as np
 
 from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
+from tiler.redact import redact
 
 GEOREF_KINDS = ("raster", "volume", "slide", "none")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,11 +82,89 @@ class Georef:
         return cls(**{k: attrs[k] for k in keys if attrs.get(k) is not None})
 
 
-def _fill_value(nodata: float | None, dtype: np.dtype) -> Any:
-    """Return the value written outside the image: nodata when it fits the dtype, else 0."""
-    if nodata is None or (isinstance(nodata, float) and math.isnan(nodata) and dtype.kind != "f"):
+def one_line(text: str) -> str:
+    """A message as one line with secrets redacted (library errors often span lines and quote URLs)."""
+    return redact(" ".join(text.split()))
+
+
+SUPPORTED_DTYPE_KINDS = "biuf"
+"""numpy dtype kinds a reader accepts: bool, signed and unsigned integers, real floats."""
+
+
+def fill_value(nodata: float | None, dtype: np.dtype) -> float | int:
+    """The one value every invalid pixel holds when read: the nodata value when finite and exact in ``dtype``, else 0.
+
+    Pixels outside the image (boundless reads) and non-finite pixels (NaN, ±Inf) are given this value,
+    so the network never sees a NaN and invalid pixels look the same as the file's own nodata pixels.
+
+    >>> fill_value(-9999.0, np.dtype("float32")), fill_value(float("nan"), np.dtype("float32"))
+    (-9999.0, 0)
+    >>> fill_value(-1.0, np.dtype("uint8")), fill_value(None, np.dtype("int16"))
+    (0, 0)
+    """
+    if nodata is None or not math.isfinite(nodata):
         return 0
-    return nodata
+    if dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            fits = bool(np.isfinite(np.asarray(nodata).astype(dtype)))
+        return float(nodata) if fits else 0
+    if dtype.kind in "iu" and float(nodata).is_integer():
+        info = np.iinfo(dtype)
+        return int(nodata) if info.min <= nodata <= info.max else 0
+    return int(nodata) if nodata in (0, 1) else 0
+
+
+def check_dtype(path: str, dtype: Any) -> np.dtype:
+    """Return ``dtype`` as a numpy dtype, or raise InputError when tiler cannot segment such pixels.
+
+    Complex, structured (e.g. NIfTI RGB24), string, object and date dtypes are refused: dropping the
+    imaginary part (or reading bytes as numbers) would give a result that looks right and is not.
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is not None and dt.kind in SUPPORTED_DTYPE_KINDS and dt.fields is None:
+        return dt
+    raise InputError(
+        redact(
+            f"{path} has pixels of dtype {dtype}, which tiler cannot segment (it reads real-valued integer or "
+            f"float pixels). Convert the file first, e.g. the magnitude of complex data "
+            f"(`gdal_translate -ot Float32 ...` with a VRT pixel function, or numpy.abs) or one band per channel."
+        )
+    )
+
+
+def finite_pixels(pixels: np.ndarray, fill: float | int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Replace pixels with a non-finite value in any channel by ``fill`` in every channel.
+
+    Args:
+        pixels: Array (C, *S).
+        fill: The reader's :func:`fill_value`.
+
+    Returns:
+        The pixels (in place when they own their memory) and a bool (*S) mask of the pixels that were
+        finite in every channel, or None for a non-float dtype (every pixel finite).
+
+    """
+    if pixels.dtype.kind != "f":
+        return pixels, None
+    finite = np.isfinite(pixels).all(axis=0)
+    if finite.all():
+        return pixels, finite
+    if not (pixels.flags.writeable and pixels.flags.owndata):
+        pixels = pixels.copy()
+    pixels[:, ~finite] = fill
+    return pixels, finite
+
+
+def inside_mask(window: Window, shape: Sequence[int]) -> np.ndarray:
+    """Bool (*window.shape): True where ``window`` lies inside an image of ``shape``."""
+    keep = np.zeros(window.shape, dtype=bool)
+    inside = window.clip(shape)
+    if inside is not None:
+        keep[inside.relative_to(window).slices] = True
+    return keep
 
 
 class Reader(abc.ABC):
@@ -152,8 +235,21 @@ class Reader(abc.ABC):
     def _read_inside(self, window: Window) -> np.ndarray:
         """Pixels of ``window``, which lies wholly inside the image: (C, *window.shape)."""
 
+    @property
+    def fill(self) -> float | int:
+        """The value every invalid pixel holds in what :meth:`read` returns (see :func:`fill_value`)."""
+        return fill_value(self.nodata, self.dtype)
+
+    @property
+    def name(self) -> str:
+        """The path for messages: credentials and URL query values redacted (see :mod:`tiler.redact`)."""
+        return redact(self.path)
+
     def read(self, window: Window) -> np.ndarray:
-        """Pixels of ``window``; parts outside the image are filled with nodata (or 0).
+        """Pixels of ``window``; parts outside the image and non-finite pixels hold :attr:`fill`.
+
+        A pixel with NaN or ±Inf in any channel gets :attr:`fill` in every channel (it is also invalid in
+        :meth:`valid_mask`), so what this returns is always finite.
 
         Args:
             window: Spatial window in image pixel coordinates; may reach past the image (boundless).
@@ -163,10 +259,61 @@ class Reader(abc.ABC):
 
         """
         self._check_window(window)
+        return finite_pixels(self._read_raw(window), self.fill)[0]
+
+    def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pixels and valid mask of ``window`` together (see :meth:`read` and :meth:`valid_mask`).
+
+        The window is decoded once; formats whose mask follows from the pixels take it from them.
+        """
+        self._check_window(window)
+        raw = self._read_raw(window)
+        return self._with_finite(window, raw, self._format_mask(window, raw))
+
+    def valid_mask(self, window: Window) -> np.ndarray | None:
+        """Which pixels of ``window`` hold data: the format's mask, and never a non-finite pixel.
+
+        Returns:
+            Bool array (*window.shape), True = has data, False outside the image; None when every pixel
+            inside the image is valid by construction (no format mask, and a dtype without NaN).
+            A float image always has a mask: its non-finite pixels.
+
+        """
+        self._check_window(window)
+        if self.dtype.kind == "f":
+            return self.read_masked(window)[1]
+        return self._format_mask(window, None)
+
+    def _format_mask(self, window: Window, pixels: np.ndarray | None) -> np.ndarray | None:
+        """The format's own valid mask of ``window`` (nodata, alpha, tissue, threshold), False outside.
+
+        Args:
+            window: Any window (boundless).
+            pixels: The raw pixels of ``window`` (C, *window.shape) when already read, else None.
+
+        Returns:
+            Bool (*window.shape), or None when the format has no mask.
+
+        """
+        return None
+
+    def _with_finite(
+        self, window: Window, raw: np.ndarray, valid: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Replace non-finite pixels by :attr:`fill` and take them out of ``valid``."""
+        pixels, finite = finite_pixels(raw, self.fill)
+        if finite is None:
+            return pixels, valid
+        if window.clip(self.shape) != window:
+            finite &= inside_mask(window, self.shape)
+        return pixels, finite if valid is None else valid & finite
+
+    def _read_raw(self, window: Window) -> np.ndarray:
+        """Pixels of ``window`` as stored (NaN kept); outside the image :attr:`fill`."""
         inside = window.clip(self.shape)
         if inside == window:
             return self._guarded_read(window)
-        out = np.full((self.channels, *window.shape), _fill_value(self.nodata, self.dtype), dtype=self.dtype)
+        out = np.full((self.channels, *window.shape), self.fill, dtype=self.dtype)
         if inside is not None:
             out[(slice(None), *inside.relative_to(window).slices)] = self._guarded_read(inside)
         return out
@@ -178,37 +325,29 @@ class Reader(abc.ABC):
             raise
         except Exception as exc:  # noqa: BLE001 - any library failure becomes a ReadError naming file+window
             raise ReadError(
-                f"reading window start={window.start} stop={window.stop} of {self.path} failed: {exc}. "
-                f"The file may be corrupt or truncated; check it (e.g. `gdalinfo -checksum`) or re-create it."
+                one_line(
+                    f"reading window start={window.start} stop={window.stop} of {self.name} failed: {exc}. "
+                    f"The file may be corrupt or truncated; check it (e.g. `gdalinfo -checksum`) or re-create it."
+                )
             ) from exc
 
-    def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pixels and valid mask of ``window`` together (see :meth:`read` and :meth:`valid_mask`).
+    def data_windows(self, block: int) -> Iterator[Window]:
+        """Windows of :func:`scan_windows` that may hold valid pixels (all, unless the format knows better).
 
-        Formats whose mask follows from the pixels override this to decode the window only once.
+        A sparse GeoTIFF, for one, skips windows whose blocks are all missing from the file.
         """
-        return self.read(window), self.valid_mask(window)
-
-    def valid_mask(self, window: Window) -> np.ndarray | None:
-        """Which pixels of ``window`` hold data.
-
-        Returns:
-            Bool array (*window.shape), True = has data, False outside the image; None when the reader
-            has no mask at all (every pixel inside the image is valid).
-
-        """
-        return None
+        return scan_windows(self.shape, block)
 
     def _check_window(self, window: Window) -> None:
         if window.ndim != len(self.shape):
             raise InputError(
-                f"window {window} has {window.ndim} axes but {self.path} has spatial shape {self.shape}; "
+                f"window {window} has {window.ndim} axes but {self.name} has spatial shape {self.shape}; "
                 f"give one start/stop per axis."
             )
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(path={self.path!r}, shape={self.shape}, channels={self.channels}, "
+            f"{type(self).__name__}(path={self.name!r}, shape={self.shape}, channels={self.channels}, "
             f"dtype={self.dtype}, nodata={self.nodata})"
         )
 
@@ -221,7 +360,9 @@ def is_remote(path: str) -> bool:
 def check_exists(path: str) -> None:
     """Raise ReadError unless a local ``path`` exists (remote paths are left to the library)."""
     if not is_remote(path) and not os.path.exists(path):
-        raise ReadError(f"input {path} does not exist; check the path (absolute: {os.path.abspath(path)}).")
+        raise ReadError(
+            redact(f"input {path} does not exist; check the path (absolute: {os.path.abspath(path)}).")
+        )
 
 
 def scan_windows(shape: Sequence[int], block: int) -> Iterator[Window]:
@@ -239,18 +380,31 @@ def scan_windows(shape: Sequence[int], block: int) -> Iterator[Window]:
         yield Window(start, stop)
 
 
-def check_has_data(reader: Reader, *, block: int = 2048) -> None:
+HAS_DATA_SECONDS = 30.0
+"""How long :func:`check_has_data` scans before it gives up proving an input empty (and lets the job run)."""
+
+
+def check_has_data(reader: Reader, *, block: int = 2048, max_seconds: float = HAS_DATA_SECONDS) -> None:
     """Raise InputError when every pixel of ``reader`` is nodata (nothing to segment).
 
-    Scans the valid mask window by window and stops at the first valid pixel.
+    Scans the valid mask of :meth:`Reader.data_windows` (a sparse GeoTIFF's missing blocks are never read)
+    and stops at the first valid pixel. A scan that has found nothing after ``max_seconds`` stops too,
+    with a warning, and the job goes on: its empty tiles are skipped anyway.
     """
-    for window in scan_windows(reader.shape, block):
+    deadline = time.monotonic() + max_seconds
+    for window in reader.data_windows(block):
         mask = reader.valid_mask(window)
         if mask is None or bool(mask.any()):
             return
+        if time.monotonic() > deadline:
+            logger.warning(
+                "%s: no valid pixel in the first %.0f s of scanning (up to window %s of shape %s); "
+                "going on without proving the input empty.",
+                reader.name, max_seconds, window, reader.shape,
+            )
+            return
     value = "masked" if reader.nodata is None else f"value {reader.nodata:g}"
     raise InputError(
-        f"every pixel is nodata ({value}) in {reader.path} (shape {reader.shape}): nothing to segment. "
+        f"every pixel is nodata ({value}) in {reader.name} (shape {reader.shape}): nothing to segment. "
         f"Check that this is the right file, the right bands, or the nodata value set in its metadata."
     )
-

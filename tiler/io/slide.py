@@ -19,7 +19,7 @@ import zarr
 
 from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
-from tiler.io.base import Georef, Reader, check_exists
+from tiler.io.base import Georef, Reader, check_dtype, check_exists
 from tiler.io.masks import tissue_mask, upsample_mask
 
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -71,8 +71,7 @@ class _TissueMasked:
     def _low_res_rgb(self) -> np.ndarray | None:  # pragma: no cover - overridden
         return None
 
-    def valid_mask(self, window: Window) -> np.ndarray | None:
-        self._check_window(window)  # type: ignore[attr-defined]
+    def _format_mask(self, window: Window, pixels: np.ndarray | None) -> np.ndarray | None:
         if self.mask_mode == "none" or self.channels < 3:  # type: ignore[attr-defined]
             return None
         if self._tissue is None:
@@ -124,7 +123,7 @@ class TiffSlideReader(_TissueMasked, Reader):
             self.channels = (
                 1 if self._axes == "YX" else int(s[self._axes.index("S" if "S" in self._axes else "C")])
             )
-            self.dtype = np.dtype(series.dtype).newbyteorder("=")
+            self.dtype = check_dtype(self.name, series.dtype).newbyteorder("=")
         finally:
             tif.close()
         self.nodata = None
@@ -171,11 +170,15 @@ class TiffSlideReader(_TissueMasked, Reader):
     def _low_res_rgb(self) -> np.ndarray | None:
         small = [i for i, (h, w) in enumerate(self.level_shapes) if max(h, w) <= TISSUE_MASK_SIZE]
         level = small[0] if small else len(self.level_shapes) - 1
-        data = self._to_channels_first(np.asarray(self._level_array(level)[...]))
-        if max(data.shape[1:]) > TISSUE_MASK_SIZE:  # no small level: subsample the coarsest
-            step = -(-max(data.shape[1:]) // TISSUE_MASK_SIZE)
-            data = data[:, ::step, ::step]
-        return data
+        # no small level: subsample the coarsest while reading, never holding the whole level
+        step = max(1, -(-max(self.level_shapes[level]) // TISSUE_MASK_SIZE))
+        every = slice(None, None, step)
+        key: tuple[slice, ...] = (every, every)
+        if self._axes == "YXS":
+            key = (every, every, slice(None))
+        elif self._axes in ("SYX", "CYX"):
+            key = (slice(None), every, every)
+        return self._to_channels_first(np.asarray(self._level_array(level)[key]))
 
 
 class OpenSlideReader(_TissueMasked, Reader):

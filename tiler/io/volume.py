@@ -27,8 +27,9 @@ import zarr
 
 from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
-from tiler.io.base import Georef, Reader, check_exists
+from tiler.io.base import Georef, Reader, check_dtype, check_exists, inside_mask, one_line
 from tiler.io.masks import foreground_mask
+from tiler.redact import redact
 
 
 def _native(dtype: np.dtype) -> np.dtype:
@@ -49,22 +50,41 @@ def affine_from_spacing(spacing: Sequence[float], origin: Sequence[float] = (0.0
     return affine
 
 
+def check_affine(path: str, affine: np.ndarray) -> None:
+    """Raise ReadError unless ``affine`` is a finite 4x4 matrix whose 3x3 part is invertible.
+
+    A NaN or singular affine has no voxel size and no inverse: the exports and any resampling would fail
+    (or be wrong) after the whole job ran, so such a volume is refused at open.
+    """
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        problem = f"a non-finite affine {a.tolist()}"
+    elif np.linalg.matrix_rank(a[:3, :3]) < 3:
+        problem = f"a singular affine (a zero voxel size or collinear axes) {a.tolist()}"
+    else:
+        return
+    raise ReadError(
+        redact(
+            f"{path} has {problem}: tiler cannot place its voxels in space. Fix the header's sform/qform "
+            f"(e.g. `nib.Nifti1Image(data, np.diag([sx, sy, sz, 1]))`, or `fslorient`), or give zarr volumes "
+            f"positive 'spacing' attributes."
+        )
+    )
+
+
 class _VolumeMask:
     """Optional foreground threshold: a voxel is valid when any channel exceeds ``threshold``."""
 
     threshold: float | None
 
-    def valid_mask(self, window: Window) -> np.ndarray | None:
+    def _format_mask(self, window: Window, pixels: np.ndarray | None) -> np.ndarray | None:
         if self.threshold is None:
             return None
-        data = self.read(window)  # type: ignore[attr-defined]
-        out = foreground_mask(data, self.threshold)
-        inside = window.clip(self.shape)  # type: ignore[attr-defined]
-        if inside != window:  # boundless part holds fill values, not data
-            keep = np.zeros(window.shape, dtype=bool)
-            if inside is not None:
-                keep[inside.relative_to(window).slices] = True
-            out &= keep
+        if pixels is None:
+            pixels = self._read_raw(window)  # type: ignore[attr-defined]
+        out = foreground_mask(pixels, self.threshold)
+        if window.clip(self.shape) != window:  # type: ignore[attr-defined] # boundless part holds fill values
+            out &= inside_mask(window, self.shape)  # type: ignore[attr-defined]
         return out
 
 
@@ -97,10 +117,12 @@ class NiftiReader(_VolumeMask, Reader):
             )
         self.shape = (int(dims[2]), int(dims[1]), int(dims[0]))
         self.channels = int(dims[3]) if len(dims) == 4 else 1
+        check_dtype(self.name, img.get_data_dtype())  # before any pixel is decoded
         probe = np.asarray(img.dataobj[(slice(0, 1),) * len(dims)])
-        self.dtype = _native(probe.dtype)
+        self.dtype = _native(check_dtype(self.name, probe.dtype))
         self.nodata = None
         affine = np.asarray(img.affine, dtype=float)
+        check_affine(self.name, affine)
         self.georef = Georef(kind="volume", affine=affine.tolist(), spacing=spacing_from_affine(affine))
         self._handle = img
 
@@ -109,7 +131,7 @@ class NiftiReader(_VolumeMask, Reader):
             return nib.load(self.path)
         except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds
             raise ReadError(
-                f"cannot open {self.path} as NIfTI: {exc}. Check the file is a valid .nii/.nii.gz."
+                one_line(f"cannot open {self.path} as NIfTI: {exc}. Check the file is a valid .nii/.nii.gz.")
             ) from exc
 
     def _close_handle(self, handle: Any) -> None:
@@ -158,7 +180,7 @@ class ZarrReader(_VolumeMask, Reader):
             )
         self.shape = tuple(int(n) for n in arr.shape[-3:])
         self.channels = int(arr.shape[0]) if arr.ndim == 4 else 1
-        self.dtype = _native(np.dtype(arr.dtype))
+        self.dtype = _native(check_dtype(self.name, arr.dtype))
         attrs = dict(arr.attrs)
         fill = attrs.get("nodata")
         self.nodata = float(fill) if fill is not None else None
@@ -168,6 +190,8 @@ class ZarrReader(_VolumeMask, Reader):
             georef = Georef(
                 kind="volume", affine=affine_from_spacing(spacing).tolist(), spacing=tuple(spacing)
             )
+        if georef.affine is not None:
+            check_affine(self.name, np.asarray(georef.affine))
         self.georef = georef
         self.attrs = attrs
         self._handle = arr
@@ -190,7 +214,7 @@ class ZarrReader(_VolumeMask, Reader):
             raise
         except Exception as exc:  # noqa: BLE001
             raise ReadError(
-                f"cannot open zarr {self.path}: {exc}. Check the path and the array name."
+                one_line(f"cannot open zarr {self.path}: {exc}. Check the path and the array name.")
             ) from exc
 
     def _close_handle(self, handle: Any) -> None:

@@ -90,11 +90,32 @@ def _default_colors(n: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(palette[i % len(palette)] for i in range(n))
 
 
+def _is_colors(colors: Any) -> bool:
+    """Whether ``colors`` is a sequence of RGB triples of ints 0..255."""
+    if isinstance(colors, str | bytes) or not isinstance(colors, Sequence):
+        return False
+    return all(
+        isinstance(c, Sequence) and not isinstance(c, str | bytes) and len(c) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
+        for c in colors
+    )  # fmt: skip
+
+
 def _names_colors(
     spec: ModelSpec | None,
     names: Sequence[str] | None,
     colors: Sequence[Sequence[int]] | None,
 ) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    if names is not None and (
+        isinstance(names, str | bytes)
+        or not isinstance(names, Sequence)
+        or not all(isinstance(s, str | int) and not isinstance(s, bool) for s in names)
+    ):
+        raise ModelError(f"class_names={names!r} must be a list of strings, one per class; fix the stored names.")
+    if colors is not None and not _is_colors(colors):
+        raise ModelError(
+            f"class_colors={colors!r} must be a list of [r, g, b] triples of whole numbers 0..255, one per class."
+        )
     n = spec.out_channels if spec is not None else (len(names) if names else 0)
     out_names = tuple(str(s) for s in names) if names else tuple(f"class_{i}" for i in range(n))
     if spec is not None and len(out_names) != spec.out_channels:
@@ -204,7 +225,41 @@ def _refusal_reason(err: Exception) -> str:
     return lines[0] if lines else "unsafe pickle"
 
 
+MAX_UNCOMPRESSED = 8 * 2**30
+"""Most bytes a checkpoint archive may inflate to."""
+MAX_RATIO = 100
+"""Most a checkpoint may inflate relative to its file size once it inflates past :data:`RATIO_FLOOR`."""
+RATIO_FLOOR = 256 * 2**20
+
+
+def check_archive_size(path: Path) -> None:
+    """Refuse a zip checkpoint (``torch.save``, ``torch.jit.save``) that would inflate too far when loaded.
+
+    Reads only the zip's directory: the sum of its members' uncompressed sizes must stay under
+    :data:`MAX_UNCOMPRESSED`, and under :data:`MAX_RATIO` times the file size once past :data:`RATIO_FLOOR`
+    (``torch.save`` stores members uncompressed, so a real checkpoint inflates by about 1x).
+
+    Raises:
+        ModelError: A zip bomb, naming the file and both sizes.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ReadError(f"checkpoint {path} is a damaged zip archive ({err}); re-save it.") from err
+    size = max(path.stat().st_size, 1)
+    if total > MAX_UNCOMPRESSED or (total > RATIO_FLOOR and total > MAX_RATIO * size):
+        raise ModelError(
+            f"checkpoint {path} would inflate from {size / 2**20:.1f} MiB to {total / 2**30:.2f} GiB when loaded "
+            f"(caps: {MAX_UNCOMPRESSED / 2**30:.0f} GiB, or {MAX_RATIO}x the file size); it was not loaded. "
+            "Re-save the weights with torch.save (uncompressed) from a trusted source."
+        )
+
+
 def _safe_load(path: Path) -> Any:
+    check_archive_size(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -266,6 +321,11 @@ def _strip_prefix(state: Mapping[str, Any], expected: Mapping[str, Any]) -> dict
 
 
 def _network_from_state(state: Mapping[str, Any], spec: ModelSpec, path: Path) -> torch.nn.Module:
+    if not isinstance(state, Mapping):
+        raise ModelError(
+            f"checkpoint {path}: state_dict is a {type(state).__name__}, not a mapping of tensor names to "
+            "tensors; save model.state_dict()."
+        )
     network = build_network(spec)
     state = _strip_prefix(state, network.state_dict())
     _check_state_dict(state, network, path, spec)
@@ -293,13 +353,32 @@ def _load_project(path: Path, data: Mapping[str, Any]) -> LoadedModel:
 
 
 def _load_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    check_archive_size(path)
     extra = {_TS_META: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except RuntimeError as err:
         raise ReadError(f"TorchScript file {path} could not be loaded: {err}") from err
-    meta = json.loads(extra[_TS_META]) if extra[_TS_META] else {}
-    return module.eval(), meta
+    return module.eval(), _torchscript_meta(path, extra[_TS_META])
+
+
+def _torchscript_meta(path: Path, text: str | bytes) -> dict[str, Any]:
+    """The ``tiler.json`` extra file of a TorchScript archive as a dict ({} when absent)."""
+    if not text:
+        return {}
+    try:
+        meta = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelError(
+            f"TorchScript file {path}: its {_TS_META} is not JSON ({err}); re-save it with "
+            "tiler.model.checkpoint.save_torchscript, or give model.spec in the config."
+        ) from None
+    if not isinstance(meta, dict):
+        raise ModelError(
+            f"TorchScript file {path}: its {_TS_META} holds a {type(meta).__name__}, not an object with keys spec, "
+            "normalization, class_names, class_colors; re-save it with tiler.model.checkpoint.save_torchscript."
+        )
+    return meta
 
 
 def load_model(

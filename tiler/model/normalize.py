@@ -6,6 +6,7 @@ never depends on the tile it is read through.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,18 @@ KINDS = ("none", "meanstd", "percentile", "window")
 
 
 def _floats(name: str, values: Sequence[float] | float | None) -> tuple[float, ...]:
+    """``values`` as a tuple of finite floats; ModelError naming the field when it is anything else."""
     if values is None:
         return ()
-    if isinstance(values, int | float):
-        return (float(values),)
-    return tuple(float(v) for v in values)
+    items = [values] if isinstance(values, int | float) else values
+    ok = isinstance(items, Sequence) and not isinstance(items, str | bytes)
+    out = tuple(float(v) for v in items if isinstance(v, int | float) and not isinstance(v, bool)) if ok else ()
+    if not ok or len(out) != len(items) or not all(math.isfinite(v) for v in out):
+        raise ModelError(
+            f"normalization {name}={values!r} must be a finite number or a list of finite numbers (one per band); "
+            "fix the stored normalisation."
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,14 @@ class Normalization:
             raise ModelError(f"normalization kind={self.kind!r} is unknown; choose one of {list(KINDS)}.")
         for name in ("mean", "std", "low", "high"):
             object.__setattr__(self, name, _floats(name, getattr(self, name)))
-        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
+        object.__setattr__(self, "percentiles", _floats("percentiles", self.percentiles))
+        if len(self.percentiles) != 2:
+            raise ModelError(f"normalization percentiles={self.percentiles} must be two numbers (low, high).")
         if self.window is not None:
-            object.__setattr__(self, "window", tuple(float(v) for v in self.window))
+            window = _floats("window", self.window)
+            if len(window) != 2:
+                raise ModelError(f"normalization window={self.window!r} must be two numbers (lo, hi).")
+            object.__setattr__(self, "window", window)
         if len(self.mean) != len(self.std):
             raise ModelError(
                 f"normalization mean={self.mean} and std={self.std} must have the same length (one per band)."
@@ -234,9 +247,7 @@ class Normalization:
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ModelError(f"{source} has unknown key(s) {unknown}; valid keys are {sorted(valid)}.")
-        kwargs = dict(data)
-        if kwargs.get("window") is not None:
-            kwargs["window"] = tuple(kwargs["window"])
-        if "percentiles" in kwargs:
-            kwargs["percentiles"] = tuple(kwargs["percentiles"])
-        return cls(**kwargs)
+        try:
+            return cls(**dict(data))
+        except ModelError as err:
+            raise ModelError(f"{source}: {err}") from None

@@ -17,7 +17,23 @@ from monai.utils import OptionalImportError
 
 from tiler.errors import ModelError
 
-__all__ = ["ARCHITECTURES", "MONAI_ALIASES", "ModelSpec", "build_network", "default_args", "resolve_architecture"]
+__all__ = [
+    "ARCHITECTURES", "MAX_CHANNELS", "MAX_CLASSES", "MAX_PARAMETERS", "MONAI_ALIASES", "ModelSpec", "build_network",
+    "default_args", "resolve_architecture",
+]  # fmt: skip
+
+MAX_CHANNELS = 4096
+"""Most input channels, and most feature channels of any layer, a spec may ask for."""
+MAX_CLASSES = 65535
+"""Most classes (labels are stored as uint16 at most)."""
+MAX_PARAMETERS = 2**30
+"""Most parameters a network may have (4 GiB of float32), counted before anything is allocated."""
+_WIDTH_ARGS = ("channels", "features", "filters", "feature_size")
+_POSITIVE_ARGS = (
+    "strides", "kernel_size", "up_kernel_size", "upsample_kernel_size", "window_size", "num_heads", "depths",
+    "patch_size",
+)  # fmt: skip
+_MAX_POSITIVE = 1024
 
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
     "AHNet": nets.AHNet,
@@ -96,6 +112,41 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _ints(name: str, value: Any, low: int, high: int) -> None:
+    """Raise ModelError unless ``value`` is an int (or nested lists of ints) within ``low..high``."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, list):
+            _ints(name, item, low, high)
+        elif isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
+            raise ModelError(
+                f"model args.{name}={value!r} must be a whole number (or a list of them) between {low} and "
+                f"{high}; fix the spec's args."
+            )
+
+
+def _check_args(args: Mapping[str, Any]) -> None:
+    """Check the size-bearing constructor arguments before anything is built: widths, kernels, strides."""
+    for name, value in args.items():
+        if name in _WIDTH_ARGS:
+            _ints(name, value, 1, MAX_CHANNELS)
+        elif name in _POSITIVE_ARGS:
+            _ints(name, value, 1, _MAX_POSITIVE)
+        elif name == "num_res_units":
+            _ints(name, value, 0, 64)
+
+
+def _parameter_count(cls: type[torch.nn.Module], spec: ModelSpec) -> int | None:
+    """Parameters of the network, built on the meta device (nothing allocated); None when it cannot be."""
+    try:
+        with torch.device("meta"):
+            net = cls(spatial_dims=spec.spatial_dims, in_channels=spec.in_channels, out_channels=spec.out_channels,
+                      **dict(spec.args))  # fmt: skip
+    except Exception:  # noqa: BLE001 - some networks call .item() while building; the real build reports
+        return None
+    return sum(p.numel() for p in net.parameters())
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A segmentation network: MONAI architecture, spatial dims, channels and constructor arguments.
@@ -117,7 +168,7 @@ class ModelSpec:
     args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
+        if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
             raise ModelError(
                 f"model architecture={self.architecture!r} is unknown; choose one of {sorted(ARCHITECTURES)}."
             )
@@ -133,9 +184,19 @@ class ModelSpec:
             raise ModelError(
                 f"model out_channels={self.out_channels} must be >= 2: tiler segments with a softmax over classes."
             )
+        if self.in_channels > MAX_CHANNELS:
+            raise ModelError(
+                f"model in_channels={self.in_channels} is more than {MAX_CHANNELS}; give the number of image bands."
+            )
+        if self.out_channels > MAX_CLASSES:
+            raise ModelError(
+                f"model out_channels={self.out_channels} is more than {MAX_CLASSES} classes (labels are uint16); "
+                "give the number of classes the network predicts."
+            )
         if not isinstance(self.args, Mapping):
             raise ModelError(f"model args={self.args!r} must be a mapping of constructor arguments.")
         args = _plain(self.args) if self.args else default_args(self.architecture, self.spatial_dims)
+        _check_args(args)
         object.__setattr__(self, "args", args)
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,13 +221,19 @@ class ModelSpec:
         missing = sorted(valid - {"args"} - set(data))
         if missing:
             raise ModelError(f"{source} misses key(s) {missing}; give all of {sorted(valid - {'args'})}.")
-        return cls(
-            architecture=data["architecture"],
-            spatial_dims=data["spatial_dims"],
-            in_channels=data["in_channels"],
-            out_channels=data["out_channels"],
-            args=dict(data.get("args") or {}),
-        )
+        args = data.get("args") or {}
+        if not isinstance(args, Mapping):
+            raise ModelError(f"{source} args={args!r} must be a mapping of constructor arguments.")
+        try:
+            return cls(
+                architecture=data["architecture"],
+                spatial_dims=data["spatial_dims"],
+                in_channels=data["in_channels"],
+                out_channels=data["out_channels"],
+                args=dict(args),
+            )
+        except ModelError as err:
+            raise ModelError(f"{source}: {err}") from None
 
     @property
     def size_multiple(self) -> int:
@@ -201,6 +268,13 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
             f"model args {downloading[0]}={kwargs[downloading[0]]!r} would download weights for MONAI "
             f"{spec.architecture}; tiler takes the weights from the model file only. Remove it (or set it false)."
         )
+    params = _parameter_count(cls, spec)
+    if params is not None and params > MAX_PARAMETERS:
+        raise ModelError(
+            f"MONAI {spec.architecture} with in_channels={spec.in_channels}, out_channels={spec.out_channels}, "
+            f"args={kwargs} has {params:,} parameters, more than {MAX_PARAMETERS:,} ({MAX_PARAMETERS * 4 / 2**30:.0f} "
+            f"GiB of float32); it was not built. Fix the spec's channel widths."
+        )
     try:
         return cls(
             spatial_dims=spec.spatial_dims,
@@ -214,7 +288,7 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
             f"{str(err).splitlines()[0]} "
             f"Install it (e.g. `pip install einops` for SwinUNETR) or choose UNet/BasicUNet/DynUNet."
         ) from err
-    except (TypeError, ValueError, AssertionError) as err:
+    except (TypeError, ValueError, AssertionError, NotImplementedError, RuntimeError) as err:
         raise ModelError(
             f"MONAI {spec.architecture} refused args={kwargs} for spatial_dims={spec.spatial_dims}: {err}. "
             f"Fix the model args (see monai.networks.nets.{spec.architecture})."

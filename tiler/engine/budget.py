@@ -1,0 +1,140 @@
+"""Memory budget of one actor: what its blocks, batches and model take, estimated and checked before a run.
+
+The estimate, stated once (``tiler inspect`` prints it, the job checks it before anything allocates):
+
+* accumulator: ``(K + 1)`` float32 planes per block pixel, two blocks (one filled, one written);
+* input: two regions (current and prefetched) of ``block + tile`` pixels per axis, ``C`` channels of the
+  input dtype;
+* batch: ``batch_size * (1 + len(tta_flips))`` tiles of ``(C + K)`` float32 channels, times 8 for the
+  network's activations (rough);
+* weights: 4 bytes per parameter;
+* baseline: what an actor process holds before any block (Python, torch, GDAL, Ray's worker).
+
+Blocks are clipped to the image (a block larger than the image allocates only the image); tiles are not
+(an image smaller than a tile is padded up to it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tiler.errors import ConfigError
+
+__all__ = ["PROCESS_BASELINE", "MemoryEstimate", "available_memory", "check_memory", "estimate_actor_memory"]
+
+PROCESS_BASELINE = 350 * 2**20
+"""What an actor process holds before any block: Python, torch, GDAL and Ray's worker (measured ~300-400 MB)."""
+ACTIVATION_FACTOR = 8
+"""Network activations per batch, as a multiple of the batch's input and output (rough, U-Net sized)."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one actor needs, by part, with the settings that decided them.
+
+    Attributes:
+        tile: Tile shape, pixels per axis.
+        block: Block shape as allocated (clipped to the image).
+        batch_size: Tiles per forward pass, TTA passes included.
+        accumulator: Bytes of the block accumulators.
+        inputs: Bytes of the input regions.
+        batch: Bytes of one batch in, out and its activations.
+        weights: Bytes of the network's parameters.
+        baseline: Bytes of the process before any block.
+
+    """
+
+    tile: tuple[int, ...]
+    block: tuple[int, ...]
+    batch_size: int
+    accumulator: int
+    inputs: int
+    batch: int
+    weights: int
+    baseline: int = PROCESS_BASELINE
+
+    @property
+    def total(self) -> int:
+        """All parts together, bytes."""
+        return self.accumulator + self.inputs + self.batch + self.weights + self.baseline
+
+
+def estimate_actor_memory(
+    tile: Sequence[int],
+    block: Sequence[int],
+    *,
+    channels: int,
+    itemsize: int,
+    classes: int,
+    parameters: int,
+    batch_size: int,
+    tta_passes: int = 0,
+    shape: Sequence[int] | None = None,
+) -> MemoryEstimate:
+    """Estimate one actor's memory (see the module docstring for the formula). Pure arithmetic: no allocation.
+
+    Args:
+        tile: Tile shape ``(H, W)`` or ``(D, H, W)``.
+        block: Block shape, same axes.
+        channels: Input channels ``C``.
+        itemsize: Bytes per input pixel value.
+        classes: Output classes ``K``.
+        parameters: The network's parameter count.
+        batch_size: ``model.batch_size``.
+        tta_passes: ``len(model.tta_flips)``.
+        shape: The image's spatial shape, to clip the block to it.
+
+    >>> estimate_actor_memory((256, 256), (2048, 2048), channels=3, itemsize=1, classes=4, parameters=10**6,
+    ...                       batch_size=8).total // 2**20
+    656
+    """
+    tile_t = tuple(int(t) for t in tile)
+    block_t = tuple(int(b) for b in block)
+    if shape is not None:
+        block_t = tuple(min(b, int(n)) for b, n in zip(block_t, shape, strict=True))
+    block_px = math.prod(block_t)
+    region_px = math.prod(b + t for b, t in zip(block_t, tile_t, strict=True))
+    batch = batch_size * (1 + tta_passes)
+    return MemoryEstimate(
+        tile=tile_t,
+        block=block_t,
+        batch_size=batch,
+        accumulator=(classes + 1) * block_px * 4 * 2,
+        inputs=2 * region_px * channels * itemsize,
+        batch=batch * math.prod(tile_t) * (channels + classes) * 4 * ACTIVATION_FACTOR,
+        weights=parameters * 4,
+    )
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can give a new process now (``psutil.virtual_memory().available``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(estimate: MemoryEstimate, available_bytes: int | None = None, *, actors: int = 1) -> None:
+    """Raise ConfigError when ``actors`` actors of ``estimate`` would not fit in the available memory.
+
+    Args:
+        estimate: From :func:`estimate_actor_memory`.
+        available_bytes: Memory available to the job; default :func:`available_memory` of this machine.
+        actors: Actors sharing that memory (the pool size on one machine).
+
+    """
+    available = available_memory() if available_bytes is None else int(available_bytes)
+    need = estimate.total * max(1, actors)
+    if need <= available:
+        return
+    gib = 2**30
+    per_actor = f"{estimate.total / gib:.1f} GiB per actor" + (f" x {actors} actors" if actors > 1 else "")
+    raise ConfigError(
+        f"the job needs about {per_actor} ({need / gib:.1f} GiB: tiling.tile={list(estimate.tile)} with a batch of "
+        f"{estimate.batch_size} takes {estimate.batch / gib:.1f} GiB, tiling.block={list(estimate.block)} takes "
+        f"{(estimate.accumulator + estimate.inputs) / gib:.1f} GiB) but {available / gib:.1f} GiB is available; "
+        f"fix: lower tiling.tile (e.g. [512, 512]), tiling.block or model.batch_size"
+        + (", or engine.actors" if actors > 1 else "")
+        + "."
+    )
