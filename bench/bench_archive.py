@@ -94,8 +94,8 @@ def run_tiler(info: dict[str, Any], images: list[str], name: str) -> dict[str, A
     first = min(r["started_at"] for r in records)
     last = max(r["finished_at"] for r in records)
     tiles = sum(r["tiles_run"] for r in records)
-    return {"seconds": seconds, "tiles": tiles, "steady_state_s": last - first, "pids": len({r["pid"] for r in records}),
-            "inputs": len(images)}
+    return {"seconds": seconds, "tiles": tiles, "steady_state_s": last - first,
+            "pids": len({r["pid"] for r in records}), "inputs": len(images)}
 
 
 def run_monai_loop(info: dict[str, Any]) -> dict[str, Any]:

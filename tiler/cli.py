@@ -162,9 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except TilerError as exc:
+        from tiler.redact import redact
+
+        message = redact(str(exc))  # a signed URL or a credential never reaches a log
         if args.json_logs:
-            print(json.dumps({"event": "error", "type": type(exc).__name__, "message": str(exc)}))
-        print(f"tiler {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(json.dumps({"event": "error", "type": type(exc).__name__, "message": message}))
+        print(f"tiler {args.command}: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         return stopped_code(args.command, exc)

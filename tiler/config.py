@@ -100,7 +100,9 @@ def _show(value: Any) -> str:
         return ""
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    text = json.dumps(value, default=str)
+    from tiler.redact import redact
+
+    text = redact(json.dumps(value, default=str))  # a signed URL or credential never reaches a message
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -932,7 +934,8 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
-def _load_yaml(text: str, source: str) -> Any:
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely: unique keys, bounded alias expansion; errors are ConfigErrors naming ``source``."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except _TooLarge as exc:
@@ -1087,7 +1090,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
         raise ConfigError(
             f"{file}: config file cannot be read ({exc}); fix: check its permissions and encoding"
         ) from None
-    data = _load_yaml(text, str(file))
+    data = load_yaml(text, str(file))
     if isinstance(data, dict):
         _resolve_paths(data, file.resolve().parent)
         data = apply_overrides(data, overrides, source=f"{file} --set")

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from tiler.engine.plan import ModelRef, Plan, ReaderRef
 from tiler.engine.stream import Outcome, Work, run_stream
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import BlockPartition, PadMode, TileGrid
+from tiler.redact import redact, redacted_config_dict
 
 READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
 MODEL_FORMATS = {
@@ -101,6 +102,7 @@ class ModelFacts:
     num_classes: int
     class_names: tuple[str, ...]
     class_colors: tuple[tuple[int, int, int], ...]
+    parameters: int
 
 
 @functools.lru_cache(maxsize=8)
@@ -115,6 +117,7 @@ def _facts(weights: str, load: str, size: int, mtime_ns: int) -> ModelFacts:
         num_classes=loaded.num_classes,
         class_names=tuple(loaded.class_names),
         class_colors=tuple(tuple(int(v) for v in c) for c in loaded.class_colors),  # type: ignore[misc]
+        parameters=sum(int(p.numel()) for p in loaded.network.parameters()),
     )
 
 
@@ -134,7 +137,9 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
     Opens the input's header on the driver (no pixels are read beyond the check that the input holds
     data); the model is loaded once per process and file version (:func:`model_facts`).
     """
+    from tiler.engine.budget import check_memory, estimate_actor_memory
     from tiler.io import check_has_data
+    from tiler.labels import check_nodata_label
 
     ref = reader_ref(cfg)
     reader = ref.open()
@@ -157,6 +162,15 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
                 f"tiling.tile={list(cfg.tiling.tile)} has {len(cfg.tiling.tile)} axes but {cfg.input.path} has "
                 f"spatial shape {reader.shape}; give one tile size per axis."
             )
+        check_nodata_label(facts.num_classes, cfg.output.nodata_label, source=str(cfg.model.weights))
+        check_memory(
+            estimate_actor_memory(
+                cfg.tiling.tile, cfg.tiling.block, channels=reader.channels, itemsize=reader.dtype.itemsize,
+                classes=facts.num_classes, parameters=facts.parameters, batch_size=cfg.model.batch_size,
+                tta_passes=len(cfg.model.tta_flips), shape=reader.shape,
+            ),
+            actors=_actors_here(cfg),
+        )
         check_has_data(reader)
         plan = Plan(
             input=ref,
@@ -178,13 +192,21 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
             "georef": reader.georef.to_attrs(),
             "class_names": list(facts.class_names),
             "class_colors": [list(c) for c in facts.class_colors],
-            "config": json.loads(cfg.model_dump_json()),
-            "input": {"path": cfg.input.path, "shape": list(reader.shape), "channels": reader.channels,
+            "config": redacted_config_dict(cfg),  # no credentials or URL signatures in outputs
+            "input": {"path": redact(cfg.input.path), "shape": list(reader.shape), "channels": reader.channels,
                       "dtype": str(reader.dtype), "nodata": reader.nodata},
         }
     finally:
         reader.close()
     return plan, attrs
+
+
+def _actors_here(cfg: JobConfig) -> int:
+    """Model workers that will share this machine's memory: one in-process, or the embedded pool's size."""
+    e = cfg.engine
+    if (e.address or os.environ.get("RAY_ADDRESS")) not in (None, "", "local"):
+        return 1  # a cluster's actors are spread over its nodes: check one actor against this machine
+    return e.actors or max(1, int((os.cpu_count() or 1) / e.cpus_per_actor))
 
 
 def make_executor(cfg: JobConfig, engine: str = "ray") -> Executor:
@@ -287,6 +309,16 @@ def _local(path: str | None) -> str | None:
     return os.path.realpath(path)
 
 
+def _zarr_root(path: str) -> str:
+    """The outermost zarr hierarchy holding ``path`` (an array inside a store belongs to the whole store)."""
+    root, here = path, os.path.dirname(path)
+    while here != os.path.dirname(here) and any(
+        os.path.exists(os.path.join(here, name)) for name in ("zarr.json", ".zgroup", ".zarray")
+    ):
+        root, here = here, os.path.dirname(here)
+    return root
+
+
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
@@ -316,15 +348,16 @@ def check_output_paths(cfg: JobConfig) -> None:
             f"model.weights: {weights} is not in Ray's copy of --working-dir: `ray job submit` skips files that "
             ".gitignore excludes (models/, demo-output/); fix: give an absolute path the cluster can read"
         )
-    protected = {k: p for k, p in (("input.path", _local(cfg.input.path)), ("scoring.truth", _local(cfg.scoring.truth)))
-                 if p is not None}
+    protected = {k: _zarr_root(p) for k, p in (("input.path", _local(cfg.input.path)),
+                                                ("scoring.truth", _local(cfg.scoring.truth))) if p is not None}
     store = cfg.output.path
     paths = output_paths(store)
     targets = {"output.path": store, **{f"output.exports ({name}, beside output.path)": str(path)
                                         for name, path in paths.items()}}
     made: set[str] = set()
     if OutputStore.is_tiler_store(store):
-        made = {os.path.realpath(r.get("path", "")) for r in OutputStore.open(store, mode="r").export_records().values()}
+        records = OutputStore.open(store, mode="r").export_records().values()
+        made = {os.path.realpath(r.get("path", "")) for r in records}
     for key, target in targets.items():
         real = os.path.realpath(target)
         for what, source in protected.items():
@@ -350,7 +383,7 @@ def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str
 
     store = OutputStore.open(plan.store_path)
     recorded = store.exports_done()
-    writers = {"cog": export_cog, "nifti": export_nifti, "ome-zarr": export_ome_zarr}
+    writers: dict[str, Callable[..., Path]] = {"cog": export_cog, "nifti": export_nifti, "ome-zarr": export_ome_zarr}
     done: dict[str, str] = {}
     for name in cfg.output.exports:
         if name not in writers:
@@ -401,7 +434,7 @@ def _report(cfg: JobConfig, result: SegmentResult, paths: dict[str, Path]) -> No
     from tiler.io.atomic import write_bytes_atomic
 
     write_bytes_atomic(paths["report_json"], (json.dumps(payload, indent=2, default=str) + "\n").encode())
-    lines = [f"# tiler report: {Path(cfg.input.path).name}", "", f"- input: `{cfg.input.path}`",
+    lines = [f"# tiler report: {redact(Path(cfg.input.path).name)}", "", f"- input: `{redact(cfg.input.path)}`",
              f"- output store: `{result.store}`", f"- config hash: `{payload['config_hash']}`", ""]
     s = result.summary
     lines += ["| blocks | resumed | tiles run | tiles skipped | seconds | tiles/s |", "|---|---|---|---|---|---|",
@@ -431,7 +464,7 @@ class SegmentJob:
 
     def __init__(self, cfg: JobConfig, *, overwrite: bool = False) -> None:
         self.cfg = cfg
-        self.name = cfg.input.path
+        self.name = redact(cfg.input.path)
         self.overwrite = overwrite
         self.plan: Plan | None = None
         self.store_job: StoreJob | None = None

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from tiler.config import JobConfig, apply_overrides, parse_config
+from tiler.config import JobConfig, apply_overrides, load_yaml, parse_config
 from tiler.errors import ConfigError
 
 _TRUTH_FIELDS = ("stem", "name")
@@ -194,8 +194,10 @@ def _parts_match(parts: Sequence[str], pattern: Sequence[str]) -> bool:
 
 
 def expand_glob(pattern: str) -> list[str]:
-    """The paths matching ``pattern``, like ``glob.glob(pattern, recursive=True)`` but never following symlinked
-    folders during a ``**`` walk, so a symlink loop cannot make it run forever (a symlink is still matched itself).
+    """The paths matching ``pattern``, like ``glob.glob(pattern, recursive=True)``, never looping on symlinks.
+
+    A ``**`` walk does not descend into symlinked folders (a symlink is still matched itself), so a link
+    back up the tree cannot make it run forever.
     """
     if "**" not in pattern:
         return glob.glob(pattern)
@@ -340,9 +342,10 @@ def load_archive(path: str | Path, overrides: Sequence[str] = ()) -> ArchiveConf
     if not file.is_file():
         raise ConfigError(f"{file}: archive config does not exist or is not a file; fix: check the path")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{file}: cannot be read as YAML ({exc}); fix: correct the file") from None
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot be read ({exc}); fix: check the file") from None
+    data = load_yaml(text, source)  # unique keys, alias bombs refused
     if not isinstance(data, dict):
         raise ConfigError(
             f"{file}: the top level must be a mapping with an archive section and the job sections; "

@@ -43,4 +43,5 @@ def fingerprint(path: str, *, edge_bytes: int = EDGE_BYTES) -> str:
 
 
 def missing_fingerprint(path: str) -> str:
+    """The stand-in identity of an input that cannot be read (its path alone)."""
     return "missing:" + hashlib.sha256(path.encode()).hexdigest()

@@ -21,6 +21,7 @@ LEDGER_NAME = "ledger.sqlite"
 
 
 def now() -> str:
+    """The current UTC time as ISO 8601 with microseconds (the ledger's and reports' timestamps)."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 

@@ -12,6 +12,7 @@ from tiler.archive.ledger import LEDGER_NAME, Ledger, now
 from tiler.archive.report import ArchiveItem, ArchiveReport
 from tiler.config import config_hash
 from tiler.errors import ConfigError, TilerError
+from tiler.redact import redact
 from tiler.segment import Progress, SegmentJob, run_many
 
 
@@ -19,7 +20,7 @@ def _error_text(exc: BaseException, input_path: str) -> str:
     text = str(exc) if isinstance(exc, TilerError) else f"{type(exc).__name__}: {exc}"
     if input_path not in text:
         text = f"{input_path}: {text}"
-    return text
+    return redact(text)
 
 
 def _describe(item: ArchiveItem) -> str:
@@ -57,12 +58,13 @@ class _Run:
     def jobs(self, inputs: list[str]) -> Iterator[SegmentJob]:
         """Claim each input in turn (lazily: only as the pool asks for more) and yield the claimed ones."""
         for input_path in inputs:
-            item = ArchiveItem(input=input_path, stem=input_stem(input_path), status="failed")
+            item = ArchiveItem(input=redact(input_path), stem=input_stem(input_path), status="failed")
             try:
                 item.fingerprint = fingerprint(input_path)
             except OSError as exc:
                 item.fingerprint, item.config_hash = missing_fingerprint(input_path), "-"
-                self.fail(item, f"{input_path}: the input cannot be read ({exc}); fix: check that the file exists")
+                reason = f"{input_path}: the input cannot be read ({exc}); fix: check that the file exists"
+                self.fail(item, redact(reason))
                 continue
             try:
                 item.store = self.archive.store_path(input_path)
@@ -72,7 +74,7 @@ class _Run:
                 item.config_hash = "-"
                 self.fail(item, _error_text(exc, input_path))
                 continue
-            claim = self.ledger.claim(item.fingerprint, item.config_hash, input_path=input_path, store_path=item.store)
+            claim = self.ledger.claim(item.fingerprint, item.config_hash, input_path=item.input, store_path=item.store)
             item.attempts = claim.row.attempts
             if claim.state != "claimed":
                 item.status, item.scores, item.outputs = "skipped", claim.row.scores, claim.row.outputs
@@ -163,7 +165,7 @@ def run_archive(
     finally:
         progress.close()
         ledger.close()
-        order = {path: n for n, path in enumerate(inputs)}
+        order = {redact(path): n for n, path in enumerate(inputs)}
         report.items.sort(key=lambda item: order.get(item.input, len(order)))  # input order, not completion order
         report.finished_at = now()
         report.seconds = time.perf_counter() - t0

@@ -163,9 +163,10 @@ def run_stream(
 
             # 2. fill every free slot, from the earliest job with blocks left
             while True:
-                state = next((s for s in active if s.queue and s.error is None), None)
-                if state is None:
+                waiting = next((s for s in active if s.queue and s.error is None), None)
+                if waiting is None:
                     break
+                state = waiting
                 model = state.work.plan.model
                 if executor.model != model:
                     if executor.in_flight():

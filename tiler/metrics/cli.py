@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -108,6 +109,16 @@ def _stored_num_classes(source: LabelSource) -> int | None:
     return source.num_classes or (len(source.class_names) if source.class_names else None)
 
 
+def _incomplete_store(path: str) -> str | None:
+    """The tiler output store ``path`` is (or holds, for ``store.zarr/labels``), when it is not complete."""
+    from tiler.io.store import OutputStore
+
+    for candidate in (path.rstrip("/"), os.path.dirname(path.rstrip("/"))):
+        if candidate and OutputStore.is_tiler_store(candidate):
+            return None if OutputStore.open(candidate, mode="r").complete else candidate
+    return None
+
+
 def _boundary_arg(text: str) -> BoundaryWidth | None:
     if text.strip() in ("0", "0px", "none", "off"):
         return None
@@ -117,6 +128,13 @@ def _boundary_arg(text: str) -> BoundaryWidth | None:
 def run_score(args: argparse.Namespace) -> int:
     """Handle ``tiler score``: print the table, write the JSON and charts; exit code 0, or 2 on an error."""
     try:
+        incomplete = _incomplete_store(args.pred)
+        if incomplete and not getattr(args, "allow_incomplete", False):
+            raise ScoreError(
+                f"{incomplete} is not complete (a job is running on it, failed or was stopped): its missing blocks "
+                "would be scored as nodata; fix: rerun the job to finish it, or pass --allow-incomplete to score "
+                "what is there (the output then says so)"
+            )
         scores, details = score_paths(
             args.pred,
             args.truth,
@@ -124,6 +142,10 @@ def run_score(args: argparse.Namespace) -> int:
             ignore_index=args.ignore_index,
             boundary_width=_boundary_arg(args.boundary_width),
         )
+        if incomplete:
+            note = f"INCOMPLETE store {incomplete}: blocks still missing are not scored"
+            details["notes"] = [*details["notes"], note]
+            details["incomplete"] = True
         if args.json:
             write_json({**scores.to_dict(), **details}, args.json)
             confusion_png, per_class_png = chart_paths(args.json)
@@ -163,6 +185,8 @@ def add_parser(subparsers: Any) -> None:
                         "('5px'); 0 skips the boundary scores")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="write the scores here, and <stem>.confusion.png, <stem>.per_class.png by it")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="score a tiler store that is not complete (missing blocks count as unscored nodata)")
     parser.add_argument(  # SUPPRESS: keeps `tiler --quiet score ...` from being reset by this default
         "--quiet", action="store_true", default=argparse.SUPPRESS, help="print nothing on success"
     )

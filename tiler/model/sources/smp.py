@@ -12,7 +12,6 @@ foreground. smp's config records no normalisation or class names: give them in t
 from __future__ import annotations
 
 import sys
-
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
