@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -163,14 +164,12 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
                 f"spatial shape {reader.shape}; give one tile size per axis."
             )
         check_nodata_label(facts.num_classes, cfg.output.nodata_label, source=str(cfg.model.weights))
-        check_memory(
-            estimate_actor_memory(
-                cfg.tiling.tile, cfg.tiling.block, channels=reader.channels, itemsize=reader.dtype.itemsize,
-                classes=facts.num_classes, parameters=facts.parameters, batch_size=cfg.model.batch_size,
-                tta_passes=len(cfg.model.tta_flips), shape=reader.shape,
-            ),
-            actors=_actors_here(cfg),
+        memory = estimate_actor_memory(
+            cfg.tiling.tile, cfg.tiling.block, channels=reader.channels, itemsize=reader.dtype.itemsize,
+            classes=facts.num_classes, parameters=facts.parameters, batch_size=cfg.model.batch_size,
+            tta_passes=len(cfg.model.tta_flips), shape=reader.shape,
         )
+        check_memory(memory, actors=_actors_here(cfg))  # before anything allocates
         check_has_data(reader)
         plan = Plan(
             input=ref,
@@ -195,6 +194,8 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
             "config": redacted_config_dict(cfg),  # no credentials or URL signatures in outputs
             "input": {"path": redact(cfg.input.path), "shape": list(reader.shape), "channels": reader.channels,
                       "dtype": str(reader.dtype), "nodata": reader.nodata},
+            "plan": {"pixels": math.prod(reader.shape), "blocks": len(plan.partition), "tiles": len(plan.grid),
+                     "memory_per_actor_mb": round(memory.total / 2**20)},
         }
     finally:
         reader.close()
@@ -250,6 +251,9 @@ class Progress:
             self.bar = tqdm(total=0, unit="block", file=sys.stderr, desc="blocks", dynamic_ncols=True)
         self.bar.total += len(work.pending)
         self.bar.refresh()
+        describe = getattr(job, "describe", None)
+        if describe is not None:
+            self.write(describe(work))
         if len(work.pending) < work.total:
             self.write(f"{job.name}: resuming, {work.total - len(work.pending)} of {work.total} blocks already done")
 
@@ -467,6 +471,7 @@ class SegmentJob:
         self.name = redact(cfg.input.path)
         self.overwrite = overwrite
         self.plan: Plan | None = None
+        self.planned: dict[str, Any] = {}
         self.store_job: StoreJob | None = None
 
     def open(self) -> Work:
@@ -474,11 +479,19 @@ class SegmentJob:
         check_output_paths(self.cfg)
         plan, attrs = build_plan(self.cfg)
         self.plan = plan
+        self.planned = dict(attrs["plan"])
         self.store_job = StoreJob(
             plan, chunks=self.cfg.output.chunks, config_hash=config_hash(self.cfg), attrs=attrs,
             overwrite=self.overwrite,
         )
         return self.store_job.open()
+
+    def describe(self, work: Work) -> str:
+        """One line on what this input asks before its work starts: size, blocks, tiles, memory per worker."""
+        p = self.planned
+        todo = f", {len(work.pending)} to run" if len(work.pending) != work.total else ""
+        return (f"{self.name}: {p['pixels'] / 1e6:.1f} Mpx, {p['blocks']} blocks{todo}, {p['tiles']} tiles, "
+                f"about {p['memory_per_actor_mb']} MB per worker")
 
     def finish(self) -> SegmentResult:
         """Check the blocks, write exports, score and report, then mark the store complete."""
