@@ -19,6 +19,8 @@ FULL = [
     ["bench.bench_suite", "--case", "landsat"],
     ["bench.bench_suite", "--case", "slide"],
     ["bench.bench_suite", "--case", "huge"],
+    ["bench.bench_archive", "--scenes", "12", "--size", "1024"],
+    ["bench.bench_archive", "--scenes", "4", "--size", "4096"],
 ]
 QUICK = [
     ["bench.bench_stitch", "--size", "1024"],

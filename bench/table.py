@@ -52,6 +52,22 @@ def _suite_rows() -> list[str]:
     return rows
 
 
+def _archive_rows() -> list[str]:
+    rows = []
+    for path in sorted(RESULTS.glob("archive-*.json")):
+        r = json.loads(path.read_text())
+        res, fig = r["results"], r.get("figures", {})
+        if not fig:
+            continue
+        rows.append(
+            f"| {r['scenes']} × {r['size']}² | {_f(res['tiler']['seconds'], 1)} | {_f(res['monai-loop']['seconds'], 1)} "
+            f"| {_f(res['limit']['seconds'], 1)} | {_f(fig['tiler_vs_monai_loop_time'])} (target ≤ 0.67) "
+            f"| {_f(fig['steady_state_vs_limit_throughput'])} (target ≥ 0.8) | {_f(fig['startup_s'], 1)} "
+            f"| {_f(fig['per_input_s'], 2)} ({_f(fig['limit_per_input_s'], 2)}) |"
+        )
+    return rows
+
+
 def render() -> str:
     """The markdown of the performance section's tables."""
     lines = []
@@ -72,6 +88,19 @@ def render() -> str:
             "| steady time with skipping ÷ without | labels = MONAI |",
             "|---|---|---|---|---|---|---|---|---|",
             *suite,
+            "",
+        ]
+    archive = _archive_rows()
+    if archive:
+        lines += [
+            "Archives (`python -m bench.bench_archive --scenes N --size S`: the whole `tiler archive` command, "
+            "COG per scene, against a plain loop of rasterio read → MONAI `sliding_window_inference` → argmax → "
+            "GeoTIFF in one process, and the bare forward over the same tiles):",
+            "",
+            "| archive | tiler s | MONAI loop s | bare forward s | tiler ÷ loop time | steady state ÷ limit "
+            "| start-up s | per input s (limit) |",
+            "|---|---|---|---|---|---|---|---|",
+            *archive,
             "",
         ]
     other = []
