@@ -60,7 +60,8 @@ def _archive_rows() -> list[str]:
         if not fig:
             continue
         rows.append(
-            f"| {r['scenes']} × {r['size']}² | {_f(res['tiler']['seconds'], 1)} | {_f(res['monai-loop']['seconds'], 1)} "
+            f"| {r['scenes']} × {r['size']}² | {_f(res['tiler']['seconds'], 1)} "
+            f"| {_f(res['monai-loop']['seconds'], 1)} "
             f"| {_f(res['limit']['seconds'], 1)} | {_f(fig['tiler_vs_monai_loop_time'])} (target ≤ 0.67) "
             f"| {_f(fig['steady_state_vs_limit_throughput'])} (target ≥ 0.8) | {_f(fig['startup_s'], 1)} "
             f"| {_f(fig['per_input_s'], 2)} ({_f(fig['limit_per_input_s'], 2)}) |"
