@@ -88,7 +88,8 @@ def test_interleaved_archive_on_one_pool_equals_single_input_runs_bit_for_bit(ra
         pids_per_input[stem] = {r["pid"] for r in records(store)}
     every = set().union(*pids_per_input.values())
     assert len(every) == 2, f"the pool was started more than once: {len(every)} actor processes for 2 actors"
-    assert all(len(p) == 2 for p in pids_per_input.values()), "an input did not use the whole pool"
+    inputs_per_actor = {pid: {s for s, p in pids_per_input.items() if pid in p} for pid in every}
+    assert max(len(s) for s in inputs_per_actor.values()) >= 2, "no actor went on from one input to the next"
 
 
 class KillFirstActor(Progress):

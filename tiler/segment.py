@@ -473,9 +473,30 @@ class SegmentJob:
         self.plan: Plan | None = None
         self.planned: dict[str, Any] = {}
         self.store_job: StoreJob | None = None
+        self._opening: Any = None
+
+    def open_early(self) -> None:
+        """Start :meth:`open` on a thread now (the first input is planned while the worker pool starts)."""
+        import threading
+        from concurrent.futures import Future
+
+        opening: Future[Work] = Future()
+
+        def plan() -> None:
+            try:
+                opening.set_result(self._open())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever calls open()
+                opening.set_exception(exc)
+
+        self._opening = opening
+        threading.Thread(target=plan, name="tiler-plan", daemon=True).start()
 
     def open(self) -> Work:
         """Build the plan, create or resume the store under its lock; the blocks still to run."""
+        opening, self._opening = self._opening, None
+        return opening.result() if opening is not None else self._open()
+
+    def _open(self) -> Work:
         check_output_paths(self.cfg)
         plan, attrs = build_plan(self.cfg)
         self.plan = plan
@@ -551,8 +572,15 @@ def run_many(
         return
     own = executor is None
     pool = executor if executor is not None else make_executor(first.cfg, engine)
-    if own:  # workers load the model while the driver plans the first inputs
-        pool.start(model_ref(first.cfg))
+    if own:  # the driver plans the first input while the workers start and load the model
+        first.open_early()
+        try:
+            pool.start(model_ref(first.cfg))
+        except BaseException:
+            first._opening.exception()  # let the planning thread end, then drop what it took
+            first.close()
+            pool.close()
+            raise
 
     def chained() -> Iterator[SegmentJob]:
         yield first
