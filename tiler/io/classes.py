@@ -13,7 +13,7 @@ Rules stated once:
   output                   one pixel                                            reported in
   ======================== ==================================================== ===========
   raster, projected CRS    ``|a*e - b*d|`` CRS units² x (metres per unit)²      m², ha
-  raster, geographic CRS   spherical Earth (R = 6 371 007 m), per block row     m², ha
+  raster, geographic CRS   WGS 84 ellipsoid band area, per block                m², ha
   slide                    ``mpp²`` µm²                                         mm²
   volume                   ``|det(affine[:3, :3])|`` (or the spacings' product) mm³, ml
   anything else            (no size)                                            pixels
@@ -41,8 +41,25 @@ if TYPE_CHECKING:
     from tiler.io.store import OutputStore
 
 BACKGROUND_NAME = "background"
-EARTH_RADIUS_M = 6_371_007.2
-"""Radius of the sphere with the WGS 84 ellipsoid's area (the authalic radius), metres."""
+WGS84_A = 6_378_137.0
+WGS84_F = 1 / 298.257223563
+
+
+def _authalic_q(lat: float, e: float) -> float:
+    """``q(φ)`` of the ellipsoid's equal-area (authalic) latitude (Snyder 1987, eq. 3-12)."""
+    s = math.sin(lat)
+    return s / (1 - (e * s) ** 2) + math.log((1 + e * s) / (1 - e * s)) / (2 * e)
+
+
+def ellipsoid_band_area(lat0: float, lat1: float, dlon: float) -> float:
+    """Area in m² of the WGS 84 band between latitudes ``lat0`` and ``lat1`` (degrees), ``dlon`` degrees wide.
+
+    ``A = b² Δλ |q(φ0) - q(φ1)| / 2``; exact on the ellipsoid, no spherical approximation.
+    """
+    e = math.sqrt(WGS84_F * (2 - WGS84_F))
+    b = WGS84_A * (1 - WGS84_F)
+    q0, q1 = _authalic_q(math.radians(lat0), e), _authalic_q(math.radians(lat1), e)
+    return b * b * math.radians(abs(dlon)) * abs(q0 - q1) / 2
 
 
 def is_background(name: str) -> bool:
@@ -77,11 +94,9 @@ class PixelMeasure:
         """The mean size of one pixel of ``window`` in :attr:`unit` (exact per block for a geographic CRS)."""
         if self.size is not None or self.transform is None:
             return self.size or 0.0
-        a, b, c, d, e, f = self.transform[:6]
-        (r0, _), (r1, _) = window.start[:2], window.stop[:2]
-        lat0, lat1 = math.radians(f + e * r0), math.radians(f + e * r1)
-        band = abs(math.sin(lat0) - math.sin(lat1)) * math.radians(abs(a)) * EARTH_RADIUS_M**2
-        return band / max(r1 - r0, 1)
+        a, _, _, _, e, f = self.transform[:6]
+        r0, r1 = window.start[0], window.stop[0]
+        return ellipsoid_band_area(f + e * r0, f + e * r1, a) / max(r1 - r0, 1)
 
     @property
     def units(self) -> dict[str, float]:
@@ -103,7 +118,7 @@ def pixel_measure(georef: Georef) -> PixelMeasure:
             size = abs(a * e - b * d) * metres**2
             return PixelMeasure("m2", f"pixel {math.sqrt(size):.6g} m on a side ({unit_name}, projected CRS)", size)
         if crs.is_geographic and b == 0 and d == 0:
-            note = "geographic CRS: spherical Earth (R = 6371007 m), pixel area per block rows"
+            note = "geographic CRS: pixel areas on the WGS 84 ellipsoid, per block"
             return PixelMeasure("m2", note, None, georef.transform)
     if georef.kind == "slide" and georef.mpp:
         return PixelMeasure("mm2", f"{georef.mpp:.6g} µm per pixel", georef.mpp**2 * 1e-6)
