@@ -8,6 +8,9 @@ Layout of ``<parent>/``::
                                   hash, version, complete (rewritten atomically)
     <name>/labels/                uint8 (uint16 past 255 classes) (*shape), fill value = nodata label
     <name>/probabilities/         optional (K, *shape), chunks (K, *chunks)
+    <name>/x, y (, z)             pixel-centre coordinates per spatial axis (CRS units for rasters, µm for
+                                  slides, mm for volumes), and ``spatial_ref`` (CRS WKT and GDAL GeoTransform)
+                                  for georeferenced rasters: what xarray and rioxarray read
     <name>/.tiler/blocks/<key>.json   one record per finished block: its window, the chunk files it wrote and a
                                   digest of its labels (atomic JSON)
     <name>/.tiler/exports/<n>.json    one record per finished export
