@@ -60,7 +60,7 @@ def test_minimal_config_takes_documented_defaults() -> None:
     assert cfg.tiling.blend == "gaussian"
     assert cfg.model.precision == "auto"
     assert cfg.engine.max_in_flight == 2
-    assert cfg.scoring.boundary_width == 0.02
+    assert cfg.scoring.boundary_width == 3
     assert cfg.ndim == 2
 
 

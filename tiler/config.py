@@ -558,7 +558,13 @@ class OutputConfig(_Section):
     # label of pixels outside the input's valid mask: null keeps nodata_label (rasters' nodata collar);
     # 0 suits slides and volumes, where outside the tissue / body mask is the background class
     background_label: Annotated[int, Strict(), Field(ge=0, le=65535)] | None = None
-    exports: tuple[Literal["cog", "nifti", "ome-zarr", "quicklook", "report"], ...] = ()
+    exports: tuple[
+        Literal["cog", "nifti", "ome-zarr", "geojson", "geoparquet", "qupath", "quicklook", "report"], ...
+    ] = ()
+    # polygon exports (geojson, geoparquet, qupath): regions smaller than this many pixels are left out
+    min_polygon_pixels: NonNegInt = 0
+    # class names to turn into polygons; null = every class but one named "background"
+    polygon_classes: tuple[Str, ...] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -584,7 +590,9 @@ class ScoringConfig(_Section):
 
     truth: Str | None = None
     ignore_index: Int | None = 255
-    boundary_width: BoundaryWidth = 0.02
+    # 3 pixels: the band where blurred edges and tile seams show; a fraction of a large image's diagonal is
+    # so wide that boundary IoU becomes plain IoU
+    boundary_width: BoundaryWidth = 3
     num_classes: Annotated[int, Strict(), Field(ge=2)] | None = None
 
     def boundary(self) -> Any:

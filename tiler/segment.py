@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,22 +289,39 @@ class Progress:
 
 
 def output_paths(store: str) -> dict[str, Path]:
-    """Where each export of ``store`` goes: beside it, named from its stem."""
+    """Where each export of ``store`` goes: beside it, named from its stem (sidecars included)."""
+    from tiler.io.export import aux_path, label_table_paths
+
     path = Path(store)
     base = path.with_name(path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name)
+
+    def named(suffix: str) -> Path:
+        return base.with_name(base.name + suffix)
+
+    nifti = named(".nii.gz")
+    tables = label_table_paths(nifti)
     return {
-        "cog": base.with_name(base.name + ".cog.tif"),
-        "nifti": base.with_name(base.name + ".nii.gz"),
-        "ome-zarr": base.with_name(base.name + ".ome.zarr"),
-        "quicklook": base.with_name(base.name + ".quicklook.png"),
-        "scores_json": base.with_name(base.name + ".scores.json"),
-        "report_json": base.with_name(base.name + ".report.json"),
-        "report_md": base.with_name(base.name + ".report.md"),
+        "cog": named(".cog.tif"),
+        "cog_aux": aux_path(named(".cog.tif")),
+        "nifti": nifti,
+        "nifti_ctbl": tables["ctbl"],
+        "nifti_itksnap": tables["itksnap"],
+        "ome-zarr": named(".ome.zarr"),
+        "geojson": named(".geojson"),
+        "geoparquet": named(".parquet"),
+        "qupath": named(".qupath.geojson"),
+        "quicklook": named(".quicklook.png"),
+        "scores_json": named(".scores.json"),
+        "report_json": named(".report.json"),
+        "report_md": named(".report.md"),
     }
 
 
 RAY_WORKING_COPY = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
 """Where Ray unpacks ``ray job submit --working-dir`` for a job (a temporary copy, deleted later)."""
+
+SIDECARS = {"cog": ("cog_aux",), "nifti": ("nifti_ctbl", "nifti_itksnap")}
+"""Files an export writes beside its main file (recorded in the store with it)."""
 
 
 def _local(path: str | None) -> str | None:
@@ -380,27 +397,48 @@ def check_output_paths(cfg: JobConfig) -> None:
 def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
     """Write every configured export (and the quicklook) beside the store, each recorded in the store when in place.
 
-    An export already recorded by an earlier run of this store (and still on disk) is not written again.
+    An export already recorded by an earlier run of this store (with its sidecars, all still on disk) is not
+    written again. Writers take ``(store, path, reader)``; the reader is the job's input, open for the whole
+    step (the OME-Zarr image, the QuPath level-0 scale and the quicklook read it).
     """
     from tiler.io.export import export_cog, export_nifti, export_ome_zarr, write_quicklook
     from tiler.io.store import OutputStore
+    from tiler.io.vector import export_geojson, export_geoparquet, export_qupath
 
+    out = cfg.output
+    classes = list(out.polygon_classes) if out.polygon_classes is not None else None
+    minimum = out.min_polygon_pixels
+    writers: dict[str, Any] = {
+        "cog": lambda store, path, reader: export_cog(store, path, reference=reader),
+        "nifti": lambda store, path, reader: export_nifti(store, path, reference=reader),
+        "ome-zarr": lambda store, path, reader: export_ome_zarr(store, path, reader=reader),
+        "geojson": lambda store, path, reader: export_geojson(
+            store, path, reference=reader, classes=classes, min_pixels=minimum
+        ),
+        "geoparquet": lambda store, path, reader: export_geoparquet(
+            store, path, reference=reader, classes=classes, min_pixels=minimum
+        ),
+        "qupath": lambda store, path, reader: export_qupath(
+            store, path, reference=reader, classes=classes, min_pixels=minimum
+        ),
+    }
     store = OutputStore.open(plan.store_path)
     recorded = store.exports_done()
-    writers: dict[str, Callable[..., Path]] = {"cog": export_cog, "nifti": export_nifti, "ome-zarr": export_ome_zarr}
     done: dict[str, str] = {}
-    for name in cfg.output.exports:
-        if name not in writers:
-            continue
-        if recorded.get(name) == str(paths[name]):
-            done[name] = recorded[name]
-            continue
-        done[name] = str(writers[name](store, paths[name]))
-        store.record_export(name, done[name])
     reader = plan.input.open()
     try:
-        overlay = reader if len(reader.shape) == 2 else None
-        done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=overlay))
+        for name in out.exports:
+            if name not in writers:
+                continue
+            files = (name, *SIDECARS.get(name, ()))
+            if all(recorded.get(f) == str(paths[f]) for f in files):
+                done.update({f: recorded[f] for f in files})
+                continue
+            writers[name](store, paths[name], reader)
+            for f in files:  # recorded once the export and its sidecars are all in place
+                done[f] = str(paths[f])
+                store.record_export(f, done[f])
+        done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=reader))
     finally:
         reader.close()
     store.record_export("quicklook", done["quicklook"])
@@ -433,10 +471,15 @@ def _score(cfg: JobConfig, plan: Plan, result: JobResult, paths: dict[str, Path]
 
 
 def _report(cfg: JobConfig, result: SegmentResult, paths: dict[str, Path]) -> None:
-    payload = {"config_hash": config_hash(cfg), "store": result.store, "outputs": result.outputs,
-               "summary": result.summary, "scores": result.scores}
+    """Write the run's report as JSON and Markdown: blocks and tiles, class areas in real units, scores, outputs."""
     from tiler.io.atomic import write_bytes_atomic
+    from tiler.io.classes import class_areas
+    from tiler.io.store import OutputStore
+    from tiler.metrics.report import area_lines, score_lines
 
+    areas = class_areas(OutputStore.open(result.store, mode="r"))
+    payload = {"config_hash": config_hash(cfg), "store": result.store, "outputs": result.outputs,
+               "summary": result.summary, "areas": areas, "scores": result.scores}
     write_bytes_atomic(paths["report_json"], (json.dumps(payload, indent=2, default=str) + "\n").encode())
     lines = [f"# tiler report: {redact(Path(cfg.input.path).name)}", "", f"- input: `{redact(cfg.input.path)}`",
              f"- output store: `{result.store}`", f"- config hash: `{payload['config_hash']}`", ""]
@@ -444,14 +487,9 @@ def _report(cfg: JobConfig, result: SegmentResult, paths: dict[str, Path]) -> No
     lines += ["| blocks | resumed | tiles run | tiles skipped | seconds | tiles/s |", "|---|---|---|---|---|---|",
               f"| {s['blocks_total']} | {s['blocks_resumed']} | {s['tiles_run']} | {s['tiles_skipped']} | "
               f"{s['seconds']} | {s['tiles_per_second']} |", ""]
+    lines += ["## Areas", "", *area_lines(areas), ""]
     if result.scores is not None:
-        sc = result.scores
-        headline = f"**FWIoU {sc['fwiou']:.4f}** · mIoU {sc['miou']:.4f} · pixel accuracy {sc['pixel_accuracy']:.4f}"
-        lines += [headline, "", "| class | IoU | Dice |", "|---|---|---|"]
-        for name, iou, dice in zip(sc["class_names"], sc["per_class_iou"], sc["per_class_dice"], strict=False):
-            fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
-            lines.append(f"| {name} | {fmt(iou)} | {fmt(dice)} |")
-        lines.append("")
+        lines += ["## Scores", "", *score_lines(result.scores), ""]
     lines += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in result.outputs.items()]
     write_bytes_atomic(paths["report_md"], ("\n".join(lines) + "\n").encode())
 

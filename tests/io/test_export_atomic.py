@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import rasterio.shutil
 
+from tests.io.array_reader import ArrayReader
 from tests.io.small_disk import small_disk
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition
@@ -67,7 +68,7 @@ def test_cog_failure_keeps_the_previous_export(tmp_path, store2d, monkeypatch):
     monkeypatch.setattr(rasterio.shutil, "copy", lambda *a, **k: (_ for _ in ()).throw(Killed()))
     with pytest.raises(Killed):
         export_cog(store2d, out / "pred.tif")
-    assert os.listdir(out) == ["pred.tif"] and (out / "pred.tif").read_bytes() == before
+    assert sorted(os.listdir(out)) == ["pred.tif", "pred.tif.aux.xml"] and (out / "pred.tif").read_bytes() == before
 
 
 def test_cog_on_a_full_disk_is_an_output_error_naming_the_path(tmp_path):
@@ -100,22 +101,26 @@ def test_nifti_killed_mid_write_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "write_nifti_slabs", write_then_die)
     with pytest.raises(Killed):
         export_nifti(store, out / "other.nii.gz")
-    assert os.listdir(out) == ["pred.nii.gz"]
+    assert sorted(os.listdir(out)) == ["pred.ctbl", "pred.itksnap.txt", "pred.nii.gz"]
+
+
+def _reader(store):
+    return ArrayReader(np.zeros((1, *store.shape), np.uint8))
 
 
 def test_ome_zarr_killed_mid_build_keeps_the_previous_export(tmp_path, store2d, monkeypatch):
     out = _out_folder(tmp_path)
-    export_ome_zarr(store2d, out / "pred.ome.zarr")
+    export_ome_zarr(store2d, out / "pred.ome.zarr", reader=_reader(store2d))
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    export_ome_zarr(store2d, out / "pred.ome.zarr")  # a rerun replaces its own earlier export
+    export_ome_zarr(store2d, out / "pred.ome.zarr", reader=_reader(store2d))  # a rerun replaces its own export
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
     def die(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(export, "_write_level", die)
+    monkeypatch.setattr(export, "_write_pyramid", die)
     with pytest.raises(Killed):
-        export_ome_zarr(store2d, out / "pred.ome.zarr")
+        export_ome_zarr(store2d, out / "pred.ome.zarr", reader=_reader(store2d))
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
@@ -140,7 +145,7 @@ def test_ome_zarr_never_replaces_a_folder_that_is_not_an_export(tmp_path, store2
     (out / "pred.ome.zarr").mkdir()
     (out / "pred.ome.zarr" / "notes.txt").write_text("mine")
     with pytest.raises(OutputError, match=r"pred\.ome\.zarr: something that is not an OME-Zarr export.*untouched"):
-        export_ome_zarr(store2d, out / "pred.ome.zarr")
+        export_ome_zarr(store2d, out / "pred.ome.zarr", reader=_reader(store2d))
     assert os.listdir(out / "pred.ome.zarr") == ["notes.txt"]
 
 
@@ -152,7 +157,7 @@ def test_leftover_temporaries_of_a_killed_export_are_cleaned_by_the_next(tmp_pat
     (cog_dir / "labels.tif").write_bytes(b"x" * 100)
     (out / f"{TMP_PREFIX}{host_tag()}-{int(dead.stdout)}-bbbbbbbb-pred.tif").write_bytes(b"II*\x00")
     export_cog(store2d, out / "pred.tif")
-    assert os.listdir(out) == ["pred.tif"]
+    assert sorted(os.listdir(out)) == ["pred.tif", "pred.tif.aux.xml"]
     with rasterio.open(out / "pred.tif") as cog:
         assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
 

@@ -72,6 +72,7 @@ class BlockWorker:
             "stitch_seconds": round(stats.stitch_seconds, 4),
             "write_seconds": round(write_seconds, 4),
             "pid": os.getpid(),
+            "class_counts": class_counts(result.labels, plan.num_classes),
         }
         if self.truth is not None:
             record["confusion"] = self._confusion(result.labels, prepared).tolist()
@@ -98,6 +99,16 @@ class BlockWorker:
             truth, labels, num_classes=self.plan.num_classes, ignore_index=self.plan.ignore_index,
             valid=prepared.valid, pred_nodata=self.plan.nodata_label,
         )
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    """Pixels per class 0..K-1 of a block's labels (nodata and any label >= K are not counted).
+
+    >>> class_counts(np.array([[0, 1], [1, 255]], np.uint8), 3)
+    [1, 2, 0]
+    """
+    counts = np.bincount(labels.ravel(), minlength=num_classes)
+    return [int(v) for v in counts[:num_classes]]
 
 
 class ModelWorker:

@@ -8,6 +8,9 @@ Layout of ``<parent>/``::
                                   hash, version, complete (rewritten atomically)
     <name>/labels/                uint8 (uint16 past 255 classes) (*shape), fill value = nodata label
     <name>/probabilities/         optional (K, *shape), chunks (K, *chunks)
+    <name>/x, y (, z)             pixel-centre coordinates per spatial axis (CRS units for rasters, µm for
+                                  slides, mm for volumes), and ``spatial_ref`` (CRS WKT and GDAL GeoTransform)
+                                  for georeferenced rasters: what xarray and rioxarray read
     <name>/.tiler/blocks/<key>.json   one record per finished block: its window, the chunk files it wrote and a
                                   digest of its labels (atomic JSON)
     <name>/.tiler/exports/<n>.json    one record per finished export
@@ -669,8 +672,19 @@ def _build_group(
     num_classes: int,
     probabilities: str | None,
 ) -> None:
-    """Write a whole store into the empty folder ``root``: group with every attribute, arrays, state folders."""
-    group = zarr.open_group(str(root), mode="w", zarr_format=3, attributes=dict(meta))
+    """Write a whole store into the empty folder ``root``: group with every attribute, arrays, state folders.
+
+    Besides ``labels`` (and ``probabilities``) the group holds what xarray and rioxarray read (see
+    :func:`_coordinate_arrays`): one coordinate array per spatial axis and, for a georeferenced raster, a scalar
+    ``spatial_ref`` array carrying the CRS and the GDAL GeoTransform.
+    """
+    georef = Georef.from_attrs(meta.get("georef"))
+    coords = _coordinate_arrays(georef, shape)
+    attrs = dict(meta)
+    if georef.transform is not None:
+        attrs["georef_transform_order"] = TRANSFORM_ORDER
+    group = zarr.open_group(str(root), mode="w", zarr_format=3, attributes=attrs)
+    data_attrs = _data_var_attrs(georef)
     group.create_array(
         "labels",
         shape=shape,
@@ -681,6 +695,7 @@ def _build_group(
         compressors=_codecs(),
         dimension_names=_dim_names(len(shape)),
         config=_ARRAY_CONFIG,
+        attributes=data_attrs,
     )
     if probabilities is not None:
         group.create_array(
@@ -693,9 +708,65 @@ def _build_group(
             compressors=_codecs(),
             dimension_names=("c", *_dim_names(len(shape))),
             config=_ARRAY_CONFIG,
+            attributes=data_attrs,
         )
+    for name, (values, dims, array_attrs) in coords.items():
+        arr = group.create_array(
+            name, shape=values.shape, dtype=values.dtype, dimension_names=dims, attributes=array_attrs,
+            fill_value=0,
+        )
+        arr[...] = values
     for sub in ("blocks", "exports"):
         (root / STATE_DIR / sub).mkdir(parents=True, exist_ok=True)
+
+
+TRANSFORM_ORDER = "a b c d e f: x = a*col + b*row + c, y = d*col + e*row + f (GDAL GeoTransform: c a b f d e)"
+"""How ``georef.transform`` is ordered (rasterio's Affine order), stated in every store that has one."""
+
+GRID_MAPPING = "spatial_ref"
+
+
+def _data_var_attrs(georef: Georef) -> dict[str, Any]:
+    """Attributes of labels and probabilities: the CF grid mapping rioxarray follows to the CRS."""
+    if georef.kind != "raster" or georef.transform is None:
+        return {}
+    return {"grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING}
+
+
+def _coordinate_arrays(
+    georef: Georef, shape: Sequence[int]
+) -> dict[str, tuple[np.ndarray, tuple[str, ...], dict[str, Any]]]:
+    """Coordinate arrays xarray attaches to the spatial dimensions: name -> (values, dimension names, attrs).
+
+    - raster with a north-up transform: ``x``/``y`` are pixel-centre coordinates in the CRS
+      (``x = c + a * (col + 0.5)``, ``y = f + e * (row + 0.5)``), plus the scalar ``spatial_ref`` whose
+      ``crs_wkt``/``spatial_ref`` (CF / GDAL) and ``GeoTransform`` rioxarray reads; a rotated transform gets
+      ``spatial_ref`` only (rioxarray reads the transform from it);
+    - slide: ``x``/``y`` in micrometres from the slide's top-left corner to pixel centres (``mpp``);
+    - volume: ``z``/``y``/``x`` in millimetres from the first voxel's centre (``spacing``);
+    - no georeferencing: none (xarray then indexes by position).
+    """
+    ndim = len(shape)
+    names = _dim_names(ndim)
+    out: dict[str, tuple[np.ndarray, tuple[str, ...], dict[str, Any]]] = {}
+    if georef.kind == "raster" and georef.transform is not None:
+        a, b, c, d, e, f = georef.transform[:6]
+        if b == 0 and d == 0:
+            out["y"] = (f + e * (np.arange(shape[0]) + 0.5), ("y",), {"axis": "Y", "long_name": "pixel centre y"})
+            out["x"] = (c + a * (np.arange(shape[1]) + 0.5), ("x",), {"axis": "X", "long_name": "pixel centre x"})
+        ref: dict[str, Any] = {"GeoTransform": " ".join(repr(v) for v in (c, a, b, f, d, e))}
+        if georef.crs_wkt:
+            ref.update(crs_wkt=georef.crs_wkt, spatial_ref=georef.crs_wkt)
+        out[GRID_MAPPING] = (np.zeros((), np.int32), (), ref)
+    elif georef.kind == "slide" and georef.mpp:
+        for name, n in zip(names, shape, strict=True):
+            attrs = {"units": "micrometer", "long_name": f"pixel centre {name} from the top-left corner"}
+            out[name] = ((np.arange(n) + 0.5) * georef.mpp, (name,), attrs)
+    elif georef.kind == "volume" and georef.spacing and len(georef.spacing) == ndim:
+        for name, n, step in zip(names, shape, georef.spacing, strict=True):
+            attrs = {"units": "millimeter", "long_name": f"voxel centre {name} from the first voxel's centre"}
+            out[name] = (np.arange(n) * step, (name,), attrs)
+    return out
 
 
 def _window_of(record: Mapping[str, Any]) -> Window | None:

@@ -1,4 +1,8 @@
-"""The score report: a readable table, the JSON file and two charts (confusion heatmap, per-class bars)."""
+"""The run report's content: the score table, class areas, the JSON file and two charts (confusion, per class).
+
+Headlines never hide a failing class: beside FWIoU (which the large classes carry) every summary gives the
+mean IoU and mean Dice over the foreground classes and names the worst class with its IoU.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,15 @@ def format_table(scores: Scores) -> str:
     lines.append("-" * len(head))
     lines.append(f"FWIoU (frequency-weighted IoU): {scores.fwiou:.4f}")
     lines.append(f"mean IoU: {scores.miou:.4f}    mean Dice: {scores.dice:.4f}")
+    if scores.foreground_miou is not None:
+        lines.append(
+            f"foreground ({len(scores.foreground)} classes): mean IoU {scores.foreground_miou:.4f}    "
+            f"mean Dice {_fmt(scores.foreground_dice).strip()}"
+        )
+    if scores.worst_class is not None:
+        lines.append(
+            f"worst class: {scores.worst_class_name} (IoU {_fmt(scores.per_class_iou[scores.worst_class]).strip()})"
+        )
     lines.append(
         f"pixel accuracy: {scores.pixel_accuracy:.4f}    "
         f"mean class accuracy: {scores.mean_class_accuracy:.4f}"
@@ -53,6 +66,58 @@ def format_table(scores: Scores) -> str:
     if scores.absent_classes:
         lines.append(f"absent from truth and prediction (not in the means): {list(scores.absent_classes)}")
     return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def score_lines(scores: dict[str, Any]) -> list[str]:
+    """Markdown of a scores dict (:meth:`Scores.to_dict`): the headline, the worst class, a per-class table."""
+    headline = (
+        f"**FWIoU {scores['fwiou']:.4f}** · mIoU {scores['miou']:.4f} · mean Dice {scores['dice']:.4f} · "
+        f"pixel accuracy {scores['pixel_accuracy']:.4f}"
+    )
+    lines = [headline, ""]
+    if scores.get("foreground_miou") is not None:
+        lines.append(
+            f"- foreground classes ({len(scores['foreground_classes'])}): mean IoU "
+            f"**{scores['foreground_miou']:.4f}**, mean Dice **{_num(scores.get('foreground_dice'))}**"
+        )
+    if scores.get("worst_class") is not None:
+        lines.append(
+            f"- worst class: **{scores['worst_class_name']}** (IoU {_num(scores.get('worst_class_iou'))})"
+        )
+    if scores.get("boundary_width") is not None:
+        lines.append(
+            f"- boundary band {scores['boundary_width']} px: mean boundary IoU "
+            f"{_num(scores.get('mean_boundary_iou'))}, mean boundary F1 {_num(scores.get('mean_boundary_f1'))}"
+        )
+    lines += ["", "| class | IoU | Dice | truth px | predicted px |", "|---|---|---|---|---|"]
+    rows = zip(
+        scores["class_names"], scores["per_class_iou"], scores["per_class_dice"], scores["truth_pixels"],
+        scores["pred_pixels"], strict=False,
+    )
+    for name, iou, dice, t, p in rows:
+        lines.append(f"| {name} | {_num(iou)} | {_num(dice)} | {t:,} | {p:,} |")
+    return lines
+
+
+_UNIT_LABELS = {"m2": "m²", "ha": "ha", "mm2": "mm²", "mm3": "mm³", "ml": "ml"}
+
+
+def area_lines(areas: dict[str, Any]) -> list[str]:
+    """Markdown of :func:`tiler.io.classes.class_areas`: pixels, share and area per class in real units."""
+    units = list(areas["units"])
+    labelled = areas["total_pixels"] - areas["nodata_pixels"]
+    head = ["class", "pixels", "share", *(_UNIT_LABELS.get(u, u) for u in units)]
+    lines = [f"Pixel size: {areas['note']}.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in areas["classes"]:
+        share = row["pixels"] / labelled if labelled else 0.0
+        cells = [row["name"], f"{row['pixels']:,}", f"{share:.2%}", *(f"{row[u]:,.6g}" for u in units)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Nodata (no prediction): {areas['nodata_pixels']:,} of {areas['total_pixels']:,} pixels."]
+    return lines
 
 
 def _clean(value: Any) -> Any:

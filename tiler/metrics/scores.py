@@ -7,6 +7,9 @@ and ``p_i = sum_j n_ji`` (pixels predicted as i):
 - ``FWIoU = sum_i (t_i / sum t) IoU_i`` (Long et al., FCN 2015);
 - mean IoU and mean Dice over the classes present in the truth or the prediction (classes absent
   from both are listed in ``absent_classes`` and get None, never NaN);
+- the same means over the *foreground* classes only (every class but the background, see
+  :mod:`tiler.io.classes`), and the *worst class*: the foreground class with the lowest IoU, so a
+  class the model misses is named beside a headline FWIoU that the large classes carry;
 - pixel accuracy ``sum_i n_ii / sum t``; mean class accuracy over classes present in the truth.
 """
 
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tiler.errors import ScoreError
+from tiler.io.classes import foreground_classes
 from tiler.metrics.boundary import BoundaryCounts
 
 
@@ -58,6 +62,10 @@ class Scores:
         boundary_f1: Boundary F1 per class (Csurka et al. 2013), or None.
         mean_boundary_iou: Mean of ``boundary_iou`` over the classes that have one.
         mean_boundary_f1: Mean of ``boundary_f1`` over the classes that have one.
+        foreground: The classes averaged in ``foreground_miou`` / ``foreground_dice`` (present ones only).
+        foreground_miou: Mean IoU over the foreground classes present in truth or prediction, or None.
+        foreground_dice: Mean Dice over the same classes, or None.
+        worst_class: The foreground class with the lowest IoU (None when none is present).
 
     """
 
@@ -83,7 +91,16 @@ class Scores:
     boundary_f1: tuple[float | None, ...] | None = None
     mean_boundary_iou: float | None = None
     mean_boundary_f1: float | None = None
+    foreground: tuple[int, ...] = ()
+    foreground_miou: float | None = None
+    foreground_dice: float | None = None
+    worst_class: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def worst_class_name(self) -> str | None:
+        """The name of :attr:`worst_class`."""
+        return None if self.worst_class is None else self.class_names[self.worst_class]
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (lists and plain numbers; absent values are None, never NaN)."""
@@ -101,6 +118,12 @@ class Scores:
             "boundary_f1": None if self.boundary_f1 is None else list(self.boundary_f1),
             "mean_boundary_iou": self.mean_boundary_iou,
             "mean_boundary_f1": self.mean_boundary_f1,
+            "foreground_classes": list(self.foreground),
+            "foreground_miou": self.foreground_miou,
+            "foreground_dice": self.foreground_dice,
+            "worst_class": self.worst_class,
+            "worst_class_name": self.worst_class_name,
+            "worst_class_iou": None if self.worst_class is None else self.per_class_iou[self.worst_class],
             "confusion_matrix": self.confusion_matrix.tolist(),
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
@@ -133,6 +156,7 @@ def scores_from_confusion(
     ignored_pixels: int = 0,
     boundary: BoundaryCounts | None = None,
     boundary_width: int | None = None,
+    background: Sequence[int] | None = None,
 ) -> Scores:
     """All scores from a confusion matrix ``n[truth, pred]``.
 
@@ -142,6 +166,7 @@ def scores_from_confusion(
         ignored_pixels: Pixels excluded from ``cm`` (reported, and named in the all-ignored error).
         boundary: Optional boundary counts to turn into boundary IoU / F1.
         boundary_width: The band width in pixels used for ``boundary``.
+        background: Classes left out of the foreground means (default: a class named ``background``).
 
     Returns:
         The scores.
@@ -169,6 +194,10 @@ def scores_from_confusion(
     dice = _ratio(2 * diag, t + p, present)
     acc = _ratio(diag, t, t > 0)
     fwiou = float(sum((t[i] / total) * v for i, v in enumerate(iou) if v is not None))
+    if background is None:
+        background = [i for i in range(k) if i not in foreground_classes(names)]
+    fg = tuple(i for i in range(k) if i not in set(background) and iou[i] is not None)
+    worst = min(fg, key=lambda i: (iou[i], i)) if fg else None
     b_iou = b_f1 = None
     if boundary is not None:
         b_iou, b_f1 = tuple(boundary.iou()), tuple(boundary.f1())
@@ -195,4 +224,8 @@ def scores_from_confusion(
         boundary_f1=b_f1,
         mean_boundary_iou=None if b_iou is None else _mean(b_iou),
         mean_boundary_f1=None if b_f1 is None else _mean(b_f1),
+        foreground=fg,
+        foreground_miou=_mean([iou[i] for i in fg]),
+        foreground_dice=_mean([dice[i] for i in fg]),
+        worst_class=worst,
     )

@@ -1,0 +1,75 @@
+"""The output store opened as xarray/rioxarray users open zarr: dimension names, coordinates and the CRS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+
+from tiler.geometry import Window
+from tiler.io import open_reader
+from tiler.io.base import Georef
+from tiler.io.scenes_files import write_satellite
+from tiler.io.store import TRANSFORM_ORDER, OutputStore
+
+pytestmark = pytest.mark.filterwarnings("ignore:Object at .tiler is not recognized")
+
+
+def _open(path):
+    return xr.open_zarr(path, consolidated=False)
+
+
+def test_raster_store_gives_xarray_the_inputs_crs_and_pixel_centres(tmp_path, stand_in):
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    scene = stand_in((120, 150), channels=2, dtype=np.uint16, image_nodata=0)
+    write_satellite(scene, tmp_path / "img.tif", tmp_path / "truth.tif", block=64)
+    reader = open_reader(tmp_path / "img.tif")
+    store = OutputStore.create(
+        tmp_path / "out.zarr", shape=reader.shape, num_classes=3, chunks=(64, 64), config_hash="c",
+        attrs={"georef": reader.georef}, probabilities="float16",
+    )
+    labels = scene.read(Window.from_shape(scene.shape))[1]
+    store.write_block(Window((0, 0), reader.shape), labels, np.zeros((3, *reader.shape), np.float32))
+    ds = _open(store.path)
+    assert ds["labels"].dims == ("y", "x") and ds["probabilities"].dims == ("c", "y", "x")
+    with rasterio.open(reader.path) as src:
+        xs, _ = rasterio.transform.xy(src.transform, np.zeros(src.width), np.arange(src.width))
+        _, ys = rasterio.transform.xy(src.transform, np.arange(src.height), np.zeros(src.height))
+        assert np.allclose(ds["x"].values, xs) and np.allclose(ds["y"].values, ys)
+        assert ds["labels"].rio.crs == src.crs == ds.rio.crs
+        assert ds["labels"].rio.transform() == src.transform
+    assert np.array_equal(ds["labels"].values, labels)
+    assert "spatial_ref" in ds["labels"].coords
+    assert store.attrs["georef_transform_order"] == TRANSFORM_ORDER
+    a, b, c, d, e, f = store.georef.transform
+    assert ds["spatial_ref"].attrs["GeoTransform"].split() == [repr(v) for v in (c, a, b, f, d, e)]
+
+
+@pytest.mark.parametrize(
+    ("georef", "shape", "expected"),
+    [
+        pytest.param(Georef(kind="slide", mpp=0.25), (40, 60), {"x": 0.25 * (np.arange(60) + 0.5)}, id="slide-um"),
+        pytest.param(
+            Georef(kind="volume", spacing=(3.0, 0.5, 0.7)), (8, 10, 12), {"z": 3.0 * np.arange(8),
+                                                                         "x": 0.7 * np.arange(12)}, id="volume-mm",
+        ),
+    ],
+)
+def test_slide_and_volume_stores_have_physical_coordinates(tmp_path, georef, shape, expected):
+    store = OutputStore.create(
+        tmp_path / "s.zarr", shape=shape, num_classes=2, chunks=shape, config_hash="c", attrs={"georef": georef}
+    )
+    ds = _open(store.path)
+    assert ds["labels"].dims == ("z", "y", "x")[-len(shape):]
+    for name, values in expected.items():
+        assert np.allclose(ds[name].values, values)
+        assert ds[name].attrs["units"] == ("micrometer" if georef.kind == "slide" else "millimeter")
+    assert "spatial_ref" not in ds
+
+
+def test_a_store_without_georeferencing_has_positions_only(tmp_path):
+    store = OutputStore.create(tmp_path / "s.zarr", shape=(20, 30), num_classes=2, chunks=(20, 30), config_hash="c")
+    ds = _open(store.path)
+    assert ds["labels"].dims == ("y", "x") and not ds.coords  # nothing claimed that is not known

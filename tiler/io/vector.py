@@ -1,0 +1,406 @@
+"""Polygons of the classes, out of core: GeoJSON and GeoParquet for GIS, GeoJSON annotations for QuPath.
+
+How the polygons are made (:func:`iter_polygons`): the label map is read block row by block row (blocks of
+whole chunks, about 2048 pixels a side); ``rasterio.features.shapes`` (GDAL's polygonize, 4-connected, holes
+kept) turns each block into polygons in pixel coordinates (x = column, y = row, pixel corners on whole
+numbers). A polygon that touches no block border inside the image is whole and is written at once. One that
+touches a border is kept; when a block row is done, the kept polygons of each class are dissolved
+(``shapely.unary_union``) and every piece that does not reach down into the next block row is whole and
+written. So no polygon is ever cut at a block edge, and memory holds only the polygons that cross the
+current block row's borders (plus any that span many rows), never the whole map.
+
+Coordinates written: GeoJSON / GeoParquet in the raster's CRS (pixel coordinates when there is none);
+QuPath in level-0 pixel coordinates of the slide. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tiler.errors import OutputError
+from tiler.geometry import Window
+from tiler.io.atomic import atomic_file, atomic_path
+from tiler.io.base import Georef, Reader
+from tiler.io.classes import foreground_classes, pixel_measure
+
+if TYPE_CHECKING:
+    from shapely.geometry import Polygon
+
+    from tiler.io.store import OutputStore
+
+VECTOR_BLOCK = 2048
+PARQUET_BATCH = 4096
+
+
+@dataclass
+class VectorStats:
+    """What one vectorisation did: polygons written, border polygons merged, and the most kept in memory at once."""
+
+    polygons: int = 0
+    border_polygons: int = 0
+    dropped_small: int = 0
+    merged_pieces: int = 0
+    peak_pending: int = 0
+    peak_pending_vertices: int = 0
+
+
+def select_classes(store: OutputStore, names: Sequence[str] | None) -> tuple[int, ...]:
+    """Class indices to vectorise: ``names`` (class names of the store), or every class but the background.
+
+    Raises:
+        OutputError: a name that is not a class of the store (listing the classes).
+
+    """
+    all_names = store.class_names
+    if names is None:
+        return foreground_classes(all_names)
+    unknown = [n for n in names if n not in all_names]
+    if unknown:
+        raise OutputError(
+            f"output.polygon_classes names {unknown}, which are not classes of {store.path} ({all_names}); "
+            f"list some of {all_names}, or null for every class but the background."
+        )
+    return tuple(all_names.index(n) for n in names)
+
+
+def _pieces(geom: Any) -> Iterator[Polygon]:
+    from shapely.geometry import MultiPolygon, Polygon
+
+    if isinstance(geom, Polygon):
+        if not geom.is_empty:
+            yield geom
+    elif isinstance(geom, MultiPolygon) or hasattr(geom, "geoms"):
+        for part in geom.geoms:
+            yield from _pieces(part)
+
+
+def iter_polygons(
+    store: OutputStore,
+    classes: Sequence[int],
+    *,
+    min_pixels: float = 0,
+    block: Sequence[int] | None = None,
+    stats: VectorStats | None = None,
+) -> Iterator[tuple[int, Polygon]]:
+    """Yield ``(class, polygon)`` for every 4-connected region of ``classes``, in pixel coordinates.
+
+    Args:
+        store: A 2D output store.
+        classes: The classes to vectorise.
+        min_pixels: Regions smaller than this many pixels (holes excluded) are left out.
+        block: Block shape (rows, cols); default about :data:`VECTOR_BLOCK` in whole write units.
+        stats: Filled with counts and the peak number of kept border polygons.
+
+    Yields:
+        ``(k, polygon)``: x = column, y = row (the top-left corner of pixel (r, c) is (c, r)).
+
+    """
+    import rasterio.features
+    import shapely
+    from affine import Affine
+    from shapely.geometry import shape as to_shape
+
+    if len(store.shape) != 2:
+        raise OutputError(f"polygons need a 2D output; {store.path} has shape {store.shape}.")
+    stats = stats if stats is not None else VectorStats()
+    h, w = store.shape
+    bh, bw = tuple(block) if block is not None else tuple(max(u, (VECTOR_BLOCK // u) * u) for u in store.write_unit)
+    wanted = np.asarray(sorted(set(classes)), dtype=np.int64)
+    pending: dict[int, list[Polygon]] = defaultdict(list)
+    for r0 in range(0, h, bh):
+        r1 = min(r0 + bh, h)
+        for c0 in range(0, w, bw):
+            c1 = min(c0 + bw, w)
+            labels = store.read(Window((r0, c0), (r1, c1)))
+            mask = np.isin(labels, wanted)
+            if not mask.any():
+                continue
+            for geom, value in rasterio.features.shapes(
+                labels, mask=mask, connectivity=4, transform=Affine.translation(c0, r0)
+            ):
+                poly = to_shape(geom)
+                minx, miny, maxx, maxy = poly.bounds
+                if (c0 > 0 and minx == c0) or (c1 < w and maxx == c1) or (r0 > 0 and miny == r0) or (
+                    r1 < h and maxy == r1
+                ):
+                    pending[int(value)].append(poly)
+                    stats.border_polygons += 1
+                elif poly.area >= min_pixels:
+                    stats.polygons += 1
+                    yield int(value), poly
+                else:
+                    stats.dropped_small += 1
+        stats.peak_pending = max(stats.peak_pending, sum(len(v) for v in pending.values()))
+        stats.peak_pending_vertices = max(
+            stats.peak_pending_vertices, sum(int(shapely.get_num_coordinates(v).sum()) for v in pending.values())
+        )
+        for k in sorted(pending):
+            kept: list[Polygon] = []
+            for piece in _dissolve(pending[k]):
+                if r1 < h and piece.bounds[3] == r1:
+                    kept.append(piece)  # reaches into the next block row: not whole yet
+                elif piece.area >= min_pixels:
+                    stats.polygons += 1
+                    stats.merged_pieces += 1
+                    yield k, piece.simplify(0)  # drop the vertices left on former block borders
+                else:
+                    stats.dropped_small += 1
+            pending[k] = kept
+
+
+def _dissolve(polygons: list[Polygon]) -> Iterator[Polygon]:
+    """The union of ``polygons`` as separate polygons; only groups that touch are unioned (an STRtree finds them)."""
+    import shapely
+
+    if len(polygons) < 2:
+        yield from polygons
+        return
+    tree = shapely.STRtree(polygons)
+    left, right = tree.query(polygons, predicate="intersects")
+    parent = list(range(len(polygons)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in zip(left.tolist(), right.tolist(), strict=True):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[Polygon]] = defaultdict(list)
+    for i, poly in enumerate(polygons):
+        groups[root(i)].append(poly)
+    for group in groups.values():
+        if len(group) == 1:
+            yield group[0]
+        else:
+            yield from _pieces(shapely.unary_union(group))
+
+
+# -- coordinates ---------------------------------------------------------------------------------------------
+def _world(poly: Polygon, matrix: Sequence[float]) -> Polygon:
+    """``poly`` through the affine ``[a, b, d, e, xoff, yoff]`` (shapely's order), rings counter-clockwise."""
+    from shapely import affinity
+    from shapely.geometry.polygon import orient
+
+    return orient(affinity.affine_transform(poly, list(matrix)), sign=1.0)
+
+
+def _crs_matrix(georef: Georef) -> list[float]:
+    """Pixel (col, row) -> CRS for a georeferenced raster; identity (pixel coordinates) otherwise."""
+    if georef.kind == "raster" and georef.transform is not None:
+        a, b, c, d, e, f = georef.transform[:6]
+        return [a, b, d, e, c, f]
+    return [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+
+
+def _hex(color: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in color[:3]))
+
+
+def _georef_of(store: OutputStore, reference: Reader | Georef | None) -> Georef:
+    if isinstance(reference, Reader):
+        return reference.georef
+    if isinstance(reference, Georef):
+        return reference
+    return store.georef
+
+
+class _Feature:
+    """Properties shared by the GIS writers: class id and name, colour, pixels and area in real units."""
+
+    def __init__(self, store: OutputStore, georef: Georef) -> None:
+        self.names = store.class_names
+        self.colors = store.class_colors
+        measure = pixel_measure(georef)
+        # a geographic CRS's pixel size varies by row: polygon areas are left to the GIS there
+        self.area_key = None if measure.size is None or measure.unit == "px" else measure.unit
+        self.pixel_size = measure.size or 0.0
+
+    def properties(self, k: int, pixels: float) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            "class_id": k, "class_name": self.names[k], "color": _hex(self.colors[k]), "pixels": float(pixels)
+        }
+        if self.area_key is not None:
+            props[f"area_{self.area_key}"] = float(pixels * self.pixel_size)
+        return props
+
+
+def _geojson_crs(georef: Georef) -> dict[str, Any] | None:
+    """The (pre-RFC 7946) ``crs`` member GDAL and QGIS read, when the CRS has an authority code."""
+    if georef.kind != "raster" or not georef.crs_wkt:
+        return None
+    from rasterio.crs import CRS
+
+    auth = CRS.from_wkt(georef.crs_wkt).to_authority()
+    if auth is None:
+        return None
+    return {"type": "name", "properties": {"name": f"urn:ogc:def:crs:{auth[0]}::{auth[1]}"}}
+
+
+def export_geojson(
+    store: OutputStore,
+    out_path: str | os.PathLike[str],
+    *,
+    reference: Reader | Georef | None = None,
+    classes: Sequence[str] | None = None,
+    min_pixels: float = 0,
+    stats: VectorStats | None = None,
+) -> Path:
+    """Write the class polygons as a GeoJSON FeatureCollection in the raster's CRS, streamed feature by feature.
+
+    A CRS with an authority code is named in the ``crs`` member (what GDAL/QGIS read; RFC 7946 readers assume
+    WGS 84, so reproject with ``ogr2ogr -t_srs EPSG:4326`` for web maps). Properties: ``class_id``,
+    ``class_name``, ``color``, ``pixels`` and the area (``area_m2`` for projected rasters).
+    """
+    out_path = Path(out_path)
+    georef = _georef_of(store, reference)
+    matrix = _crs_matrix(georef)
+    feature = _Feature(store, georef)
+    header: dict[str, Any] = {"type": "FeatureCollection", "name": out_path.name.split(".")[0]}
+    crs = _geojson_crs(georef)
+    if crs is not None:
+        header["crs"] = crs
+    polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
+    with atomic_file(out_path, "w") as f:
+        f.write(json.dumps(header)[:-1] + ', "features": [\n')
+        for n, (k, poly) in enumerate(polygons):
+            geometry = _world(poly, matrix).__geo_interface__
+            item = {"type": "Feature", "properties": feature.properties(k, poly.area), "geometry": geometry}
+            f.write((",\n" if n else "") + json.dumps(item))
+        f.write("\n]}\n")
+    return out_path
+
+
+def _projjson(georef: Georef) -> dict[str, Any] | None:
+    if georef.kind != "raster" or not georef.crs_wkt:
+        return None
+    from rasterio.crs import CRS
+
+    return dict(CRS.from_wkt(georef.crs_wkt).to_dict(projjson=True))
+
+
+def export_geoparquet(
+    store: OutputStore,
+    out_path: str | os.PathLike[str],
+    *,
+    reference: Reader | Georef | None = None,
+    classes: Sequence[str] | None = None,
+    min_pixels: float = 0,
+    stats: VectorStats | None = None,
+) -> Path:
+    """Write the class polygons as GeoParquet 1.1 (WKB, the raster's CRS as PROJJSON), in row groups.
+
+    Columns: ``class_id``, ``class_name``, ``color``, ``pixels``, the area when known (``area_m2``) and
+    ``geometry``. Rows are written :data:`PARQUET_BATCH` at a time, so memory stays bounded.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
+    out_path = Path(out_path)
+    georef = _georef_of(store, reference)
+    matrix = _crs_matrix(georef)
+    feature = _Feature(store, georef)
+    fields = [
+        pa.field("class_id", pa.int32()), pa.field("class_name", pa.string()), pa.field("color", pa.string()),
+        pa.field("pixels", pa.float64()),
+    ]
+    if feature.area_key is not None:
+        fields.append(pa.field(f"area_{feature.area_key}", pa.float64()))
+    fields.append(pa.field("geometry", pa.binary()))
+    geo = {
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": _projjson(georef)}},
+    }
+    schema = pa.schema(fields, metadata={b"geo": json.dumps(geo).encode()})
+    polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
+    with atomic_path(out_path, what="write the GeoParquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        rows: list[dict[str, Any]] = []
+        geoms: list[Any] = []
+
+        def flush() -> None:
+            columns = {name: [r[name] for r in rows] for name in schema.names if name != "geometry"}
+            columns["geometry"] = list(shapely.to_wkb(geoms))
+            writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+            rows.clear()
+            geoms.clear()
+
+        for k, poly in polygons:
+            rows.append(feature.properties(k, poly.area))
+            geoms.append(_world(poly, matrix))
+            if len(rows) >= PARQUET_BATCH:
+                flush()
+        if rows:
+            flush()
+    return out_path
+
+
+# -- QuPath ----------------------------------------------------------------------------------------------
+def level0_scale(store: OutputStore, reference: Reader | None) -> tuple[float, float]:
+    """``(sx, sy)`` from the output's pixels to the slide's level-0 pixels (1, 1 for a level-0 output).
+
+    From the reader's pyramid: OpenSlide's level downsample, else level 0's size over the read level's.
+    """
+    if reference is None:
+        return 1.0, 1.0
+    level = int(getattr(reference, "level", 0) or 0)
+    downsamples = getattr(reference, "downsamples", None)
+    if downsamples is not None:
+        return float(downsamples[level]), float(downsamples[level])
+    shapes = getattr(reference, "level_shapes", None)
+    if shapes:
+        (h0, w0), (h, w) = shapes[0], shapes[level]
+        return w0 / w, h0 / h
+    return 1.0, 1.0
+
+
+def export_qupath(
+    store: OutputStore,
+    out_path: str | os.PathLike[str],
+    *,
+    reference: Reader | None = None,
+    classes: Sequence[str] | None = None,
+    min_pixels: float = 0,
+    stats: VectorStats | None = None,
+) -> Path:
+    """Write the class polygons as GeoJSON annotations QuPath imports (File > Import objects, or drag the file).
+
+    A FeatureCollection in level-0 pixel coordinates of the slide (``reference``, the reader the output was
+    made from, gives the level's downsample); each feature is ``{"type": "Feature", "id", "geometry",
+    "properties": {"objectType": "annotation", "classification": {"name", "color": [r, g, b]}}}``.
+    """
+    out_path = Path(out_path)
+    sx, sy = level0_scale(store, reference)
+    matrix = [sx, 0.0, 0.0, sy, 0.0, 0.0]
+    names, colors = store.class_names, store.class_colors
+    polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
+    from shapely import affinity
+
+    with atomic_file(out_path, "w") as f:
+        f.write('{"type": "FeatureCollection", "features": [\n')
+        for n, (k, poly) in enumerate(polygons):
+            item = {
+                "type": "Feature",
+                "id": str(uuid.uuid4()),
+                "geometry": affinity.affine_transform(poly, matrix).__geo_interface__,
+                "properties": {
+                    "objectType": "annotation",
+                    "classification": {"name": names[k], "color": [int(v) for v in colors[k][:3]]},
+                },
+            }
+            f.write((",\n" if n else "") + json.dumps(item))
+        f.write("\n]}\n")
+    return out_path
