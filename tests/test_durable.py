@@ -90,9 +90,18 @@ def test_an_output_inside_rays_temporary_working_dir_copy_is_refused(tmp_path: P
         check_output_paths(moved)
 
 
-def test_exports_that_do_not_fit_the_dimensionality_are_refused_at_load(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"output\.exports.*nifti on a 2D job"):
-        load_config(job(tmp_path, exports=["nifti"]))
+@pytest.mark.parametrize("export", ["nifti"])
+def test_exports_that_do_not_fit_the_dimensionality_are_refused_at_load(tmp_path: Path, export: str) -> None:
+    with pytest.raises(ConfigError, match=rf"output\.exports.*{export} on a 2D job"):
+        load_config(job(tmp_path, exports=[export]))
+
+
+@pytest.mark.parametrize("export", ["cog", "geojson", "geoparquet", "qupath"])
+def test_2d_exports_on_a_3d_job_are_refused_at_load(export: str) -> None:
+    with pytest.raises(ConfigError, match=rf"output\.exports.*{export} on a 3D job"):
+        parse_config({"input": {"path": "v.nii.gz"}, "model": {"weights": "m.pt"},
+                      "tiling": {"tile": [16, 16, 16], "overlap": [4, 4, 4], "block": [32, 32, 32]},
+                      "output": {"path": "o.zarr", "chunks": [16, 16, 16], "exports": [export]}})
 
 
 def test_complete_comes_only_after_the_exports_and_a_rerun_redoes_only_the_exports(

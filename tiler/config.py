@@ -707,7 +707,10 @@ class JobConfig(_Section):
             fix = "use a label no class can take, e.g. 255"
             problems.append(("output.nodata_label", self.output.nodata_label, label_problem, fix))
         for name, dims, fix in (("cog", 2, "a COG holds a 2D raster: use nifti or ome-zarr for a volume"),
-                                ("nifti", 3, "a NIfTI export is for volumes: use cog or ome-zarr for a 2D image")):
+                                ("nifti", 3, "a NIfTI export is for volumes: use cog or ome-zarr for a 2D image"),
+                                ("geojson", 2, "polygons are drawn on 2D label maps: use nifti or ome-zarr"),
+                                ("geoparquet", 2, "polygons are drawn on 2D label maps: use nifti or ome-zarr"),
+                                ("qupath", 2, "QuPath annotations are 2D: use nifti or ome-zarr for a volume")):
             if name in self.output.exports and ndim != dims:
                 problems.append(
                     ("output.exports", list(self.output.exports), f"asks for {name} on a {ndim}D job", fix)
