@@ -282,33 +282,38 @@ def _safe_load(path: Path) -> Any:
         ) from err
 
 
-def _check_state_dict(state: Mapping[str, Any], network: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
-    """Raise naming the first tensor whose name or shape does not fit the network."""
+def check_state(
+    state: Mapping[str, Any], network: torch.nn.Module, *, path: Path, built: str, fix: str
+) -> None:
+    """Raise ModelError naming the first entry of ``state`` that is not a tensor of ``network`` with its shape.
+
+    Args:
+        state: Tensor name → tensor, read from ``path``.
+        network: The freshly built network the weights are meant for.
+        path: The weights file, for messages.
+        built: What the network was built from (``"UNet with args={...}"``), for messages.
+        fix: What to do when the weights do not fit.
+    """
     expected = network.state_dict()
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
-            raise ModelError(f"checkpoint {path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
+            raise ModelError(f"weights {path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
         if key not in expected:
             raise ModelError(
-                f"checkpoint {path}: tensor {key!r} (shape {tuple(value.shape)}) does not exist in "
-                f"{spec.architecture} with args={spec.args}; the weights belong to another architecture "
-                "or spec."
+                f"weights {path}: tensor {key!r} (shape {tuple(value.shape)}) does not exist in the {built}; "
+                f"the weights belong to another architecture or configuration: {fix}."
             )
         if tuple(value.shape) != tuple(expected[key].shape):
             raise ModelError(
-                f"checkpoint {path}: tensor {key!r} has shape {tuple(value.shape)} in the file but "
-                f"{tuple(expected[key].shape)} in the model built from the spec {spec.to_dict()}; "
-                f"give the spec the weights were trained with."
+                f"weights {path}: tensor {key!r} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(expected[key].shape)} in the {built}; {fix}."
             )
     missing = [k for k in expected if k not in state]
     if missing:
         raise ModelError(
-            f"checkpoint {path}: {len(missing)} tensor(s) of the model are missing from the file, first "
-            f"{missing[0]!r}; "
-            f"give the spec the weights were trained with."
+            f"weights {path}: {len(missing)} tensor(s) of the {built} are missing from the file, first "
+            f"{missing[0]!r}; {fix}."
         )
-
-
 def _strip_prefix(state: Mapping[str, Any], expected: Mapping[str, Any]) -> dict[str, Any]:
     """Drop a wrapper prefix (``module.`` from DataParallel, ...) when the names only fit without it."""
     keys = list(state)
@@ -328,7 +333,10 @@ def _network_from_state(state: Mapping[str, Any], spec: ModelSpec, path: Path) -
         )
     network = build_network(spec)
     state = _strip_prefix(state, network.state_dict())
-    _check_state_dict(state, network, path, spec)
+    check_state(
+        state, network, path=path, built=f"model built from the spec {spec.architecture} with args={spec.args}",
+        fix=f"give the spec the weights were trained with (now {spec.to_dict()})",
+    )
     network.load_state_dict(state, strict=True)
     return network.eval()
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from tiler.errors import ModelError, ReadError
-from tiler.model.checkpoint import _safe_load
+from tiler.model.checkpoint import _safe_load, check_state
 
 __all__ = ["load_state", "read_json", "read_state", "state_of"]
 
@@ -69,25 +69,6 @@ def load_state(network: torch.nn.Module, state: Mapping[str, Any], *, path: Path
         The network with the weights, in eval mode.
 
     """
-    expected = network.state_dict()
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise ModelError(f"weights {path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
-        if key not in expected:
-            raise ModelError(
-                f"weights {path}: tensor {key!r} (shape {tuple(value.shape)}) does not exist in the {built}; "
-                "the weights belong to another architecture or configuration."
-            )
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ModelError(
-                f"weights {path}: tensor {key!r} has shape {tuple(value.shape)} in the file but "
-                f"{tuple(expected[key].shape)} in the {built}; the config does not match the weights."
-            )
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise ModelError(
-            f"weights {path}: {len(missing)} tensor(s) of the {built} are missing from the file, first "
-            f"{missing[0]!r}; the config does not match the weights."
-        )
+    check_state(state, network, path=path, built=built, fix="the config does not match the weights")
     network.load_state_dict(dict(state), strict=True)
     return network.eval()
