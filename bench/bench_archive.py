@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import save
+from bench.common import save, spawn
 
 CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
 TILE, OVERLAP, BATCH = 256, 32, 8
@@ -171,16 +170,6 @@ def child(approach: str, info: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def spawn(approach: str, info: dict[str, Any]) -> dict[str, Any]:
-    """Run an approach in a fresh process."""
-    cmd = [sys.executable, "-m", "bench.bench_archive", "--child", approach, "--info", json.dumps(info)]
-    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in run.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[7:]))
-    return {"error": (run.stderr or run.stdout)[-2000:]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenes", type=int, default=12)
@@ -192,7 +181,7 @@ def main() -> None:
         child(args.child, json.loads(args.info))
         return
     info = prepare(args.scenes, args.size)
-    results = {a: spawn(a, info) for a in ("limit", "monai-loop", "tiler-1", "tiler")}
+    results = {a: spawn("bench.bench_archive", a, info) for a in ("limit", "monai-loop", "tiler-1", "tiler")}
     pixels = args.scenes * args.size**2
     for name, r in results.items():
         if "seconds" in r:

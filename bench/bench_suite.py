@@ -20,8 +20,6 @@ import json
 import math
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.common import PeakMemory, save
+from bench.common import PeakMemory, save, spawn
 
 CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -234,16 +232,6 @@ def child(approach: str, info: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def spawn(approach: str, info: dict[str, Any]) -> dict[str, Any]:
-    """Run an approach in a fresh process."""
-    cmd = [sys.executable, "-m", "bench.bench_suite", "--child", approach, "--info", json.dumps(info)]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    for line in run.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[7:]))
-    return {"error": (run.stderr or run.stdout)[-2000:]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--case", choices=list(CASES), default="2d")
@@ -260,7 +248,7 @@ def main() -> None:
         approaches.insert(2, "project-noskip")
     if args.case in ("2d-16k", "huge"):
         approaches = ["project", "peer"]
-    results = {a: spawn(a, info) for a in approaches}
+    results = {a: spawn("bench.bench_suite", a, info) for a in approaches}
     from tiler.io import open_reader
 
     pixels = math.prod(open_reader(info["image"]).shape)

@@ -49,6 +49,19 @@ def save(name: str, payload: dict[str, Any], command: str) -> Path:
     return out
 
 
+def spawn(module: str, approach: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Run ``python -m MODULE --child APPROACH --info JSON`` in a fresh process; return its ``RESULT`` JSON."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", module, "--child", approach, "--info", json.dumps(info)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in run.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[7:]))
+    return {"error": (run.stderr or run.stdout)[-2000:]}
+
+
 class PeakMemory:
     """Summed RSS of this process and every Ray process, sampled in the background."""
 
