@@ -341,3 +341,21 @@ def test_out_of_memory_back_off_keeps_every_tile_of_a_block(torch_threads) -> No
     assert sum(b for b in flaky.network.batches if b <= 2) == stats.tiles_run  # every tile ran exactly once
     assert np.array_equal(got.labels, expected.labels)
     np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")])
+def test_read_only_numpy_predict_outputs_are_blended_without_being_modified(dtype: type) -> None:
+    image = np.random.default_rng(7).random((2, 30, 40), dtype=np.float32)
+    grid = TileGrid((30, 40), (16, 16), (4, 4))
+    returned: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        out = batch.astype(dtype)
+        out.setflags(write=False)
+        returned.append((out, out.copy()))
+        return out
+
+    _, probs = run_in_memory(image, predict, grid=grid, block=(16, 24), blender=Blender("gaussian"), num_classes=2)
+    np.testing.assert_allclose(probs, image, rtol=0, atol=1e-6)
+    assert len(returned) == 4  # one call per block (2 x 2 blocks of 6, 6, 4 and 4 tiles)
+    assert all(np.array_equal(out, pristine) for out, pristine in returned)

@@ -183,7 +183,7 @@ class TorchBlockAccumulator:
         self.block = block
         self.num_classes = num_classes
         self.device = torch.device(device)
-        with torch.inference_mode():  # the runner's outputs are inference tensors: updated in place in this mode
+        with torch.inference_mode():  # callers may hand over inference tensors: they are updated in place in this mode
             self.sums = torch.zeros((num_classes, *block.shape), dtype=torch.float32, device=self.device)
             self.weights = torch.zeros(block.shape, dtype=torch.float32, device=self.device)
 

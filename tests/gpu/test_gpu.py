@@ -133,21 +133,29 @@ def test_out_of_memory_back_off_on_a_real_device_keeps_every_tile() -> None:
     grid = TileGrid((96, 96, 160), (48, 48, 48), (8, 8, 8))
     image = np.random.default_rng(3).integers(0, 200, size=(2, 96, 96, 160)).astype(np.uint16)
     window = Window((0, 0, 0), (96, 96, 160))
+    tiles = len(grid.positions_intersecting(window))  # 36
     kwargs = {"blender": Blender("gaussian"), "num_classes": 5, "probabilities": "float32"}
+    one = TileRunner(model, device="cuda", batch_size=1)
     prepared = prepare_block(window, grid, read=lambda w: image[(slice(None), *w.slices)])
-    reference, _ = infer_block(prepared, grid, predict=TileRunner(model, device="cuda", batch_size=1), **kwargs)
-    runner = TileRunner(model, device="cuda", batch_size=64)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, 1.5 * 2**30 / total))  # 1.5 GiB: batch 64 cannot fit
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    reference, _ = infer_block(prepared, grid, predict=one, **kwargs)
+    per_tile = torch.cuda.max_memory_allocated() - base  # one tile's forward, plus the block's sums
+    runner = TileRunner(model, device="cuda", batch_size=64)
+    del one
+    torch.cuda.empty_cache()
+    # room for about three tiles at a time: a batch of 36 cannot fit, a batch of 1 or 2 can
+    limit = torch.cuda.memory_reserved() + 3 * per_tile + 2**26
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / torch.cuda.get_device_properties(0).total_memory))
     try:
         prepared = prepare_block(window, grid, read=lambda w: image[(slice(None), *w.slices)])
         result, stats = infer_block(prepared, grid, predict=runner, batch_size=64, **kwargs)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
-    assert runner.batch_size < 64 and stats.tiles_run == len(grid.positions_intersecting(window))
+    assert runner.batch_size < tiles, "the memory limit did not force a smaller batch"
+    assert stats.tiles_run == tiles and result.covered.all()
     assert result.probabilities is not None and reference.probabilities is not None
-    assert result.covered.all()
     np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=0.02)

@@ -94,8 +94,8 @@ class _HostStage:
         self._slot = 0
         self._stream = torch.cuda.Stream(device) if self.cuda else None
 
-    def buffer(self, shape: tuple[int, ...]) -> tuple[int, np.ndarray]:
-        """A float32 host array of ``shape`` in the next free slot (numpy view of a pinned tensor on CUDA)."""
+    def buffer(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:
+        """A float32 host tensor of ``shape`` in the next free slot (pinned on CUDA); write it through ``.numpy()``."""
         slot, self._slot = self._slot, 1 - self._slot
         done = self._done[slot]
         if done is not None:
@@ -104,15 +104,14 @@ class _HostStage:
         if buf is None or tuple(buf.shape[1:]) != shape[1:] or buf.shape[0] < shape[0]:
             buf = torch.empty(shape, dtype=torch.float32, pin_memory=self.cuda)
             self._buffers[slot] = buf
-        return slot, buf[: shape[0]].numpy()
+        return slot, buf[: shape[0]]
 
-    def send(self, slot: int, host: np.ndarray) -> _Staged:
+    def send(self, slot: int, host: torch.Tensor) -> _Staged:
         """Start the copy of ``host`` (from :meth:`buffer`) to the device; on CPU it is used in place."""
-        t = torch.from_numpy(host)
         if self._stream is None:
-            return _Staged(t, None)
+            return _Staged(host, None)
         with torch.cuda.stream(self._stream):
-            dev = t.to(self.device, non_blocking=True)
+            dev = host.to(self.device, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record(self._stream)
         self._done[slot] = ready
@@ -285,8 +284,7 @@ class TileRunner:
         """Normalise a batch into a reused host buffer and start its copy to the device."""
         x = self._check(batch)
         slot, host = self._stage.buffer(tuple(x.shape))
-        spatial = x.ndim - 2
-        self.model.normalization.apply(x, spatial_dims=spatial, out=host)
+        self.model.normalization.apply(x, spatial_dims=x.ndim - 2, out=host.numpy())
         return self._stage.send(slot, host)
 
     def _run_staged(self, staged: _Staged) -> torch.Tensor:
