@@ -48,6 +48,7 @@ from bench.common import save
 
 BATCH = {"2d": 32, "3d": 4}
 DEVICE = "cuda"  # --device cpu: a smoke test of this script on a machine without CUDA (figures meaningless)
+PRECISION = "bf16"  # fp32 in the CPU smoke test (bf16 autocast on a CPU without AMX is slow)
 
 
 def sync() -> None:
@@ -124,7 +125,7 @@ class Sampler:
 
 @contextlib.contextmanager
 def _bf16() -> Iterator[None]:
-    with torch.inference_mode(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
         yield
 
 
@@ -229,7 +230,7 @@ def run_case(case: str, args: argparse.Namespace, util: Callable[[], float | Non
     plan, reader = _plan(info, skip=True, store=Path(info["root"]) / "gpu.zarr")
     plan = dataclasses.replace(
         plan, batch_size=batch,
-        model=ModelRef(info["weights"], runner={"device": DEVICE, "batch_size": batch, "precision": "bf16"}),
+        model=ModelRef(info["weights"], runner={"device": DEVICE, "batch_size": batch, "precision": PRECISION}),
     )
     dims = info["ndim"]
     image = reader.read(Window.from_shape(reader.shape))
@@ -255,7 +256,7 @@ def run_case(case: str, args: argparse.Namespace, util: Callable[[], float | Non
     del image_gpu, net, net_2d
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
-    runner = TileRunner(load_model(info["weights"]), device=DEVICE, batch_size=batch, precision="bf16")
+    runner = TileRunner(load_model(info["weights"]), device=DEVICE, batch_size=batch, precision=PRECISION)
     record("tiler_in_memory", tiler_in_memory(runner, image, plan))
     del runner
     record("tiler_in_process", tiler_job(plan, info, run_blocks_local))
@@ -295,8 +296,9 @@ def main() -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                         help="cpu: only a smoke test of this script where there is no GPU; writes nothing")
     args = parser.parse_args()
-    global DEVICE
+    global DEVICE, PRECISION
     DEVICE = args.device
+    PRECISION = "bf16" if DEVICE == "cuda" else "fp32"
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing measured (bench.bench_gpu needs torch.cuda.is_available())")
         return 0
