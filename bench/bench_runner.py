@@ -1,8 +1,9 @@
 """TileRunner overhead: tiles/s of the runner against a bare ``model(x)`` loop on the same tiles.
 
 Run: ``.venv/bin/python -m bench.bench_runner [--tiles N] [--tile T] [--threads K]``. The runner's
-work includes normalisation from raw uint16, softmax and the copy back to numpy; the bare loop gets
-pre-normalised float32 tensors and returns logits. Target on CPU: runner >= 0.95x bare. On CUDA it
+work includes normalisation from raw uint16, softmax and the copy back to numpy (``runner_stream``: the
+engine's path, probabilities left on the device); the bare loop gets pre-normalised float32 tensors and
+returns logits. Target on CPU: runner >= 0.95x bare. On CUDA it
 also compares bf16 autocast with fp32. Writes ``bench/results/runner.json``.
 """
 
@@ -45,10 +46,20 @@ def runner_loop(runner: TileRunner, tiles: np.ndarray) -> float:
 
 
 def runner_per_batch(runner: TileRunner, tiles: np.ndarray) -> float:
-    """One call per batch, as an engine actor feeds it: no assembly copy."""
+    """One call per batch, returning numpy: no assembly copy."""
     t0 = time.perf_counter()
     for i in range(0, len(tiles), runner.batch_size):
         runner(tiles[i : i + runner.batch_size])
+    return time.perf_counter() - t0
+
+
+def runner_stream(runner: TileRunner, tiles: np.ndarray) -> float:
+    """``runner.stream`` as the engine feeds it: probabilities left on the device, next batch staged ahead."""
+    t0 = time.perf_counter()
+    for _ in runner.stream(tiles[i : i + runner.batch_size] for i in range(0, len(tiles), runner.batch_size)):
+        pass
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -75,27 +86,30 @@ def main() -> None:
     cpu = torch.device("cpu")
     runner = TileRunner(model, device="cpu", batch_size=args.batch)
     bare_loop(net, x[: args.batch], args.batch, cpu)  # warm-up
-    times: dict[str, list[float]] = {"bare": [], "runner_one_call": [], "runner_per_batch": []}
+    times: dict[str, list[float]] = {"bare": [], "runner_one_call": [], "runner_per_batch": [], "runner_stream": []}
     runner_loop(runner, tiles[: args.batch])
     order = [
         ("bare", lambda: bare_loop(net, x, args.batch, cpu)),
         ("runner_one_call", lambda: runner_loop(runner, tiles)),
         ("runner_per_batch", lambda: runner_per_batch(runner, tiles)),
+        ("runner_stream", lambda: runner_stream(runner, tiles)),
     ]
     for i in range(args.repeats):  # interleaved, rotating order, so background load hits all alike
-        for name, fn in order[i % 3 :] + order[: i % 3]:
+        for name, fn in order[i % len(order) :] + order[: i % len(order)]:
             times[name].append(fn())
     tps = {k: args.tiles / min(v) for k, v in times.items()}
     rows["cpu"] = {
         **{f"{k}_tiles_per_s": round(v, 2) for k, v in tps.items()},
         "ratio_one_call": round(tps["runner_one_call"] / tps["bare"], 3),
         "ratio_per_batch": round(tps["runner_per_batch"] / tps["bare"], 3),
+        "ratio_stream": round(tps["runner_stream"] / tps["bare"], 3),
         "seconds": {k: [round(t, 3) for t in v] for k, v in times.items()},
     }
     cpu_row = rows["cpu"]
     print(
         f"cpu: bare {tps['bare']:.2f} tiles/s; runner one call {tps['runner_one_call']:.2f} "
-        f"(x{cpu_row['ratio_one_call']}), per batch {tps['runner_per_batch']:.2f} (x{cpu_row['ratio_per_batch']})"
+        f"(x{cpu_row['ratio_one_call']}), per batch {tps['runner_per_batch']:.2f} (x{cpu_row['ratio_per_batch']}), "
+        f"stream {tps['runner_stream']:.2f} (x{cpu_row['ratio_stream']})"
     )
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
@@ -103,8 +117,10 @@ def main() -> None:
             r = TileRunner(model, device="cuda", precision=precision, batch_size=args.batch)
             runner_loop(r, tiles[: args.batch])
             t = min(runner_loop(r, tiles) for _ in range(args.repeats))
-            rows[f"cuda_{precision}"] = {"runner_tiles_per_s": round(args.tiles / t, 2)}
-            print(f"cuda {precision}: runner {args.tiles / t:.2f} tiles/s")
+            ts = min(runner_stream(r, tiles) for _ in range(args.repeats))
+            rows[f"cuda_{precision}"] = {"runner_tiles_per_s": round(args.tiles / t, 2),
+                                         "runner_stream_tiles_per_s": round(args.tiles / ts, 2)}
+            print(f"cuda {precision}: runner {args.tiles / t:.2f} tiles/s, stream {args.tiles / ts:.2f} tiles/s")
         net_gpu = build_network(spec).eval().to(gpu)
         net_gpu.load_state_dict(net.state_dict())
         bare_loop(net_gpu, x[: args.batch], args.batch, gpu)

@@ -1,4 +1,4 @@
-"""Blend weights and the stitcher: identity, partition invariance, receptive field, MONAI oracle."""
+"""Blend weights and the stitcher: identity, partition invariance, receptive field, MONAI oracle, torch = numpy."""
 
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ from monai.inferers import sliding_window_inference
 from tests.conftest import as_predict, conv_net
 from tiler.blend import Blender, BlendMode, window_weights
 from tiler.engine.local import run_in_memory
+from tiler.engine.work import DevicePredict, infer_block, prepare_block
+from tiler.errors import GeometryError
 from tiler.geometry import BlockPartition, TileGrid, Window
-from tiler.stitch import BlockAccumulator, labels_dtype
+from tiler.model.checkpoint import LoadedModel
+from tiler.model.normalize import Normalization
+from tiler.model.runner import TileRunner
+from tiler.model.spec import ModelSpec
+from tiler.stitch import BlockAccumulator, TorchBlockAccumulator, labels_dtype
 
 MODES = [pytest.param(m, id=m.value) for m in BlendMode]
 
@@ -124,21 +130,41 @@ def test_matches_monai_sliding_window_inference(shape, roi, fraction, mode, torc
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-5)
 
 
-def test_uncovered_pixels_get_nodata_label_not_nan() -> None:
-    acc = BlockAccumulator(Window((0, 0), (4, 4)), num_classes=2)
-    probs = np.zeros((2, 4, 2), dtype=np.float32)
+class _Numpy:
+    """The numpy reference accumulator behind the torch one's interface (tensors in, numpy inside)."""
+
+    def __init__(self, block: Window, num_classes: int) -> None:
+        self.acc = BlockAccumulator(block, num_classes)
+        self.sums, self.weights = self.acc.sums, self.acc.weights
+
+    def add(self, tile: Window, probs: torch.Tensor, weights: torch.Tensor) -> None:
+        self.acc.add(tile, probs.numpy(), weights.numpy())
+
+    def finalize(self, **kwargs):  # type: ignore[no-untyped-def]
+        return self.acc.finalize(**kwargs)
+
+
+ACCUMULATORS = [pytest.param(_Numpy, id="numpy"), pytest.param(TorchBlockAccumulator, id="torch")]
+
+
+@pytest.mark.parametrize("make", ACCUMULATORS)
+def test_uncovered_pixels_get_nodata_label_not_nan(make) -> None:  # type: ignore[no-untyped-def]
+    acc = make(Window((0, 0), (4, 4)), num_classes=2)
+    probs = torch.zeros((2, 4, 2))
     probs[1] = 1.0
-    acc.add(Window((0, 0), (4, 2)), probs, np.ones((4, 2), dtype=np.float32))
+    acc.add(Window((0, 0), (4, 2)), probs, torch.ones((4, 2)))
     result = acc.finalize(nodata_label=7, probabilities="float32")
     assert result.probabilities is not None and not np.isnan(result.probabilities).any()
     assert (result.labels[:, :2] == 1).all() and (result.labels[:, 2:] == 7).all()
     assert (result.probabilities[:, :, 2:] == 0).all()
+    assert result.covered.tolist() == [[True, True, False, False]] * 4
 
 
-def test_weight_sums_are_float32_per_pixel() -> None:
-    acc = BlockAccumulator(Window((0, 0, 0), (3, 4, 5)), num_classes=6)
-    assert acc.weights.dtype == np.float32 and acc.weights.shape == (3, 4, 5)
-    assert acc.sums.dtype == np.float32 and acc.sums.shape == (6, 3, 4, 5)
+@pytest.mark.parametrize("make", ACCUMULATORS)
+def test_weight_sums_are_float32_per_pixel(make) -> None:  # type: ignore[no-untyped-def]
+    acc = make(Window((0, 0, 0), (3, 4, 5)), num_classes=6)
+    assert str(acc.weights.dtype).endswith("float32") and tuple(acc.weights.shape) == (3, 4, 5)
+    assert str(acc.sums.dtype).endswith("float32") and tuple(acc.sums.shape) == (6, 3, 4, 5)
 
 
 @pytest.mark.parametrize(
@@ -154,15 +180,182 @@ def test_label_dtype(classes: int, nodata: int, dtype: type) -> None:
     assert labels_dtype(classes, nodata) == np.dtype(dtype)
 
 
-def test_many_classes_give_uint16_labels_and_quantised_probabilities() -> None:
-    acc = BlockAccumulator(Window((0, 0), (2, 2)), num_classes=300)
-    probs = np.zeros((300, 2, 2), dtype=np.float32)
+@pytest.mark.parametrize("make", ACCUMULATORS)
+def test_many_classes_give_uint16_labels_and_quantised_probabilities(make) -> None:  # type: ignore[no-untyped-def]
+    acc = make(Window((0, 0), (2, 2)), num_classes=300)
+    probs = torch.zeros((300, 2, 2))
     probs[299] = 0.6
     probs[0] = 0.4
-    acc.add(Window((0, 0), (2, 2)), probs, np.ones((2, 2), dtype=np.float32))
+    acc.add(Window((0, 0), (2, 2)), probs, torch.ones((2, 2)))
     r8 = acc.finalize(probabilities="uint8")
     assert r8.labels.dtype == np.uint16 and (r8.labels == 299).all()
     assert r8.probabilities is not None and r8.probabilities.dtype == np.uint8
     assert r8.probabilities[299, 0, 0] == 153 and r8.probabilities[0, 0, 0] == 102
     r16 = acc.finalize(probabilities="float16")
     assert r16.probabilities is not None and r16.probabilities.dtype == np.float16
+    assert r16.probabilities[299, 0, 0] == np.float16(0.6)
+
+
+def test_torch_accumulator_applies_the_valid_mask_on_the_device() -> None:
+    acc = TorchBlockAccumulator(Window((0, 0), (2, 3)), num_classes=2)
+    probs = torch.tensor([[[0.2, 0.7, 0.9]] * 2, [[0.8, 0.3, 0.1]] * 2])
+    acc.add(Window((0, 0), (2, 3)), probs, torch.ones((2, 3)))
+    valid = np.array([[True, False, True], [True, True, True]])
+    result = acc.finalize(nodata_label=9, valid=valid, invalid_label=0)
+    assert result.labels.tolist() == [[1, 0, 0], [1, 0, 0]]
+    result = acc.finalize(nodata_label=9, valid=torch.from_numpy(valid))
+    assert result.labels.tolist() == [[1, 9, 0], [1, 0, 0]]
+
+
+def test_torch_accumulator_refuses_predictions_of_the_wrong_shape() -> None:
+    acc = TorchBlockAccumulator(Window((0, 0), (8, 8)), num_classes=3)
+    with pytest.raises(GeometryError, match=r"expected \(3, 4, 4\) \(C, \*tile\)"):
+        acc.add(Window((0, 0), (4, 4)), torch.zeros((3, 4, 5)), torch.ones((4, 4)))
+    with pytest.raises(GeometryError, match=r"expected \(2, 3, \*tile\)"):
+        acc.add_batch([Window((0, 0), (4, 4))] * 2, torch.zeros((2, 4, 4, 4)), [torch.ones((4, 4))] * 2)
+
+
+# ------------------------------------------------------------------ torch accumulator = numpy accumulator
+
+
+TORCH_VS_NUMPY = [
+    pytest.param((70, 53), (16, 16), (6, 5), (32, 24), id="2d"),
+    pytest.param((20, 23, 18), (8, 8, 8), (3, 2, 4), (16, 8, 10), id="3d"),
+    pytest.param((9, 40), (16, 16), (4, 4), (9, 17), id="2d-axis-shorter-than-tile"),
+]
+
+
+@pytest.mark.parametrize(("shape", "tile", "overlap", "block"), TORCH_VS_NUMPY)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kept", [None, "float32", "float16", "uint8"])
+def test_torch_accumulator_gives_the_numpy_accumulators_bits(shape, tile, overlap, block, mode, kept) -> None:  # type: ignore[no-untyped-def]
+    """Same float32 operations in the same order: labels, probabilities and coverage are bit-identical."""
+    grid = TileGrid(shape, tile, overlap)
+    blender = Blender(mode)
+    rng = np.random.default_rng(4)
+    windows = list(BlockPartition(shape, block))
+    for window in windows[:: max(1, len(windows) // 4)]:
+        positions = grid.positions_intersecting(window)
+        probs = rng.dirichlet(np.ones(5), size=(len(positions), *tile)).astype(np.float32)
+        probs = np.moveaxis(probs, -1, 1)  # (N, C, *tile)
+        ref = BlockAccumulator(window, 5)
+        for pos, p in zip(positions, probs, strict=True):
+            ref.add(grid.window(pos), p.copy(), blender.weights(grid, pos))
+        acc = TorchBlockAccumulator(window, 5)
+        for i in range(0, len(positions), 3):  # batches of 3, as a runner hands them over
+            chunk = positions[i : i + 3]
+            acc.add_batch(
+                [grid.window(p) for p in chunk], torch.from_numpy(probs[i : i + 3].copy()),
+                [blender.weights_on(grid, p, "cpu") for p in chunk], overwrite=True,
+            )
+        assert np.array_equal(acc.sums.numpy(), ref.sums) and np.array_equal(acc.weights.numpy(), ref.weights)
+        expected = ref.finalize(nodata_label=200, probabilities=kept)
+        got = acc.finalize(nodata_label=200, probabilities=kept, release=True)
+        assert got.labels.dtype == expected.labels.dtype
+        assert np.array_equal(got.labels, expected.labels) and np.array_equal(got.covered, expected.covered)
+        if kept is None:
+            assert got.probabilities is None and expected.probabilities is None
+        else:
+            assert got.probabilities is not None and expected.probabilities is not None
+            assert got.probabilities.dtype == expected.probabilities.dtype
+            assert np.array_equal(got.probabilities, expected.probabilities)
+
+
+def test_device_weights_are_cached_per_device_and_equal_the_numpy_weights() -> None:
+    grid = TileGrid((40, 40), (16, 16), (4, 4))
+    for mode in BlendMode:
+        blender = Blender(mode)
+        for pos in [(0, 0), (1, 2), (2, 2)]:
+            w = blender.weights_on(grid, pos, "cpu")
+            assert w is blender.weights_on(grid, pos, torch.device("cpu"))
+            assert w.dtype == torch.float32 and np.array_equal(w.numpy(), blender.weights(grid, pos))
+
+
+# ------------------------------------------------------------------ the runner's device path through the engine
+
+
+def _runner(ndim: int, **kwargs) -> TileRunner:  # type: ignore[no-untyped-def]
+    net = conv_net(ndim, 2, 4)[:-1]  # logits: the runner applies the softmax
+    spec = ModelSpec("UNet", ndim, 2, 4)
+    model = LoadedModel(net, spec, Normalization("none"), tuple("abcd"), ((0, 0, 0),) * 4)
+    return TileRunner(model, device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize(("shape", "tile", "overlap", "blocks"), PARTITION_CASES)
+def test_runner_device_path_is_partition_invariant_and_equals_the_numpy_path(
+    shape, tile, overlap, blocks, torch_threads  # type: ignore[no-untyped-def]
+) -> None:
+    ndim = len(shape)
+    image = np.random.default_rng(5).random((2, *shape), dtype=np.float32)
+    valid = np.ones(shape, dtype=bool)
+    valid[: shape[0] // 3] = False
+    grid = TileGrid(shape, tile, overlap)
+    runner = _runner(ndim, batch_size=3)
+    assert isinstance(runner, DevicePredict)
+    net = conv_net(ndim, 2, 4)  # the same weights (seed 0) with the softmax inside, as a numpy function
+    reference = run_in_memory(
+        image, as_predict(net), grid=grid, block=blocks[0], blender=Blender("gaussian"), num_classes=4,
+        mask=lambda w: valid[w.slices],
+    )
+    for block in blocks:
+        windows = list(BlockPartition(shape, block))
+        labels, probs = run_in_memory(
+            image, runner, grid=grid, block=block, blender=Blender("gaussian"), num_classes=4,
+            mask=lambda w: valid[w.slices], order=windows[::-1], batch_size=4,
+        )
+        # the model's own outputs may round differently with the batch a tile lands in (another block, another
+        # batch): the blend adds no difference of its own (test_torch_accumulator_gives_the_numpy_accumulators_bits)
+        assert np.array_equal(labels, reference[0])
+        np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
+
+
+class _OOMAbove(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit, self.batches = inner, limit, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (fake, batch {x.shape[0]})")
+        return self.inner(x)
+
+
+def test_out_of_memory_back_off_keeps_every_tile_of_a_block(torch_threads) -> None:  # type: ignore[no-untyped-def]
+    shape, tile, overlap = (70, 53), (16, 16), (6, 5)
+    image = np.random.default_rng(6).random((2, *shape), dtype=np.float32)
+    grid = TileGrid(shape, tile, overlap)
+    window = Window((0, 0), (48, 53))
+    plain = _runner(2, batch_size=8)
+    flaky = _runner(2, batch_size=8)
+    flaky.network = _OOMAbove(flaky.network, limit=2)
+    results = []
+    for runner in (plain, flaky):
+        prepared = prepare_block(window, grid, read=lambda w: image[(slice(None), *w.slices)])
+        results.append(
+            infer_block(prepared, grid, predict=runner, blender=Blender("gaussian"), num_classes=4, batch_size=8,
+                        probabilities="float32")
+        )
+    (expected, _), (got, stats) = results
+    assert flaky.batch_size == 2 and stats.tiles_run == len(grid.positions_intersecting(window))
+    assert sum(b for b in flaky.network.batches if b <= 2) == stats.tiles_run  # every tile ran exactly once
+    assert np.array_equal(got.labels, expected.labels)
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")])
+def test_read_only_numpy_predict_outputs_are_blended_without_being_modified(dtype: type) -> None:
+    image = np.random.default_rng(7).random((2, 30, 40), dtype=np.float32)
+    grid = TileGrid((30, 40), (16, 16), (4, 4))
+    returned: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        out = batch.astype(dtype)
+        out.setflags(write=False)
+        returned.append((out, out.copy()))
+        return out
+
+    _, probs = run_in_memory(image, predict, grid=grid, block=(16, 24), blender=Blender("gaussian"), num_classes=2)
+    np.testing.assert_allclose(probs, image, rtol=0, atol=1e-6)
+    assert len(returned) == 4  # one call per block (2 x 2 blocks of 6, 6, 4 and 4 tiles)
+    assert all(np.array_equal(out, pristine) for out, pristine in returned)

@@ -1,6 +1,7 @@
 """Blend weights: how much each pixel of a tile counts where tiles overlap.
 
-Pure numpy. All weights are float32 arrays of the tile's shape ``(*tile)``.
+All weights are float32 arrays of the tile's shape ``(*tile)``: numpy arrays, and the same values as
+torch tensors cached per device (:meth:`Blender.weights_on`) so a device accumulator never uploads them twice.
 
 - ``gaussian``: ``exp(-x² / 2σ²)`` per axis with ``x`` centred on ``(T - 1) / 2`` and ``σ = T · sigma_scale``,
   multiplied over axes and floored at ``max(min, 1e-3)`` so no weight is 0. This is exactly
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from tiler.errors import GeometryError
 from tiler.geometry import Shape, TileGrid
@@ -88,6 +90,16 @@ def _box(tile: Shape, start: Shape, stop: Shape) -> np.ndarray:
     return weights
 
 
+@lru_cache(maxsize=64)
+def _window_tensor(mode: BlendMode, tile: Shape, sigma_scale: float, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(window_weights(mode, tile, sigma_scale).copy()).to(device)
+
+
+@lru_cache(maxsize=4096)
+def _box_tensor(tile: Shape, start: Shape, stop: Shape, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(_box(tile, start, stop).copy()).to(device)
+
+
 @dataclass(frozen=True)
 class Blender:
     """Chooses the weight array for each tile of a grid.
@@ -116,3 +128,15 @@ class Blender:
         tile = grid.window(position)
         inner = grid.interior(position).relative_to(tile)
         return _box(grid.tile, inner.start, inner.stop)
+
+    def weights_on(self, grid: TileGrid, position: Sequence[int], device: torch.device | str) -> torch.Tensor:
+        """:meth:`weights` as a float32 tensor on ``device``, cached: the same tensor object for equal weights.
+
+        Do not modify it in place (it is shared).
+        """
+        device = torch.device(device)
+        if self.mode is not BlendMode.CROP:
+            return _window_tensor(self.mode, grid.tile, self.sigma_scale, device)
+        tile = grid.window(position)
+        inner = grid.interior(position).relative_to(tile)
+        return _box_tensor(grid.tile, inner.start, inner.stop, device)

@@ -3,14 +3,23 @@
 Holds float32 Σ w·p per class, shape ``(C, *block)``, and one float32 Σ w per pixel, shape ``(*block)``.
 Tiles must be added in global grid order: then every pixel sees the same sequence of float32
 operations whoever computes its block, which makes the output independent of the partition.
+
+Two implementations with the same arithmetic: :class:`TorchBlockAccumulator` keeps the sums as torch
+tensors on the device the model runs on (CUDA or CPU), so tile probabilities never leave the device and
+only the finalised labels (and requested probabilities) are copied back, once per block;
+:class:`BlockAccumulator` is the numpy original, kept as the reference the torch one is tested against.
+Each pixel gets ``p · w`` rounded to float32, then ``Σ + p · w`` rounded to float32, as two separate
+operations (never a fused multiply-add), so both give the same bits on every device.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from tiler.errors import GeometryError
 from tiler.geometry import Window
@@ -137,3 +146,145 @@ def _argmax_channels(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
         labels[better] = c
         np.maximum(best, values[c], out=best)
     return labels
+
+
+def quantize_tensor(probabilities: torch.Tensor, dtype: ProbabilityDType | str) -> torch.Tensor:
+    """:func:`quantize` for a float32 tensor, on its device: the same rounding (half to even)."""
+    dtype = ProbabilityDType(dtype)
+    if dtype is ProbabilityDType.UINT8:
+        return torch.round(probabilities * 255.0).to(torch.uint8)
+    if dtype is ProbabilityDType.FLOAT16:
+        return probabilities.to(torch.float16)
+    return probabilities
+
+
+def argmax_channels_tensor(values: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over the channel axis of ``(C, *S)`` (first maximum wins), as int64 ``(*S)``.
+
+    ``torch.max(dim=0)`` rather than ``torch.argmax``: on CPU the latter reduces a leading axis about 8x slower.
+    """
+    return torch.max(values, dim=0).indices
+
+
+class TorchBlockAccumulator:
+    """Blends the tiles that touch one output block, in torch, on the model's device.
+
+    Args:
+        block: The output block in image coordinates.
+        num_classes: Number of probability channels ``C``.
+        device: Where the sums live: the device the tile probabilities come from.
+
+    Attributes:
+        sums: float32 Σ w·p ``(C, *block)`` on ``device``.
+        weights: float32 Σ w ``(*block)`` on ``device``.
+    """
+
+    def __init__(self, block: Window, num_classes: int, *, device: torch.device | str = "cpu") -> None:
+        self.block = block
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        with torch.inference_mode():  # callers may hand over inference tensors: they are updated in place in this mode
+            self.sums = torch.zeros((num_classes, *block.shape), dtype=torch.float32, device=self.device)
+            self.weights = torch.zeros(block.shape, dtype=torch.float32, device=self.device)
+
+    def add(self, tile: Window, probabilities: torch.Tensor, weights: torch.Tensor, *, overwrite: bool = False) -> None:
+        """Add one tile's weighted prediction where it overlaps the block.
+
+        Args:
+            tile: The tile's window (image coordinates, may reach into padding).
+            probabilities: ``(C, *tile.shape)`` float32 on the accumulator's device.
+            weights: ``(*tile.shape)`` float32 on the same device.
+            overwrite: The caller gives up ``probabilities``: multiply in place, saving a temporary.
+        """
+        self.add_batch([tile], probabilities[None], [weights], overwrite=overwrite)
+
+    @torch.inference_mode()
+    def add_batch(
+        self,
+        tiles: Sequence[Window],
+        probabilities: torch.Tensor,
+        weights: Sequence[torch.Tensor],
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Add a batch of tiles, one after another in the order given (give them in global grid order).
+
+        Args:
+            tiles: The tiles' windows, ``N`` of them.
+            probabilities: ``(N, C, *tile)`` float32 on the accumulator's device.
+            weights: ``N`` float32 tensors ``(*tile)`` on the same device.
+            overwrite: The caller gives up ``probabilities``: multiply in place, saving a temporary.
+        """
+        n = len(tiles)
+        shape = tuple(probabilities.shape)
+        if len(shape) < 2 or shape[0] != n or shape[1] != self.num_classes or len(weights) != n:
+            raise GeometryError(
+                f"a batch of {n} tile(s) with {len(weights)} weight array(s) has predictions of shape {shape}, "
+                f"expected ({n}, {self.num_classes}, *tile); check the model's number of classes."
+            )
+        for tile in tiles:
+            if shape[2:] != tile.shape:
+                raise GeometryError(
+                    f"tile prediction has shape {shape[1:]}, expected {(self.num_classes, *tile.shape)} "
+                    f"(C, *tile); check the model's number of classes and the tile size."
+                )
+        if probabilities.dtype != torch.float32:
+            probabilities, overwrite = probabilities.float(), True
+        for tile, p, w in zip(tiles, probabilities, weights, strict=True):
+            inter = tile.intersection(self.block)
+            if inter is None:
+                continue
+            src = inter.relative_to(tile).slices
+            dst = inter.relative_to(self.block).slices
+            part, w_part = p[(slice(None), *src)], w[src]
+            # one tile at a time, so the product is still in cache when it is added
+            weighted = part.mul_(w_part) if overwrite else part * w_part
+            self.sums[(slice(None), *dst)].add_(weighted)
+            self.weights[dst].add_(w_part)
+
+    @torch.inference_mode()
+    def finalize(
+        self,
+        *,
+        nodata_label: int = 255,
+        probabilities: ProbabilityDType | str | None = None,
+        valid: np.ndarray | torch.Tensor | None = None,
+        invalid_label: int | None = None,
+        release: bool = False,
+    ) -> BlockResult:
+        """Normalise, argmax and apply the label rules on the device; copy the results back once.
+
+        Args:
+            nodata_label: Label of pixels that no tile counted.
+            probabilities: Dtype of the probabilities to keep, or None to keep none.
+            valid: Valid-input mask ``(*block)``: pixels outside it get ``invalid_label``; None: all valid.
+            invalid_label: Label of invalid pixels (None: ``nodata_label``).
+            release: The accumulator is not used again: normalise in place instead of into a new array.
+
+        Returns:
+            The finalised block as numpy arrays; labels are uint8 (uint16 when the labels need it).
+        """
+        dtype = labels_dtype(self.num_classes, nodata_label)
+        covered = self.weights > 0
+        kept = None
+        if probabilities is None:
+            index = argmax_channels_tensor(self.sums)
+        else:
+            probs = self.sums.div_(self.weights) if release else self.sums / self.weights
+            probs.masked_fill_(~covered, 0.0)  # 0 / 0 where no tile counted
+            index = argmax_channels_tensor(probs)
+            kept = quantize_tensor(probs, probabilities)
+        labels = index.to(torch.uint8 if dtype == np.uint8 else torch.int32)
+        labels.masked_fill_(~covered, nodata_label)
+        if valid is not None:
+            mask = torch.as_tensor(valid, device=self.device)
+            labels.masked_fill_(~mask, nodata_label if invalid_label is None else invalid_label)
+        labels_np = labels.cpu().numpy()
+        if labels_np.dtype != dtype:
+            labels_np = labels_np.astype(dtype)
+        return BlockResult(
+            self.block,
+            labels_np,
+            kept.cpu().numpy() if kept is not None else None,
+            covered.cpu().numpy(),
+        )

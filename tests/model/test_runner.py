@@ -77,16 +77,17 @@ def test_tta_averages_unflipped_probabilities_of_a_position_dependent_model():
 
 
 class _OOMAbove(torch.nn.Module):
-    """Raises torch.OutOfMemoryError for batches larger than ``limit``; counts calls."""
+    """Raises ``error`` (torch.OutOfMemoryError by default) for batches larger than ``limit``; counts calls."""
 
-    def __init__(self, inner: torch.nn.Module, limit: int) -> None:
+    def __init__(self, inner: torch.nn.Module, limit: int, error=None) -> None:
         super().__init__()
         self.inner, self.limit, self.batches = inner, limit, []
+        self.error = error or (lambda n: torch.OutOfMemoryError(f"CUDA out of memory (fake, batch {n})"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.batches.append(x.shape[0])
         if x.shape[0] > self.limit:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (fake, batch {x.shape[0]})")
+            raise self.error(x.shape[0])
         return self.inner(x)
 
 
@@ -146,3 +147,86 @@ def test_tiles_with_wrong_band_count_are_refused():
     runner = TileRunner(_loaded(_pointwise()), device="cpu")
     with pytest.raises(ModelError, match=r"tiles have 3 channels but the model reads 2"):
         runner(np.zeros((1, 3, 8, 8), dtype=np.float32))
+
+
+# ------------------------------------------------------------------ probabilities left on the device
+
+
+def test_predict_tensor_is_the_numpy_call_left_on_the_device():
+    runner = TileRunner(_loaded(_pointwise()), device="cpu", batch_size=2)
+    tiles = _tiles(5)
+    out = runner.predict_tensor(tiles)
+    assert isinstance(out, torch.Tensor) and out.device == runner.device and out.dtype == torch.float32
+    assert out.shape == (5, 3, 16, 16) and out.is_contiguous()
+    np.testing.assert_array_equal(out.numpy(), runner(tiles))
+    assert runner.predict_tensor(_tiles(0)).shape == (0, 3, 16, 16)
+
+
+def test_stream_reads_one_batch_ahead_and_reuses_its_host_buffers():
+    runner = TileRunner(_loaded(_pointwise()), device="cpu", batch_size=4)
+    batches = [_tiles(4, seed=s) for s in range(4)]
+    pulled: list[int] = []
+
+    def source():
+        for i, b in enumerate(batches):
+            pulled.append(i)
+            yield b
+
+    buffers = set()
+    outputs = []
+    for i, probs in enumerate(runner.stream(source())):
+        assert pulled[-1] == min(i + 1, len(batches) - 1)  # the next batch is staged before this one is used
+        buffers |= {b.data_ptr() for b in runner._stage._buffers if b is not None}
+        outputs.append(probs.clone())
+        probs.zero_()  # the caller owns its outputs: scribbling on them must not touch later batches
+    assert len(buffers) == 2  # two host slots, allocated once
+    for b, out in zip(batches, outputs, strict=True):
+        np.testing.assert_array_equal(out.numpy(), runner(b))
+
+
+@pytest.mark.parametrize("dims", [pytest.param(2, id="2d"), pytest.param(3, id="3d")])
+def test_channels_last_gives_the_same_contiguous_probabilities(dims):
+    net = build_network(
+        ModelSpec("UNet", dims, 2, 3, {"channels": [4, 8], "strides": [2], "num_res_units": 1})
+    ).eval()
+    model = _loaded(net, dims=dims)
+    tiles = _tiles(3, (16, 16) if dims == 2 else (8, 16, 16))
+    plain = TileRunner(model, device="cpu", memory_format="contiguous").predict_tensor(tiles)
+    last = TileRunner(model, device="cpu", memory_format="channels_last").predict_tensor(tiles)
+    assert last.is_contiguous()
+    np.testing.assert_allclose(last.numpy(), plain.numpy(), atol=1e-5)
+
+
+def test_unknown_memory_format_is_refused():
+    with pytest.raises(ModelError, match=r"memory_format='nhwc' is unknown"):
+        TileRunner(_loaded(_pointwise()), device="cpu", memory_format="nhwc")
+
+
+def test_out_of_memory_in_a_stream_halves_the_batch_for_the_rest_of_the_stream():
+    inner = _pointwise()
+    wrapped = _OOMAbove(inner, limit=3)
+    runner = TileRunner(_loaded(wrapped), device="cpu", batch_size=8)
+    batches = [_tiles(8, seed=s) for s in range(3)]
+    outputs = list(runner.stream(batches))
+    expected = TileRunner(_loaded(inner), device="cpu", batch_size=8)
+    for b, out in zip(batches, outputs, strict=True):
+        np.testing.assert_allclose(out.numpy(), expected(b), atol=1e-6)
+    assert runner.batch_size == 2
+    assert wrapped.batches == [8, 4] + [2] * 12  # after the first back-off no batch is tried too big again
+
+
+def test_cudnn_workspace_allocation_failure_counts_as_out_of_memory():
+    def alloc_failed(n):
+        return RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+
+    wrapped = _OOMAbove(_pointwise(), limit=2, error=alloc_failed)
+    runner = TileRunner(_loaded(wrapped), device="cpu", batch_size=8)
+    assert runner(_tiles(5)).shape == (5, 3, 16, 16) and runner.batch_size == 2
+
+
+def test_other_runtime_errors_are_not_retried():
+    wrapped = _OOMAbove(_pointwise(), limit=2, error=lambda n: RuntimeError("shape mismatch in layer 3"))
+    runner = TileRunner(_loaded(wrapped), device="cpu", batch_size=8)
+    with pytest.raises(RuntimeError, match="shape mismatch in layer 3"):
+        runner(_tiles(5))
+    assert runner.batch_size == 8 and wrapped.batches == [5]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tiler.blend import Blender
-from tiler.engine.work import MaskFn, Predict, array_reader, blocks_of, infer_block, prepare_block
+from tiler.engine.work import DevicePredict, MaskFn, Predict, array_reader, blocks_of, infer_block, prepare_block
 from tiler.errors import GeometryError
 from tiler.geometry import TileGrid, Window
 from tiler.stitch import ProbabilityDType, labels_dtype
@@ -19,7 +19,7 @@ from tiler.stitch import ProbabilityDType, labels_dtype
 
 def run_in_memory(
     image: np.ndarray,
-    predict: Predict,
+    predict: Predict | DevicePredict,
     *,
     grid: TileGrid,
     block: Sequence[int],
@@ -36,7 +36,9 @@ def run_in_memory(
 
     Args:
         image: Input ``(C_in, *spatial)``; ``spatial`` must equal ``grid.shape``.
-        predict: Batch ``(N, C_in, *tile)`` → probabilities ``(N, C, *tile)``.
+        predict: Batch ``(N, C_in, *tile)`` → probabilities ``(N, C, *tile)``: a numpy function, or a
+            :class:`tiler.model.TileRunner` (any :class:`~tiler.engine.work.DevicePredict`), whose probabilities
+            are blended on its device.
         grid: The tile grid over ``image``.
         block: Block shape (the unit of work) per axis.
         blender: Blend weights.

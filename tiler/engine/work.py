@@ -8,17 +8,35 @@ actor can read the next block on a thread while the model runs on the current on
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
 from tiler.blend import Blender
 from tiler.geometry import BlockPartition, PadMode, Shape, TileGrid, Window
-from tiler.stitch import BlockAccumulator, BlockResult, ProbabilityDType
+from tiler.stitch import BlockResult, ProbabilityDType, TorchBlockAccumulator
 
 Predict = Callable[[np.ndarray], np.ndarray]
 """A batch of tiles ``(N, C_in, *tile)`` → class probabilities ``(N, C, *tile)`` float32."""
+
+
+@runtime_checkable
+class DevicePredict(Protocol):
+    """A model whose probabilities stay on its device (:class:`tiler.model.TileRunner` is one).
+
+    Attributes:
+        device: Where :meth:`stream` leaves its outputs.
+    """
+
+    device: torch.device
+
+    def stream(self, batches: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
+        """Probabilities ``(N_i, C, *tile)`` float32 on :attr:`device` per batch, in order, owned by the caller."""
+        ...
+
 ReadFn = Callable[[Window], np.ndarray]
 """Pixels of a window inside the image → ``(C_in, *window.shape)``."""
 MaskFn = Callable[[Window], "np.ndarray | None"]
@@ -138,11 +156,28 @@ def iter_batches(prepared: PreparedBlock, grid: TileGrid, batch_size: int) -> It
         yield chunk, batch
 
 
+def _numpy_stream(predict: Predict, batches: Iterable[np.ndarray]) -> Iterator[tuple[torch.Tensor, bool]]:
+    """A numpy predict function's outputs as CPU tensors sharing their memory, and whether they may be modified."""
+    for batch in batches:
+        probs = np.asarray(predict(batch))
+        if probs.dtype != np.float32:
+            probs = probs.astype(np.float32)
+        writeable = probs.flags.writeable
+        if not writeable:  # torch refuses to wrap read-only memory; this copy is ours to modify
+            probs, writeable = probs.copy(), True
+        yield torch.from_numpy(probs), writeable
+
+
+def _device_stream(predict: DevicePredict, batches: Iterable[np.ndarray]) -> Iterator[tuple[torch.Tensor, bool]]:
+    for probs in predict.stream(batches):
+        yield probs, True
+
+
 def infer_block(
     prepared: PreparedBlock,
     grid: TileGrid,
     *,
-    predict: Predict,
+    predict: Predict | DevicePredict,
     blender: Blender,
     num_classes: int,
     batch_size: int = 8,
@@ -151,7 +186,13 @@ def infer_block(
     mask_labels: bool = True,
     background_label: int | None = None,
 ) -> tuple[BlockResult, BlockStats]:
-    """Run the model over a prepared block's tiles and blend them into the block.
+    """Run the model over a prepared block's tiles and blend them into the block, on the model's device.
+
+    A :class:`DevicePredict` (the tile runner) hands its probabilities over on its device, where the block's
+    sums live (:class:`~tiler.stitch.TorchBlockAccumulator`); a plain numpy function's outputs are wrapped as
+    CPU tensors without a copy. Either way only the finalised labels (and the requested probabilities) are
+    copied back to the host, once per block. On CUDA the kernels run asynchronously, so ``infer_seconds`` and
+    ``stitch_seconds`` split the block's time only roughly (the final copy waits for the last kernels).
 
     Args:
         prepared: From :func:`prepare_block`.
@@ -170,21 +211,38 @@ def infer_block(
         The finalised block and its stats.
     """
     stats = prepared.stats
-    acc = BlockAccumulator(prepared.block, num_classes)
+    device = predict.device if isinstance(predict, DevicePredict) else torch.device("cpu")
+    acc = TorchBlockAccumulator(prepared.block, num_classes, device=device)
     if prepared.positions:
-        for chunk, batch in iter_batches(prepared, grid, batch_size):
-            t0 = time.perf_counter()
-            probs = predict(batch)
-            t1 = time.perf_counter()
-            for pos, p in zip(chunk, probs, strict=True):
-                acc.add(grid.window(pos), p, blender.weights(grid, pos), overwrite=probs.flags.writeable)
-            stats.infer_seconds += t1 - t0
-            stats.stitch_seconds += time.perf_counter() - t1
+        chunks: list[list[Shape]] = []  # the stream reads one batch ahead: positions queue here in order
+
+        def inputs() -> Iterator[np.ndarray]:
+            for chunk, batch in iter_batches(prepared, grid, batch_size):
+                chunks.append(chunk)
+                yield batch
+
+        if isinstance(predict, DevicePredict):
+            outputs = _device_stream(predict, inputs())
+        else:
+            outputs = _numpy_stream(predict, inputs())
+        waiting = time.perf_counter()
+        for done, (probs, owned) in enumerate(outputs):
+            got = time.perf_counter()
+            stats.infer_seconds += got - waiting
+            chunk = chunks[done]
+            windows = [grid.window(pos) for pos in chunk]
+            weights = [blender.weights_on(grid, pos, device) for pos in chunk]
+            acc.add_batch(windows, probs, weights, overwrite=owned)
+            waiting = time.perf_counter()
+            stats.stitch_seconds += waiting - got
+        stats.infer_seconds += time.perf_counter() - waiting
     stats.tiles_run = len(prepared.positions)
     t0 = time.perf_counter()
-    result = acc.finalize(nodata_label=nodata_label, probabilities=probabilities)
-    if mask_labels and prepared.valid is not None:
-        result.labels[~prepared.valid] = nodata_label if background_label is None else background_label
+    invalid = nodata_label if background_label is None else background_label
+    result = acc.finalize(
+        nodata_label=nodata_label, probabilities=probabilities, valid=prepared.valid if mask_labels else None,
+        invalid_label=invalid, release=True,
+    )
     stats.stitch_seconds += time.perf_counter() - t0
     return result, stats
 

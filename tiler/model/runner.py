@@ -3,12 +3,18 @@
 It normalises, batches, runs the network on the chosen device and precision, averages flip
 test-time augmentation in probability space, and halves its batch size when the GPU runs out of
 memory without ever dropping a tile. No Ray here: an engine wraps it in an actor.
+
+The probabilities can stay on the device (:meth:`TileRunner.predict_tensor`, :meth:`TileRunner.stream`)
+for a device accumulator to blend; ``runner(tiles)`` returns numpy for everyone else. On CUDA the input
+goes through two reused pinned host buffers and a side stream: batch ``i + 1`` is normalised on the host
+and copied while the GPU computes batch ``i``. On CPU the same code runs with plain buffers and no copy.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,12 +22,20 @@ import torch
 from tiler.errors import ModelError
 from tiler.model.checkpoint import LoadedModel
 
-__all__ = ["PRECISIONS", "TileRunner", "resolve_device"]
+__all__ = ["MEMORY_FORMATS", "PRECISIONS", "TileRunner", "resolve_device"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 _OOM: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError}
 )
+# cuDNN and cuBLAS report a failed workspace allocation as a plain RuntimeError with one of these in the text
+_OOM_TEXT = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def _is_oom(err: BaseException) -> bool:
+    """Whether ``err`` says the device ran out of memory (and a smaller batch may fit)."""
+    return isinstance(err, _OOM) or (isinstance(err, RuntimeError) and any(t in str(err) for t in _OOM_TEXT))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -57,6 +71,61 @@ def _flip_sets(tta_flips: Sequence[int | Sequence[int]], spatial_dims: int) -> l
     return sets
 
 
+@dataclass
+class _Staged:
+    """A batch on its way to the device: the device tensor and the event its copy records (CUDA only)."""
+
+    tensor: torch.Tensor
+    ready: torch.cuda.Event | None
+
+
+class _HostStage:
+    """Where tiles are normalised before they reach the device: reused buffers (pinned, side-stream copies on CUDA).
+
+    Two slots alternate, so batch ``i + 1`` can be written while batch ``i``'s copy may still be in flight; a slot
+    is reused only after the copy out of it has finished (its event).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._done: list[torch.cuda.Event | None] = [None, None]
+        self._slot = 0
+        self._stream = torch.cuda.Stream(device) if self.cuda else None
+
+    def buffer(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:
+        """A float32 host tensor of ``shape`` in the next free slot (pinned on CUDA); write it through ``.numpy()``."""
+        slot, self._slot = self._slot, 1 - self._slot
+        done = self._done[slot]
+        if done is not None:
+            done.synchronize()
+        buf = self._buffers[slot]
+        if buf is None or tuple(buf.shape[1:]) != shape[1:] or buf.shape[0] < shape[0]:
+            buf = torch.empty(shape, dtype=torch.float32, pin_memory=self.cuda)
+            self._buffers[slot] = buf
+        return slot, buf[: shape[0]]
+
+    def send(self, slot: int, host: torch.Tensor) -> _Staged:
+        """Start the copy of ``host`` (from :meth:`buffer`) to the device; on CPU it is used in place."""
+        if self._stream is None:
+            return _Staged(host, None)
+        with torch.cuda.stream(self._stream):
+            dev = host.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self._stream)
+        self._done[slot] = ready
+        return _Staged(dev, ready)
+
+    def receive(self, staged: _Staged) -> torch.Tensor:
+        """The staged tensor, usable on the current stream (which waits for its copy, not the host)."""
+        if staged.ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(staged.ready)
+            staged.tensor.record_stream(current)  # allocated on the copy stream, freed after the compute stream
+        return staged.tensor
+
+
 class TileRunner:
     """Run a loaded model over tiles: ``runner(tiles (N, C, *S)) -> probabilities (N, K, *S)``.
 
@@ -69,6 +138,8 @@ class TileRunner:
         tta_flips: Flip test-time augmentation: each entry is a spatial axis, or a tuple of axes flipped
             together; the un-flipped pass is always included and probabilities are averaged.
         threads: ``torch.set_num_threads`` on CPU when given.
+        memory_format: ``"auto"`` (channels-last for 2D on CUDA, else contiguous), ``"contiguous"`` or
+            ``"channels_last"`` (``channels_last_3d`` for 3D models). Probabilities come back contiguous.
 
     Attributes:
         batch_size: The batch size in use (lower than asked after an out-of-memory retry).
@@ -85,6 +156,7 @@ class TileRunner:
         batch_size: int = 8,
         tta_flips: Sequence[int | Sequence[int]] = (),
         threads: int | None = None,
+        memory_format: str = "auto",
     ) -> None:
         self.model = model
         self.device = resolve_device(device)
@@ -109,11 +181,11 @@ class TileRunner:
         self._tta = list(tta_flips)
         spatial = model.spatial_dims
         self._flips = _flip_sets(self._tta, spatial) if spatial is not None else None
-        self._buffer: np.ndarray | None = None
+        self._stage = _HostStage(self.device)
         self.network = model.network.to(self.device).eval()
-        self._channels_last = self.device.type == "cuda" and spatial == 2
-        if self._channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._memory_format = _memory_format(memory_format, self.device, spatial)
+        if self._memory_format is not None:
+            self.network = self.network.to(memory_format=self._memory_format)  # type: ignore[call-overload]
 
     # ------------------------------------------------------------------ public
     @property
@@ -122,7 +194,7 @@ class TileRunner:
         return self.model.num_classes
 
     def __call__(self, tiles: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Class probabilities for tiles.
+        """Class probabilities for tiles, in host memory.
 
         Args:
             tiles: Raw tiles ``(N, C, *S)`` (any numeric dtype; normalised here).
@@ -131,6 +203,60 @@ class TileRunner:
             float32 softmax probabilities ``(N, K, *S)``.
 
         """
+        x = self._check(tiles)
+        n = x.shape[0]
+        out: np.ndarray | None = None
+        i = 0
+        for probs in self.stream(_chunks(x, self)):
+            if i == 0 and len(probs) == n:  # one chunk: hand its probabilities over without a copy
+                return probs.cpu().numpy()
+            if out is None:
+                out = np.empty((n, *probs.shape[1:]), dtype=np.float32)
+            # numpy allocates big arrays on huge pages; torch's copy_ is parallel
+            torch.from_numpy(out[i : i + len(probs)]).copy_(probs)
+            i += len(probs)
+        if out is None:
+            return np.empty((0, self.num_classes, *x.shape[2:]), dtype=np.float32)
+        return out
+
+    def predict_tensor(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Class probabilities for tiles, left on the runner's device.
+
+        Args:
+            tiles: Raw tiles ``(N, C, *S)`` (any numeric dtype; normalised here).
+
+        Returns:
+            float32 softmax probabilities ``(N, K, *S)`` on :attr:`device`, contiguous, owned by the caller.
+        """
+        x = self._check(tiles)
+        parts = list(self.stream(_chunks(x, self)))
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return torch.empty((0, self.num_classes, *x.shape[2:]), dtype=torch.float32, device=self.device)
+        return torch.cat(parts)
+
+    def stream(self, batches: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
+        """Probabilities on the device for each batch, in order, staging the next batch while this one runs.
+
+        Args:
+            batches: Raw tile batches ``(N_i, C, *S)``; pulled one ahead of the batch being computed.
+
+        Yields:
+            float32 ``(N_i, K, *S)`` on :attr:`device` per batch, owned by the caller (may be modified). On CUDA
+            the kernels may still be running: use them on the current stream, or synchronise.
+        """
+        it = iter(batches)
+        first = next(it, None)
+        staged = self._send(first) if first is not None else None
+        while staged is not None:
+            probs = self._run_staged(staged)  # asynchronous on CUDA: the host goes on to stage the next batch
+            following = next(it, None)
+            staged = self._send(following) if following is not None else None
+            yield probs
+
+    # ------------------------------------------------------------------ internals
+    def _check(self, tiles: np.ndarray | torch.Tensor) -> np.ndarray:
         x = tiles.detach().cpu().numpy() if isinstance(tiles, torch.Tensor) else np.asarray(tiles)
         spatial = self.model.spatial_dims or x.ndim - 2
         if x.ndim != spatial + 2:
@@ -143,16 +269,41 @@ class TileRunner:
                 f"tiles have {x.shape[1]} channels but the model reads {spec.in_channels} (in_channels); "
                 f"select the matching bands."
             )
+        return x
+
+    def _free(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+
+    def _send(self, batch: np.ndarray) -> _Staged:
+        """Normalise a batch into a reused host buffer and start its copy to the device."""
+        x = self._check(batch)
+        slot, host = self._stage.buffer(tuple(x.shape))
+        self.model.normalization.apply(x, spatial_dims=x.ndim - 2, out=host.numpy())
+        return self._stage.send(slot, host)
+
+    def _run_staged(self, staged: _Staged) -> torch.Tensor:
+        """Forward passes over a staged batch, ``batch_size`` tiles at a time, halving it on out-of-memory."""
+        x = self._stage.receive(staged)
+        if self._memory_format is not None:
+            x = x.contiguous(memory_format=self._memory_format)
+        spatial = x.ndim - 2
         flips = self._flips if self._flips is not None else _flip_sets(self._tta, spatial)
         n = x.shape[0]
         out: torch.Tensor | None = None
         i = 0
         while i < n:
             bs = self.batch_size
-            chunk = x[i : i + bs]
             try:
-                probs = self._run_chunk(chunk, spatial, flips)
-            except _OOM as err:
+                probs = self._run_chunk(x[i : i + bs], flips)
+            except Exception as err:
+                if not _is_oom(err):
+                    raise
                 self._free()
                 if bs == 1:
                     raise ModelError(
@@ -163,37 +314,15 @@ class TileRunner:
                     ) from err
                 self.batch_size = max(1, bs // 2)
                 continue
-            if i == 0 and len(chunk) == n:  # one chunk: hand its probabilities over without a copy
-                return probs.numpy()
-            if out is None:  # numpy allocates big arrays on huge pages; torch's copy_ is parallel
-                out = torch.from_numpy(np.empty((n, *probs.shape[1:]), dtype=np.float32))
-            out[i : i + len(chunk)].copy_(probs)
-            i += len(chunk)
+            if i == 0 and len(probs) == n:
+                return probs
+            if out is None:
+                out = torch.empty((n, *probs.shape[1:]), dtype=torch.float32, device=probs.device)
+            out[i : i + len(probs)].copy_(probs)
+            i += len(probs)
         if out is None:
-            return np.empty((0, self.num_classes, *x.shape[2:]), dtype=np.float32)
-        return out.numpy()
-
-    # ------------------------------------------------------------------ internals
-    def _free(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def _autocast(self) -> contextlib.AbstractContextManager[None]:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
-
-    def _to_device(self, chunk: np.ndarray, spatial: int) -> torch.Tensor:
-        # A reused input buffer: fresh multi-megabyte arrays per batch cost page faults the bare loop never pays.
-        if self._buffer is None or self._buffer.shape[1:] != chunk.shape[1:] or len(self._buffer) < len(chunk):
-            self._buffer = np.empty((max(len(chunk), self.batch_size), *chunk.shape[1:]), dtype=np.float32)
-        norm = self.model.normalization.apply(chunk, spatial_dims=spatial, out=self._buffer[: len(chunk)])
-        t = torch.from_numpy(norm)
-        if self.device.type == "cuda":
-            t = t.pin_memory().to(self.device, non_blocking=True)
-            if self._channels_last:
-                t = t.contiguous(memory_format=torch.channels_last)
-        return t
+            return torch.empty((0, self.num_classes, *x.shape[2:]), dtype=torch.float32, device=self.device)
+        return out
 
     def _forward(self, t: torch.Tensor) -> torch.Tensor:
         logits = self.network(t)
@@ -201,9 +330,9 @@ class TileRunner:
             logits = logits[0]
         return torch.softmax(logits.float(), dim=1)
 
-    def _run_chunk(self, chunk: np.ndarray, spatial: int, flips: list[tuple[int, ...]]) -> torch.Tensor:
-        t = self._to_device(chunk, spatial)
-        with torch.inference_mode(), self._autocast():
+    def _run_chunk(self, t: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
+        # no_grad, not inference_mode: the caller owns the probabilities and may update them in place (the blend)
+        with torch.no_grad(), self._autocast():
             if len(flips) == 1:
                 probs = self._forward(t)
             else:
@@ -211,4 +340,28 @@ class TileRunner:
                 batch = torch.cat([t.flip(d) if d else t for d in dims], dim=0)
                 parts = self._forward(batch).split(t.shape[0], dim=0)
                 probs = torch.stack([p.flip(d) if d else p for p, d in zip(parts, dims, strict=True)]).mean(0)
-        return probs.cpu()
+        return probs.contiguous()
+
+
+def _chunks(x: np.ndarray, runner: TileRunner) -> Iterator[np.ndarray]:
+    """``x`` in runner-sized batches, read at each step (the size drops after an out-of-memory retry)."""
+    i = 0
+    while i < len(x):
+        chunk = x[i : i + runner.batch_size]
+        i += len(chunk)
+        yield chunk
+
+
+def _memory_format(name: str, device: torch.device, spatial: int | None) -> torch.memory_format | None:
+    """The memory format for the network and its input, or None for plain contiguous tensors."""
+    if name not in MEMORY_FORMATS:
+        raise ModelError(f"memory_format={name!r} is unknown; choose one of {list(MEMORY_FORMATS)}.")
+    if name == "auto":
+        name = "channels_last" if device.type == "cuda" and spatial == 2 else "contiguous"
+    if name == "contiguous":
+        return None
+    if spatial not in (2, 3):
+        raise ModelError(
+            f"memory_format='channels_last' needs a 2D or 3D model with a known spatial_dims; got {spatial!r}."
+        )
+    return torch.channels_last if spatial == 2 else torch.channels_last_3d
