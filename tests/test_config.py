@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydantic
 import pytest
 import yaml
@@ -292,6 +293,54 @@ def test_several_problems_give_one_line_each() -> None:
 def test_non_mapping_config(data: Any, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         parse_config(data, source="x.yaml")
+
+
+# ---------------------------------------------------------------------------------------------------
+# normalization: the config builds the model's Normalization; clip values are pixels, never percentiles
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param({"low": 2, "high": 98}, id="low-high"),
+        pytest.param({"percentiles": [2, 98]}, id="percentiles"),
+        pytest.param({"low": 2, "high": 98, "clip_low": [2], "clip_high": [98]}, id="both-names"),
+    ],
+)
+def test_percentiles_are_refused_where_clip_values_are_meant(given: dict[str, Any]) -> None:
+    data = job(model={"normalization": {"kind": "percentile", **given}})
+    with pytest.raises(ConfigError, match=r"model\.normalization\.(low|percentiles): is not a key.*clip_low"):
+        parse_config(data)
+
+
+def test_percentile_clip_values_reach_the_model_as_pixel_values() -> None:
+    from tiler.model.normalize import Normalization
+    from tiler.segment import model_ref
+
+    norm = {"kind": "percentile", "clip_low": [100.0, 0.0], "clip_high": [300.0, 1000.0]}
+    load = model_ref(parse_config(job(model={"normalization": norm}))).load
+    built = Normalization.from_dict(load["normalization"])
+    assert built.low == (100.0, 0.0) and built.high == (300.0, 1000.0) and built.percentiles is None
+    pixels = np.array([[[50, 100, 200, 300, 2000]], [[-5, 0, 250, 1000, 2000]]], dtype=np.int32)  # (C, H, W)
+    expected = np.array([[[0.0, 0.0, 0.5, 1.0, 1.0]], [[0.0, 0.0, 0.25, 1.0, 1.0]]], dtype=np.float32)
+    np.testing.assert_allclose(built.apply(pixels), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("norm", "key", "fragment"),
+    [
+        pytest.param({"kind": "percentile", "clip_low": [1.0]}, "clip_high", "required", id="needs-high"),
+        pytest.param({"kind": "percentile", "clip_low": [5.0, 1.0], "clip_high": [4.0, 9.0]}, "clip_high",
+                     "not above", id="inverted"),
+        pytest.param({"kind": "percentile", "clip_low": [1.0], "clip_high": [4.0, 9.0]}, "clip_high",
+                     "has 2 values", id="lengths"),
+        pytest.param({"kind": "meanstd", "mean": [0.0], "std": [1.0], "clip_low": [1.0]}, "clip_low",
+                     "does not apply", id="clip-on-meanstd"),
+    ],
+)
+def test_bad_clip_values_name_the_key(norm: dict[str, Any], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=rf"model\.normalization\.{key}: .*{fragment}"):
+        parse_config(job(model={"normalization": norm}))
 
 
 # ---------------------------------------------------------------------------------------------------

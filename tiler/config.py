@@ -282,20 +282,52 @@ class ModelSpecConfig(_Section):
 
 
 class NormalizationConfig(_Section):
-    """Per-channel intensity normalisation applied to each tile before the model sees it."""
+    """Per-channel intensity normalisation applied to each tile before the model sees it.
+
+    Every value is a fixed constant in pixel units (measured on the training data), so a pixel's input
+    never depends on the tile or the image it is read through. ``percentile`` takes the clip values
+    themselves as ``clip_low``/``clip_high``; the config never takes percentiles (0-100), which only
+    :meth:`tiler.model.Normalization.fit` measures. :meth:`build` makes the model's
+    :class:`~tiler.model.Normalization`: the one place the config's keys become the model's.
+    """
 
     kind: Literal["none", "meanstd", "percentile", "window"] = "none"
     mean: tuple[Float, ...] | None = None
     std: tuple[Annotated[float, Strict(), Field(gt=0)], ...] | None = None
-    low: Float | None = None
-    high: Float | None = None
+    clip_low: tuple[Float, ...] | None = None
+    clip_high: tuple[Float, ...] | None = None
     window: tuple[Float, Float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        given = [key for key in ("low", "high", "percentiles") if key in data]
+        if given:
+            raise _Problems(
+                [
+                    (
+                        key,
+                        data[key],
+                        "is not a key: the config takes no percentiles (a percentile of what would depend on the "
+                        "image), and low/high were read as pixel clip values",
+                        "give the per-band clip values in pixel units measured on the training data as clip_low "
+                        "and clip_high (Normalization.fit(images, 'percentile', percentiles=(2, 98)) measures "
+                        "them), or leave model.normalization out to use the checkpoint's",
+                    )
+                    for key in given
+                ]
+            )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> NormalizationConfig:
         problems: list[tuple[str, Any, str, str]] = []
-        needs = {"none": (), "meanstd": ("mean", "std"), "percentile": ("low", "high"), "window": ("window",)}
-        for key in ("mean", "std", "low", "high", "window"):
+        needs = {
+            "none": (), "meanstd": ("mean", "std"), "percentile": ("clip_low", "clip_high"), "window": ("window",),
+        }  # fmt: skip
+        for key in ("mean", "std", "clip_low", "clip_high", "window"):
             value = getattr(self, key)
             if key in needs[self.kind] and value is None:
                 problems.append(
@@ -315,30 +347,43 @@ class NormalizationConfig(_Section):
                         f"remove it, or set kind to the one that uses {key}",
                     )
                 )
-        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
-            problems.append(
-                (
-                    "std",
-                    list(self.std),
-                    f"has {len(self.std)} values but mean has {len(self.mean)}",
-                    "give one mean and one std per input channel",
+        for first, second in (("mean", "std"), ("clip_low", "clip_high")):
+            a, b = getattr(self, first), getattr(self, second)
+            if a is not None and b is not None and len(a) != len(b):
+                problems.append(
+                    (
+                        second,
+                        list(b),
+                        f"has {len(b)} values but {first} has {len(a)}",
+                        f"give one {first} and one {second} per input channel",
+                    )
                 )
-            )
-        if self.low is not None and self.high is not None and not 0 <= self.low < self.high <= 100:
-            problems.append(
-                (
-                    "high",
-                    self.high,
-                    f"with low={self.low} is not 0 <= low < high <= 100",
-                    "give percentiles such as low: 1, high: 99",
+        if self.clip_low is not None and self.clip_high is not None and len(self.clip_low) == len(self.clip_high):
+            if any(h <= lo for lo, h in zip(self.clip_low, self.clip_high, strict=True)):
+                problems.append(
+                    (
+                        "clip_high",
+                        list(self.clip_high),
+                        f"is not above clip_low={list(self.clip_low)} for every band",
+                        "give pixel values with clip_low < clip_high per band, e.g. clip_low: [120], "
+                        "clip_high: [3400]",
+                    )
                 )
-            )
         if self.window is not None and self.window[0] >= self.window[1]:
             problems.append(
                 ("window", list(self.window), "is not [low, high] with low < high", "write e.g. [-1000, 400]")
             )
         _raise_if(problems)
         return self
+
+    def build(self) -> Any:
+        """Return the model's :class:`tiler.model.Normalization` for these settings (clip values as ``low/high``)."""
+        from tiler.model.normalize import Normalization
+
+        return Normalization(
+            self.kind, mean=self.mean or (), std=self.std or (), low=self.clip_low or (),
+            high=self.clip_high or (), window=self.window,
+        )
 
 
 class OnnxConfig(_Section):

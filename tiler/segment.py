@@ -76,7 +76,7 @@ def model_ref(cfg: JobConfig) -> ModelRef:
     if m.spec is not None:
         load["spec"] = m.spec.model_dump(mode="json")
     if m.normalization is not None:
-        load["normalization"] = {k: v for k, v in m.normalization.model_dump(mode="json").items() if v is not None}
+        load["normalization"] = m.normalization.build().to_dict()
     if m.class_names is not None:
         load["class_names"] = list(m.class_names)
     if m.class_colors is not None:
