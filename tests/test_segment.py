@@ -73,6 +73,26 @@ def test_segment_writes_store_exports_scores_and_report(tmp_path: Path) -> None:
     assert Path(result.outputs["quicklook"]).stat().st_size > 0
 
 
+def test_small_class_count_with_a_large_nodata_label_writes_uint16_labels(tmp_path: Path) -> None:
+    image = write_raster(tmp_path / "image.tif")
+    data = {
+        "input": {"path": str(image)},
+        "model": {"weights": str(write_model(tmp_path / "model.pt", classes=3)), "batch_size": 4, "threads": 1},
+        "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
+        "output": {"path": str(tmp_path / "out.zarr"), "chunks": [32, 32], "nodata_label": 1000,
+                   "exports": ["cog", "quicklook"]},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    result = run_segment(load_config(tmp_path / "job.yaml"), engine="local", quiet=True)
+    labels = zarr.open_group(result.store, mode="r")["labels"]
+    assert labels.dtype == np.uint16 and labels.fill_value == 1000
+    values = np.unique(labels[...])
+    assert values[-1] == 1000 and set(values[:-1].tolist()) <= {0, 1, 2}  # the nodata corner, then classes
+    with rasterio.open(result.outputs["cog"]) as cog:
+        assert cog.dtypes[0] == "uint16" and cog.nodata == 1000
+        assert np.array_equal(cog.read(1), labels[...])
+
+
 def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path)
     assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 0

@@ -6,7 +6,8 @@ Layout of ``<parent>/``::
                                   :func:`store_lock` before the store exists and held until exports are done
     <name>/zarr.json              group attributes: ``tiler_store`` marker, georef, class names/colours, config
                                   hash, version, complete (rewritten atomically)
-    <name>/labels/                uint8 (uint16 past 255 classes) (*shape), fill value = nodata label
+    <name>/labels/                uint8, or uint16 when a class or the nodata label passes 255 (*shape), fill
+                                  value = nodata label (:func:`tiler.stitch.labels_dtype`, the one rule)
     <name>/probabilities/         optional (K, *shape), chunks (K, *chunks)
     <name>/.tiler/blocks/<key>.json   one record per finished block: its window, the chunk files it wrote and a
                                   digest of its labels (atomic JSON)
@@ -38,11 +39,12 @@ import zarr
 import zarr.codecs
 
 import tiler
-from tiler.errors import OutputError
+from tiler.errors import GeometryError, OutputError
 from tiler.geometry import Window
 from tiler.io.atomic import atomic_dir, clean_temporaries, output_error, pid_alive, write_json_atomic
 from tiler.io.base import Georef
 from tiler.io.lock import acquire_store_lock, check_not_locked, lock_path_for, release_store_lock, store_lock
+from tiler.stitch import labels_dtype
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
@@ -138,7 +140,6 @@ class OutputStore:
         shape: Sequence[int],
         num_classes: int,
         chunks: Sequence[int],
-        labels_dtype: str | np.dtype | None = None,
         nodata_label: int = 255,
         probabilities: str | None = None,
         attrs: Mapping[str, Any] | None = None,
@@ -157,8 +158,9 @@ class OutputStore:
             shape: Spatial output shape (H, W) or (D, H, W).
             num_classes: Number of classes K.
             chunks: Chunk shape per spatial axis.
-            labels_dtype: uint8 or uint16; default uint8, uint16 when ``num_classes`` > 255.
-            nodata_label: Label of pixels with no prediction (the labels' fill value).
+            nodata_label: Label of pixels with no prediction (the labels' fill value). The labels' dtype is
+                :func:`tiler.stitch.labels_dtype` of ``num_classes`` and this label: uint8 when every class and
+                the nodata label fit in a byte, else uint16.
             probabilities: None (no probabilities), ``"float16"``, ``"uint8"`` (x255) or ``"float32"``.
             attrs: Extra group attributes: ``georef`` (a :class:`Georef` or its attrs), ``class_names``,
                 ``class_colors``, ``config``...
@@ -197,11 +199,10 @@ class OutputStore:
                 return existing
             check_not_locked(path)
             replace = True
-        dtype = (
-            np.dtype(labels_dtype)
-            if labels_dtype is not None
-            else np.dtype(np.uint16 if num_classes > 255 else np.uint8)
-        )
+        try:
+            dtype = labels_dtype(int(num_classes), int(nodata_label))
+        except GeometryError as exc:
+            raise OutputError(f"output {path}: {exc}") from None
         meta = dict(attrs or {})
         georef = meta.get("georef")
         if isinstance(georef, Georef):
