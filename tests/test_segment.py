@@ -93,6 +93,22 @@ def test_small_class_count_with_a_large_nodata_label_writes_uint16_labels(tmp_pa
         assert np.array_equal(cog.read(1), labels[...])
 
 
+def test_block_records_on_disk_keep_their_keys_and_read_back_typed(tmp_path: Path) -> None:
+    from tiler.engine.plan import BlockRecord
+
+    result = run_segment(load_config(write_config(tmp_path)), engine="local", quiet=True)
+    files = sorted((Path(result.store) / ".tiler" / "blocks").glob("*.json"))
+    assert len(files) == result.summary["blocks_total"] == 12
+    on_disk = json.loads(files[0].read_text())
+    assert list(on_disk) == [
+        "key", "block", "started_at", "finished_at", "start", "stop", "tiles_run", "tiles_skipped", "read_seconds",
+        "infer_seconds", "stitch_seconds", "write_seconds", "pid", "confusion", "chunks", "labels_digest",
+    ]
+    record = BlockRecord.from_json(on_disk)
+    assert record.to_json() == {k: v for k, v in on_disk.items() if k not in ("key", "chunks", "labels_digest")}
+    assert record.block == on_disk["key"] == files[0].stem and record.window.stop == tuple(on_disk["stop"])
+
+
 def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path)
     assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 0
@@ -115,11 +131,11 @@ def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path
         ),
     ],
 )
-def test_cli_bad_input_exits_nonzero_with_the_cause(tmp_path: Path, capsys, override: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_cli_bad_input_exits_2_with_the_cause(tmp_path: Path, capsys, override: str, message: str) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path)
     code = cli_main(["--quiet", "run", str(config), "--engine", "local", "--set", override])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     assert message in err
     assert not (tmp_path / "out.zarr").exists() or not zarr.open_group(str(tmp_path / "out.zarr")).attrs.get("complete")
 

@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -54,6 +53,7 @@ from pydantic import (
 
 from tiler.errors import ConfigError
 from tiler.labels import nodata_label_problem
+from tiler.paths import is_remote
 
 __all__ = [
     "EngineConfig",
@@ -256,7 +256,7 @@ class InputConfig(_Section):
     @property
     def is_remote(self) -> bool:
         """Whether the path is a GDAL virtual path or a URL rather than a local file."""
-        return not _is_local_path(self.path)
+        return is_remote(self.path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -879,16 +879,11 @@ def _lines(exc: ValidationError, source: str) -> list[str]:
 
 
 _PATH_KEYS = (("input", "path"), ("model", "weights"), ("output", "path"), ("scoring", "truth"))
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def _is_local_path(path: str) -> bool:
-    return not (path.startswith("/vsi") or _URL.match(path))
 
 
 def _resolve(path: Any, base: Path) -> Any:
     """``path`` made absolute against ``base`` unless absolute, a GDAL virtual path or a URL."""
-    if not isinstance(path, str) or not path or not _is_local_path(path):
+    if not isinstance(path, str) or not path or is_remote(path):
         return path
     expanded = os.path.expanduser(path)
     if os.path.isabs(expanded):
@@ -1160,7 +1155,7 @@ def _file_sha256(path: str) -> str | None:
 
     Cached by (path, size, mtime), so an archive run hashes its checkpoint once, not once per input.
     """
-    if not _is_local_path(path) or not os.path.isfile(path):
+    if is_remote(path) or not os.path.isfile(path):
         return None
     stat = os.stat(path)
     return _sha256_cached(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)

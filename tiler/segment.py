@@ -21,10 +21,11 @@ from tiler.blend import Blender, BlendMode
 from tiler.config import JobConfig, config_hash
 from tiler.engine.executor import Executor
 from tiler.engine.job import JobResult, StoreJob
-from tiler.engine.plan import ModelRef, Plan, ReaderRef
+from tiler.engine.plan import BlockRecord, ModelRef, Plan, ReaderRef
 from tiler.engine.stream import Outcome, Work, run_stream
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import BlockPartition, PadMode, TileGrid
+from tiler.paths import local_realpath
 from tiler.redact import redact, redacted_config_dict
 
 READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
@@ -253,9 +254,9 @@ class Progress:
         if len(work.pending) < work.total:
             self.write(f"{job.name}: resuming, {work.total - len(work.pending)} of {work.total} blocks already done")
 
-    def record(self, job: Any, record: dict[str, Any]) -> None:
+    def record(self, job: Any, record: BlockRecord) -> None:
         """Advance by one finished block."""
-        self.tiles += int(record["tiles_run"])
+        self.tiles += record.tiles_run
         if self.bar is not None:
             rate = self.tiles / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix_str(f"inputs {self.done} done, {self.failed} failed · {rate:.1f} tiles/s")
@@ -303,12 +304,6 @@ RAY_WORKING_COPY = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
 """Where Ray unpacks ``ray job submit --working-dir`` for a job (a temporary copy, deleted later)."""
 
 
-def _local(path: str | None) -> str | None:
-    if path is None or path.startswith("/vsi") or "://" in path:
-        return None
-    return os.path.realpath(path)
-
-
 def _zarr_root(path: str) -> str:
     """The outermost zarr hierarchy holding ``path`` (an array inside a store belongs to the whole store)."""
     root, here = path, os.path.dirname(path)
@@ -348,8 +343,8 @@ def check_output_paths(cfg: JobConfig) -> None:
             f"model.weights: {weights} is not in Ray's copy of --working-dir: `ray job submit` skips files that "
             ".gitignore excludes (models/, demo-output/); fix: give an absolute path the cluster can read"
         )
-    protected = {k: _zarr_root(p) for k, p in (("input.path", _local(cfg.input.path)),
-                                                ("scoring.truth", _local(cfg.scoring.truth))) if p is not None}
+    protected = {k: _zarr_root(p) for k, p in (("input.path", local_realpath(cfg.input.path)),
+                                                ("scoring.truth", local_realpath(cfg.scoring.truth))) if p is not None}
     store = cfg.output.path
     paths = output_paths(store)
     targets = {"output.path": store, **{f"output.exports ({name}, beside output.path)": str(path)
@@ -407,7 +402,7 @@ def _score(cfg: JobConfig, plan: Plan, result: JobResult, paths: dict[str, Path]
     """Full report from the store against the truth; the engine's per-block matrix must agree with it."""
     if cfg.scoring.truth is None:
         return None
-    from tiler.metrics.cli import score_paths
+    from tiler.metrics.files import score_paths
     from tiler.metrics.report import chart_paths, plot_confusion, plot_per_class, write_json
 
     scores, details = score_paths(

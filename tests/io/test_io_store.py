@@ -198,3 +198,13 @@ def test_open_refuses_non_store(tmp_path):
     (tmp_path / "x.zarr").mkdir()
     with pytest.raises(OutputError, match=r"x\.zarr"):
         OutputStore.open(tmp_path / "x.zarr")
+
+
+def test_a_store_without_colours_uses_the_one_default_palette(tmp_path):
+    from tiler.model.checkpoint import _names_colors
+    from tiler.palette import default_colors
+
+    store = _create(tmp_path / "o.zarr", num_classes=12)
+    assert store.class_colors == list(default_colors(12))
+    assert store.class_colors[:3] == [(0, 0, 0), (230, 25, 75), (60, 180, 75)]
+    assert tuple(store.class_colors) == _names_colors(None, [str(k) for k in range(12)], None)[1]

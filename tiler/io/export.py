@@ -26,7 +26,7 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
 from tiler.errors import OutputError
-from tiler.geometry import Window
+from tiler.geometry import BlockPartition, Window
 from tiler.io.atomic import atomic_dir, atomic_path, clean_temporaries, output_error, temporary_dir
 from tiler.io.base import Georef, Reader
 from tiler.io.raster import to_rio_window
@@ -34,14 +34,6 @@ from tiler.io.store import OutputStore
 from tiler.io.volume import affine_from_spacing, write_nifti_slabs
 
 EXPORT_BLOCK = 2048
-
-
-def _windows(shape: Sequence[int], block: Sequence[int]) -> Iterator[Window]:
-    import itertools
-
-    ranges = [range(0, n, b) for n, b in zip(shape, block, strict=True)]
-    for start in itertools.product(*ranges):
-        yield Window(start, tuple(min(a + b, n) for a, b, n in zip(start, block, shape, strict=True)))
 
 
 def _block_for(store: OutputStore, target: int = EXPORT_BLOCK) -> tuple[int, ...]:
@@ -121,7 +113,7 @@ def export_cog(
             if labels.dtype == np.uint8:  # the palette must be set before any pixel is written
                 cmap = {k: (*c, 255) for k, c in enumerate(store.class_colors)}
                 dst.write_colormap(1, cmap)
-            for window in _windows(store.shape, _block_for(store)):
+            for window in BlockPartition(store.shape, _block_for(store)):
                 dst.write(store.read(window)[None], window=to_rio_window(window))
         with rasterio.Env(GDAL_CACHEMAX=256), atomic_path(out_path, what="write the COG") as cog_tmp:
             rasterio.shutil.copy(
@@ -161,9 +153,7 @@ def export_nifti(
         affine = affine_from_spacing(geo.spacing or (1.0, 1.0, 1.0))
     depth, height, width = store.shape
     slab = store.write_unit[0]
-    slabs = (
-        store.read(Window((z, 0, 0), (min(z + slab, depth), height, width))) for z in range(0, depth, slab)
-    )
+    slabs = (store.read(window) for window in BlockPartition(store.shape, (slab, height, width)))
     with atomic_path(out_path, what="write the NIfTI") as tmp:
         write_nifti_slabs(tmp, store.shape, dtype=store.labels.dtype, affine=affine, slabs=slabs)
     return out_path
@@ -257,7 +247,7 @@ def _write_level(store: OutputStore, group: zarr.Group, src: Any, level: int, na
         dimension_names=tuple(names),
     )
     step = (1,) * (ndim - 2) + (2, 2) if level else (1,) * ndim
-    for window in _windows(shape, _block_for(store)):
+    for window in BlockPartition(shape, _block_for(store)):
         src_slices = tuple(
             slice(a * s, b * s, s) for a, b, s in zip(window.start, window.stop, step, strict=True)
         )

@@ -44,6 +44,7 @@ from tiler.geometry import Window
 from tiler.io.atomic import atomic_dir, clean_temporaries, output_error, pid_alive, write_json_atomic
 from tiler.io.base import Georef
 from tiler.io.lock import acquire_store_lock, check_not_locked, lock_path_for, release_store_lock, store_lock
+from tiler.palette import default_colors
 from tiler.stitch import labels_dtype
 
 if TYPE_CHECKING:
@@ -334,15 +335,11 @@ class OutputStore:
 
     @property
     def class_colors(self) -> list[tuple[int, int, int]]:
-        """Class colours as RGB (a default palette when none were stored)."""
+        """Class colours as RGB (:func:`tiler.palette.default_colors` when none were stored)."""
         colors = self._attr("class_colors")
         if colors:
             return [(int(c[0]), int(c[1]), int(c[2])) for c in colors]
-        import matplotlib
-
-        cmap = matplotlib.colormaps["tab20"]
-        rgb = [cmap(k % 20) for k in range(self.num_classes)]
-        return [(int(255 * c[0]), int(255 * c[1]), int(255 * c[2])) for c in rgb]
+        return list(default_colors(self.num_classes))
 
     # -- attributes (zarr.json, rewritten atomically) ----------------------------------------------------
     def _update_attrs(self, changes: Mapping[str, Any]) -> None:
