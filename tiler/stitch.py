@@ -3,6 +3,21 @@
 Holds float32 Σ w·p per class, shape ``(C, *block)``, and one float32 Σ w per pixel, shape ``(*block)``.
 Tiles must be added in global grid order: then every pixel sees the same sequence of float32
 operations whoever computes its block, which makes the output independent of the partition.
+
+Example: two 1 x 4 tiles of a 1 x 6 image overlap on two pixels; the first predicts class 0, the second
+class 1; with constant weights the overlap gets the average (ties go to the lower class):
+
+>>> import numpy as np
+>>> from tiler.geometry import TileGrid
+>>> grid = TileGrid((1, 6), tile=(1, 4), overlap=(0, 2))
+>>> acc = BlockAccumulator(Window((0, 0), (1, 6)), num_classes=2)
+>>> for position, cls in zip(grid.positions(), (0, 1)):
+...     probs = np.zeros((2, 1, 4), np.float32)
+...     probs[cls] = 1.0
+...     acc.add(grid.window(position), probs, np.ones((1, 4), np.float32))
+>>> result = acc.finalize(probabilities="float32")
+>>> result.probabilities[1].tolist(), result.labels.tolist()
+([[0.0, 0.0, 0.5, 0.5, 1.0, 1.0]], [[0, 0, 0, 0, 1, 1]])
 """
 
 from __future__ import annotations
