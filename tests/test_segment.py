@@ -222,3 +222,41 @@ def test_inspect_describes_the_input_and_the_plan(tmp_path: Path, capsys) -> Non
     assert info["tiles"].startswith("56 (8 x 7)")  # ceil((200 - 32) / 24) + 1 = 8 rows, ceil(136 / 24) + 1 = 7 cols
     assert info["tiles skipped (mask)"] == 4
     assert info["memory per actor (est.)"].endswith("MiB")
+
+
+def test_inspect_describes_the_image_when_the_checkpoint_is_missing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    (tmp_path / "model.pt").unlink()
+    assert cli_main(["--json-logs", "inspect", str(tmp_path / "image.tif"), "--config", str(config)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["shape"] == [200, 168] and info["tiles"].startswith("56 (8 x 7)")
+    assert info["tiles skipped (mask)"] == 4
+    for key in ("classes", "memory per actor (est.)"):
+        assert info[key].startswith("needs the model, which cannot be loaded") and "model.pt" in info[key]
+
+
+def test_a_first_run_names_every_missing_file_with_its_key_and_the_fix(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    for name in ("image.tif", "model.pt", "truth.tif"):
+        (tmp_path / name).unlink()
+    assert cli_main(["run", str(config), "--engine", "local"]) == 2
+    err = capsys.readouterr().err
+    assert f"3 files named in {config} do not exist:" in err
+    for key, name in (("input.path", "image.tif"), ("model.weights", "model.pt"), ("scoring.truth", "truth.tif")):
+        assert f"  {key}: {tmp_path / name}\n" in err
+    assert "--set input.path=... --set model.weights=... --set scoring.truth=..." in err and "make demo" in err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_every_shipped_config_that_names_missing_files_says_how_to_fix_it(capsys) -> None:  # type: ignore[no-untyped-def]
+    from tiler.config import missing_files
+
+    for config in sorted((REPO / "configs").glob("*.yaml")):
+        if config.name in ("archive.yaml", "example.yaml"):
+            continue
+        missing = missing_files(load_config(config))
+        if not missing:
+            continue
+        assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 2
+        err = capsys.readouterr().err
+        assert "make demo" in err and all(f"  {key}: {path}\n" in err for key, path in missing), err

@@ -40,10 +40,11 @@ def _add_run(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tiler.config import load_config
+    from tiler.config import check_files, load_config
     from tiler.segment import run_segment
 
     cfg = load_config(args.config, args.overrides)
+    check_files(cfg, source=args.config)  # named after the config file; the job checks again for library callers
     result = run_segment(cfg, overwrite=args.overwrite, quiet=args.quiet or args.json_logs, engine=args.engine)
     if args.json_logs:
         print(json.dumps({"event": "done", "store": result.store, "outputs": result.outputs,

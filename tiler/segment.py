@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tiler.blend import Blender, BlendMode
-from tiler.config import JobConfig, config_hash
+from tiler.config import JobConfig, check_files, config_hash
 from tiler.engine.executor import Executor
 from tiler.engine.job import JobResult, StoreJob
 from tiler.engine.plan import BlockRecord, ModelRef, Plan, ReaderRef
@@ -466,6 +466,7 @@ class SegmentJob:
 
     def open(self) -> Work:
         """Build the plan, create or resume the store under its lock; the blocks still to run."""
+        check_files(self.cfg)  # every missing input file in one message, before anything is opened
         check_output_paths(self.cfg)
         plan, attrs = build_plan(self.cfg)
         self.plan = plan
