@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from tiler.config import (
-    JobConfig,
     ScoringConfig,
     apply_overrides,
     config_hash,
@@ -573,8 +572,12 @@ def test_config_hash_follows_weights_content_not_path(tmp_path: Path) -> None:
     assert config_hash(parse_config(job(model={"weights": str(second)}))) != hash_a
 
 
-def test_job_config_type() -> None:
-    assert isinstance(parse_config(MINIMAL), JobConfig)
+def test_a_parsed_config_is_frozen_and_round_trips() -> None:
+    cfg = parse_config(job(tiling={"tile": [128, 64]}))
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        cfg.tiling.tile = (512, 512)  # type: ignore[misc]
+    again = parse_config(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg and again.tiling.tile == (128, 64) and config_hash(again) == config_hash(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------
