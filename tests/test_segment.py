@@ -21,6 +21,7 @@ from tests.engine.helpers import write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.cli import main as cli_main
 from tiler.config import load_config
+from tiler.errors import ConfigError, EngineError
 from tiler.segment import run_segment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,3 +261,51 @@ def test_every_shipped_config_that_names_missing_files_says_how_to_fix_it(capsys
         assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 2
         err = capsys.readouterr().err
         assert "make demo" in err and all(f"  {key}: {path}\n" in err for key, path in missing), err
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        pytest.param("input.mask=tissue", "mask 'tissue' is a slide's tissue mask", id="tissue-on-a-raster"),
+        pytest.param("input.mask=threshold", "threshold=-5.0 is a volume's", id="threshold-on-a-raster"),
+    ],
+)
+def test_a_mask_kind_of_another_format_is_refused(tmp_path: Path, capsys, override: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    argv = ["--quiet", "run", str(config), "--engine", "local", "--set", override]
+    if "threshold" in override:
+        argv += ["--set", "input.threshold=-5"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "input.mask / input.threshold" in err and fragment in err and "fix: set input.mask to auto" in err
+
+
+def test_the_raster_mask_by_its_name_runs_like_auto(tmp_path: Path) -> None:
+    named = run_segment(load_config(write_config(tmp_path), ["input.mask=nodata"]), engine="local", quiet=True)
+    assert named.summary["tiles_skipped"] > 0  # the nodata corner's tiles
+
+
+def test_scoring_num_classes_is_the_k_of_the_scores(tmp_path: Path) -> None:
+    config = write_config(tmp_path, scoring={"truth": str(tmp_path / "truth5.tif"), "boundary_width": 2})
+    with rasterio.open(tmp_path / "image.tif") as src:
+        data, profile = src.read(1), src.profile | {"count": 1, "nodata": 255}
+    truth = np.minimum(data // 50, 4).astype(np.uint8)  # classes 0..4: one more than the model's 4
+    truth[data == 0] = 255
+    with rasterio.open(tmp_path / "truth5.tif", "w", **profile) as dst:
+        dst.write(truth, 1)
+    with pytest.raises(EngineError, match=r"truth holds label value\(s\) \[4\] outside \[0, num_classes=4\)"):
+        run_segment(load_config(config), engine="local", quiet=True)
+    result = run_segment(load_config(config, ["scoring.num_classes=5"]), engine="local", quiet=True, overwrite=True)
+    assert result.scores is not None and result.scores["num_classes"] == 5
+    assert np.asarray(result.scores["confusion_matrix"]).shape == (5, 6)  # K columns and "no prediction"
+    assert result.scores["engine_fwiou"] == pytest.approx(result.scores["fwiou"], abs=1e-12)
+    with pytest.raises(ConfigError, match=r"scoring\.num_classes=3 but the model .* predicts 4 classes"):
+        run_segment(load_config(config, ["scoring.num_classes=3"]), engine="local", quiet=True, overwrite=True)
+
+
+def test_the_quicklook_is_written_only_when_asked_for_and_the_report_always(tmp_path: Path) -> None:
+    result = run_segment(load_config(write_config(tmp_path), ["output.exports=[cog]"]), engine="local", quiet=True)
+    assert "quicklook" not in result.outputs and not (tmp_path / "out.quicklook.png").exists()
+    assert Path(result.outputs["report_json"]).is_file() and Path(result.outputs["report_md"]).is_file()
+    with pytest.raises(ConfigError, match=r"output\.exports\[1\]: must be one of"):
+        load_config(write_config(tmp_path), ["output.exports=[cog, report]"])

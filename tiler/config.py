@@ -605,7 +605,7 @@ class OutputConfig(_Section):
     # label of pixels outside the input's valid mask: null keeps nodata_label (rasters' nodata collar);
     # 0 suits slides and volumes, where outside the tissue / body mask is the background class
     background_label: Annotated[int, Strict(), Field(ge=0, le=65535)] | None = None
-    exports: tuple[Literal["cog", "nifti", "ome-zarr", "quicklook", "report"], ...] = ()
+    exports: tuple[Literal["cog", "nifti", "ome-zarr", "quicklook"], ...] = ()  # the report is always written
 
     @model_validator(mode="before")
     @classmethod

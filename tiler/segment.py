@@ -61,7 +61,8 @@ def reader_ref(cfg: JobConfig) -> ReaderRef:
         "channels_from_4d": inp.channels_from_4d,
         "level": inp.level,
         "mpp": inp.mpp,
-        # nodata (rasters), tissue (slides) and threshold (volumes) are each format's own mask: "auto" there
+        # nodata (rasters), tissue (slides) and threshold (volumes) are each format's own mask, so the reader
+        # computes it as "auto"; build_plan refuses a kind that is not the input format's (mask_kind_problem)
         "mask": "none" if inp.mask == "none" else "auto",
         "threshold": inp.threshold,
         # rasterio sets GDAL_CACHEMAX through GDALSetCacheMax64, which needs an int
@@ -140,11 +141,18 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
     """
     from tiler.engine.budget import check_memory, estimate_actor_memory
     from tiler.io import check_has_data
+    from tiler.io.masks import mask_kind_problem
     from tiler.labels import check_nodata_label
 
     ref = reader_ref(cfg)
     reader = ref.open()
     try:
+        mask_problem = mask_kind_problem(cfg.input.mask, reader.format, threshold=cfg.input.threshold)
+        if mask_problem is not None:
+            raise InputError(
+                f"input.mask / input.threshold: {mask_problem} ({cfg.input.path}); fix: set input.mask to auto "
+                "(the input's own mask) or none, and input.threshold only for volumes"
+            )
         model = model_ref(cfg)
         facts = model_facts(model)
         if facts.in_channels is not None and reader.channels != facts.in_channels:
@@ -164,6 +172,13 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
                 f"spatial shape {reader.shape}; give one tile size per axis."
             )
         check_nodata_label(facts.num_classes, cfg.output.nodata_label, source=str(cfg.model.weights))
+        score_classes = cfg.scoring.num_classes
+        if score_classes is not None and score_classes < facts.num_classes:
+            raise ConfigError(
+                f"scoring.num_classes={score_classes} but the model {cfg.model.weights} predicts {facts.num_classes} "
+                f"classes (labels 0..{facts.num_classes - 1}); fix: set scoring.num_classes to at least "
+                f"{facts.num_classes}, or null to score the model's classes"
+            )
         check_memory(
             estimate_actor_memory(
                 cfg.tiling.tile, cfg.tiling.block, channels=reader.channels, itemsize=reader.dtype.itemsize,
@@ -188,6 +203,7 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
             background_label=cfg.output.background_label,
             truth=ReaderRef(cfg.scoring.truth) if cfg.scoring.truth else None,
             ignore_index=cfg.scoring.ignore_index if cfg.scoring.ignore_index is not None else -1,
+            score_classes=score_classes,
         )
         attrs = {
             "georef": reader.georef.to_attrs(),
@@ -369,7 +385,7 @@ def check_output_paths(cfg: JobConfig) -> None:
 
 
 def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
-    """Write every configured export (and the quicklook) beside the store, each recorded in the store when in place.
+    """Write every configured export (cog, nifti, ome-zarr, quicklook) beside the store, each recorded when in place.
 
     An export already recorded by an earlier run of this store (and still on disk) is not written again.
     """
@@ -388,13 +404,14 @@ def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str
             continue
         done[name] = str(writers[name](store, paths[name]))
         store.record_export(name, done[name])
-    reader = plan.input.open()
-    try:
-        overlay = reader if len(reader.shape) == 2 else None
-        done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=overlay))
-    finally:
-        reader.close()
-    store.record_export("quicklook", done["quicklook"])
+    if "quicklook" in cfg.output.exports:
+        reader = plan.input.open()
+        try:
+            overlay = reader if len(reader.shape) == 2 else None
+            done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=overlay))
+        finally:
+            reader.close()
+        store.record_export("quicklook", done["quicklook"])
     return done
 
 
@@ -406,7 +423,7 @@ def _score(cfg: JobConfig, plan: Plan, result: JobResult, paths: dict[str, Path]
     from tiler.metrics.report import chart_paths, plot_confusion, plot_per_class, write_json
 
     scores, details = score_paths(
-        plan.store_path, cfg.scoring.truth, num_classes=plan.num_classes,
+        plan.store_path, cfg.scoring.truth, num_classes=plan.score_classes or plan.num_classes,
         ignore_index=cfg.scoring.ignore_index, boundary_width=cfg.scoring.boundary(),
     )
     payload = scores.to_dict()

@@ -62,8 +62,14 @@ class JobResult:
 
 
 def _sum_confusion(records: Mapping[str, BlockRecord]) -> np.ndarray | None:
+    """The blocks' confusion matrices summed; None unless every block has one, all of one shape.
+
+    A resumed run may have changed scoring.truth or scoring.num_classes, which the config hash does not cover.
+    """
     matrices = [np.asarray(r.confusion, dtype=np.int64) for r in records.values() if r.confusion is not None]
-    return np.sum(matrices, axis=0) if matrices else None
+    if not matrices or len(matrices) != len(records) or len({m.shape for m in matrices}) != 1:
+        return None
+    return np.sum(matrices, axis=0)
 
 
 class StoreJob:

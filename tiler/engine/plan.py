@@ -73,6 +73,7 @@ class Plan:
         background_label: Label of pixels outside the valid mask instead of ``nodata_label`` (slides: 0).
         truth: Ground-truth labels, to score each block as it is written; or None.
         ignore_index: Truth value excluded from scoring.
+        score_classes: ``K`` of the scores (``scoring.num_classes``, at least ``num_classes``); None: ``num_classes``.
     """
 
     input: ReaderRef
@@ -90,6 +91,7 @@ class Plan:
     background_label: int | None = None
     truth: ReaderRef | None = None
     ignore_index: int = 255
+    score_classes: int | None = None
 
     def positions(self) -> list[Shape]:
         """Every block position, in C order."""

@@ -94,7 +94,8 @@ class BlockWorker:
         assert self.truth is not None
         truth = self.truth.read(prepared.block)[0]
         return confusion_matrix(
-            truth, labels, num_classes=self.plan.num_classes, ignore_index=self.plan.ignore_index,
+            truth, labels, num_classes=self.plan.score_classes or self.plan.num_classes,
+            ignore_index=self.plan.ignore_index,
             valid=prepared.valid, pred_nodata=self.plan.nodata_label,
         )
 
