@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tiler.geometry import BlockPartition
+
 CLASSES = 6
 CELL = 64  # region size in pixels
 STRIP = 512
@@ -57,8 +59,9 @@ def write_zarr(folder: Path, size: int) -> tuple[Path, Path]:
         arrays[name] = zarr.create_array(
             str(folder / f"{name}.zarr"), shape=(size, size), chunks=(1024, 1024), dtype="uint8", fill_value=0
         )
-    for r0 in range(0, size, STRIP):
-        truth, pred = strip_pair(size, r0, min(size, r0 + STRIP))
+    for strip in BlockPartition((size, size), (STRIP, size)):
+        r0 = strip.start[0]
+        truth, pred = strip_pair(size, r0, strip.stop[0])
         arrays["truth"][r0 : r0 + len(truth)] = truth
         arrays["pred"][r0 : r0 + len(pred)] = pred
     return folder / "pred.zarr", folder / "truth.zarr"
@@ -76,8 +79,9 @@ def write_tiff(folder: Path, size: int) -> tuple[Path, Path]:
     }
     paths = folder / "pred.tif", folder / "truth.tif"
     with rasterio.open(paths[0], "w", **profile) as p, rasterio.open(paths[1], "w", **profile) as t:
-        for r0 in range(0, size, STRIP):
-            truth, pred = strip_pair(size, r0, min(size, r0 + STRIP))
+        for strip in BlockPartition((size, size), (STRIP, size)):
+            r0 = strip.start[0]
+            truth, pred = strip_pair(size, r0, strip.stop[0])
             window = Window(0, r0, size, len(truth))
             t.write(truth, 1, window=window)
             p.write(pred, 1, window=window)
@@ -99,7 +103,8 @@ def da_bincount_confusion(pred: str, truth: str) -> dict:
     """The alternative the issue names: ``da.bincount`` of an int64 index, ignored pixels in an extra bin."""
     import dask.array as da
 
-    from tiler.metrics._sources import as_dask, open_labels
+    from tiler.io.labels import open_labels
+    from tiler.metrics._sources import as_dask
 
     t, p = as_dask(open_labels(truth), open_labels(pred))
     start = time.perf_counter()
@@ -116,7 +121,7 @@ def child(pred: str, truth: str, boundary: str | None, variant: str) -> None:
     import resource
 
     from tiler.metrics.boundary import BoundaryWidth
-    from tiler.metrics.cli import score_paths
+    from tiler.metrics.files import score_paths
     from tiler.metrics.scores import scores_from_confusion
 
     width = BoundaryWidth.parse(boundary) if boundary else None

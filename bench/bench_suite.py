@@ -167,8 +167,8 @@ def run_project(info: dict[str, Any], *, skip: bool) -> dict[str, Any]:
     labels = zarr.open_group(str(store), mode="r")["labels"]
     if math.prod(labels.shape) <= 2**28:
         np.save(Path(info["root"]) / f"labels-project-{'skip' if skip else 'noskip'}.npy", labels[...])
-    first = min(float(r["started_at"]) for r in result.records.values())
-    last = max(float(r["finished_at"]) for r in result.records.values())
+    first = min(r.started_at for r in result.records.values())
+    last = max(r.finished_at for r in result.records.values())
     return {"seconds": seconds, "tiles": result.tiles_run, "tiles_skipped": result.tiles_skipped,
             "actor_startup_s": first - wall0, "steady_state_s": last - first,
             "peak_memory_mb": memory.peak / 2**20, "peak_breakdown_mb": memory.breakdown}

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
+import zarr
 from rasterio.transform import from_origin
 
 from tests.engine.helpers import write_model, write_raster
@@ -30,6 +31,7 @@ from tiler.archive import (
     run_archive,
 )
 from tiler.errors import ConfigError, OutputError
+from tiler.metrics import confusion_matrix, scores_from_confusion
 
 CORRUPT = SHARED_DATA / "corrupt.tif"
 SHAPE = (96, 80)
@@ -107,7 +109,12 @@ def test_first_run_does_two_and_records_the_corrupt_file_as_failed(archive_dir: 
     assert all(r["attempts"] == 1 for r in table.values())
     for stem in ("a", "b"):
         scores = table[stem]["scores"]
-        assert isinstance(scores, dict) and 0.0 <= scores["fwiou"] <= 1.0
+        # the ledger keeps the job's score, which is the score of the stored labels against the truth file
+        labels = zarr.open_group(str(archive_dir / "out" / stem / f"{stem}.zarr"), mode="r")["labels"][...]
+        with rasterio.open(archive_dir / "scenes" / f"{stem}_truth.tif") as src:
+            truth = src.read(1)
+        expected = scores_from_confusion(confusion_matrix(truth, labels, num_classes=4, pred_nodata=255)).fwiou
+        assert isinstance(scores, dict) and scores["fwiou"] == pytest.approx(expected, abs=1e-12)
         assert (archive_dir / "out" / stem / f"{stem}.zarr" / "zarr.json").is_file()
     c_attrs = archive_dir / "out" / "c" / "c.zarr" / "zarr.json"
     assert not c_attrs.exists() or not json.loads(c_attrs.read_text())["attributes"].get("complete")

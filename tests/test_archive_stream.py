@@ -20,6 +20,7 @@ from tests.engine.helpers import write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.archive import Ledger, input_stem, load_archive, run_archive
 from tiler.config import parse_config
+from tiler.engine.plan import BlockRecord
 from tiler.segment import Progress, SegmentJob, run_many, run_segment
 
 SHAPES = {"a": (96, 80), "b": (128, 64), "c": (64, 160)}
@@ -100,12 +101,12 @@ class KillFirstActor(Progress):
         self.killed: list[int] = []
         self.seen: list[tuple[str, str]] = []
 
-    def record(self, job: Any, record: dict[str, Any]) -> None:
+    def record(self, job: Any, record: BlockRecord) -> None:
         super().record(job, record)
-        self.seen.append((job.name, record["block"]))
+        self.seen.append((job.name, record.block))
         if not self.killed:
-            self.killed.append(record["pid"])
-            os.kill(record["pid"], signal.SIGKILL)
+            self.killed.append(record.pid)
+            os.kill(record.pid, signal.SIGKILL)
 
 
 def test_an_actor_killed_mid_archive_is_replaced_and_every_input_is_still_identical(
@@ -184,11 +185,11 @@ def test_two_archive_runs_on_one_root_never_compute_one_input_twice(tmp_path: Pa
     config = write_archive(tmp_path)
     for stem in ("d", "e", "f"):
         write_raster(tmp_path / "scenes" / f"{stem}.tif", (64, 64), 3, 7)
-    command = [sys.executable, "-m", "pipelines.archive", str(config), "--engine", "local", "--quiet"]
+    command = [sys.executable, "-m", "pipelines.archive", str(config), "--engine", "local", "--quiet", "--json-logs"]
     procs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    done = [int(out.split(" done")[0].split()[-1]) for out in outs]
+    done = [json.loads(out.strip().splitlines()[-1])["done"] for out in outs]
     assert sum(done) == 6, outs  # every input computed by exactly one of the two runs
     for stem in ("a", "b", "c", "d", "e", "f"):
         store = tmp_path / "out" / stem / f"{stem}.zarr"

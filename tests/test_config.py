@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydantic
 import pytest
 import yaml
 
 from tiler.config import (
-    JobConfig,
     ScoringConfig,
     apply_overrides,
     config_hash,
@@ -295,6 +295,54 @@ def test_non_mapping_config(data: Any, match: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# normalization: the config builds the model's Normalization; clip values are pixels, never percentiles
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param({"low": 2, "high": 98}, id="low-high"),
+        pytest.param({"percentiles": [2, 98]}, id="percentiles"),
+        pytest.param({"low": 2, "high": 98, "clip_low": [2], "clip_high": [98]}, id="both-names"),
+    ],
+)
+def test_percentiles_are_refused_where_clip_values_are_meant(given: dict[str, Any]) -> None:
+    data = job(model={"normalization": {"kind": "percentile", **given}})
+    with pytest.raises(ConfigError, match=r"model\.normalization\.(low|percentiles): is not a key.*clip_low"):
+        parse_config(data)
+
+
+def test_percentile_clip_values_reach_the_model_as_pixel_values() -> None:
+    from tiler.model.normalize import Normalization
+    from tiler.segment import model_ref
+
+    norm = {"kind": "percentile", "clip_low": [100.0, 0.0], "clip_high": [300.0, 1000.0]}
+    load = model_ref(parse_config(job(model={"normalization": norm}))).load
+    built = Normalization.from_dict(load["normalization"])
+    assert built.low == (100.0, 0.0) and built.high == (300.0, 1000.0) and built.percentiles is None
+    pixels = np.array([[[50, 100, 200, 300, 2000]], [[-5, 0, 250, 1000, 2000]]], dtype=np.int32)  # (C, H, W)
+    expected = np.array([[[0.0, 0.0, 0.5, 1.0, 1.0]], [[0.0, 0.0, 0.25, 1.0, 1.0]]], dtype=np.float32)
+    np.testing.assert_allclose(built.apply(pixels), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("norm", "key", "fragment"),
+    [
+        pytest.param({"kind": "percentile", "clip_low": [1.0]}, "clip_high", "required", id="needs-high"),
+        pytest.param({"kind": "percentile", "clip_low": [5.0, 1.0], "clip_high": [4.0, 9.0]}, "clip_high",
+                     "not above", id="inverted"),
+        pytest.param({"kind": "percentile", "clip_low": [1.0], "clip_high": [4.0, 9.0]}, "clip_high",
+                     "has 2 values", id="lengths"),
+        pytest.param({"kind": "meanstd", "mean": [0.0], "std": [1.0], "clip_low": [1.0]}, "clip_low",
+                     "does not apply", id="clip-on-meanstd"),
+    ],
+)
+def test_bad_clip_values_name_the_key(norm: dict[str, Any], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=rf"model\.normalization\.{key}: .*{fragment}"):
+        parse_config(job(model={"normalization": norm}))
+
+
+# ---------------------------------------------------------------------------------------------------
 # files: missing, syntax errors, round trip, path resolution
 
 
@@ -524,8 +572,12 @@ def test_config_hash_follows_weights_content_not_path(tmp_path: Path) -> None:
     assert config_hash(parse_config(job(model={"weights": str(second)}))) != hash_a
 
 
-def test_job_config_type() -> None:
-    assert isinstance(parse_config(MINIMAL), JobConfig)
+def test_a_parsed_config_is_frozen_and_round_trips() -> None:
+    cfg = parse_config(job(tiling={"tile": [128, 64]}))
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        cfg.tiling.tile = (512, 512)  # type: ignore[misc]
+    again = parse_config(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg and again.tiling.tile == (128, 64) and config_hash(again) == config_hash(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -64,19 +64,15 @@ def is_cron(expr: str) -> bool:
     )
 
 
-@pytest.mark.parametrize(
-    ("expr", "ok"),
-    [
-        pytest.param("0 2 * * *", True, id="nightly"),
-        pytest.param("*/15 0-6 1,15 * 1-5", True, id="steps-ranges-lists"),
-        pytest.param("0 2 * *", False, id="four-fields"),
-        pytest.param("60 2 * * *", False, id="minute-60"),
-        pytest.param("0 2 * * * *", False, id="six-fields"),
-        pytest.param("0 5-2 * * *", False, id="inverted-range"),
-    ],
-)
-def test_cron_checker(expr: str, ok: bool) -> None:
-    assert is_cron(expr) is ok
+def test_both_nightly_schedules_are_the_documented_valid_one() -> None:
+    documented = re.findall(r'schedule: "([^"]+)"', (DEPLOY / "README.md").read_text(encoding="utf-8"))
+    assert documented, "deploy/README.md names no schedule"
+    schedules = {
+        "raycronjob.yaml": one("raycronjob.yaml")["spec"]["schedule"],
+        "cronjob.yaml": by_kind("cronjob.yaml", "CronJob")["spec"]["schedule"],
+    }
+    assert set(schedules.values()) == set(documented), (schedules, documented)
+    assert all(is_cron(s) for s in schedules.values()), schedules
 
 
 def entrypoint_targets(entrypoint: str) -> tuple[str, str]:

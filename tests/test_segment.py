@@ -21,6 +21,7 @@ from tests.engine.helpers import write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.cli import main as cli_main
 from tiler.config import load_config
+from tiler.errors import ConfigError, EngineError
 from tiler.segment import run_segment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,42 @@ def test_segment_writes_store_exports_scores_and_report(tmp_path: Path) -> None:
     assert Path(result.outputs["quicklook"]).stat().st_size > 0
 
 
+def test_small_class_count_with_a_large_nodata_label_writes_uint16_labels(tmp_path: Path) -> None:
+    image = write_raster(tmp_path / "image.tif")
+    data = {
+        "input": {"path": str(image)},
+        "model": {"weights": str(write_model(tmp_path / "model.pt", classes=3)), "batch_size": 4, "threads": 1},
+        "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
+        "output": {"path": str(tmp_path / "out.zarr"), "chunks": [32, 32], "nodata_label": 1000,
+                   "exports": ["cog", "quicklook"]},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    result = run_segment(load_config(tmp_path / "job.yaml"), engine="local", quiet=True)
+    labels = zarr.open_group(result.store, mode="r")["labels"]
+    assert labels.dtype == np.uint16 and labels.fill_value == 1000
+    values = np.unique(labels[...])
+    assert values[-1] == 1000 and set(values[:-1].tolist()) <= {0, 1, 2}  # the nodata corner, then classes
+    with rasterio.open(result.outputs["cog"]) as cog:
+        assert cog.dtypes[0] == "uint16" and cog.nodata == 1000
+        assert np.array_equal(cog.read(1), labels[...])
+
+
+def test_block_records_on_disk_keep_their_keys_and_read_back_typed(tmp_path: Path) -> None:
+    from tiler.engine.plan import BlockRecord
+
+    result = run_segment(load_config(write_config(tmp_path)), engine="local", quiet=True)
+    files = sorted((Path(result.store) / ".tiler" / "blocks").glob("*.json"))
+    assert len(files) == result.summary["blocks_total"] == 12
+    on_disk = json.loads(files[0].read_text())
+    assert list(on_disk) == [
+        "key", "block", "started_at", "finished_at", "start", "stop", "tiles_run", "tiles_skipped", "read_seconds",
+        "infer_seconds", "stitch_seconds", "write_seconds", "pid", "confusion", "chunks", "labels_digest",
+    ]
+    record = BlockRecord.from_json(on_disk)
+    assert record.to_json() == {k: v for k, v in on_disk.items() if k not in ("key", "chunks", "labels_digest")}
+    assert record.block == on_disk["key"] == files[0].stem and record.window.stop == tuple(on_disk["stop"])
+
+
 def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path)
     assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 0
@@ -95,11 +132,11 @@ def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path
         ),
     ],
 )
-def test_cli_bad_input_exits_nonzero_with_the_cause(tmp_path: Path, capsys, override: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_cli_bad_input_exits_2_with_the_cause(tmp_path: Path, capsys, override: str, message: str) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path)
     code = cli_main(["--quiet", "run", str(config), "--engine", "local", "--set", override])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     assert message in err
     assert not (tmp_path / "out.zarr").exists() or not zarr.open_group(str(tmp_path / "out.zarr")).attrs.get("complete")
 
@@ -173,7 +210,7 @@ def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path) -> None:
     group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     assert group.attrs["complete"] is True
     scores = json.loads((tmp_path / "out.scores.json").read_text())
-    assert 0.0 <= scores["fwiou"] <= 1.0
+    assert scores["engine_fwiou"] == pytest.approx(scores["fwiou"], abs=1e-12)  # the job's two scorings agree
 
 
 def test_inspect_describes_the_input_and_the_plan(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -186,3 +223,89 @@ def test_inspect_describes_the_input_and_the_plan(tmp_path: Path, capsys) -> Non
     assert info["tiles"].startswith("56 (8 x 7)")  # ceil((200 - 32) / 24) + 1 = 8 rows, ceil(136 / 24) + 1 = 7 cols
     assert info["tiles skipped (mask)"] == 4
     assert info["memory per actor (est.)"].endswith("MiB")
+
+
+def test_inspect_describes_the_image_when_the_checkpoint_is_missing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    (tmp_path / "model.pt").unlink()
+    assert cli_main(["--json-logs", "inspect", str(tmp_path / "image.tif"), "--config", str(config)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["shape"] == [200, 168] and info["tiles"].startswith("56 (8 x 7)")
+    assert info["tiles skipped (mask)"] == 4
+    for key in ("classes", "memory per actor (est.)"):
+        assert info[key].startswith("needs the model, which cannot be loaded") and "model.pt" in info[key]
+
+
+def test_a_first_run_names_every_missing_file_with_its_key_and_the_fix(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    for name in ("image.tif", "model.pt", "truth.tif"):
+        (tmp_path / name).unlink()
+    assert cli_main(["run", str(config), "--engine", "local"]) == 2
+    err = capsys.readouterr().err
+    assert f"3 files named in {config} do not exist:" in err
+    for key, name in (("input.path", "image.tif"), ("model.weights", "model.pt"), ("scoring.truth", "truth.tif")):
+        assert f"  {key}: {tmp_path / name}\n" in err
+    assert "--set input.path=... --set model.weights=... --set scoring.truth=..." in err and "make demo" in err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_every_shipped_config_that_names_missing_files_says_how_to_fix_it(capsys) -> None:  # type: ignore[no-untyped-def]
+    from tiler.config import missing_files
+
+    for config in sorted((REPO / "configs").glob("*.yaml")):
+        if config.name in ("archive.yaml", "example.yaml"):
+            continue
+        missing = missing_files(load_config(config))
+        if not missing:
+            continue
+        assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 2
+        err = capsys.readouterr().err
+        assert "make demo" in err and all(f"  {key}: {path}\n" in err for key, path in missing), err
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        pytest.param("input.mask=tissue", "mask 'tissue' is a slide's tissue mask", id="tissue-on-a-raster"),
+        pytest.param("input.mask=threshold", "threshold=-5.0 is a volume's", id="threshold-on-a-raster"),
+    ],
+)
+def test_a_mask_kind_of_another_format_is_refused(tmp_path: Path, capsys, override: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    argv = ["--quiet", "run", str(config), "--engine", "local", "--set", override]
+    if "threshold" in override:
+        argv += ["--set", "input.threshold=-5"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "input.mask / input.threshold" in err and fragment in err and "fix: set input.mask to auto" in err
+
+
+def test_the_raster_mask_by_its_name_runs_like_auto(tmp_path: Path) -> None:
+    named = run_segment(load_config(write_config(tmp_path), ["input.mask=nodata"]), engine="local", quiet=True)
+    assert named.summary["tiles_skipped"] > 0  # the nodata corner's tiles
+
+
+def test_scoring_num_classes_is_the_k_of_the_scores(tmp_path: Path) -> None:
+    config = write_config(tmp_path, scoring={"truth": str(tmp_path / "truth5.tif"), "boundary_width": 2})
+    with rasterio.open(tmp_path / "image.tif") as src:
+        data, profile = src.read(1), src.profile | {"count": 1, "nodata": 255}
+    truth = np.minimum(data // 50, 4).astype(np.uint8)  # classes 0..4: one more than the model's 4
+    truth[data == 0] = 255
+    with rasterio.open(tmp_path / "truth5.tif", "w", **profile) as dst:
+        dst.write(truth, 1)
+    with pytest.raises(EngineError, match=r"truth holds label value\(s\) \[4\] outside \[0, num_classes=4\)"):
+        run_segment(load_config(config), engine="local", quiet=True)
+    result = run_segment(load_config(config, ["scoring.num_classes=5"]), engine="local", quiet=True, overwrite=True)
+    assert result.scores is not None and result.scores["num_classes"] == 5
+    assert np.asarray(result.scores["confusion_matrix"]).shape == (5, 6)  # K columns and "no prediction"
+    assert result.scores["engine_fwiou"] == pytest.approx(result.scores["fwiou"], abs=1e-12)
+    with pytest.raises(ConfigError, match=r"scoring\.num_classes=3 but the model .* predicts 4 classes"):
+        run_segment(load_config(config, ["scoring.num_classes=3"]), engine="local", quiet=True, overwrite=True)
+
+
+def test_the_quicklook_is_written_only_when_asked_for_and_the_report_always(tmp_path: Path) -> None:
+    result = run_segment(load_config(write_config(tmp_path), ["output.exports=[cog]"]), engine="local", quiet=True)
+    assert "quicklook" not in result.outputs and not (tmp_path / "out.quicklook.png").exists()
+    assert Path(result.outputs["report_json"]).is_file() and Path(result.outputs["report_md"]).is_file()
+    with pytest.raises(ConfigError, match=r"output\.exports\[1\]: must be one of"):
+        load_config(write_config(tmp_path), ["output.exports=[cog, report]"])

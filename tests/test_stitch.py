@@ -28,10 +28,37 @@ def identity(batch: np.ndarray) -> np.ndarray:
     return batch.astype(np.float32)
 
 
+# Two 1 x 4 tiles of a 1 x 6 image, overlapping on columns 2 and 3; the first tile predicts 1 everywhere, the
+# second 3 (TorchIO's aggregator tests, one table per blend). Weights per tile column, T = 4:
+#   gaussian exp(-x² / 2σ²), σ = 0.5, x = ±1.5, ±0.5:  0.011109, 0.606531, 0.606531, 0.011109
+#   hann sin²(π (i + ½) / 4):                            0.146447, 0.853553, 0.853553, 0.146447
+#   crop: the tiles meet at column (0 + 2 + 4) // 2 = 3
+# Column 2 = (1 · w[2] + 3 · w[0]) / (w[2] + w[0]), column 3 = (1 · w[3] + 3 · w[1]) / (w[3] + w[1]).
+BLEND_TABLES = [
+    pytest.param(BlendMode.CONSTANT, [1.0, 1.0, 2.0, 2.0, 3.0, 3.0], id="constant"),
+    pytest.param(BlendMode.CROP, [1.0, 1.0, 1.0, 3.0, 3.0, 3.0], id="crop"),
+    pytest.param(BlendMode.HANN, [1.0, 1.0, 1.292893, 2.707107, 3.0, 3.0], id="hann"),
+    pytest.param(BlendMode.GAUSSIAN, [1.0, 1.0, 1.035972, 2.964028, 3.0, 3.0], id="gaussian"),
+]
+
+
+@pytest.mark.parametrize(("mode", "expected"), BLEND_TABLES)
+def test_two_constant_tiles_blend_to_the_literal_table(mode: BlendMode, expected: list[float]) -> None:
+    grid = TileGrid((1, 6), (1, 4), (0, 2))
+    acc = BlockAccumulator(Window((0, 0), (1, 6)), num_classes=1)
+    for position, value in zip(grid.positions(), (1.0, 3.0), strict=True):
+        tile = grid.window(position)
+        acc.add(tile, np.full((1, *tile.shape), value, np.float32), Blender(mode).weights(grid, position))
+    result = acc.finalize(probabilities="float32")
+    assert result.probabilities is not None
+    np.testing.assert_allclose(result.probabilities[0, 0], expected, rtol=0, atol=1e-6)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 @pytest.mark.parametrize("mode", MODES)
-def test_identity_model_returns_the_input(mode: BlendMode, data: st.DataObject) -> None:
+def test_identity_model_returns_the_input_for_every_grid(mode: BlendMode, data: st.DataObject) -> None:
+    """Every blend is a weighted mean, so an identity model gives back the input (the tables above tell modes apart)."""
     ndim = data.draw(st.sampled_from([2, 3]))
     shape = tuple(data.draw(st.integers(1, 40 if ndim == 2 else 14)) for _ in range(ndim))
     tile = tuple(data.draw(st.integers(1, 16)) for _ in range(ndim))
@@ -160,11 +187,16 @@ def test_uncovered_pixels_get_nodata_label_not_nan(make) -> None:  # type: ignor
     assert result.covered.tolist() == [[True, True, False, False]] * 4
 
 
-@pytest.mark.parametrize("make", ACCUMULATORS)
-def test_weight_sums_are_float32_per_pixel(make) -> None:  # type: ignore[no-untyped-def]
-    acc = make(Window((0, 0, 0), (3, 4, 5)), num_classes=6)
-    assert str(acc.weights.dtype).endswith("float32") and tuple(acc.weights.shape) == (3, 4, 5)
-    assert str(acc.sums.dtype).endswith("float32") and tuple(acc.sums.shape) == (6, 3, 4, 5)
+def test_weight_sums_neither_wrap_nor_overflow() -> None:
+    acc = BlockAccumulator(Window((0, 0), (1, 1)), num_classes=2)
+    probs = np.array([0.25, 0.75], np.float32).reshape(2, 1, 1)
+    for _ in range(300):  # a uint8 count wraps at 256; float16 sums of these weights pass 65504 and become inf
+        acc.add(Window((0, 0), (1, 1)), probs.copy(), np.full((1, 1), 1000.0, np.float32))
+    assert acc.weights.shape == (1, 1) and acc.weights[0, 0] == 300_000.0  # one Σw per pixel, exact
+    assert acc.sums[:, 0, 0].tolist() == [75_000.0, 225_000.0]
+    result = acc.finalize(probabilities="float32")
+    assert result.probabilities is not None and result.probabilities[:, 0, 0].tolist() == [0.25, 0.75]
+    assert result.labels[0, 0] == 1
 
 
 @pytest.mark.parametrize(

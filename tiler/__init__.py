@@ -2,6 +2,125 @@
 
 Arrays are indexed (row, col) in 2D and (z, y, x) in 3D everywhere; channel-first
 arrays are (C, H, W) / (C, D, H, W). Geographic bounds are (left, bottom, right, top).
+
+The public API, imported lazily (``import tiler`` loads neither torch, Ray nor GDAL)::
+
+    import tiler
+
+    cfg = tiler.load_config("configs/satellite.yaml", ["output.path=out/scene.zarr"])
+    result = tiler.run(cfg, engine="local")              # one input → store, exports, scores
+    scores, details = tiler.score(result.store, "truth.tif")
+
+Jobs: :func:`load_config`, :func:`run` (one input), :func:`run_many` (many inputs through one pool),
+:func:`load_archive` and :func:`run_archive`, :func:`score`. Pieces: :class:`TileGrid`, :class:`Window`,
+:class:`BlockPartition`, :class:`Blender`, :class:`BlockAccumulator`, :func:`open_reader`,
+:class:`OutputStore`, :func:`load_model`, :class:`TileRunner`. Errors: :class:`TilerError` and its family.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tiler.errors import (
+    ConfigError,
+    EngineError,
+    GeometryError,
+    InputError,
+    ModelError,
+    OutputError,
+    ReadError,
+    ScoreError,
+    TilerError,
+)
+
 __version__ = "0.1.0"
+
+_LAZY: dict[str, tuple[str, str]] = {
+    "load_config": ("tiler.config", "load_config"),
+    "run": ("tiler.segment", "run_segment"),
+    "run_segment": ("tiler.segment", "run_segment"),
+    "run_many": ("tiler.segment", "run_many"),
+    "SegmentJob": ("tiler.segment", "SegmentJob"),
+    "load_archive": ("tiler.archive.config", "load_archive"),
+    "run_archive": ("tiler.archive.run", "run_archive"),
+    "score": ("tiler.metrics.files", "score_paths"),
+    "Window": ("tiler.geometry", "Window"),
+    "TileGrid": ("tiler.geometry", "TileGrid"),
+    "BlockPartition": ("tiler.geometry", "BlockPartition"),
+    "Blender": ("tiler.blend", "Blender"),
+    "BlendMode": ("tiler.blend", "BlendMode"),
+    "BlockAccumulator": ("tiler.stitch", "BlockAccumulator"),
+    "open_reader": ("tiler.io", "open_reader"),
+    "open_labels": ("tiler.io.labels", "open_labels"),
+    "OutputStore": ("tiler.io.store", "OutputStore"),
+    "load_model": ("tiler.model.checkpoint", "load_model"),
+    "TileRunner": ("tiler.model.runner", "TileRunner"),
+    "Normalization": ("tiler.model.normalize", "Normalization"),
+}
+
+__all__ = [
+    "BlendMode",
+    "Blender",
+    "BlockAccumulator",
+    "BlockPartition",
+    "ConfigError",
+    "EngineError",
+    "GeometryError",
+    "InputError",
+    "ModelError",
+    "Normalization",
+    "OutputError",
+    "OutputStore",
+    "ReadError",
+    "ScoreError",
+    "SegmentJob",
+    "TileGrid",
+    "TileRunner",
+    "TilerError",
+    "Window",
+    "__version__",
+    "load_archive",
+    "load_config",
+    "load_model",
+    "open_labels",
+    "open_reader",
+    "run",
+    "run_archive",
+    "run_many",
+    "run_segment",
+    "score",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module the first time the name is used (PEP 562)."""
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'tiler' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from tiler.archive.config import load_archive
+    from tiler.archive.run import run_archive
+    from tiler.blend import Blender, BlendMode
+    from tiler.config import load_config
+    from tiler.geometry import BlockPartition, TileGrid, Window
+    from tiler.io import open_reader
+    from tiler.io.labels import open_labels
+    from tiler.io.store import OutputStore
+    from tiler.metrics.files import score_paths as score
+    from tiler.model.checkpoint import load_model
+    from tiler.model.normalize import Normalization
+    from tiler.model.runner import TileRunner
+    from tiler.segment import SegmentJob, run_many, run_segment
+    from tiler.segment import run_segment as run
+    from tiler.stitch import BlockAccumulator

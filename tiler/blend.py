@@ -10,6 +10,16 @@ torch tensors cached per device (:meth:`Blender.weights_on`) so a device accumul
 - ``constant``: 1 everywhere: a plain average of overlapping tiles.
 - ``crop``: 1 on the part of the image the tile owns (:meth:`TileGrid.interior`), 0 elsewhere, so
   every pixel comes from exactly one tile; tiles at the image border own up to the edge.
+
+Example: the weights of the two 1 x 4 tiles of a 1 x 6 image overlapping by 2, per mode:
+
+>>> grid = TileGrid((1, 6), tile=(1, 4), overlap=(0, 2))
+>>> for mode in BlendMode:
+...     print(mode.value, [[round(float(w), 3) for w in Blender(mode).weights(grid, p)[0]] for p in grid.positions()])
+gaussian [[0.011, 0.607, 0.607, 0.011], [0.011, 0.607, 0.607, 0.011]]
+hann [[0.146, 0.854, 0.854, 0.146], [0.146, 0.854, 0.854, 0.146]]
+constant [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
+crop [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]]
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -54,6 +53,7 @@ from pydantic import (
 
 from tiler.errors import ConfigError
 from tiler.labels import nodata_label_problem
+from tiler.paths import is_remote
 
 __all__ = [
     "EngineConfig",
@@ -68,9 +68,11 @@ __all__ = [
     "ScoringConfig",
     "TilingConfig",
     "apply_overrides",
+    "check_files",
     "config_hash",
     "dump_config",
     "load_config",
+    "missing_files",
     "parse_config",
 ]
 
@@ -256,7 +258,7 @@ class InputConfig(_Section):
     @property
     def is_remote(self) -> bool:
         """Whether the path is a GDAL virtual path or a URL rather than a local file."""
-        return not _is_local_path(self.path)
+        return is_remote(self.path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,20 +284,52 @@ class ModelSpecConfig(_Section):
 
 
 class NormalizationConfig(_Section):
-    """Per-channel intensity normalisation applied to each tile before the model sees it."""
+    """Per-channel intensity normalisation applied to each tile before the model sees it.
+
+    Every value is a fixed constant in pixel units (measured on the training data), so a pixel's input
+    never depends on the tile or the image it is read through. ``percentile`` takes the clip values
+    themselves as ``clip_low``/``clip_high``; the config never takes percentiles (0-100), which only
+    :meth:`tiler.model.Normalization.fit` measures. :meth:`build` makes the model's
+    :class:`~tiler.model.Normalization`: the one place the config's keys become the model's.
+    """
 
     kind: Literal["none", "meanstd", "percentile", "window"] = "none"
     mean: tuple[Float, ...] | None = None
     std: tuple[Annotated[float, Strict(), Field(gt=0)], ...] | None = None
-    low: Float | None = None
-    high: Float | None = None
+    clip_low: tuple[Float, ...] | None = None
+    clip_high: tuple[Float, ...] | None = None
     window: tuple[Float, Float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        given = [key for key in ("low", "high", "percentiles") if key in data]
+        if given:
+            raise _Problems(
+                [
+                    (
+                        key,
+                        data[key],
+                        "is not a key: the config takes no percentiles (a percentile of what would depend on the "
+                        "image), and low/high were read as pixel clip values",
+                        "give the per-band clip values in pixel units measured on the training data as clip_low "
+                        "and clip_high (Normalization.fit(images, 'percentile', percentiles=(2, 98)) measures "
+                        "them), or leave model.normalization out to use the checkpoint's",
+                    )
+                    for key in given
+                ]
+            )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> NormalizationConfig:
         problems: list[tuple[str, Any, str, str]] = []
-        needs = {"none": (), "meanstd": ("mean", "std"), "percentile": ("low", "high"), "window": ("window",)}
-        for key in ("mean", "std", "low", "high", "window"):
+        needs = {
+            "none": (), "meanstd": ("mean", "std"), "percentile": ("clip_low", "clip_high"), "window": ("window",),
+        }  # fmt: skip
+        for key in ("mean", "std", "clip_low", "clip_high", "window"):
             value = getattr(self, key)
             if key in needs[self.kind] and value is None:
                 problems.append(
@@ -315,30 +349,43 @@ class NormalizationConfig(_Section):
                         f"remove it, or set kind to the one that uses {key}",
                     )
                 )
-        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
-            problems.append(
-                (
-                    "std",
-                    list(self.std),
-                    f"has {len(self.std)} values but mean has {len(self.mean)}",
-                    "give one mean and one std per input channel",
+        for first, second in (("mean", "std"), ("clip_low", "clip_high")):
+            a, b = getattr(self, first), getattr(self, second)
+            if a is not None and b is not None and len(a) != len(b):
+                problems.append(
+                    (
+                        second,
+                        list(b),
+                        f"has {len(b)} values but {first} has {len(a)}",
+                        f"give one {first} and one {second} per input channel",
+                    )
                 )
-            )
-        if self.low is not None and self.high is not None and not 0 <= self.low < self.high <= 100:
-            problems.append(
-                (
-                    "high",
-                    self.high,
-                    f"with low={self.low} is not 0 <= low < high <= 100",
-                    "give percentiles such as low: 1, high: 99",
+        if self.clip_low is not None and self.clip_high is not None and len(self.clip_low) == len(self.clip_high):
+            if any(h <= lo for lo, h in zip(self.clip_low, self.clip_high, strict=True)):
+                problems.append(
+                    (
+                        "clip_high",
+                        list(self.clip_high),
+                        f"is not above clip_low={list(self.clip_low)} for every band",
+                        "give pixel values with clip_low < clip_high per band, e.g. clip_low: [120], "
+                        "clip_high: [3400]",
+                    )
                 )
-            )
         if self.window is not None and self.window[0] >= self.window[1]:
             problems.append(
                 ("window", list(self.window), "is not [low, high] with low < high", "write e.g. [-1000, 400]")
             )
         _raise_if(problems)
         return self
+
+    def build(self) -> Any:
+        """Return the model's :class:`tiler.model.Normalization` for these settings (clip values as ``low/high``)."""
+        from tiler.model.normalize import Normalization
+
+        return Normalization(
+            self.kind, mean=self.mean or (), std=self.std or (), low=self.clip_low or (),
+            high=self.clip_high or (), window=self.window,
+        )
 
 
 class OnnxConfig(_Section):
@@ -559,8 +606,8 @@ class OutputConfig(_Section):
     # 0 suits slides and volumes, where outside the tissue / body mask is the background class
     background_label: Annotated[int, Strict(), Field(ge=0, le=65535)] | None = None
     exports: tuple[
-        Literal["cog", "nifti", "ome-zarr", "geojson", "geoparquet", "qupath", "quicklook", "report"], ...
-    ] = ()
+        Literal["cog", "nifti", "ome-zarr", "geojson", "geoparquet", "qupath", "quicklook"], ...
+    ] = ()  # the report is always written
     # polygon exports (geojson, geoparquet, qupath): regions smaller than this many pixels are left out
     min_polygon_pixels: NonNegInt = 0
     # class names to turn into polygons; null = every class but one named "background"
@@ -845,21 +892,59 @@ def _lines(exc: ValidationError, source: str) -> list[str]:
 
 
 _PATH_KEYS = (("input", "path"), ("model", "weights"), ("output", "path"), ("scoring", "truth"))
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def _is_local_path(path: str) -> bool:
-    return not (path.startswith("/vsi") or _URL.match(path))
 
 
 def _resolve(path: Any, base: Path) -> Any:
     """``path`` made absolute against ``base`` unless absolute, a GDAL virtual path or a URL."""
-    if not isinstance(path, str) or not path or not _is_local_path(path):
+    if not isinstance(path, str) or not path or is_remote(path):
         return path
     expanded = os.path.expanduser(path)
     if os.path.isabs(expanded):
         return expanded
     return os.path.normpath(os.path.join(base, expanded))
+
+
+_READ_KEYS = (("input", "path"), ("model", "weights"), ("scoring", "truth"))
+"""The path keys a job reads (they must exist before it starts); output.path is written."""
+
+
+def missing_files(cfg: JobConfig) -> list[tuple[str, str]]:
+    """``(dotted key, path)`` of every local file the job reads that does not exist (remote paths not checked)."""
+    out: list[tuple[str, str]] = []
+    for section, key in _READ_KEYS:
+        path = getattr(getattr(cfg, section), key)
+        if isinstance(path, str) and not is_remote(path) and not os.path.exists(path):
+            out.append((f"{section}.{key}", path))
+    return out
+
+
+def check_files(cfg: JobConfig, *, source: str | None = None) -> None:
+    """Raise one ConfigError listing every missing file the job reads, with its key and the fix.
+
+    Args:
+        cfg: The job.
+        source: The config file, named in the message when given.
+
+    Raises:
+        ConfigError: At least one of input.path, model.weights, scoring.truth is a local path that does not exist.
+    """
+    missing = missing_files(cfg)
+    if not missing:
+        return
+    where = f" named in {source}" if source else " the job reads"
+    lines = [f"{len(missing)} file{'s' if len(missing) != 1 else ''}{where} do{'es' if len(missing) == 1 else ''} "
+             "not exist:"]
+    lines += [f"  {key}: {path}" for key, path in missing]
+    sets = " ".join(f"--set {key}=..." for key, _ in missing)
+    unscored = " (or --set scoring.truth=null to run without a score)" if "scoring.truth" in dict(missing) else ""
+    lines.append(
+        f"fix: point each key at your file, e.g. `tiler run {source or 'CONFIG'} {sets}`{unscored}; or run "
+        "`make demo` first: it writes a scene, its truth and the demo models under demo-output/, which "
+        "configs/demo-*.yaml and configs/archive.yaml read"
+    )
+    from tiler.redact import redact
+
+    raise ConfigError(redact("\n".join(lines)))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -1126,7 +1211,7 @@ def _file_sha256(path: str) -> str | None:
 
     Cached by (path, size, mtime), so an archive run hashes its checkpoint once, not once per input.
     """
-    if not _is_local_path(path) or not os.path.isfile(path):
+    if is_remote(path) or not os.path.isfile(path):
         return None
     stat = os.stat(path)
     return _sha256_cached(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)

@@ -8,6 +8,15 @@ The grid rule, stated once (:func:`axis_starts`): with tile ``T`` and overlap ``
 length ``L``, the step is ``S = T - O``; tiles start at ``0, S, 2S, ...``; the last tile is moved
 back to end flush with the edge; an axis shorter than ``T`` is padded to ``T`` (at its end) and the
 padding is cropped away again when stitching.
+
+Example: a 10 x 7 image in 4 x 4 tiles overlapping by 1 (step 3); the last tile of each axis ends flush
+with the edge, and blocks of 4 x 4 partition the output (clipped at the edge):
+
+>>> grid = TileGrid((10, 7), tile=(4, 4), overlap=(1, 1))
+>>> grid.starts, len(grid), grid.window((2, 1))
+(((0, 3, 6), (0, 3)), 6, Window(start=(6, 3), stop=(10, 7)))
+>>> [w.shape for w in BlockPartition((5, 7), (4, 4))]
+[(4, 4), (4, 3), (1, 4), (1, 3)]
 """
 
 from __future__ import annotations

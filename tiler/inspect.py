@@ -25,12 +25,27 @@ def _nodata_share(reader: Any, step: int = 2048) -> float | None:
     return invalid / total if total else None
 
 
-def _plan(reader: Any, config: str, overrides: Sequence[str]) -> dict[str, Any]:
-    from tiler.config import load_config
-    from tiler.engine.budget import estimate_actor_memory
+def _model_facts(cfg: Any) -> tuple[int, int] | str:
+    """``(classes, parameters)`` of the job's model, or why it cannot be loaded (a missing checkpoint, ...)."""
+    from tiler.errors import TilerError
     from tiler.labels import check_nodata_label
     from tiler.model import load_model
     from tiler.segment import model_ref
+
+    ref = model_ref(cfg)
+    try:
+        loaded = load_model(ref.weights, **dict(ref.load))
+    except TilerError as exc:
+        first = str(exc).splitlines()[0]
+        return f"needs the model, which cannot be loaded: {first}"
+    check_nodata_label(loaded.num_classes, cfg.output.nodata_label, source=ref.weights)
+    return loaded.num_classes, sum(p.numel() for p in loaded.network.parameters())
+
+
+def _plan(reader: Any, config: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The plan of ``config`` over ``reader``; the parts that need the model say so when it cannot be loaded."""
+    from tiler.config import load_config
+    from tiler.engine.budget import estimate_actor_memory
 
     cfg = load_config(config, [*overrides, f"input.path={reader.path}"])
     grid = TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode))
@@ -42,15 +57,18 @@ def _plan(reader: Any, config: str, overrides: Sequence[str]) -> dict[str, Any]:
         for tile in grid:
             inside = tile.clip(grid.shape)
             skipped += inside is not None and not bool(valid[inside.slices].any())
-    ref = model_ref(cfg)
-    loaded = load_model(ref.weights, **dict(ref.load))
-    classes = loaded.num_classes
-    check_nodata_label(classes, cfg.output.nodata_label, source=ref.weights)
-    params = sum(p.numel() for p in loaded.network.parameters())
-    memory = estimate_actor_memory(
-        grid.tile, part.block, channels=reader.channels, itemsize=reader.dtype.itemsize, classes=classes,
-        parameters=params, batch_size=cfg.model.batch_size, tta_passes=len(cfg.model.tta_flips), shape=reader.shape,
-    ).total
+    facts = _model_facts(cfg)
+    classes: Any
+    if isinstance(facts, str):
+        classes = memory = facts
+    else:
+        classes, params = facts
+        total = estimate_actor_memory(
+            grid.tile, part.block, channels=reader.channels, itemsize=reader.dtype.itemsize, classes=classes,
+            parameters=params, batch_size=cfg.model.batch_size, tta_passes=len(cfg.model.tta_flips),
+            shape=reader.shape,
+        ).total
+        memory = f"{total / 2**20:.0f} MiB"
     per_block = [len(grid.positions_intersecting(w)) for w in part]
     step = tuple(t - o for t, o in zip(grid.tile, grid.overlap, strict=True))
     return {
@@ -60,7 +78,7 @@ def _plan(reader: Any, config: str, overrides: Sequence[str]) -> dict[str, Any]:
         "tile runs (per block)": f"{sum(per_block)} (tiles on block borders run once per block they touch)",
         "tiles skipped (mask)": skipped if valid is not None else "not computed (input too large to scan here)",
         "classes": classes,
-        "memory per actor (est.)": f"{memory / 2**20:.0f} MiB",
+        "memory per actor (est.)": memory,
     }
 
 

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from tiler.blend import Blender, BlendMode
-from tiler.config import JobConfig, config_hash
+from tiler.config import JobConfig, check_files, config_hash
 from tiler.engine.executor import Executor
 from tiler.engine.job import JobResult, StoreJob
-from tiler.engine.plan import ModelRef, Plan, ReaderRef
+from tiler.engine.plan import BlockRecord, ModelRef, Plan, ReaderRef
 from tiler.engine.stream import Outcome, Work, run_stream
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import BlockPartition, PadMode, TileGrid
+from tiler.paths import local_realpath
 from tiler.redact import redact, redacted_config_dict
 
 READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
@@ -61,7 +62,8 @@ def reader_ref(cfg: JobConfig) -> ReaderRef:
         "channels_from_4d": inp.channels_from_4d,
         "level": inp.level,
         "mpp": inp.mpp,
-        # nodata (rasters), tissue (slides) and threshold (volumes) are each format's own mask: "auto" there
+        # nodata (rasters), tissue (slides) and threshold (volumes) are each format's own mask, so the reader
+        # computes it as "auto"; build_plan refuses a kind that is not the input format's (mask_kind_problem)
         "mask": "none" if inp.mask == "none" else "auto",
         "threshold": inp.threshold,
         # rasterio sets GDAL_CACHEMAX through GDALSetCacheMax64, which needs an int
@@ -77,7 +79,7 @@ def model_ref(cfg: JobConfig) -> ModelRef:
     if m.spec is not None:
         load["spec"] = m.spec.model_dump(mode="json")
     if m.normalization is not None:
-        load["normalization"] = {k: v for k, v in m.normalization.model_dump(mode="json").items() if v is not None}
+        load["normalization"] = m.normalization.build().to_dict()
     if m.class_names is not None:
         load["class_names"] = list(m.class_names)
     if m.class_colors is not None:
@@ -140,11 +142,18 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
     """
     from tiler.engine.budget import check_memory, estimate_actor_memory
     from tiler.io import check_has_data
+    from tiler.io.masks import mask_kind_problem
     from tiler.labels import check_nodata_label
 
     ref = reader_ref(cfg)
     reader = ref.open()
     try:
+        mask_problem = mask_kind_problem(cfg.input.mask, reader.format, threshold=cfg.input.threshold)
+        if mask_problem is not None:
+            raise InputError(
+                f"input.mask / input.threshold: {mask_problem} ({cfg.input.path}); fix: set input.mask to auto "
+                "(the input's own mask) or none, and input.threshold only for volumes"
+            )
         model = model_ref(cfg)
         facts = model_facts(model)
         if facts.in_channels is not None and reader.channels != facts.in_channels:
@@ -164,6 +173,13 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
                 f"spatial shape {reader.shape}; give one tile size per axis."
             )
         check_nodata_label(facts.num_classes, cfg.output.nodata_label, source=str(cfg.model.weights))
+        score_classes = cfg.scoring.num_classes
+        if score_classes is not None and score_classes < facts.num_classes:
+            raise ConfigError(
+                f"scoring.num_classes={score_classes} but the model {cfg.model.weights} predicts {facts.num_classes} "
+                f"classes (labels 0..{facts.num_classes - 1}); fix: set scoring.num_classes to at least "
+                f"{facts.num_classes}, or null to score the model's classes"
+            )
         memory = estimate_actor_memory(
             cfg.tiling.tile, cfg.tiling.block, channels=reader.channels, itemsize=reader.dtype.itemsize,
             classes=facts.num_classes, parameters=facts.parameters, batch_size=cfg.model.batch_size,
@@ -186,6 +202,7 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
             background_label=cfg.output.background_label,
             truth=ReaderRef(cfg.scoring.truth) if cfg.scoring.truth else None,
             ignore_index=cfg.scoring.ignore_index if cfg.scoring.ignore_index is not None else -1,
+            score_classes=score_classes,
         )
         attrs = {
             "georef": reader.georef.to_attrs(),
@@ -257,9 +274,9 @@ class Progress:
         if len(work.pending) < work.total:
             self.write(f"{job.name}: resuming, {work.total - len(work.pending)} of {work.total} blocks already done")
 
-    def record(self, job: Any, record: dict[str, Any]) -> None:
+    def record(self, job: Any, record: BlockRecord) -> None:
         """Advance by one finished block."""
-        self.tiles += int(record["tiles_run"])
+        self.tiles += record.tiles_run
         if self.bar is not None:
             rate = self.tiles / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix_str(f"inputs {self.done} done, {self.failed} failed · {rate:.1f} tiles/s")
@@ -324,12 +341,6 @@ SIDECARS = {"cog": ("cog_aux",), "nifti": ("nifti_ctbl", "nifti_itksnap")}
 """Files an export writes beside its main file (recorded in the store with it)."""
 
 
-def _local(path: str | None) -> str | None:
-    if path is None or path.startswith("/vsi") or "://" in path:
-        return None
-    return os.path.realpath(path)
-
-
 def _zarr_root(path: str) -> str:
     """The outermost zarr hierarchy holding ``path`` (an array inside a store belongs to the whole store)."""
     root, here = path, os.path.dirname(path)
@@ -369,8 +380,8 @@ def check_output_paths(cfg: JobConfig) -> None:
             f"model.weights: {weights} is not in Ray's copy of --working-dir: `ray job submit` skips files that "
             ".gitignore excludes (models/, demo-output/); fix: give an absolute path the cluster can read"
         )
-    protected = {k: _zarr_root(p) for k, p in (("input.path", _local(cfg.input.path)),
-                                                ("scoring.truth", _local(cfg.scoring.truth))) if p is not None}
+    protected = {k: _zarr_root(p) for k, p in (("input.path", local_realpath(cfg.input.path)),
+                                                ("scoring.truth", local_realpath(cfg.scoring.truth))) if p is not None}
     store = cfg.output.path
     paths = output_paths(store)
     targets = {"output.path": store, **{f"output.exports ({name}, beside output.path)": str(path)
@@ -395,7 +406,7 @@ def check_output_paths(cfg: JobConfig) -> None:
 
 
 def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
-    """Write every configured export (and the quicklook) beside the store, each recorded in the store when in place.
+    """Write every configured export (cog, nifti, ome-zarr, quicklook) beside the store, each recorded when in place.
 
     An export already recorded by an earlier run of this store (with its sidecars, all still on disk) is not
     written again. Writers take ``(store, path, reader)``; the reader is the job's input, open for the whole
@@ -438,10 +449,11 @@ def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str
             for f in files:  # recorded once the export and its sidecars are all in place
                 done[f] = str(paths[f])
                 store.record_export(f, done[f])
-        done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=reader))
+        if "quicklook" in out.exports:
+            done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=reader))
+            store.record_export("quicklook", done["quicklook"])
     finally:
         reader.close()
-    store.record_export("quicklook", done["quicklook"])
     return done
 
 
@@ -449,11 +461,11 @@ def _score(cfg: JobConfig, plan: Plan, result: JobResult, paths: dict[str, Path]
     """Full report from the store against the truth; the engine's per-block matrix must agree with it."""
     if cfg.scoring.truth is None:
         return None
-    from tiler.metrics.cli import score_paths
+    from tiler.metrics.files import score_paths
     from tiler.metrics.report import chart_paths, plot_confusion, plot_per_class, write_json
 
     scores, details = score_paths(
-        plan.store_path, cfg.scoring.truth, num_classes=plan.num_classes,
+        plan.store_path, cfg.scoring.truth, num_classes=plan.score_classes or plan.num_classes,
         ignore_index=cfg.scoring.ignore_index, boundary_width=cfg.scoring.boundary(),
     )
     payload = scores.to_dict()
@@ -535,6 +547,7 @@ class SegmentJob:
         return opening.result() if opening is not None else self._open()
 
     def _open(self) -> Work:
+        check_files(self.cfg)  # every missing input file in one message, before anything is opened
         check_output_paths(self.cfg)
         plan, attrs = build_plan(self.cfg)
         self.plan = plan

@@ -10,6 +10,21 @@ only the finalised labels (and requested probabilities) are copied back, once pe
 :class:`BlockAccumulator` is the numpy original, kept as the reference the torch one is tested against.
 Each pixel gets ``p · w`` rounded to float32, then ``Σ + p · w`` rounded to float32, as two separate
 operations (never a fused multiply-add), so both give the same bits on every device.
+
+Example: two 1 x 4 tiles of a 1 x 6 image overlap on two pixels; the first predicts class 0, the second
+class 1; with constant weights the overlap gets the average (ties go to the lower class):
+
+>>> import numpy as np
+>>> from tiler.geometry import TileGrid
+>>> grid = TileGrid((1, 6), tile=(1, 4), overlap=(0, 2))
+>>> acc = BlockAccumulator(Window((0, 0), (1, 6)), num_classes=2)
+>>> for position, cls in zip(grid.positions(), (0, 1)):
+...     probs = np.zeros((2, 1, 4), np.float32)
+...     probs[cls] = 1.0
+...     acc.add(grid.window(position), probs, np.ones((1, 4), np.float32))
+>>> result = acc.finalize(probabilities="float32")
+>>> result.probabilities[1].tolist(), result.labels.tolist()
+([[0.0, 0.0, 0.5, 0.5, 1.0, 1.0]], [[0, 0, 0, 0, 1, 1]])
 """
 
 from __future__ import annotations

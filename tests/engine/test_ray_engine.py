@@ -19,7 +19,7 @@ import zarr
 from tests.engine.helpers import make_plan, write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.engine.job import run_job
-from tiler.engine.plan import Plan, block_key
+from tiler.engine.plan import BlockRecord, Plan, block_key
 from tiler.engine.ray import RayExecutor, RayOptions
 from tiler.errors import EngineError, OutputError
 
@@ -71,7 +71,7 @@ def test_output_is_identical_however_the_work_is_split(
     assert result.blocks_run == len(plan.partition)
     assert np.array_equal(labels, reference[0])
     np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
-    assert len({r["pid"] for r in result.records.values()}) == actors
+    assert len({r.pid for r in result.records.values()}) == actors
 
 
 def test_sigkill_of_an_actor_mid_job_still_completes_identically(
@@ -82,11 +82,11 @@ def test_sigkill_of_an_actor_mid_job_still_completes_identically(
     seen: list[str] = []
     killed: list[int] = []
 
-    def on_record(record: dict) -> None:  # type: ignore[type-arg]
-        seen.append(record["block"])
+    def on_record(record: BlockRecord) -> None:
+        seen.append(record.block)
         if not killed:
-            killed.append(record["pid"])
-            os.kill(record["pid"], signal.SIGKILL)
+            killed.append(record.pid)
+            os.kill(record.pid, signal.SIGKILL)
 
     result = run_job(
         plan, executor=RayExecutor(RayOptions(actors=2, max_in_flight=2, max_restarts=2, max_task_retries=3)),
@@ -99,7 +99,7 @@ def test_sigkill_of_an_actor_mid_job_still_completes_identically(
     assert np.array_equal(labels, reference[0])
     np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
     # the killed actor was replaced: some later block ran in a new process
-    assert len({r["pid"] for r in result.records.values()}) >= 3
+    assert len({r.pid for r in result.records.values()}) >= 3
 
 
 DRIVER = textwrap.dedent(
@@ -164,7 +164,7 @@ CLUSTER = textwrap.dedent(
     cluster.wait_for_nodes()
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=(32, 32), config_hash="h")
-    nodes = {r["pid"] for r in result.records.values()}
+    nodes = {r.pid for r in result.records.values()}
     print("PIDS", len(nodes))
     ray.shutdown()
     cluster.shutdown()

@@ -137,7 +137,6 @@ def test_landsat_band_round_trips_through_store_and_cog(tmp_path):
         shape=reader.shape,
         num_classes=256,
         chunks=(128, 128),
-        labels_dtype="uint8",
         nodata_label=0,
         config_hash="c",
         attrs={"georef": reader.georef.to_attrs()},

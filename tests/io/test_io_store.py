@@ -44,8 +44,28 @@ def test_create_sets_arrays_and_attributes(tmp_path):
     assert reopened.class_names == ["a", "b", "c"] and reopened.attrs["tiler_version"]
 
 
-def test_many_classes_use_uint16(tmp_path):
-    assert _create(tmp_path / "o.zarr", num_classes=300, nodata_label=65535).labels.dtype == np.uint16
+@pytest.mark.parametrize(
+    ("num_classes", "nodata_label", "dtype"),
+    [
+        pytest.param(3, 255, np.uint8, id="few-classes"),
+        pytest.param(3, 1000, np.uint16, id="few-classes-large-nodata"),
+        pytest.param(256, 0, np.uint8, id="256-classes-nodata-0"),
+        pytest.param(300, 0, np.uint16, id="many-classes-small-nodata"),
+    ],
+)
+def test_labels_dtype_holds_every_class_and_the_nodata_label(tmp_path, num_classes, nodata_label, dtype):
+    store = _create(tmp_path / "o.zarr", num_classes=num_classes, nodata_label=nodata_label)
+    assert store.labels.dtype == dtype and store.labels.fill_value == nodata_label
+    block = Window((0, 0), (32, 32))
+    labels = np.full(block.shape, nodata_label, dtype)
+    labels[0, :3] = [0, 1, num_classes - 1]
+    store.write_block(block, labels)
+    assert np.array_equal(store.read(block), labels)
+
+
+def test_a_nodata_label_past_uint16_is_refused(tmp_path):
+    with pytest.raises(OutputError, match=r"nodata_label=70000 must lie in 0\.\.65535"):
+        _create(tmp_path / "o.zarr", nodata_label=70000)
 
 
 def test_aligned_blocks_cover_the_output(tmp_path):
@@ -178,3 +198,13 @@ def test_open_refuses_non_store(tmp_path):
     (tmp_path / "x.zarr").mkdir()
     with pytest.raises(OutputError, match=r"x\.zarr"):
         OutputStore.open(tmp_path / "x.zarr")
+
+
+def test_a_store_without_colours_uses_the_one_default_palette(tmp_path):
+    from tiler.model.checkpoint import _names_colors
+    from tiler.palette import default_colors
+
+    store = _create(tmp_path / "o.zarr", num_classes=12)
+    assert store.class_colors == list(default_colors(12))
+    assert store.class_colors[:3] == [(0, 0, 0), (230, 25, 75), (60, 180, 75)]
+    assert tuple(store.class_colors) == _names_colors(None, [str(k) for k in range(12)], None)[1]

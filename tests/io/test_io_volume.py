@@ -14,7 +14,7 @@ from tiler.errors import InputError
 from tiler.geometry import Window
 from tiler.io import open_reader
 from tiler.io.scenes_files import write_ct
-from tiler.io.volume import NiftiReader, ZarrReader, affine_from_spacing, write_nifti_slabs
+from tiler.io.volume import NiftiReader, ZarrReader, affine_from_spacing, spacing_from_affine, write_nifti_slabs
 
 ANAT = str(SHARED_DATA / "anatomical.nii")
 
@@ -159,6 +159,19 @@ def test_zarr_v2_read_through_zarr3(tmp_path):
     assert np.array_equal(open_reader(tmp_path / "v2.zarr").read(Window((0, 0, 0), (4, 5, 6)))[0], data)
 
 
-def test_affine_from_spacing_inverts_spacing():
-    affine = affine_from_spacing((2.5, 0.8, 0.7), origin=(1.0, 2.0, 3.0))
-    assert np.allclose(np.diag(affine)[:3], (0.7, 0.8, 2.5)) and np.allclose(affine[:3, 3], (1, 2, 3))
+def test_affine_from_spacing_inverts_spacing_from_affine_and_places_voxels():
+    spacing = (2.5, 0.8, 0.7)  # (D, H, W)
+    affine = affine_from_spacing(spacing, origin=(1.0, 2.0, 3.0))
+    assert spacing_from_affine(affine) == pytest.approx(spacing, abs=1e-12)
+    # voxel (z, y, x) = (2, 3, 4) is NIfTI (i, j, k) = (4, 3, 2): x * sW + origin_x, y * sH + origin_y, z * sD + ...
+    world = affine @ np.array([4, 3, 2, 1.0])
+    assert world[:3] == pytest.approx((1.0 + 4 * 0.7, 2.0 + 3 * 0.8, 3.0 + 2 * 2.5), abs=1e-12)
+    assert np.linalg.solve(affine, world) == pytest.approx((4, 3, 2, 1), abs=1e-12)
+
+
+def test_a_zarr_volumes_spacing_round_trips_through_its_affine(tmp_path):
+    arr = zarr.create_array(tmp_path / "v.zarr", shape=(4, 5, 6), chunks=(2, 5, 6), dtype="int16")
+    arr.attrs["spacing"] = [2.5, 0.8, 0.7]
+    georef = open_reader(tmp_path / "v.zarr").georef
+    assert georef.spacing == (2.5, 0.8, 0.7)
+    assert spacing_from_affine(np.asarray(georef.affine)) == pytest.approx((2.5, 0.8, 0.7), abs=1e-12)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -15,10 +14,11 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from tests.shared_data import SHARED_DATA
-from tiler.errors import ScoreError
+from tiler.errors import InputError, ScoreError
+from tiler.io.labels import open_labels
 from tiler.metrics import confusion_matrix, scores_from_confusion
-from tiler.metrics._sources import check_compatible, open_labels
-from tiler.metrics.cli import add_parser, score_paths
+from tiler.metrics._sources import check_compatible
+from tiler.metrics.files import score_paths
 
 TRANSFORM = from_origin(500000.0, 4200000.0, 30.0, 30.0)
 JSON_KEYS = {
@@ -45,10 +45,9 @@ def write_tif(path: Path, labels: np.ndarray, *, crs: str = "EPSG:32618", transf
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tiler")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    from tiler.cli import main
+
+    return main(argv)
 
 
 @pytest.fixture
@@ -132,7 +131,7 @@ def test_georeferencing_mismatch_is_a_score_error_naming_both_files(tmp_path: Pa
         check_compatible(open_labels(p), open_labels(t))
     assert str(p) in str(info.value) and str(t) in str(info.value)
     assert run_cli(["score", str(p), str(t)]) == 2
-    assert "tiler score: error:" in capsys.readouterr().err
+    assert "tiler score: error: ScoreError:" in capsys.readouterr().err
 
 
 def test_shape_mismatch_is_a_score_error(tmp_path: Path) -> None:
@@ -210,7 +209,7 @@ def test_engine_output_store_against_geotiff_truth(tmp_path: Path) -> None:
 
 def test_real_multiband_landsat_is_not_a_label_map() -> None:
     rgb = str(SHARED_DATA / "RGB.byte.tif")  # 3 bands, uint8, EPSG:32618
-    with pytest.raises(ScoreError, match=r"RGB\.byte\.tif has 3 bands/channels; a label map has exactly one"):
+    with pytest.raises(InputError, match=r"RGB\.byte\.tif has 3 bands/channels; a label map has exactly one"):
         score_paths(rgb, rgb)
 
 
@@ -222,3 +221,16 @@ def test_real_big_endian_mri_scored_against_itself(tmp_path: Path) -> None:
     scores, _ = score_paths(str(tmp_path / "labels.nii"), str(tmp_path / "labels.nii"), num_classes=3)
     assert scores.fwiou == 1.0 and scores.scored_pixels == 33 * 41 * 25
     assert scores.boundary_iou is not None and all(v in (None, 1.0) for v in scores.boundary_iou)
+
+
+def test_score_json_and_ledger_share_one_sanitiser(tmp_path: Path) -> None:
+    from tiler.archive import ledger
+    from tiler.archive import report as archive_report
+    from tiler.jsonsafe import json_safe
+    from tiler.metrics.report import write_json
+
+    payload = {"fwiou": np.float64(0.25), "per_class_iou": (np.float32(0.5), float("nan")), "cm": np.eye(2, dtype=int)}
+    write_json(payload, tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text()) == {"fwiou": 0.25, "per_class_iou": [0.5, None],
+                                                             "cm": [[1, 0], [0, 1]]}
+    assert ledger.json_safe is archive_report.json_safe is json_safe

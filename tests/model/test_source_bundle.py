@@ -170,7 +170,7 @@ def test_malicious_bundle_config_is_refused_and_its_payload_never_runs(
         load_model(bundle)
     volume = write_nifti(tmp_path / "ct.nii.gz")
     job = write_job(tmp_path, bundle, volume, tile=(16,) * 3, overlap=(4,) * 3, block=(24,) * 3)
-    assert cli_main(["--quiet", "run", str(job), "--engine", "local"]) == 1
+    assert cli_main(["--quiet", "run", str(job), "--engine", "local"]) == 2  # a model refused: bad input
     assert not marker.exists()
     # Control: MONAI's own parser runs the payload, so the assertion above could have failed.
     parser = ConfigParser()

@@ -77,7 +77,7 @@ def test_pickle_payload_in_a_pth_is_refused_and_never_runs(tmp_path: Path) -> No
     image = write_geotiff(tmp_path / "scene.tif")
     job = write_job(tmp_path, weights, image, tile=(TILE, TILE), overlap=(OVERLAP, OVERLAP), block=(64, 64),
                     model={"spec": SPEC})  # fmt: skip
-    assert cli_main(["--quiet", "run", str(job), "--engine", "local"]) == 1
+    assert cli_main(["--quiet", "run", str(job), "--engine", "local"]) == 2  # a model refused: bad input
     with pytest.raises(ModelError, match=r"model\.pth was refused because it is not weights-only"):
         load_model(weights, spec=SPEC)
     assert not marker.exists()

@@ -110,7 +110,7 @@ def test_smp_config_naming_a_class_outside_smp_is_refused_and_never_runs(tmp_pat
         load_model(folder)
     job = write_job(tmp_path, folder, write_geotiff(tmp_path / "scene.tif"), tile=(TILE, TILE),
                     overlap=(OVERLAP, OVERLAP), block=(64, 64))  # fmt: skip
-    assert cli_main(["--quiet", "run", str(job), "--engine", "local"]) == 1
+    assert cli_main(["--quiet", "run", str(job), "--engine", "local"]) == 2  # a model refused: bad input
     assert not marker.exists()
     # Control: a loader that locates the class by name runs the payload, so the assertion above could fail.
     kwargs = {k: v for k, v in config.items() if not k.startswith("_")}

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from tiler.archive.config import load_archive
 from tiler.archive.run import run_archive
-from tiler.errors import TilerError
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,33 +22,31 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--engine", choices=("ray", "local"), default="ray",
         help="ray (default: RAY_ADDRESS or an embedded local Ray) or local (in-process)",
     )
-    parser.add_argument(  # SUPPRESS: keeps `tiler --quiet archive ...` from being reset by this default
-        "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress lines"
-    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run an archive from parsed arguments; return 0 (nothing failed), 1 (some failed) or 2 (bad setup)."""
-    from tiler.cli import stopped_code
+    """Run an archive from parsed arguments; return 0 (nothing failed) or 1 (some input failed).
 
-    try:
-        archive = load_archive(args.config, args.overrides)
-        report = run_archive(archive, engine=args.engine, quiet=bool(getattr(args, "quiet", False)))
-    except TilerError as exc:
-        print(f"tiler archive: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        return stopped_code("archive", exc)
+    Errors that stop the whole archive are raised (:func:`tiler.cli.main` turns them into exit codes: 2 for a
+    bad config, 1 for a run that failed).
+    """
+    archive = load_archive(args.config, args.overrides)
+    report = run_archive(archive, engine=args.engine, quiet=bool(getattr(args, "quiet", False)))
     c = report.counts
-    print(
-        f"{c['done']} done, {c['skipped']} skipped, {c['failed']} failed of {c['total']} inputs; "
-        f"report: {report.root}/latest.md"
-    )
+    if getattr(args, "json_logs", False):
+        print(json.dumps({"event": "done", **c, "report": f"{report.root}/latest.json"}))
+    elif not getattr(args, "quiet", False):
+        print(
+            f"{c['done']} done, {c['skipped']} skipped, {c['failed']} failed of {c['total']} inputs; "
+            f"report: {report.root}/latest.md"
+        )
     return report.exit_code
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``tiler archive CONFIG`` on argparse subparsers (its ``func`` returns the exit code)."""
+    from tiler.cli import add_common_options
+
     parser = subparsers.add_parser(
         "archive",
         help="segment every input of an archive, skipping those already done (SQLite ledger)",
@@ -56,18 +54,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "changed or failed inputs. Exit code: 0 nothing failed, 1 some input failed, 2 bad config.",
     )
     _add_arguments(parser)
+    add_common_options(parser)  # --quiet, --json-logs after the command too
     parser.set_defaults(func=run_from_args)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m pipelines.archive``."""
-    from tiler.cli import handle_sigterm
+    """Entry point of ``python -m pipelines.archive``: ``tiler archive`` with these arguments."""
+    from tiler.cli import main as cli_main
 
-    handle_sigterm()
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.archive",
-        description="Segment every input of an archive, skipping those already done (SQLite ledger).",
-    )
-    _add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    front = [a for a in args if a in ("--quiet", "--json-logs")]  # global flags may come anywhere here
+    return cli_main([*front, "archive", *(a for a in args if a not in front)])

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from tiler.config import JobConfig, apply_overrides, load_yaml, parse_config
 from tiler.errors import ConfigError
+from tiler.paths import is_remote
 
 _TRUTH_FIELDS = ("stem", "name")
 _DOUBLE_SUFFIXES = (".nii.gz", ".ome.tiff", ".ome.tif", ".ome.zarr")
@@ -171,11 +172,6 @@ class ArchiveConfig:
         if truth is not None or self.truth_pattern is not None:
             data["scoring"] = {**(data.get("scoring") or {}), "truth": truth}
         return parse_config(data, source=f"{self.source} (input {input_path})")
-
-
-def is_remote(path: str) -> bool:
-    """Whether ``path`` is a URL or a GDAL virtual path (never resolved against a folder)."""
-    return path.startswith("/vsi") or "://" in path
 
 
 def _parts_match(parts: Sequence[str], pattern: Sequence[str]) -> bool:

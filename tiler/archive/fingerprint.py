@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from tiler.archive.config import is_remote
+from tiler.paths import is_remote
 
 EDGE_BYTES = 1 << 20
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import sqlite3
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 from tiler.errors import OutputError
 from tiler.io.store import pid_alive
+from tiler.jsonsafe import json_safe
 
 LEDGER_NAME = "ledger.sqlite"
 
@@ -83,21 +83,6 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_store ON runs (store_path, started_at);
 """
-
-
-def json_safe(value: Any) -> Any:
-    """Return ``value`` with NaN/inf as None and numpy scalars/arrays as Python values."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "tolist"):
-        return json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
 
 
 def _dumps(value: Any) -> str | None:

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from tiler.archive.ledger import json_safe
+from tiler.jsonsafe import json_safe
 
 
 @dataclass

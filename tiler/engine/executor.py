@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tiler.engine.plan import ModelRef, Plan, block_key
+from tiler.engine.plan import BlockRecord, ModelRef, Plan, block_key
 from tiler.errors import EngineError, TilerError
 from tiler.geometry import Shape
 
@@ -30,7 +30,7 @@ class Done:
     token: Any
     plan: Plan
     position: Shape
-    record: dict[str, Any] | None = None
+    record: BlockRecord | None = None
     error: EngineError | None = None
 
 

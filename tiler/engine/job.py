@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from tiler.engine.executor import Executor, LocalExecutor
-from tiler.engine.plan import Plan, block_key
+from tiler.engine.plan import BlockRecord, Plan, block_key
 from tiler.engine.stream import Work, run_stream
 from tiler.errors import EngineError
 
-OnRecord = Callable[[dict[str, Any]], None]
+OnRecord = Callable[[BlockRecord], None]
 
 
 @dataclass
@@ -46,7 +46,7 @@ class JobResult:
     tiles_skipped: int
     seconds: float
     confusion: np.ndarray | None = None
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, BlockRecord] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-serialisable summary (stored in the output store when the job completes)."""
@@ -61,9 +61,15 @@ class JobResult:
         }
 
 
-def _sum_confusion(records: Mapping[str, Mapping[str, Any]]) -> np.ndarray | None:
-    matrices = [np.asarray(r["confusion"], dtype=np.int64) for r in records.values() if r.get("confusion") is not None]
-    return np.sum(matrices, axis=0) if matrices else None
+def _sum_confusion(records: Mapping[str, BlockRecord]) -> np.ndarray | None:
+    """The blocks' confusion matrices summed; None unless every block has one, all of one shape.
+
+    A resumed run may have changed scoring.truth or scoring.num_classes, which the config hash does not cover.
+    """
+    matrices = [np.asarray(r.confusion, dtype=np.int64) for r in records.values() if r.confusion is not None]
+    if not matrices or len(matrices) != len(records) or len({m.shape for m in matrices}) != 1:
+        return None
+    return np.sum(matrices, axis=0)
 
 
 class StoreJob:
@@ -127,7 +133,7 @@ class StoreJob:
             EngineError: A block has no record, or every tile was skipped (nothing to segment).
         """
         plan = self.plan
-        records = self.store.block_records()
+        records = {key: BlockRecord.from_json(rec) for key, rec in self.store.block_records().items()}
         positions = plan.positions()
         missing = [block_key(p) for p in positions if block_key(p) not in records]
         if missing:
@@ -139,8 +145,8 @@ class StoreJob:
             store_path=plan.store_path,
             blocks_total=len(positions),
             blocks_run=self.blocks_run,
-            tiles_run=sum(int(r["tiles_run"]) for r in records.values()),
-            tiles_skipped=sum(int(r["tiles_skipped"]) for r in records.values()),
+            tiles_run=sum(r.tiles_run for r in records.values()),
+            tiles_skipped=sum(r.tiles_skipped for r in records.values()),
             seconds=time.perf_counter() - self.t0,
             confusion=_sum_confusion(records),
             records=records,

@@ -73,6 +73,7 @@ class Plan:
         background_label: Label of pixels outside the valid mask instead of ``nodata_label`` (slides: 0).
         truth: Ground-truth labels, to score each block as it is written; or None.
         ignore_index: Truth value excluded from scoring.
+        score_classes: ``K`` of the scores (``scoring.num_classes``, at least ``num_classes``); None: ``num_classes``.
     """
 
     input: ReaderRef
@@ -90,6 +91,7 @@ class Plan:
     background_label: int | None = None
     truth: ReaderRef | None = None
     ignore_index: int = 255
+    score_classes: int | None = None
 
     def positions(self) -> list[Shape]:
         """Every block position, in C order."""
@@ -103,3 +105,94 @@ class Plan:
 def block_key(position: Shape) -> str:
     """The store's record key of a block: its per-axis position joined by ``_``."""
     return "_".join(str(p) for p in position)
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """What a worker records of a finished block: the typed form of its JSON file in the store.
+
+    ``to_json`` gives the record's keys exactly as the store has always written them (the store adds
+    ``key``, ``chunks`` and ``labels_digest`` beside them); ``from_json`` reads such a record back and
+    ignores the store's own keys.
+
+    Attributes:
+        block: The block's key (:func:`block_key`).
+        start: First pixel of the block per axis.
+        stop: One past the last pixel per axis.
+        tiles_run: Tiles the model ran on for this block.
+        tiles_skipped: Tiles skipped as empty.
+        started_at: Unix time the block's read began.
+        finished_at: Unix time its record was made.
+        read_seconds: Seconds reading the input.
+        infer_seconds: Seconds in the model.
+        stitch_seconds: Seconds blending.
+        write_seconds: Seconds writing the chunks.
+        pid: Process that computed the block.
+        class_counts: Pixels per class 0..K-1 in the block (nodata not counted), or None.
+        confusion: The block's confusion matrix ``n[truth, pred]`` when truth was configured, else None.
+
+    >>> r = BlockRecord("0_1", (0, 64), (64, 128), tiles_run=9, tiles_skipped=0)
+    >>> BlockRecord.from_json({"key": "0_1", "chunks": [], **r.to_json()}) == r
+    True
+    """
+
+    block: str
+    start: Shape
+    stop: Shape
+    tiles_run: int
+    tiles_skipped: int
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    read_seconds: float = 0.0
+    infer_seconds: float = 0.0
+    stitch_seconds: float = 0.0
+    write_seconds: float = 0.0
+    pid: int = 0
+    class_counts: tuple[int, ...] | None = None
+    confusion: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def window(self) -> Window:
+        """The block in image coordinates."""
+        return Window(self.start, self.stop)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the store writes it (``confusion`` only when there is one)."""
+        out: dict[str, Any] = {
+            "block": self.block, "started_at": self.started_at, "finished_at": self.finished_at,
+            "start": list(self.start), "stop": list(self.stop), "tiles_run": self.tiles_run,
+            "tiles_skipped": self.tiles_skipped, "read_seconds": self.read_seconds,
+            "infer_seconds": self.infer_seconds, "stitch_seconds": self.stitch_seconds,
+            "write_seconds": self.write_seconds, "pid": self.pid,
+        }  # fmt: skip
+        if self.class_counts is not None:
+            out["class_counts"] = list(self.class_counts)
+        if self.confusion is not None:
+            out["confusion"] = [list(row) for row in self.confusion]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BlockRecord:
+        """Read a record written by :meth:`to_json` (the store's ``key``, ``chunks``, ``labels_digest`` ignored).
+
+        Raises:
+            KeyError, TypeError, ValueError: The record lacks a window or tile counts, or holds non-numbers.
+        """
+        confusion = data.get("confusion")
+        counts = data.get("class_counts")
+        return cls(
+            block=str(data.get("block", data.get("key", ""))),
+            start=tuple(int(v) for v in data["start"]),
+            stop=tuple(int(v) for v in data["stop"]),
+            tiles_run=int(data["tiles_run"]),
+            tiles_skipped=int(data["tiles_skipped"]),
+            started_at=float(data.get("started_at", 0.0)),
+            finished_at=float(data.get("finished_at", 0.0)),
+            read_seconds=float(data.get("read_seconds", 0.0)),
+            infer_seconds=float(data.get("infer_seconds", 0.0)),
+            stitch_seconds=float(data.get("stitch_seconds", 0.0)),
+            write_seconds=float(data.get("write_seconds", 0.0)),
+            pid=int(data.get("pid", 0)),
+            class_counts=tuple(int(v) for v in counts) if counts is not None else None,
+            confusion=tuple(tuple(int(v) for v in row) for row in confusion) if confusion is not None else None,
+        )

@@ -8,6 +8,7 @@ the least busy actor with a free slot; an actor that dies is restarted by Ray an
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ import ray
 import ray.exceptions
 
 from tiler.engine.executor import Done, block_failure
-from tiler.engine.plan import ModelRef, Plan
+from tiler.engine.plan import BlockRecord, ModelRef, Plan
 from tiler.errors import ConfigError, EngineError
 from tiler.geometry import Shape
 
@@ -69,8 +70,25 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+class _DropTokenNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster" notice (a logging warning of ray.init).
+
+    Ray prints it whenever it starts a cluster; for tiler's private embedded one it says nothing the user can act
+    on, and it broke into the progress bar (even with --quiet).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def _start_local() -> None:
     """Start a private embedded Ray: dashboard off, node address on loopback, session folder for this user only."""
+    notices = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+    if not any(isinstance(f, _DropTokenNotice) for f in notices.filters):
+        notices.addFilter(_DropTokenNotice())
     root = tempfile.mkdtemp(prefix="tiler-ray-")
     ray.init(
         address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -160,7 +178,7 @@ class ModelActor:
         """This actor's process id (tests kill it)."""
         return os.getpid()
 
-    def run(self, plan: Plan, position: Shape) -> dict[str, Any]:
+    def run(self, plan: Plan, position: Shape) -> BlockRecord:
         """Read, infer, write and record one block."""
         return self.worker.run(plan, position)
 

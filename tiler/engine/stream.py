@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tiler.engine.executor import Executor
-from tiler.engine.plan import Plan
+from tiler.engine.plan import BlockRecord, Plan
 from tiler.geometry import Shape
 
 WAIT_S = 0.05
@@ -114,7 +114,7 @@ def run_stream(
     lookahead: int = 2,
     finishers: int = 2,
     on_open: Callable[[Job, Work], None] | None = None,
-    on_record: Callable[[Job, dict[str, Any]], None] | None = None,
+    on_record: Callable[[Job, BlockRecord], None] | None = None,
 ) -> Iterator[Outcome]:
     """Run every job's blocks through ``executor`` and finish each job on a thread; yield outcomes as jobs end.
 

@@ -11,11 +11,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
 
 import numpy as np
 
-from tiler.engine.plan import ModelRef, Plan, block_key
+from tiler.engine.plan import BlockRecord, ModelRef, Plan, block_key
 from tiler.engine.work import Predict, PreparedBlock, infer_block, prepare_block
 from tiler.geometry import Shape
 
@@ -48,7 +47,7 @@ class BlockWorker:
             read_masked=self.reader.read_masked, skip_empty=self.plan.skip_empty,
         )
 
-    def finish(self, position: Shape, prepared: PreparedBlock) -> dict[str, Any]:
+    def finish(self, position: Shape, prepared: PreparedBlock) -> BlockRecord:
         """Infer, blend, write the block's chunks and record it; returns the small block record."""
         plan = self.plan
         result, stats = infer_block(
@@ -59,27 +58,27 @@ class BlockWorker:
         t0 = time.perf_counter()
         self.store.write_block(result.window, result.labels, result.probabilities)
         write_seconds = time.perf_counter() - t0
-        record: dict[str, Any] = {
-            "block": block_key(position),
-            "started_at": prepared.started_at,
-            "finished_at": time.time(),
-            "start": list(result.window.start),
-            "stop": list(result.window.stop),
-            "tiles_run": stats.tiles_run,
-            "tiles_skipped": stats.tiles_skipped,
-            "read_seconds": round(stats.read_seconds, 4),
-            "infer_seconds": round(stats.infer_seconds, 4),
-            "stitch_seconds": round(stats.stitch_seconds, 4),
-            "write_seconds": round(write_seconds, 4),
-            "pid": os.getpid(),
-            "class_counts": class_counts(result.labels, plan.num_classes),
-        }
-        if self.truth is not None:
-            record["confusion"] = self._confusion(result.labels, prepared).tolist()
-        self.store.record_block(record["block"], record)
+        confusion = self._confusion(result.labels, prepared) if self.truth is not None else None
+        record = BlockRecord(
+            block=block_key(position),
+            start=result.window.start,
+            stop=result.window.stop,
+            tiles_run=stats.tiles_run,
+            tiles_skipped=stats.tiles_skipped,
+            started_at=prepared.started_at,
+            finished_at=time.time(),
+            read_seconds=round(stats.read_seconds, 4),
+            infer_seconds=round(stats.infer_seconds, 4),
+            stitch_seconds=round(stats.stitch_seconds, 4),
+            write_seconds=round(write_seconds, 4),
+            pid=os.getpid(),
+            class_counts=tuple(class_counts(result.labels, plan.num_classes)),
+            confusion=tuple(tuple(int(v) for v in row) for row in confusion) if confusion is not None else None,
+        )
+        self.store.record_block(record.block, record.to_json())
         return record
 
-    def run(self, position: Shape) -> dict[str, Any]:
+    def run(self, position: Shape) -> BlockRecord:
         """Process one block start to finish."""
         return self.finish(position, self.prepare(position))
 
@@ -96,7 +95,8 @@ class BlockWorker:
         assert self.truth is not None
         truth = self.truth.read(prepared.block)[0]
         return confusion_matrix(
-            truth, labels, num_classes=self.plan.num_classes, ignore_index=self.plan.ignore_index,
+            truth, labels, num_classes=self.plan.score_classes or self.plan.num_classes,
+            ignore_index=self.plan.ignore_index,
             valid=prepared.valid, pred_nodata=self.plan.nodata_label,
         )
 
@@ -147,7 +147,7 @@ class ModelWorker:
             self._workers.move_to_end(plan.store_path)
             return worker
 
-    def run(self, plan: Plan, position: Shape) -> dict[str, Any]:
+    def run(self, plan: Plan, position: Shape) -> BlockRecord:
         """Read, infer, write and record one block of ``plan``."""
         worker = self.worker(plan)
         with self.read_lock:

@@ -7,7 +7,6 @@ A reader is built from a path and its options only; the file handle is opened la
 from __future__ import annotations
 
 import abc
-import itertools
 import logging
 import math
 import os
@@ -19,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from tiler.errors import InputError, ReadError
-from tiler.geometry import Window
+from tiler.geometry import BlockPartition, Window
+from tiler.paths import is_remote
 from tiler.redact import redact
 
 GEOREF_KINDS = ("raster", "volume", "slide", "none")
@@ -80,6 +80,65 @@ class Georef:
             attrs = attrs["georef"]
         keys = ("kind", "crs_wkt", "transform", "affine", "spacing", "mpp")
         return cls(**{k: attrs[k] for k in keys if attrs.get(k) is not None})
+
+
+    def grid_differences(self, other: Georef, *, tolerance: float = 1e-6) -> tuple[list[GridDifference], list[str]]:
+        """How ``other``'s pixel grid differs from this one, and notes on what could not be compared.
+
+        The CRS is compared as a coordinate system (two WKT spellings of one CRS are equal), the raster
+        transform and the volume affine element by element within ``tolerance``. A property only one of
+        the two has is a note, not a difference.
+
+        >>> a = Georef("raster", transform=(10, 0, 500000, 0, -10, 5000000))
+        >>> a.grid_differences(Georef("raster", transform=(10, 0, 500010, 0, -10, 5000000)))[0][0].name
+        'transform'
+        >>> a.grid_differences(Georef("raster"))
+        ([], ['transform not checked: only one of the two has one'])
+        """
+        differences: list[GridDifference] = []
+        notes: list[str] = []
+        if self.crs_wkt and other.crs_wkt and not _crs_equal(self.crs_wkt, other.crs_wkt):
+            differences.append(GridDifference("CRS", f"{self.crs_wkt[:120]!r}...", f"{other.crs_wkt[:120]!r}..."))
+        pairs = (("transform", self.transform, other.transform), ("affine", self.affine, other.affine))
+        for name, mine, theirs in pairs:
+            if mine is None or theirs is None:
+                if (mine is None) != (theirs is None):
+                    notes.append(f"{name} not checked: only one of the two has one")
+                continue
+            a, b = np.asarray(mine, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+            if a.shape != b.shape or not np.allclose(a, b, rtol=0.0, atol=tolerance):
+                differences.append(GridDifference(name, str(list(a.ravel())), str(list(b.ravel()))))
+        return differences, notes
+
+    def same_grid(self, other: Georef, *, tolerance: float = 1e-6) -> bool:
+        """Whether ``other`` places pixels where this one does (see :meth:`grid_differences`).
+
+        >>> Georef("volume", affine=((2, 0, 0, 0), (0, 2, 0, 0), (0, 0, 3, 0), (0, 0, 0, 1))).same_grid(
+        ...     Georef("volume", affine=((2, 0, 0, 0), (0, 2, 0, 0), (0, 0, 3 + 1e-9, 0), (0, 0, 0, 1))))
+        True
+        """
+        return not self.grid_differences(other, tolerance=tolerance)[0]
+
+
+@dataclass(frozen=True)
+class GridDifference:
+    """One property two georeferencings disagree on: its name (``CRS``, ``transform``, ``affine``) and both values."""
+
+    name: str
+    this: str
+    other: str
+
+
+def _crs_equal(a: str, b: str) -> bool:
+    """Whether two CRS strings (WKT, ``EPSG:n``) name one coordinate system; an unparsable one equals only itself."""
+    if a == b:
+        return True
+    from rasterio.crs import CRS
+
+    try:
+        return bool(CRS.from_user_input(a) == CRS.from_user_input(b))
+    except Exception:  # noqa: BLE001 - an unparsable CRS is simply not equal
+        return False
 
 
 def one_line(text: str) -> str:
@@ -352,11 +411,6 @@ class Reader(abc.ABC):
         )
 
 
-def is_remote(path: str) -> bool:
-    """Whether ``path`` is a GDAL virtual file system path or URL (never checked for existence locally)."""
-    return path.startswith("/vsi") or "://" in path
-
-
 def check_exists(path: str) -> None:
     """Raise ReadError unless a local ``path`` exists (remote paths are left to the library)."""
     if not is_remote(path) and not os.path.exists(path):
@@ -374,10 +428,7 @@ def scan_windows(shape: Sequence[int], block: int) -> Iterator[Window]:
 
     """
     steps = [max(1, block // 64)] * (len(shape) - 2) + [max(1, block)] * 2
-    ranges = [range(0, n, s) for n, s in zip(shape, steps, strict=True)]
-    for start in itertools.product(*ranges):
-        stop = tuple(min(a + s, n) for a, s, n in zip(start, steps, shape, strict=True))
-        yield Window(start, stop)
+    yield from BlockPartition(tuple(shape), tuple(steps))
 
 
 HAS_DATA_SECONDS = 30.0

@@ -32,7 +32,7 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
 from tiler.errors import OutputError
-from tiler.geometry import Window
+from tiler.geometry import BlockPartition, Window
 from tiler.io.atomic import (
     atomic_dir,
     atomic_path,
@@ -47,14 +47,6 @@ from tiler.io.store import OutputStore
 from tiler.io.volume import affine_from_spacing, write_nifti_slabs
 
 EXPORT_BLOCK = 2048
-
-
-def _windows(shape: Sequence[int], block: Sequence[int]) -> Iterator[Window]:
-    import itertools
-
-    ranges = [range(0, n, b) for n, b in zip(shape, block, strict=True)]
-    for start in itertools.product(*ranges):
-        yield Window(start, tuple(min(a + b, n) for a, b, n in zip(start, block, shape, strict=True)))
 
 
 def _block_for(store: OutputStore, target: int = EXPORT_BLOCK) -> tuple[int, ...]:
@@ -138,7 +130,7 @@ def export_cog(
             if labels.dtype == np.uint8:  # the palette must be set before any pixel is written
                 cmap = {k: (*c, 255) for k, c in enumerate(store.class_colors)}
                 dst.write_colormap(1, cmap)
-            for window in _windows(store.shape, _block_for(store)):
+            for window in BlockPartition(store.shape, _block_for(store)):
                 dst.write(store.read(window)[None], window=to_rio_window(window))
         with rasterio.Env(GDAL_CACHEMAX=256), atomic_path(out_path, what="write the COG") as cog_tmp:
             rasterio.shutil.copy(
@@ -222,9 +214,7 @@ def export_nifti(
         affine = affine_from_spacing(geo.spacing or (1.0, 1.0, 1.0))
     depth, height, width = store.shape
     slab = store.write_unit[0]
-    slabs = (
-        store.read(Window((z, 0, 0), (min(z + slab, depth), height, width))) for z in range(0, depth, slab)
-    )
+    slabs = (store.read(window) for window in BlockPartition(store.shape, (slab, height, width)))
     with atomic_path(out_path, what="write the NIfTI") as tmp:
         write_nifti_slabs(tmp, store.shape, dtype=store.labels.dtype, affine=affine, slabs=slabs)
     tables = label_table_paths(out_path)
@@ -444,7 +434,7 @@ def _write_pyramid(
             fill_value=fill,
             dimension_names=tuple(names),
         )
-        for window in _windows(spatial, block):
+        for window in BlockPartition(spatial, tuple(block)):
             target = (slice(None),) * len(lead) + window.slices
             if src is None:
                 data = np.asarray(read(window))

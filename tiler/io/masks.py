@@ -67,3 +67,35 @@ def upsample_mask(mask: np.ndarray, window: Window, shape: Sequence[int]) -> np.
 def foreground_mask(data: np.ndarray, threshold: float) -> np.ndarray:
     """Voxels where any channel exceeds ``threshold``: data (C, *S) -> bool (*S)."""
     return np.asarray((np.asarray(data) > threshold).any(axis=0), dtype=bool)
+
+
+MASK_OF_FORMAT = {
+    "raster": "nodata", "nifti": "threshold", "zarr": "threshold", "tiff-slide": "tissue", "openslide": "tissue",
+}  # fmt: skip
+"""The valid-data mask each reader format computes (what ``mask: auto`` means for it)."""
+
+_WHAT = {
+    "nodata": "a raster's nodata / alpha / internal mask",
+    "tissue": "a slide's tissue mask (Otsu on saturation)",
+    "threshold": "a volume's foreground threshold",
+}
+
+
+def mask_kind_problem(kind: str, reader_format: str, *, threshold: float | None = None) -> str | None:
+    """What is wrong with asking for the mask ``kind`` on an input of ``reader_format``, or None when it fits.
+
+    ``auto`` and ``none`` fit every format; ``nodata``, ``tissue`` and ``threshold`` name one format's mask
+    and fit only that format. A foreground ``threshold`` is a volume's (``auto`` or ``threshold``) only.
+
+    >>> mask_kind_problem("tissue", "openslide") is None, mask_kind_problem("auto", "raster") is None
+    (True, True)
+    >>> mask_kind_problem("tissue", "raster")
+    "mask 'tissue' is a slide's tissue mask (Otsu on saturation), but the input is a raster, whose mask is 'nodata'"
+    """
+    natural = MASK_OF_FORMAT.get(reader_format)
+    if threshold is not None and natural != "threshold":
+        return f"threshold={threshold} is a volume's foreground threshold, but the input is a {reader_format}"
+    if kind in ("auto", "none") or natural == kind:
+        return None
+    its = f", whose mask is {natural!r}" if natural else ", which has no mask of that kind"
+    return f"mask {kind!r} is {_WHAT.get(kind, 'unknown')}, but the input is a {reader_format}{its}"

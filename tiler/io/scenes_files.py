@@ -7,9 +7,8 @@ while writing rasters for the same reason.
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,7 +17,7 @@ import tifffile
 from affine import Affine
 
 from tiler.errors import OutputError
-from tiler.geometry import Window
+from tiler.geometry import BlockPartition, Window
 from tiler.io.raster import to_rio_window
 from tiler.io.volume import affine_from_spacing, write_nifti_slabs
 
@@ -37,12 +36,6 @@ class SceneLike(Protocol):
     def image_nodata(self) -> float | None: ...  # noqa: D102 - read-only, so float and None scenes both fit
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]: ...  # noqa: D102
-
-
-def _grid(shape: Sequence[int], block: Sequence[int]) -> Iterator[Window]:
-    ranges = [range(0, n, b) for n, b in zip(shape, block, strict=True)]
-    for start in itertools.product(*ranges):
-        yield Window(start, tuple(min(a + b, n) for a, b, n in zip(start, block, shape, strict=True)))
 
 
 def _parent_writable(path: str | os.PathLike[str]) -> None:
@@ -103,7 +96,7 @@ def write_satellite(
         rasterio.open(image_path, "w", **image_profile) as img,
         rasterio.open(truth_path, "w", **truth_profile) as tru,
     ):
-        for window in _grid(scene.shape, (block, block)):
+        for window in BlockPartition(scene.shape, (block, block)):
             image, labels = scene.read(window)
             rio_window = to_rio_window(window)
             img.write(image, window=rio_window)
@@ -129,8 +122,8 @@ def write_ct(
     d, h, w = scene.shape
 
     def slabs(which: int) -> Iterator[np.ndarray]:
-        for z in range(0, d, slab):
-            pair = scene.read(Window((z, 0, 0), (min(z + slab, d), h, w)))
+        for window in BlockPartition(scene.shape, (slab, h, w)):
+            pair = scene.read(window)
             yield pair[0][0] if which == 0 else pair[1]
 
     write_nifti_slabs(image_path, scene.shape, dtype=scene.dtype, affine=affine, slabs=slabs(0))

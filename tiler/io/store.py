@@ -6,7 +6,8 @@ Layout of ``<parent>/``::
                                   :func:`store_lock` before the store exists and held until exports are done
     <name>/zarr.json              group attributes: ``tiler_store`` marker, georef, class names/colours, config
                                   hash, version, complete (rewritten atomically)
-    <name>/labels/                uint8 (uint16 past 255 classes) (*shape), fill value = nodata label
+    <name>/labels/                uint8, or uint16 when a class or the nodata label passes 255 (*shape), fill
+                                  value = nodata label (:func:`tiler.stitch.labels_dtype`, the one rule)
     <name>/probabilities/         optional (K, *shape), chunks (K, *chunks)
     <name>/x, y (, z)             pixel-centre coordinates per spatial axis (CRS units for rasters, µm for
                                   slides, mm for volumes), and ``spatial_ref`` (CRS WKT and GDAL GeoTransform)
@@ -41,11 +42,13 @@ import zarr
 import zarr.codecs
 
 import tiler
-from tiler.errors import OutputError
+from tiler.errors import GeometryError, OutputError
 from tiler.geometry import Window
 from tiler.io.atomic import atomic_dir, clean_temporaries, output_error, pid_alive, write_json_atomic
 from tiler.io.base import Georef
 from tiler.io.lock import acquire_store_lock, check_not_locked, lock_path_for, release_store_lock, store_lock
+from tiler.palette import default_colors
+from tiler.stitch import labels_dtype
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
@@ -141,7 +144,6 @@ class OutputStore:
         shape: Sequence[int],
         num_classes: int,
         chunks: Sequence[int],
-        labels_dtype: str | np.dtype | None = None,
         nodata_label: int = 255,
         probabilities: str | None = None,
         attrs: Mapping[str, Any] | None = None,
@@ -160,8 +162,9 @@ class OutputStore:
             shape: Spatial output shape (H, W) or (D, H, W).
             num_classes: Number of classes K.
             chunks: Chunk shape per spatial axis.
-            labels_dtype: uint8 or uint16; default uint8, uint16 when ``num_classes`` > 255.
-            nodata_label: Label of pixels with no prediction (the labels' fill value).
+            nodata_label: Label of pixels with no prediction (the labels' fill value). The labels' dtype is
+                :func:`tiler.stitch.labels_dtype` of ``num_classes`` and this label: uint8 when every class and
+                the nodata label fit in a byte, else uint16.
             probabilities: None (no probabilities), ``"float16"``, ``"uint8"`` (x255) or ``"float32"``.
             attrs: Extra group attributes: ``georef`` (a :class:`Georef` or its attrs), ``class_names``,
                 ``class_colors``, ``config``...
@@ -200,11 +203,10 @@ class OutputStore:
                 return existing
             check_not_locked(path)
             replace = True
-        dtype = (
-            np.dtype(labels_dtype)
-            if labels_dtype is not None
-            else np.dtype(np.uint16 if num_classes > 255 else np.uint8)
-        )
+        try:
+            dtype = labels_dtype(int(num_classes), int(nodata_label))
+        except GeometryError as exc:
+            raise OutputError(f"output {path}: {exc}") from None
         meta = dict(attrs or {})
         georef = meta.get("georef")
         if isinstance(georef, Georef):
@@ -336,15 +338,11 @@ class OutputStore:
 
     @property
     def class_colors(self) -> list[tuple[int, int, int]]:
-        """Class colours as RGB (a default palette when none were stored)."""
+        """Class colours as RGB (:func:`tiler.palette.default_colors` when none were stored)."""
         colors = self._attr("class_colors")
         if colors:
             return [(int(c[0]), int(c[1]), int(c[2])) for c in colors]
-        import matplotlib
-
-        cmap = matplotlib.colormaps["tab20"]
-        rgb = [cmap(k % 20) for k in range(self.num_classes)]
-        return [(int(255 * c[0]), int(255 * c[1]), int(255 * c[2])) for c in rgb]
+        return list(default_colors(self.num_classes))
 
     # -- attributes (zarr.json, rewritten atomically) ----------------------------------------------------
     def _update_attrs(self, changes: Mapping[str, Any]) -> None:

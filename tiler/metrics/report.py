@@ -7,7 +7,6 @@ mean IoU and mean Dice over the foreground classes and names the worst class wit
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tiler.errors import OutputError
+from tiler.jsonsafe import json_safe
 from tiler.metrics.scores import Scores
 
 
@@ -120,17 +120,6 @@ def area_lines(areas: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _clean(value: Any) -> Any:
-    """Replace any non-finite float by None so the JSON never holds NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def write_json(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``payload`` (e.g. ``Scores.to_dict()`` plus file names) as indented JSON."""
     from tiler.io.atomic import write_bytes_atomic
@@ -139,7 +128,7 @@ def write_json(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write the score JSON {path}: {exc}; give a writable --json path.") from exc
-    write_bytes_atomic(path, (json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n").encode())
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> None:

@@ -31,6 +31,7 @@ import torch
 from tiler.errors import ModelError, ReadError
 from tiler.model.normalize import Normalization
 from tiler.model.spec import ModelSpec, build_network
+from tiler.palette import default_colors
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -84,12 +85,6 @@ class LoadedModel:
         return len(self.class_names)
 
 
-def _default_colors(n: int) -> tuple[tuple[int, int, int], ...]:
-    palette = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]  # fmt: skip
-    return tuple(palette[i % len(palette)] for i in range(n))
-
-
 def _is_colors(colors: Any) -> bool:
     """Whether ``colors`` is a sequence of RGB triples of ints 0..255."""
     if isinstance(colors, str | bytes) or not isinstance(colors, Sequence):
@@ -123,7 +118,7 @@ def _names_colors(
             f"class_names={list(out_names)} has {len(out_names)} names but the model predicts "
             f"{spec.out_channels} classes; give one name per output channel."
         )
-    out_colors = tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors) if colors else _default_colors(len(out_names))
+    out_colors = tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors) if colors else default_colors(len(out_names))
     if len(out_colors) != len(out_names):
         raise ModelError(f"class_colors has {len(out_colors)} colours for {len(out_names)} classes; give one each.")
     return out_names, out_colors

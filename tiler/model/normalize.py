@@ -42,8 +42,8 @@ class Normalization:
     Kinds:
         ``none``: cast to float32.
         ``meanstd``: ``(x - mean[c]) / std[c]`` per channel.
-        ``percentile``: clip to ``[low[c], high[c]]`` (band percentiles measured on training data) and
-        scale to ``[0, 1]``.
+        ``percentile``: clip to the pixel values ``[low[c], high[c]]`` (fixed constants, typically band
+        percentiles measured on training data by :meth:`fit`) and scale to ``[0, 1]``.
         ``window``: clip to the intensity window ``(lo, hi)`` (e.g. Hounsfield units), then
         ``(x - mean[c]) / std[c]`` when ``mean``/``std`` are given, else scale to ``[0, 1]``.
 
@@ -51,9 +51,10 @@ class Normalization:
         kind: One of :data:`KINDS`.
         mean: Per-channel means (one value is broadcast to every channel).
         std: Per-channel standard deviations.
-        low: Per-channel lower clip values (``percentile``).
-        high: Per-channel upper clip values (``percentile``).
-        percentiles: The percentiles ``low``/``high`` were measured at (a record, not used by ``apply``).
+        low: Per-channel lower clip values in pixel units (``percentile``), never percentiles.
+        high: Per-channel upper clip values in pixel units (``percentile``), never percentiles.
+        percentiles: The percentiles (0-100) ``low``/``high`` were measured at by :meth:`fit`; None when
+            the clip values were given directly. A record only: ``apply`` never reads it.
         window: Intensity window ``(lo, hi)`` (``window``).
 
     """
@@ -63,7 +64,7 @@ class Normalization:
     std: tuple[float, ...] = ()
     low: tuple[float, ...] = ()
     high: tuple[float, ...] = ()
-    percentiles: tuple[float, float] = (1.0, 99.0)
+    percentiles: tuple[float, float] | None = None
     window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
@@ -71,9 +72,13 @@ class Normalization:
             raise ModelError(f"normalization kind={self.kind!r} is unknown; choose one of {list(KINDS)}.")
         for name in ("mean", "std", "low", "high"):
             object.__setattr__(self, name, _floats(name, getattr(self, name)))
-        object.__setattr__(self, "percentiles", _floats("percentiles", self.percentiles))
-        if len(self.percentiles) != 2:
-            raise ModelError(f"normalization percentiles={self.percentiles} must be two numbers (low, high).")
+        if self.percentiles is not None:
+            percentiles = _floats("percentiles", self.percentiles)
+            if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
+                raise ModelError(
+                    f"normalization percentiles={self.percentiles!r} must be two numbers 0 <= low < high <= 100."
+                )
+            object.__setattr__(self, "percentiles", percentiles)
         if self.window is not None:
             window = _floats("window", self.window)
             if len(window) != 2:
@@ -234,7 +239,7 @@ class Normalization:
             "std": list(self.std),
             "low": list(self.low),
             "high": list(self.high),
-            "percentiles": list(self.percentiles),
+            "percentiles": list(self.percentiles) if self.percentiles is not None else None,
             "window": list(self.window) if self.window is not None else None,
         }
 

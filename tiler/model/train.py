@@ -5,7 +5,7 @@ U-Nets trained on :func:`tiler.scenes.ct_scene`. Scenes are generated in memory;
 augmented with flips, rot90 (in the (H, W) plane) and intensity jitter; the loss is MONAI's
 ``DiceCELoss`` under a one-cycle learning-rate schedule. Normalisation statistics are measured on the
 training scenes and stored in the checkpoint. Also here: a small sliding-window evaluator giving
-frequency-weighted IoU on a held-out scene.
+frequency-weighted IoU on a held-out scene (scored by :mod:`tiler.metrics`, imported when it runs).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tiler.model.runner import TileRunner
 from tiler.model.spec import ModelSpec, build_network
 from tiler.scenes import Scene, ct_scene, satellite_scene, slide_scene
 
-__all__ = ["DOMAINS", "TrainConfig", "TrainResult", "demo_config", "evaluate_fwiou", "fwiou", "train"]
+__all__ = ["DOMAINS", "TrainConfig", "TrainResult", "demo_config", "evaluate_fwiou", "predict_scene", "train"]
 
 DOMAINS = ("satellite", "ct", "slide")
 PLANAR = ("satellite", "slide")
@@ -313,24 +313,6 @@ def train(cfg: TrainConfig, *, log_every: int = 0) -> TrainResult:
 # ---------------------------------------------------------------------------------- evaluation
 
 
-def fwiou(truth: np.ndarray, pred: np.ndarray, num_classes: int, *, ignore: int | None = 255) -> float:
-    """Frequency-weighted IoU: ``Σ_i (t_i / Σt) · IoU_i`` with ``t_i`` the truth count of class i.
-
-    Pixels whose truth is ``ignore`` are left out.
-    """
-    t = truth.ravel().astype(np.int64)
-    p = pred.ravel().astype(np.int64)
-    if ignore is not None:
-        keep = t != ignore
-        t, p = t[keep], p[keep]
-    cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - tp
-    iou = np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)
-    freq = cm.sum(1) / max(cm.sum(), 1)
-    return float((freq * iou).sum())
-
-
 def predict_scene(model: LoadedModel, image: np.ndarray, *, roi: Sequence[int], overlap: float = 0.25,
                   batch_size: int = 8) -> np.ndarray:  # fmt: skip
     """Class labels of a whole in-memory image ``(C, *S)`` by gaussian-blended sliding windows."""
@@ -348,7 +330,10 @@ def predict_scene(model: LoadedModel, image: np.ndarray, *, roi: Sequence[int], 
 
 
 def evaluate_fwiou(model: LoadedModel, scene: Scene, *, roi: Sequence[int], overlap: float = 0.25) -> float:
-    """FWIoU of ``model`` on a generated ``scene`` (nodata excluded)."""
+    """FWIoU of ``model`` on a generated ``scene`` (nodata excluded), scored by :mod:`tiler.metrics`."""
+    from tiler.metrics import confusion_matrix, scores_from_confusion
+
     image, truth = scene.read()
     pred = predict_scene(model, image, roi=roi, overlap=overlap)
-    return fwiou(truth, pred, scene.num_classes, ignore=scene.nodata_label)
+    counts = confusion_matrix(truth, pred, num_classes=scene.num_classes, ignore_index=scene.nodata_label)
+    return scores_from_confusion(counts).fwiou

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from tiler.errors import ModelError
-from tiler.model.checkpoint import _default_colors
+from tiler.palette import default_colors as _default_colors
 
 __all__ = ["TwoClassLogits", "as_logits", "class_labels"]
 

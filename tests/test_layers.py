@@ -1,0 +1,83 @@
+"""Imports only go down the layers (ARCHITECTURE.md): checked on the source, module by module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+TILER = Path(__file__).resolve().parents[1] / "tiler"
+FILE_LIBRARIES = ("zarr", "rasterio", "nibabel", "tifffile", "openslide")
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function (absolute names)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def modules(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.py"))
+
+
+def _uses(names: set[str], package: str) -> bool:
+    return any(name == package or name.startswith(package + ".") for name in names)
+
+
+@pytest.mark.parametrize("path", modules(TILER / "metrics"), ids=lambda p: p.name)
+def test_metrics_opens_no_file_itself(path: Path) -> None:
+    found = [lib for lib in FILE_LIBRARIES if _uses(imports(path), lib)]
+    assert not found, f"{path.name} imports {found}: label maps come from tiler.io (open_labels, Georef.same_grid)"
+
+
+@pytest.mark.parametrize("path", modules(TILER), ids=lambda p: str(p.relative_to(TILER)))
+def test_nothing_in_tiler_imports_pipelines(path: Path) -> None:
+    assert not _uses(imports(path), "pipelines"), f"{path} imports pipelines (an arrow pointing up)"
+
+
+@pytest.mark.parametrize("path", modules(TILER), ids=lambda p: str(p.relative_to(TILER)))
+def test_only_the_command_line_imports_command_modules(path: Path) -> None:
+    commands = ("tiler.metrics.cli", "tiler.archive.cli", "tiler.cli", "tiler.train")
+    allowed = {"cli.py", "train.py"} if path.parent == TILER else {"cli.py", "__init__.py"}
+    if path.name in allowed:
+        return
+    used = [name for name in commands if name in imports(path)]
+    assert not used, f"{path} imports the command module(s) {used}; import the library function instead"
+
+
+def test_the_output_store_takes_its_palette_from_one_place() -> None:
+    assert not _uses(imports(TILER / "io" / "store.py"), "matplotlib")
+
+
+def test_training_scores_with_tiler_metrics() -> None:
+    source = (TILER / "model" / "train.py").read_text(encoding="utf-8")
+    assert "np.bincount" not in source and "def fwiou" not in source
+    assert "tiler.metrics" in imports(TILER / "model" / "train.py")
+
+
+@pytest.mark.parametrize("path", modules(TILER), ids=lambda p: str(p.relative_to(TILER)))
+def test_the_remote_path_rule_is_written_once(path: Path) -> None:
+    if path == TILER / "paths.py":
+        return
+    source = path.read_text(encoding="utf-8")
+    assert 'startswith("/vsi")' not in source and '"://" in' not in source, (
+        f"{path} decides local/remote itself; use tiler.paths.is_remote"
+    )
+
+
+@pytest.mark.parametrize("path", [*modules(TILER), *modules(TILER.parent / "bench")], ids=lambda p: p.name)
+def test_windows_over_an_image_come_from_the_geometry(path: Path) -> None:
+    if path == TILER / "geometry.py":
+        return
+    source = path.read_text(encoding="utf-8")
+    hand_written = ("range(0, n, b) for n, b in zip(shape", "range(0, n, s) for n, s in zip(shape", "range(0, size, ")
+    assert not any(text in source for text in hand_written), (
+        f"{path} iterates windows by hand; use tiler.geometry.BlockPartition(shape, size)"
+    )
