@@ -103,7 +103,8 @@ def test_block_records_on_disk_keep_their_keys_and_read_back_typed(tmp_path: Pat
     on_disk = json.loads(files[0].read_text())
     assert list(on_disk) == [
         "key", "block", "started_at", "finished_at", "start", "stop", "tiles_run", "tiles_skipped", "read_seconds",
-        "infer_seconds", "stitch_seconds", "write_seconds", "pid", "confusion", "chunks", "labels_digest",
+        "infer_seconds", "stitch_seconds", "write_seconds", "pid", "class_counts", "confusion", "chunks",
+        "labels_digest",
     ]
     record = BlockRecord.from_json(on_disk)
     assert record.to_json() == {k: v for k, v in on_disk.items() if k not in ("key", "chunks", "labels_digest")}
