@@ -18,6 +18,7 @@ Measured, interleaved in rotating order ``--repeats`` times (medians reported, e
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -78,10 +79,13 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--channels", default="8,16,32", help="U-Net channels per level (the demo model: 16,32,64,128)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_flush_denormal(True)  # as the runner does on CPU, for every path alike
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     channels = tuple(int(c) for c in args.channels.split(","))
     net = UNet(2, 4, 6, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=1).eval()
     image = np.random.default_rng(0).random((4, args.size, args.size), dtype=np.float32)
@@ -121,14 +125,18 @@ def main() -> None:
     }
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
     order = list(paths)
+    load = [os.getloadavg()[0]]
     for i in range(args.repeats):  # rotating order: background load falls on every path alike
         for name in order[i % len(order):] + order[: i % len(order)]:
             runs[name].append(paths[name]())
-            print(f"round {i} {name}: forward {runs[name][-1][0]:.2f} s, stitch {runs[name][-1][1]:.3f} s", flush=True)
+            load.append(os.getloadavg()[0])
+            print(f"round {i} {name}: forward {runs[name][-1][0]:.2f} s, stitch {runs[name][-1][1]:.3f} s, "
+                  f"load {load[-1]:.2f}", flush=True)
     bare_s = statistics.median(f for f, _ in runs["bare"])
     result: dict[str, Any] = {
         "size": args.size, "tile": args.tile, "overlap": args.overlap, "block": args.block, "batch": args.batch,
         "unet_channels": list(channels), "tiles_run": tiles, "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(), "load_average_1min": [round(x, 2) for x in load],
         "bare_forward_s": bare_s,
     }
     for name in ("torch", "runner", "numpy"):
@@ -141,9 +149,10 @@ def main() -> None:
         "runs_s": {k: [[round(f, 3), round(s, 4)] for f, s in v] for k, v in runs.items()},
     })
     save(
-        f"stitch-{'-'.join(map(str, channels))}",
+        f"stitch-{'-'.join(map(str, channels))}" + (f"-threads{args.threads}" if args.threads is not None else ""),
         result,
-        command=f"python -m bench.bench_stitch --size {args.size} --channels {args.channels} --repeats {args.repeats}",
+        command=f"python -m bench.bench_stitch --size {args.size} --channels {args.channels} --repeats {args.repeats}"
+        + (f" --threads {args.threads}" if args.threads is not None else ""),
     )
 
 

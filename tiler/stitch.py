@@ -173,12 +173,18 @@ def quantize_tensor(probabilities: torch.Tensor, dtype: ProbabilityDType | str) 
     return probabilities
 
 
-def argmax_channels_tensor(values: torch.Tensor) -> torch.Tensor:
-    """``argmax`` over the channel axis of ``(C, *S)`` (first maximum wins), as int64 ``(*S)``.
+def argmax_channels_tensor(values: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """``argmax`` over the channel axis of ``(C, *S)`` (first maximum wins), as ``dtype`` ``(*S)``.
 
-    ``torch.max(dim=0)`` rather than ``torch.argmax``: on CPU the latter reduces a leading axis about 8x slower.
+    The channel maximum in one vectorised pass, then each channel compared with it, last channel first so the
+    first maximum wins. On CPU this is about 2-3x faster than ``torch.max(dim=0)`` and 8x faster than
+    ``torch.argmax`` (both track int64 indices through a reduction over the leading axis).
     """
-    return torch.max(values, dim=0).indices
+    top = torch.amax(values, dim=0)
+    labels = torch.full(values.shape[1:], values.shape[0] - 1, dtype=dtype, device=values.device)
+    for c in range(values.shape[0] - 2, -1, -1):
+        labels.masked_fill_(values[c] == top, c)
+    return labels
 
 
 class TorchBlockAccumulator:
@@ -199,8 +205,11 @@ class TorchBlockAccumulator:
         self.num_classes = num_classes
         self.device = torch.device(device)
         with torch.inference_mode():  # callers may hand over inference tensors: they are updated in place in this mode
-            self.sums = torch.zeros((num_classes, *block.shape), dtype=torch.float32, device=self.device)
-            self.weights = torch.zeros(block.shape, dtype=torch.float32, device=self.device)
+            # Σ w·p and Σ w in one array, so each tile is one addition (one kernel, one pass) instead of two
+            self._acc = torch.zeros((num_classes + 1, *block.shape), dtype=torch.float32, device=self.device)
+        self.sums = self._acc[:num_classes]
+        self.weights = self._acc[num_classes]
+        self._staging: torch.Tensor | None = None
 
     def add(self, tile: Window, probabilities: torch.Tensor, weights: torch.Tensor, *, overwrite: bool = False) -> None:
         """Add one tile's weighted prediction where it overlaps the block.
@@ -209,7 +218,7 @@ class TorchBlockAccumulator:
             tile: The tile's window (image coordinates, may reach into padding).
             probabilities: ``(C, *tile.shape)`` float32 on the accumulator's device.
             weights: ``(*tile.shape)`` float32 on the same device.
-            overwrite: The caller gives up ``probabilities``: multiply in place, saving a temporary.
+            overwrite: Accepted for symmetry with :class:`BlockAccumulator`; ``probabilities`` is never modified.
         """
         self.add_batch([tile], probabilities[None], [weights], overwrite=overwrite)
 
@@ -224,11 +233,15 @@ class TorchBlockAccumulator:
     ) -> None:
         """Add a batch of tiles, one after another in the order given (give them in global grid order).
 
+        Each tile's ``p · w`` and ``w`` are staged side by side in a reused ``(N, C + 1, *tile)`` buffer (one
+        multiplication for the batch when the tiles share their weights), then added to the block in one
+        operation per tile.
+
         Args:
             tiles: The tiles' windows, ``N`` of them.
-            probabilities: ``(N, C, *tile)`` float32 on the accumulator's device.
+            probabilities: ``(N, C, *tile)`` float32 on the accumulator's device; not modified.
             weights: ``N`` float32 tensors ``(*tile)`` on the same device.
-            overwrite: The caller gives up ``probabilities``: multiply in place, saving a temporary.
+            overwrite: Accepted for symmetry with :class:`BlockAccumulator` (nothing is saved by it here).
         """
         n = len(tiles)
         shape = tuple(probabilities.shape)
@@ -243,19 +256,29 @@ class TorchBlockAccumulator:
                     f"tile prediction has shape {shape[1:]}, expected {(self.num_classes, *tile.shape)} "
                     f"(C, *tile); check the model's number of classes and the tile size."
                 )
-        if probabilities.dtype != torch.float32:
-            probabilities, overwrite = probabilities.float(), True
-        for tile, p, w in zip(tiles, probabilities, weights, strict=True):
-            inter = tile.intersection(self.block)
-            if inter is None:
-                continue
-            src = inter.relative_to(tile).slices
+        hits = [(i, inter) for i, tile in enumerate(tiles) if (inter := tile.intersection(self.block)) is not None]
+        if not hits:
+            return
+        staged = self._stage(n, shape[2:])
+        if all(w is weights[0] for w in weights):
+            torch.mul(probabilities, weights[0], out=staged[:, : self.num_classes])
+            staged[:, self.num_classes] = weights[0]
+        else:
+            for i, w in enumerate(weights):
+                torch.mul(probabilities[i], w, out=staged[i, : self.num_classes])
+                staged[i, self.num_classes] = w
+        for i, inter in hits:
+            src = inter.relative_to(tiles[i]).slices
             dst = inter.relative_to(self.block).slices
-            part, w_part = p[(slice(None), *src)], w[src]
-            # one tile at a time, so the product is still in cache when it is added
-            weighted = part.mul_(w_part) if overwrite else part * w_part
-            self.sums[(slice(None), *dst)].add_(weighted)
-            self.weights[dst].add_(w_part)
+            self._acc[(slice(None), *dst)].add_(staged[i][(slice(None), *src)])
+
+    def _stage(self, n: int, tile: tuple[int, ...]) -> torch.Tensor:
+        """The reused ``(n, C + 1, *tile)`` staging buffer (grown when a batch is larger)."""
+        buf = self._staging
+        if buf is None or tuple(buf.shape[2:]) != tile or buf.shape[0] < n:
+            buf = torch.empty((n, self.num_classes + 1, *tile), dtype=torch.float32, device=self.device)
+            self._staging = buf
+        return buf[:n]
 
     @torch.inference_mode()
     def finalize(
@@ -280,16 +303,17 @@ class TorchBlockAccumulator:
             The finalised block as numpy arrays; labels are uint8 (uint16 when the labels need it).
         """
         dtype = labels_dtype(self.num_classes, nodata_label)
+        label_dtype = torch.uint8 if dtype == np.uint8 else torch.int32
+        self._staging = None
         covered = self.weights > 0
         kept = None
         if probabilities is None:
-            index = argmax_channels_tensor(self.sums)
+            labels = argmax_channels_tensor(self.sums, label_dtype)
         else:
             probs = self.sums.div_(self.weights) if release else self.sums / self.weights
             probs.masked_fill_(~covered, 0.0)  # 0 / 0 where no tile counted
-            index = argmax_channels_tensor(probs)
+            labels = argmax_channels_tensor(probs, label_dtype)
             kept = quantize_tensor(probs, probabilities)
-        labels = index.to(torch.uint8 if dtype == np.uint8 else torch.int32)
         labels.masked_fill_(~covered, nodata_label)
         if valid is not None:
             mask = torch.as_tensor(valid, device=self.device)
