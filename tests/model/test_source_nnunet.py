@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.model.nnunet_helpers import (
     CT_PROPERTIES,
@@ -74,6 +76,16 @@ def test_nnunet_step_rule_is_nnunets_compute_steps() -> None:
         for length in range(tile, 300, 7):
             ours = axis_starts(length, tile, tile - round(tile * fraction), StepRule.NNUNET)
             assert list(ours) == compute_steps_for_sliding_window((length,), (tile,), fraction)[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(length=st.integers(1, 400), tile=st.integers(1, 64), data=st.data())
+def test_nnunet_rule_starts_are_increasing_flush_and_at_most_one_step_apart(length: int, tile: int, data: Any) -> None:
+    overlap = data.draw(st.integers(0, tile - 1))
+    starts = axis_starts(length, tile, overlap, StepRule.NNUNET)
+    assert starts[0] == 0 and starts[-1] == max(length, tile) - tile
+    assert len(starts) == len(axis_starts(length, tile, overlap))
+    assert all(0 < b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_both_rules_place_the_same_number_of_tiles() -> None:
@@ -217,6 +229,28 @@ def test_zscore_channel_uses_the_images_own_statistics(tmp_path: Path) -> None:
     job = write_job(tmp_path, folder, stacked, tiling=nnunet_tiling(folder), nnunet={"mirroring": False},
                     channels_from_4d=True)  # fmt: skip
     assert float((run_tiler(job) == expected).mean()) >= MIN_AGREEMENT
+
+
+def test_2d_image_with_a_2d_configuration_gives_nnunets_labels(tmp_path: Path) -> None:
+    import rasterio
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    plans = make_plans(spacing=(999.0, 1.0, 1.0))  # nnU-Net's spacing of a 2D image, read as (1, y, x)
+    plans["image_reader_writer"] = "NaturalImage2DIO"
+    folder = write_results(tmp_path, "2d", plans=plans)
+    image = ct_volume(shape=(1, 64, 80))[0].astype(np.float32)
+    path = tmp_path / "slice.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=80, height=64, count=1, dtype="float32",
+                       transform=rasterio.transform.from_origin(0, 64, 1, 1)) as dst:  # fmt: skip
+        dst.write(image[None])
+    predictor = nnUNetPredictor(use_mirroring=True, perform_everything_on_device=False, device=torch.device("cpu"),
+                                allow_tqdm=False)  # fmt: skip
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
+    expected = predictor.predict_single_npy_array(image[None, None], {"spacing": [999.0, 1.0, 1.0]}, None, None, False)
+    tiling = nnunet_tiling(folder, ndim=2)
+    assert tiling["tile"] == [32, 32]
+    job = write_job(tmp_path, folder, path, tiling=tiling, block=(32, 32))
+    assert float((run_tiler(job) == np.asarray(expected)[0]).mean()) >= MIN_AGREEMENT
 
 
 # ---------------------------------------------------------------------------------------------- pieces
