@@ -6,6 +6,10 @@ torch tensors cached per device (:meth:`Blender.weights_on`) so a device accumul
 - ``gaussian``: ``exp(-x² / 2σ²)`` per axis with ``x`` centred on ``(T - 1) / 2`` and ``σ = T · sigma_scale``,
   multiplied over axes and floored at ``max(min, 1e-3)`` so no weight is 0. This is exactly
   MONAI's ``compute_importance_map`` so results agree with ``sliding_window_inference``.
+- ``nnunet``: nnU-Net's gaussian (``compute_gaussian``): ``exp(-x² / 2σ²)`` per axis with ``x`` centred on
+  ``T // 2`` (one pixel past the middle for even ``T``), ``σ = T · sigma_scale`` (nnU-Net: 1/8) and 0 beyond
+  ``int(4σ + 0.5)`` pixels, multiplied over axes, scaled to a maximum of 10, rounded to float16 as nnU-Net
+  keeps it, and every 0 (float16 underflow far from the centre) raised to the smallest non-zero weight.
 - ``hann``: ``sin²(π (i + ½) / T)`` per axis (never 0 inside the tile), multiplied, same floor.
 - ``constant``: 1 everywhere: a plain average of overlapping tiles.
 - ``crop``: 1 on the part of the image the tile owns (:meth:`TileGrid.interior`), 0 elsewhere, so
@@ -45,6 +49,7 @@ class BlendMode(str, enum.Enum):
     HANN = "hann"
     CONSTANT = "constant"
     CROP = "crop"
+    NNUNET = "nnunet"
 
 
 def _floored(weights: np.ndarray) -> np.ndarray:
@@ -59,12 +64,40 @@ def _outer(profiles: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+NNUNET_SCALE = 10.0
+"""nnU-Net's ``value_scaling_factor``: the weights' maximum, kept away from float16's underflow."""
+
+
+def _nnunet_profile(t: int, sigma_scale: float) -> np.ndarray:
+    """The normalised 4σ-truncated kernel scipy's ``gaussian_filter`` spreads a delta at ``t // 2`` into."""
+    sigma = t * sigma_scale
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 / (sigma * sigma) * x**2)
+    kernel = kernel / kernel.sum()
+    offset = np.arange(t) - t // 2
+    inside = np.abs(offset) <= radius
+    profile = np.zeros(t, dtype=np.float64)
+    profile[inside] = kernel[offset[inside] + radius]
+    return profile
+
+
+def _nnunet_gaussian(tile: Shape, sigma_scale: float) -> np.ndarray:
+    weights = _outer([_nnunet_profile(t, sigma_scale) for t in tile])
+    # float64 -> float32 -> float16, as torch's .to(torch.float16) rounds (straight to float16 differs in a few ulps)
+    weights = (weights / (weights.max() / NNUNET_SCALE)).astype(np.float32).astype(np.float16)
+    zero = weights == 0
+    if zero.any():
+        weights[zero] = weights[~zero].min()
+    return weights.astype(np.float32)
+
+
 @lru_cache(maxsize=64)
 def window_weights(mode: BlendMode, tile: Shape, sigma_scale: float = 0.125) -> np.ndarray:
     """Weights of a whole tile for the position-independent modes (not ``crop``).
 
     Args:
-        mode: ``gaussian``, ``hann`` or ``constant``.
+        mode: ``gaussian``, ``nnunet``, ``hann`` or ``constant``.
         tile: Tile shape ``(*T)``.
         sigma_scale: σ as a fraction of the tile size (gaussian only).
 
@@ -83,6 +116,10 @@ def window_weights(mode: BlendMode, tile: Shape, sigma_scale: float = 0.125) -> 
             sigma = np.float32(t * sigma_scale)
             profiles.append(np.exp(x**2 / (np.float32(-2.0) * sigma**2)).astype(np.float32))
         weights = _floored(_outer(profiles))
+    elif mode is BlendMode.NNUNET:
+        if sigma_scale <= 0:
+            raise GeometryError(f"sigma_scale={sigma_scale} must be > 0; nnU-Net uses 0.125 (σ = tile/8).")
+        weights = _nnunet_gaussian(tile, sigma_scale)
     elif mode is BlendMode.HANN:
         profiles = [np.sin(np.pi * (np.arange(t) + 0.5) / t) ** 2 for t in tile]
         weights = _floored(_outer(profiles))

@@ -62,6 +62,7 @@ __all__ = [
     "JobConfig",
     "ModelConfig",
     "ModelSpecConfig",
+    "NnunetConfig",
     "NormalizationConfig",
     "OnnxConfig",
     "OutputConfig",
@@ -398,16 +399,35 @@ class OnnxConfig(_Section):
     output_name: Str | None = None
 
 
+class NnunetConfig(_Section):
+    """Which part of an nnU-Net results folder to run, and how its folds and mirrors are averaged."""
+
+    configuration: Str | None = None
+    folds: tuple[NonNegInt | Literal["all"], ...] | None = None
+    checkpoint: Str = "checkpoint_final.pth"
+    mirroring: Bool = True
+    average: Literal["logits", "probabilities"] = "logits"
+
+    @model_validator(mode="after")
+    def _check(self) -> NnunetConfig:
+        if self.folds is not None and (not self.folds or len(set(self.folds)) != len(self.folds)):
+            raise _Problems(
+                [("folds", list(self.folds), "is empty or repeats a fold", "list each fold once, or remove the key")]
+            )
+        return self
+
+
 class ModelConfig(_Section):
     """The weights, how to run them, and test-time augmentation."""
 
     weights: Str
-    format: Literal["auto", "checkpoint", "state_dict", "monai", "torchscript", "smp", "onnx"] = "auto"
+    format: Literal["auto", "checkpoint", "state_dict", "monai", "torchscript", "smp", "onnx", "nnunet"] = "auto"
     spec: ModelSpecConfig | None = None
     normalization: NormalizationConfig | None = None
     class_names: tuple[Str, ...] | None = None
     class_colors: tuple[tuple[Channel, Channel, Channel], ...] | None = None
     onnx: OnnxConfig | None = None
+    nnunet: NnunetConfig | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     batch_size: PosInt = 8
@@ -435,7 +455,25 @@ class ModelConfig(_Section):
                     "remove it, or set format: onnx",
                 )
             )
-        if self.spec is not None and self.format in ("smp", "onnx"):
+        if self.nnunet is not None and self.format not in ("auto", "nnunet"):
+            problems.append(
+                (
+                    "nnunet",
+                    self.nnunet.model_dump(mode="json", exclude_defaults=True),
+                    f"does not apply to format {self.format!r}",
+                    "remove it, or set format: nnunet",
+                )
+            )
+        if self.format == "nnunet" and self.tta_flips:
+            problems.append(
+                (
+                    "tta_flips",
+                    [list(f) for f in self.tta_flips],
+                    "does not apply to nnU-Net models: they mirror over their checkpoint's allowed axes",
+                    "remove it (model.nnunet.mirroring: false turns mirroring off)",
+                )
+            )
+        if self.spec is not None and self.format in ("smp", "onnx", "nnunet"):
             problems.append(
                 (
                     "spec",
@@ -508,9 +546,10 @@ class TilingConfig(_Section):
 
     tile: Axes = (256, 256)
     overlap: tuple[NonNegInt, ...] = (32, 32)
-    blend: Literal["gaussian", "hann", "constant", "crop"] = "gaussian"
+    blend: Literal["gaussian", "hann", "constant", "crop", "nnunet"] = "gaussian"
     sigma_scale: Annotated[float, Strict(), Field(gt=0)] = 0.125
     pad_mode: Literal["reflect", "constant"] = "reflect"
+    rule: Literal["overlap", "nnunet"] = "overlap"
     block: Axes = (2048, 2048)
 
     @model_validator(mode="before")
@@ -1230,9 +1269,9 @@ def config_hash(cfg: JobConfig) -> str:
     """Return a 16-hex-digit identity of what decides the output pixels and the block layout.
 
     Covered: the input path and reading options (not GDAL cache settings); the weights *content*
-    (sha256 of the file when it is local, else its path), model spec, normalisation, precision and
-    test-time flips; all of tiling (block included: resume records are per block); the output chunks,
-    probability dtype and nodata label; and ``engine.skip_empty`` (skipped tiles become nodata).
+    (sha256 of the file when it is local, else its path), model spec, normalisation, precision,
+    test-time flips and nnU-Net settings; all of tiling (block included: resume records are per block);
+    the output chunks, probability dtype and nodata label; and ``engine.skip_empty`` (skipped tiles become nodata).
     Not covered: the engine's scheduling (address, actors, GPUs/CPUs per actor, in-flight, retries,
     prefetch), the device and batch size, the output path, exports and scoring, so a job may resume
     with another actor count or on other hardware.
@@ -1244,9 +1283,11 @@ def config_hash(cfg: JobConfig) -> str:
         "input": cfg.input.model_dump(mode="json", exclude={"gdal"}),
         "model": {
             **model.model_dump(mode="json", include={"spec", "normalization", "precision", "tta_flips"}),
+            **({"nnunet": model.nnunet.model_dump(mode="json")} if model.nnunet is not None else {}),
             "weights": {"sha256": sha} if sha is not None else {"path": model.weights},
         },
-        "tiling": cfg.tiling.model_dump(mode="json"),
+        # the default step rule is left out so that hashes from before the rule existed still match
+        "tiling": cfg.tiling.model_dump(mode="json", exclude={"rule"} if cfg.tiling.rule == "overlap" else None),
         "engine": {"skip_empty": cfg.engine.skip_empty},
         "output": cfg.output.model_dump(
             mode="json", include={"chunks", "probabilities", "nodata_label", "background_label"}

@@ -7,7 +7,8 @@ a tile on an axis shorter than the tile reaches past the image end into the padd
 The grid rule, stated once (:func:`axis_starts`): with tile ``T`` and overlap ``O`` on an axis of
 length ``L``, the step is ``S = T - O``; tiles start at ``0, S, 2S, ...``; the last tile is moved
 back to end flush with the edge; an axis shorter than ``T`` is padded to ``T`` (at its end) and the
-padding is cropped away again when stitching.
+padding is cropped away again when stitching. A second rule, :attr:`StepRule.NNUNET`, spreads the
+same number of starts evenly instead (nnU-Net's sliding window); it is chosen per grid, never mixed.
 
 Example: a 10 x 7 image in 4 x 4 tiles overlapping by 1 (step 3); the last tile of each axis ends flush
 with the edge, and blocks of 4 x 4 partition the output (clipped at the edge):
@@ -32,6 +33,17 @@ from functools import cached_property
 from tiler.errors import GeometryError
 
 Shape = tuple[int, ...]
+
+
+class StepRule(str, enum.Enum):
+    """Where the tiles of an axis start (:func:`axis_starts` states both rules).
+
+    ``OVERLAP``: tiler's rule, a fixed step ``T - O`` with the last tile moved back flush with the edge.
+    ``NNUNET``: nnU-Net's rule, the same count of tiles spread evenly between ``0`` and ``L - T``.
+    """
+
+    OVERLAP = "overlap"
+    NNUNET = "nnunet"
 
 
 class PadMode(str, enum.Enum):
@@ -149,17 +161,29 @@ class Window:
         return self.intersection(Window.from_shape(shape))
 
 
-def axis_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
-    """Tile start positions along one axis: the single grid rule of the project.
+def axis_starts(length: int, tile: int, overlap: int, rule: StepRule | str = StepRule.OVERLAP) -> tuple[int, ...]:
+    """Tile start positions along one axis: the grid rules of the project.
 
-    ``S = T - O``; starts are ``0, S, 2S, ...`` and the last start is ``max(L, T) - T`` so the last
-    tile ends flush with the (padded) edge. The count is ``ceil((max(L, T) - T) / S) + 1``, which
-    places no start twice.
+    With ``P = max(L, T)`` (the padded length) and the target step ``S = T - O``, both rules place
+    ``n = ceil((P - T) / S) + 1`` tiles, first at 0 and last at ``P - T`` (flush with the edge):
+
+    * ``overlap`` (default): starts ``min(i · S, P - T)`` for ``i = 0 … n - 1``;
+    * ``nnunet``: starts ``round(i · (P - T) / (n - 1))`` (half to even, as numpy rounds), the steps spread
+      evenly, each at most ``S``. This is nnU-Net's ``compute_steps_for_sliding_window`` with step fraction
+      ``f = S / T`` (its default ``f = 0.5`` is ``O = T / 2``).
+
+    Neither places a start twice (the ``nnunet`` step is at least 1 pixel since ``n - 1 <= P - T``).
+
+    >>> axis_starts(110, 64, 32)
+    (0, 32, 46)
+    >>> axis_starts(110, 64, 32, StepRule.NNUNET)
+    (0, 23, 46)
 
     Args:
         length: Image length ``L`` along the axis (pixels, >= 1).
         tile: Tile size ``T`` (pixels, >= 1).
         overlap: Overlap ``O`` between neighbouring tiles (pixels, ``0 <= O < T``).
+        rule: ``overlap`` or ``nnunet``.
 
     Returns:
         Increasing start positions, first 0, last ``max(L, T) - T``.
@@ -174,6 +198,9 @@ def axis_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
     padded = max(length, tile)
     step = tile - overlap
     count = -(-(padded - tile) // step) + 1
+    if StepRule(rule) is StepRule.NNUNET:
+        actual = (padded - tile) / (count - 1) if count > 1 else 0.0
+        return tuple(round(actual * i) for i in range(count))
     return tuple(min(i * step, padded - tile) for i in range(count))
 
 
@@ -200,12 +227,14 @@ class TileGrid:
         tile: Tile size per axis, in pixels.
         overlap: Overlap between neighbouring tiles per axis, in pixels (``0 <= overlap < tile``).
         pad_mode: How axes shorter than the tile are padded.
+        rule: Where tiles start on each axis (:func:`axis_starts`).
     """
 
     shape: Shape
     tile: Shape
     overlap: Shape
     pad_mode: PadMode = PadMode.REFLECT
+    rule: StepRule = StepRule.OVERLAP
     _starts: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -229,7 +258,8 @@ class TileGrid:
         object.__setattr__(self, "tile", tile)
         object.__setattr__(self, "overlap", overlap)
         object.__setattr__(self, "pad_mode", PadMode(self.pad_mode))
-        starts = tuple(axis_starts(n, t, o) for n, t, o in zip(shape, tile, overlap, strict=True))
+        object.__setattr__(self, "rule", StepRule(self.rule))
+        starts = tuple(axis_starts(n, t, o, self.rule) for n, t, o in zip(shape, tile, overlap, strict=True))
         object.__setattr__(self, "_starts", starts)
 
     @property

@@ -25,14 +25,15 @@ from tiler.engine.job import JobResult, StoreJob
 from tiler.engine.plan import BlockRecord, ModelRef, Plan, ReaderRef
 from tiler.engine.stream import Outcome, Work, run_stream
 from tiler.errors import ConfigError, InputError, ModelError
-from tiler.geometry import BlockPartition, PadMode, TileGrid
+from tiler.geometry import BlockPartition, PadMode, StepRule, TileGrid
+from tiler.model.sources.detect import is_nnunet_folder
 from tiler.paths import local_realpath
 from tiler.redact import redact, redacted_config_dict
 
 READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
 MODEL_FORMATS = {
     "auto": "auto", "checkpoint": "project", "state_dict": "state_dict", "monai": "monai", "torchscript": "torchscript",
-    "smp": "smp", "onnx": "onnx",
+    "smp": "smp", "onnx": "onnx", "nnunet": "nnunet",
 }  # fmt: skip
 
 
@@ -86,6 +87,12 @@ def model_ref(cfg: JobConfig) -> ModelRef:
         load["class_colors"] = [list(c) for c in m.class_colors]
     if m.onnx is not None:
         load["onnx"] = m.onnx.model_dump(mode="json", exclude_none=True)
+    if m.format == "nnunet" or (m.format == "auto" and is_nnunet_folder(Path(m.weights))):
+        from tiler.model.sources.nnunet import job_options  # the input checked against the folder, its statistics
+
+        load["nnunet"] = job_options(m.weights, settings=m.nnunet.model_dump(mode="json") if m.nnunet else None,
+                                     tiling=cfg.tiling.model_dump(mode="json"), tta_flips=m.tta_flips,
+                                     probabilities=cfg.output.probabilities, input=reader_ref(cfg))  # fmt: skip
     runner = {
         "device": m.device,
         "precision": m.precision,
@@ -190,7 +197,8 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
         plan = Plan(
             input=ref,
             model=model,
-            grid=TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode)),
+            grid=TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode),
+                          StepRule(cfg.tiling.rule)),
             partition=BlockPartition(reader.shape, cfg.tiling.block),
             blender=Blender(BlendMode(cfg.tiling.blend), cfg.tiling.sigma_scale),
             num_classes=facts.num_classes,

@@ -45,7 +45,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "tiler-checkpoint"
 CHECKPOINT_VERSION = 1
-FORMATS = ("auto", "project", "state_dict", "monai", "torchscript", "smp", "onnx")
+FORMATS = ("auto", "project", "state_dict", "monai", "torchscript", "smp", "onnx", "nnunet")
 _TS_META = "tiler.json"
 
 
@@ -60,7 +60,7 @@ class LoadedModel:
         class_names: One name per output channel.
         class_colors: One RGB colour per class.
         path: The file (or package folder) it came from.
-        format: ``"project"``, ``"state_dict"``, ``"torchscript"``, ``"bundle"``, ``"smp"`` or ``"onnx"``.
+        format: ``"project"``, ``"state_dict"``, ``"torchscript"``, ``"bundle"``, ``"smp"``, ``"onnx"`` or ``"nnunet"``.
 
     """
 
@@ -393,19 +393,22 @@ def load_model(
     class_colors: Sequence[Sequence[int]] | None = None,
     format: str = "auto",
     onnx: Mapping[str, Any] | None = None,
+    nnunet: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a model from a project checkpoint, a plain state dict, a TorchScript file or a model package.
 
     Args:
-        path: The checkpoint file, ONNX file, MONAI bundle folder or smp ``save_pretrained`` folder.
+        path: The checkpoint file, ONNX file, MONAI bundle folder, smp ``save_pretrained`` folder or nnU-Net
+            results folder.
         spec: The network spec; required for a plain state dict, overrides the file's otherwise.
         normalization: Overrides the stored normalisation (default: stored, or ``none``).
         class_names: Overrides the stored class names.
         class_colors: Overrides the stored class colours.
         format: ``"auto"`` (detect), ``"project"``, ``"state_dict"`` / ``"monai"`` (a state dict of a
-            ``monai.networks.nets`` class, or with a folder a MONAI bundle), ``"torchscript"``, ``"smp"`` or
-            ``"onnx"``.
+            ``monai.networks.nets`` class, or with a folder a MONAI bundle), ``"torchscript"``, ``"smp"``,
+            ``"onnx"`` or ``"nnunet"``.
         onnx: Layout of an ONNX model (:class:`tiler.model.sources.onnx.OnnxOptions` fields).
+        nnunet: nnU-Net settings (:class:`tiler.model.sources.nnunet.NnunetSettings` fields, plus ``image_stats``).
 
     Returns:
         The network (eval mode, CPU) with its spec, normalisation and class names.
@@ -426,6 +429,13 @@ def load_model(
         spec = ModelSpec.from_dict(spec)
     if isinstance(normalization, Mapping):
         normalization = Normalization.from_dict(normalization)
+    if source == "nnunet":
+        if spec is not None:
+            raise ModelError(f"model {p} is an nnU-Net folder: its plans give the network, so a spec does not apply.")
+        from tiler.model.sources.nnunet import load_nnunet
+
+        return load_nnunet(p, options=nnunet, normalization=normalization, class_names=class_names,
+                           class_colors=class_colors)  # fmt: skip
     if source in ("bundle", "smp", "onnx"):
         return _load_package(source, p, spec, normalization, class_names, class_colors, onnx)
 

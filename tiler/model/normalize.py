@@ -17,7 +17,7 @@ from tiler.errors import ModelError
 
 __all__ = ["KINDS", "Normalization"]
 
-KINDS = ("none", "meanstd", "percentile", "window")
+KINDS = ("none", "meanstd", "percentile", "window", "clip_meanstd")
 
 
 def _floats(name: str, values: Sequence[float] | float | None) -> tuple[float, ...]:
@@ -46,13 +46,16 @@ class Normalization:
         percentiles measured on training data by :meth:`fit`) and scale to ``[0, 1]``.
         ``window``: clip to the intensity window ``(lo, hi)`` (e.g. Hounsfield units), then
         ``(x - mean[c]) / std[c]`` when ``mean``/``std`` are given, else scale to ``[0, 1]``.
+        ``clip_meanstd``: clip channel ``c`` to ``[low[c], high[c]]`` (pixel values; ``±inf`` leaves it
+        unclipped), then ``(x - mean[c]) / std[c]``, in float32 with a true division (nnU-Net's
+        ``CTNormalization`` and ``ZScoreNormalization``, one scheme per channel).
 
     Attributes:
         kind: One of :data:`KINDS`.
         mean: Per-channel means (one value is broadcast to every channel).
         std: Per-channel standard deviations.
-        low: Per-channel lower clip values in pixel units (``percentile``), never percentiles.
-        high: Per-channel upper clip values in pixel units (``percentile``), never percentiles.
+        low: Per-channel lower clip values in pixel units (``percentile``, ``clip_meanstd``), never percentiles.
+        high: Per-channel upper clip values in pixel units (``percentile``, ``clip_meanstd``), never percentiles.
         percentiles: The percentiles (0-100) ``low``/``high`` were measured at by :meth:`fit`; None when
             the clip values were given directly. A record only: ``apply`` never reads it.
         window: Intensity window ``(lo, hi)`` (``window``).
@@ -101,6 +104,14 @@ class Normalization:
                 )
             if any(h <= lo for lo, h in zip(self.low, self.high, strict=True)):
                 raise ModelError(f"normalization low={self.low} must be below high={self.high} for every band.")
+        if self.kind == "clip_meanstd":
+            if not self.mean or not len(self.low) == len(self.high) == len(self.mean):
+                raise ModelError(
+                    f"normalization kind='clip_meanstd' needs low={self.low}, high={self.high}, mean={self.mean} and "
+                    f"std={self.std} with one value per band each."
+                )
+            if any(h < lo for lo, h in zip(self.low, self.high, strict=True)):
+                raise ModelError(f"normalization low={self.low} must not exceed high={self.high} for any band.")
         if self.kind == "window":
             if self.window is None or len(self.window) != 2 or self.window[1] <= self.window[0]:
                 raise ModelError(
@@ -165,6 +176,11 @@ class Normalization:
             out *= 1.0 / stat(self.std, "std")
             return out
         np.copyto(out, x, casting="unsafe")
+        if self.kind == "clip_meanstd":
+            np.clip(out, stat(self.low, "low"), stat(self.high, "high"), out=out)
+            out -= stat(self.mean, "mean")
+            out /= stat(self.std, "std")
+            return out
         if self.kind == "percentile":
             lo, hi = stat(self.low, "low"), stat(self.high, "high")
             np.clip(out, lo, hi, out=out)

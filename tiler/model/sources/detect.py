@@ -7,10 +7,12 @@ from pathlib import Path
 from tiler.errors import ModelError, ReadError
 from tiler.model.checkpoint import _is_torchscript
 
-__all__ = ["BUNDLE_CONFIGS", "SMP_FILES", "detect_source", "resolve_source"]
+__all__ = ["BUNDLE_CONFIGS", "NNUNET_FILES", "SMP_FILES", "detect_source", "fold_dirs", "is_nnunet_folder",
+           "resolve_source"]
 
 BUNDLE_CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
 SMP_FILES = ("config.json", "model.safetensors")
+NNUNET_FILES = ("plans.json", "dataset.json", "fold_<k>/*.pth")
 
 
 def bundle_config(folder: Path) -> Path | None:
@@ -26,12 +28,27 @@ def is_smp_folder(folder: Path) -> bool:
     return all((folder / name).is_file() for name in SMP_FILES)
 
 
+def fold_dirs(folder: Path) -> list[Path]:
+    """The ``fold_<k>`` folders of an nnU-Net results folder in fold order, then ``fold_all``."""
+    found = [p for p in folder.glob("fold_*") if p.is_dir()]
+    numbered = sorted((p for p in found if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    return numbered + [p for p in found if p.name == "fold_all"]
+
+
+def is_nnunet_folder(folder: Path) -> bool:
+    """Whether ``folder`` is an nnU-Net results folder: ``plans.json``, ``dataset.json`` and a fold with a ``.pth``."""
+    if not all((folder / name).is_file() for name in NNUNET_FILES[:2]):
+        return False
+    return any(any(f.glob("*.pth")) for f in fold_dirs(folder))
+
+
 def detect_source(path: Path) -> str:
     """Name the source that reads ``path``.
 
     Returns:
         ``"bundle"`` (a folder with ``configs/inference.json``), ``"smp"`` (a folder with ``config.json``
-        and ``model.safetensors``), ``"onnx"`` (``*.onnx``), ``"torchscript"`` (a TorchScript archive),
+        and ``model.safetensors``), ``"nnunet"`` (a folder with ``plans.json``, ``dataset.json`` and
+        ``fold_<k>/*.pth``), ``"onnx"`` (``*.onnx``), ``"torchscript"`` (a TorchScript archive),
         ``"safetensors"`` (``*.safetensors``: a state dict) or ``"pickle"`` (a ``torch.save`` file: a
         tiler checkpoint or a state dict).
 
@@ -41,19 +58,23 @@ def detect_source(path: Path) -> str:
 
     """
     if path.is_dir():
-        bundle, smp = bundle_config(path) is not None, is_smp_folder(path)
-        if bundle and smp:
+        kinds = {
+            "bundle": (bundle_config(path) is not None, f"a MONAI bundle ({BUNDLE_CONFIGS[0]})", "monai"),
+            "smp": (is_smp_folder(path), f"an smp folder ({' + '.join(SMP_FILES)})", "smp"),
+            "nnunet": (is_nnunet_folder(path), f"an nnU-Net results folder ({' + '.join(NNUNET_FILES)})", "nnunet"),
+        }
+        found = [k for k, (hit, _, _) in kinds.items() if hit]
+        if len(found) > 1:
             raise ModelError(
-                f"model folder {path} is both a MONAI bundle ({BUNDLE_CONFIGS[0]}) and an smp folder "
-                f"({' + '.join(SMP_FILES)}); set model.format to 'monai' or 'smp'."
+                f"model folder {path} is both {' and '.join(kinds[k][1] for k in found)}; set model.format to one of "
+                f"{[kinds[k][2] for k in found]}."
             )
-        if bundle:
-            return "bundle"
-        if smp:
-            return "smp"
+        if found:
+            return found[0]
         raise ModelError(
-            f"model folder {path} is neither a MONAI bundle (no {BUNDLE_CONFIGS[0]}) nor an smp save_pretrained "
-            f"folder (no {' + '.join(SMP_FILES)}); give one of those, or a model file (.pt, .onnx, .safetensors)."
+            f"model folder {path} is neither a MONAI bundle (no {BUNDLE_CONFIGS[0]}) nor an smp save_pretrained folder "
+            f"(no {' + '.join(SMP_FILES)}) nor an nnU-Net results folder (no {' + '.join(NNUNET_FILES)}); give one of "
+            "those, or a model file (.pt, .onnx, .safetensors)."
         )
     if not path.is_file():
         raise ReadError(
@@ -73,7 +94,7 @@ def resolve_source(path: Path, format: str) -> str:
     """The source that reads ``path`` under ``model.format``: detected for ``auto``, checked otherwise.
 
     Returns:
-        ``"bundle"``, ``"smp"``, ``"onnx"``, ``"torchscript"``, or ``"tensors"`` (a tiler checkpoint or a
+        ``"bundle"``, ``"smp"``, ``"nnunet"``, ``"onnx"``, ``"torchscript"``, or ``"tensors"`` (a tiler checkpoint or a
         state dict in a ``torch.save`` or safetensors file).
 
     Raises:
@@ -97,13 +118,18 @@ def resolve_source(path: Path, format: str) -> str:
             f"model.format='smp' but {path} is not a folder with {' + '.join(SMP_FILES)}; give the folder "
             "model.save_pretrained wrote, or set model.format: auto."
         )
+    if format == "nnunet" and not (path.is_dir() and is_nnunet_folder(path)):
+        raise ModelError(
+            f"model.format='nnunet' but {path} is not an nnU-Net results folder ({' + '.join(NNUNET_FILES)}); give "
+            "the <Trainer>__<Plans>__<configuration> folder nnUNetv2_train wrote."
+        )
     if format == "onnx" and not path.is_file():
         raise ModelError(f"model.format='onnx' but {path} is a folder; give the ONNX file.")
-    if format in ("smp", "onnx"):
+    if format in ("smp", "onnx", "nnunet"):
         return format
     if not path.is_file():
         raise ReadError(
             f"checkpoint {path} is a folder; model.format={format!r} reads one file. Give the file, or use "
-            "model.format: auto for a MONAI bundle or smp folder."
+            "model.format: auto for a MONAI bundle, smp or nnU-Net folder."
         )
     return "torchscript" if format == "torchscript" else "tensors"

@@ -1,0 +1,204 @@
+"""An input checked against an nnU-Net configuration before a job runs, and the model options it needs.
+
+nnU-Net preprocesses a case in this order: transpose, crop to the non-zero box, normalise, resample to the
+configuration's spacing. tiler reproduces what it can exactly and refuses the rest, naming the fix:
+
+* **Tiling.** nnU-Net's windows are the configuration's patch (a 2D configuration: one slice thick), placed
+  by its step rule and weighted by its gaussian: ``tiling.tile`` must be the patch in the input's axis
+  order, ``tiling.rule`` and ``tiling.blend`` ``nnunet``, ``tiling.sigma_scale`` 0.125. ``tiling.overlap``
+  is nnU-Net's step fraction in pixels (``O = T - f·T``; its default ``f = 0.5`` is ``O = T/2``).
+* **Spacing.** Accepted when nnU-Net would not resample the input: ``round(L · s / t) == L`` on every axis
+  (``L`` voxels of spacing ``s``, configuration spacing ``t``; nnU-Net's ``compute_new_shape``). Otherwise
+  refused with the spacing to resample to. 2D images (rasters, slides) are taken at the configuration's spacing.
+* **Cropping.** nnU-Net predicts inside the box of voxels non-zero in some channel and labels everything
+  outside 0. When that box is the whole image cropping changes nothing; otherwise the tiles would be placed
+  differently, so the input is refused with the box to crop to.
+* **Per-image statistics.** ``ZScoreNormalization`` channels take the image's own mean and std, measured in
+  the same pass (out of core, slab by slab) and handed to every worker in the model options.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tiler.errors import ConfigError, InputError, ModelError
+from tiler.model.sources.nnunet.folder import NnunetSettings, ResultsFolder
+from tiler.model.sources.nnunet.intensity import ImageFacts, measure, needs_image_stats
+
+__all__ = ["check_spacing", "expected_tiling", "job_options"]
+
+SIGMA_SCALE = 0.125
+_FACTS: OrderedDict[tuple[Any, ...], ImageFacts] = OrderedDict()
+
+
+def expected_tiling(results: ResultsFolder, ndim: int, *, step: float = 0.5) -> dict[str, Any]:
+    """nnU-Net's tiling of an input with ``ndim`` spatial axes, in tiler's keys and the input's axis order.
+
+    The tile is the configuration's patch (``1`` on the slicing axis of a 2D configuration), the overlap
+    ``T - round(f · T)`` for step fraction ``f`` (0 on a one-pixel axis).
+    """
+    patch = results.patch_size if not results.is_2d else (1, *results.patch_size)
+    tile = [int(t) for t in results.to_original(patch, ndim)]
+    overlap = [t - max(1, round(t * step)) if t > 1 else 0 for t in tile]
+    return {"tile": tile, "overlap": overlap, "rule": "nnunet", "blend": "nnunet", "sigma_scale": SIGMA_SCALE}
+
+
+def _check_tiling(results: ResultsFolder, tiling: Mapping[str, Any], ndim: int) -> None:
+    want = expected_tiling(results, ndim)
+    wrong = [k for k in ("tile", "rule", "blend", "sigma_scale") if _plain(tiling.get(k)) != want[k]]
+    if not wrong:
+        return
+    have = ", ".join(f"tiling.{k}={_plain(tiling.get(k))!r}" for k in wrong)
+    sets = " ".join(f"--set tiling.{k}={_yaml(want[k])}" for k in ("tile", "overlap", "rule", "blend"))
+    raise ConfigError(
+        f"{have} do not tile like nnU-Net's configuration {results.name!r} of {results.folder}: its windows are the "
+        f"patch {want['tile']} (in the input's axis order), placed by its step rule and weighted by its gaussian. "
+        f"Fix: {sets} (overlap {want['overlap']} is nnU-Net's default step 0.5; keep sigma_scale 0.125)."
+    )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def _yaml(value: Any) -> str:
+    return "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
+
+
+def check_spacing(results: ResultsFolder, reader: Any) -> None:
+    """Refuse an input nnU-Net would resample (see the module docstring), naming the spacing to resample to."""
+    shape = tuple(int(n) for n in reader.shape)
+    if len(shape) == 2:
+        return
+    spacing = getattr(reader.georef, "spacing", None)
+    target = results.to_original(results.spacing, 3)
+    if spacing is None:
+        raise InputError(
+            f"{reader.path} has no voxel spacing, so tiler cannot check it is at nnU-Net configuration "
+            f"{results.name!r}'s spacing {list(target)} (z, y, x); give a NIfTI (or a zarr with a 'spacing' attribute)."
+        )
+    resampled = [int(round(s / t * n)) if t is not None else n for s, t, n in zip(spacing, target, shape, strict=True)]
+    if resampled == list(shape):
+        return
+    want = ["any" if t is None else t for t in target]
+    raise InputError(
+        f"{reader.path} has voxel spacing {[round(s, 6) for s in spacing]} mm (z, y, x) but nnU-Net configuration "
+        f"{results.name!r} of {results.folder} runs at {want} mm: nnU-Net would resample it from shape {list(shape)} "
+        f"to {resampled} first, and tiler does not resample. Resample the input to that spacing (third-order spline "
+        "for images, as nnU-Net does: e.g. SimpleITK's ResampleImageFilter with sitkBSpline), or use a configuration "
+        "trained at this spacing."
+    )
+
+
+def _facts(reader: Any) -> ImageFacts:
+    path = str(reader.path)
+    try:
+        st = os.stat(path)
+        stamp: tuple[Any, ...] = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = ()
+    key = (type(reader).__name__, path, tuple(reader.shape), int(reader.channels), *stamp)
+    if key not in _FACTS:
+        _FACTS[key] = measure(reader)
+        while len(_FACTS) > 8:
+            _FACTS.popitem(last=False)
+    return _FACTS[key]
+
+
+def _check_input(results: ResultsFolder, reader: Any) -> None:
+    ndim = len(reader.shape)
+    channels = len(results.channel_names)
+    if int(reader.channels) != channels:
+        raise InputError(
+            f"{reader.path} gives {reader.channels} channel(s) but nnU-Net model {results.folder} reads {channels} "
+            f"({', '.join(results.channel_names)}); select them with input.bands (or input.channels_from_4d)."
+        )
+    if ndim == 2 and (not results.is_2d or results.transpose_forward[0] != 0):
+        raise ModelError(
+            f"{reader.path} is a 2D image but nnU-Net configuration {results.name!r} of {results.folder} is "
+            f"{'3D' if not results.is_2d else 'transposed across the slice axis'}; use a 2d configuration."
+        )
+    if results.reorients:
+        import nibabel as nib
+
+        affine = getattr(reader.georef, "affine", None)
+        codes = tuple(nib.aff2axcodes(affine)) if affine is not None else None
+        if codes != ("R", "A", "S"):
+            raise InputError(
+                f"{results.plans_path} reads images with NibabelIOWithReorient (reoriented to RAS) but {reader.path} "
+                f"is oriented {codes}; reorient it first (nibabel.as_closest_canonical) so both see the same axes."
+            )
+
+
+def job_options(
+    folder: str | Path,
+    *,
+    settings: Mapping[str, Any] | None,
+    tiling: Mapping[str, Any],
+    input: Any,
+    tta_flips: Sequence[Any] = (),
+    probabilities: str | None = None,
+) -> dict[str, Any]:
+    """Check one input against the results folder and return the ``nnunet`` options of its model reference.
+
+    Args:
+        folder: The results folder.
+        settings: The ``model.nnunet`` section (None: defaults).
+        tiling: The ``tiling`` section as plain types.
+        input: The input, as anything whose ``open()`` gives a tiler reader (``shape``, ``channels``,
+            ``georef``, ``read``); it is closed again here.
+        tta_flips: The config's ``model.tta_flips`` (must be empty: nnU-Net models mirror by their checkpoint).
+        probabilities: The config's ``output.probabilities`` (refused with ``average: logits``).
+
+    Returns:
+        The settings as plain types, plus ``image_stats`` when a channel uses ``ZScoreNormalization`` (then the
+        options differ per input, and so do the model references of a run).
+
+    Raises:
+        ConfigError: The tiling is not nnU-Net's for this configuration, ``tta_flips`` is set, or probabilities are
+            asked for with ``average: logits``.
+        InputError: Channels, spacing or the non-zero box that nnU-Net would treat differently.
+        ModelError: The folder or configuration cannot be used.
+
+    """
+    if tta_flips:
+        raise ConfigError(
+            f"model.tta_flips={[list(f) for f in tta_flips]} does not apply to the nnU-Net model {folder}: it mirrors "
+            "over its checkpoint's inference_allowed_mirroring_axes. Remove it (model.nnunet.mirroring: false turns "
+            "mirroring off)."
+        )
+    results = ResultsFolder(Path(folder), NnunetSettings.from_mapping(settings))
+    if probabilities is not None and results.settings.average == "logits":
+        raise ConfigError(
+            f"output.probabilities={probabilities!r} cannot be stored for the nnU-Net model {folder} with "
+            "model.nnunet.average: logits: tiler then blends an affine image of nnU-Net's logits (its labels exactly), "
+            "not class probabilities. Remove output.probabilities, or set model.nnunet.average: probabilities."
+        )
+    reader = input.open()
+    try:
+        _check_input(results, reader)
+        _check_tiling(results, tiling, len(reader.shape))
+        check_spacing(results, reader)
+        facts = _facts(reader)
+        full = tuple(int(n) for n in reader.shape)
+        path = reader.path
+    finally:
+        reader.close()
+    if facts.nonzero is None:
+        raise InputError(f"{path} is 0 everywhere; nnU-Net would crop it to nothing. Nothing to segment.")
+    if facts.nonzero.start != (0,) * len(full) or facts.nonzero.stop != full:
+        box = ", ".join(f"{a}:{b}" for a, b in zip(facts.nonzero.start, facts.nonzero.stop, strict=True))
+        raise InputError(
+            f"{path} is non-zero only inside [{box}] of its shape {list(full)}: nnU-Net crops to that box, "
+            "tiles the crop and labels everything outside it 0, so tiling the whole image would place tiles "
+            f"differently. Crop the input to [{box}] (e.g. nibabel's img.slicer with the axes reversed) and pad the "
+            "labels back with 0."
+        )
+    options = results.settings.to_dict()
+    if needs_image_stats(results):
+        options["image_stats"] = facts.stats
+    return options
