@@ -20,14 +20,18 @@ __all__ = ["KINDS", "Normalization"]
 KINDS = ("none", "meanstd", "percentile", "window", "clip_meanstd")
 
 
-def _floats(name: str, values: Sequence[float] | float | None) -> tuple[float, ...]:
-    """``values`` as a tuple of finite floats; ModelError naming the field when it is anything else."""
+def _floats(name: str, values: Sequence[float] | float | None, *, unbounded: bool = False) -> tuple[float, ...]:
+    """``values`` as a tuple of finite floats (±inf too with ``unbounded``: a clip bound that clips nothing).
+
+    Raises:
+        ModelError: naming the field, for NaN, strings or anything else that is not a number.
+    """
     if values is None:
         return ()
     items = [values] if isinstance(values, int | float) else values
     ok = isinstance(items, Sequence) and not isinstance(items, str | bytes)
     out = tuple(float(v) for v in items if isinstance(v, int | float) and not isinstance(v, bool)) if ok else ()
-    if not ok or len(out) != len(items) or not all(math.isfinite(v) for v in out):
+    if not ok or len(out) != len(items) or not all(math.isfinite(v) or (unbounded and math.isinf(v)) for v in out):
         raise ModelError(
             f"normalization {name}={values!r} must be a finite number or a list of finite numbers (one per band); "
             "fix the stored normalisation."
@@ -74,7 +78,7 @@ class Normalization:
         if self.kind not in KINDS:
             raise ModelError(f"normalization kind={self.kind!r} is unknown; choose one of {list(KINDS)}.")
         for name in ("mean", "std", "low", "high"):
-            object.__setattr__(self, name, _floats(name, getattr(self, name)))
+            object.__setattr__(self, name, _floats(name, getattr(self, name), unbounded=name in ("low", "high")))
         if self.percentiles is not None:
             percentiles = _floats("percentiles", self.percentiles)
             if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:

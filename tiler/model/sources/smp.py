@@ -12,6 +12,7 @@ foreground. smp's config records no normalisation or class names: give them in t
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -77,15 +78,17 @@ def _declare_torchvision_ops() -> None:
     torchvision::nms does not exist"). Declaring the schemas lets its pure-Python parts import (smp needs them);
     the detection ops themselves stay unavailable, and smp's segmentation models never call them.
     """
-    if hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "nms"):
-        return
-    library = torch.library.Library("torchvision", "FRAGMENT")  # noqa: TOR901 - kept for the process lifetime
-    for schema in _TORCHVISION_FAKE_OPS:
-        library.define(schema)
-    _KEEP.append(library)
+    with _DECLARING:  # the driver's planning thread and the in-process worker may import smp at once
+        if _KEEP or (hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "nms")):
+            return
+        library = torch.library.Library("torchvision", "FRAGMENT")  # noqa: TOR901 - kept for the process lifetime
+        for schema in _TORCHVISION_FAKE_OPS:
+            library.define(schema)
+        _KEEP.append(library)
 
 
 _KEEP: list[Any] = []
+_DECLARING = threading.Lock()
 
 
 def import_smp() -> ModuleType:

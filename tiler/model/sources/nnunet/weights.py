@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,9 @@ _DTYPES = (
 _SCALAR = np._core.multiarray.scalar  # type: ignore[attr-defined]
 NUMPY_SCALARS: tuple[Any, ...] = (_SCALAR, (_SCALAR, "numpy.core.multiarray.scalar"), np.dtype, *_DTYPES)
 """What ``weights_only`` needs beyond its defaults to read an nnU-Net checkpoint: numpy scalars, nothing else."""
+
+
+_LOADING = threading.Lock()
 
 
 class Checkpoint:
@@ -169,7 +173,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
 
     """
     try:
-        with torch.serialization.safe_globals(list(NUMPY_SCALARS)):
+        # safe_globals is process-wide state: two threads loading at once (the driver plans an input while the
+        # in-process worker loads the model) would end each other's allow-list; one load at a time
+        with _LOADING, torch.serialization.safe_globals(list(NUMPY_SCALARS)):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower():
