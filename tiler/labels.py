@@ -1,4 +1,4 @@
-"""The label rule: a model's classes are labels 0..K-1, and the nodata label must be none of them.
+"""The label rules: a model's classes are labels 0..K-1, the nodata label is none of them, and the dtype holds both.
 
 One rule for every place that knows both numbers: the config (``model.spec.out_channels`` against
 ``output.nodata_label``) and the job, once the checkpoint has said how many classes it predicts.
@@ -6,9 +6,21 @@ One rule for every place that knows both numbers: the config (``model.spec.out_c
 
 from __future__ import annotations
 
-from tiler.errors import ModelError
+import numpy as np
 
-__all__ = ["check_nodata_label", "nodata_label_problem"]
+from tiler.errors import GeometryError, ModelError
+
+__all__ = ["check_nodata_label", "labels_dtype", "nodata_label_problem"]
+
+
+def labels_dtype(num_classes: int, nodata_label: int) -> np.dtype:
+    """uint8 when every class and the nodata label fit in a byte, else uint16."""
+    if num_classes < 1:
+        raise GeometryError(f"num_classes={num_classes} must be at least 1.")
+    top = max(num_classes - 1, nodata_label)
+    if top > np.iinfo(np.uint16).max or nodata_label < 0:
+        raise GeometryError(f"nodata_label={nodata_label} must lie in 0..65535.")
+    return np.dtype(np.uint8) if top <= 255 else np.dtype(np.uint16)
 
 
 def nodata_label_problem(num_classes: int, nodata_label: int) -> str | None:

@@ -26,7 +26,6 @@ from tiler.engine.plan import BlockRecord, ModelRef, Plan, ReaderRef
 from tiler.engine.stream import Outcome, Work, run_stream
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import BlockPartition, PadMode, StepRule, TileGrid
-from tiler.model.sources.detect import is_nnunet_folder
 from tiler.paths import local_realpath
 from tiler.redact import redact, redacted_config_dict
 
@@ -87,6 +86,8 @@ def model_ref(cfg: JobConfig) -> ModelRef:
         load["class_colors"] = [list(c) for c in m.class_colors]
     if m.onnx is not None:
         load["onnx"] = m.onnx.model_dump(mode="json", exclude_none=True)
+    from tiler.model.sources.detect import is_nnunet_folder  # imports torch and MONAI: only when a job plans
+
     if m.format == "nnunet" or (m.format == "auto" and is_nnunet_folder(Path(m.weights))):
         from tiler.model.sources.nnunet import job_options  # the input checked against the folder, its statistics
 

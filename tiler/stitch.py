@@ -38,6 +38,7 @@ import torch
 
 from tiler.errors import GeometryError
 from tiler.geometry import Window
+from tiler.labels import labels_dtype
 
 
 class ProbabilityDType(str, enum.Enum):
@@ -46,16 +47,6 @@ class ProbabilityDType(str, enum.Enum):
     FLOAT32 = "float32"
     FLOAT16 = "float16"
     UINT8 = "uint8"
-
-
-def labels_dtype(num_classes: int, nodata_label: int) -> np.dtype:
-    """uint8 when every class and the nodata label fit in a byte, else uint16."""
-    if num_classes < 1:
-        raise GeometryError(f"num_classes={num_classes} must be at least 1.")
-    top = max(num_classes - 1, nodata_label)
-    if top > np.iinfo(np.uint16).max or nodata_label < 0:
-        raise GeometryError(f"nodata_label={nodata_label} must lie in 0..65535.")
-    return np.dtype(np.uint8) if top <= 255 else np.dtype(np.uint16)
 
 
 def quantize(probabilities: np.ndarray, dtype: ProbabilityDType | str) -> np.ndarray:

@@ -47,8 +47,8 @@ from tiler.geometry import Window
 from tiler.io.atomic import atomic_dir, clean_temporaries, output_error, pid_alive, write_json_atomic
 from tiler.io.base import Georef
 from tiler.io.lock import acquire_store_lock, check_not_locked, lock_path_for, release_store_lock, store_lock
+from tiler.labels import labels_dtype
 from tiler.palette import default_colors
-from tiler.stitch import labels_dtype
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
