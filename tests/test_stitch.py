@@ -19,7 +19,7 @@ from tiler.model.checkpoint import LoadedModel
 from tiler.model.normalize import Normalization
 from tiler.model.runner import TileRunner
 from tiler.model.spec import ModelSpec
-from tiler.stitch import BlockAccumulator, TorchBlockAccumulator, labels_dtype
+from tiler.stitch import BlockAccumulator, TorchBlockAccumulator, _argmax_channels, argmax_channels_tensor, labels_dtype
 
 MODES = [pytest.param(m, id=m.value) for m in BlendMode]
 
@@ -248,6 +248,16 @@ def test_torch_accumulator_refuses_predictions_of_the_wrong_shape() -> None:
 
 
 # ------------------------------------------------------------------ torch accumulator = numpy accumulator
+
+
+@pytest.mark.parametrize("classes", [pytest.param(1, id="1"), pytest.param(6, id="6"), pytest.param(300, id="300")])
+def test_torch_argmax_takes_the_first_maximum_like_the_numpy_one(classes: int) -> None:
+    rng = np.random.default_rng(8)
+    values = rng.integers(0, 3, size=(classes, 40, 30)).astype(np.float32)  # many ties
+    values[:, 0, 0] = 2.0  # every channel tied
+    expected = _argmax_channels(values, np.dtype(np.uint16))
+    got = argmax_channels_tensor(torch.from_numpy(values), torch.int32).numpy()
+    assert np.array_equal(got, expected) and got[0, 0] == 0
 
 
 TORCH_VS_NUMPY = [

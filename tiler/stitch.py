@@ -167,15 +167,23 @@ def quantize_tensor(probabilities: torch.Tensor, dtype: ProbabilityDType | str) 
 def argmax_channels_tensor(values: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """``argmax`` over the channel axis of ``(C, *S)`` (first maximum wins), as ``dtype`` ``(*S)``.
 
-    The channel maximum in one vectorised pass, then each channel compared with it, last channel first so the
-    first maximum wins. On CPU this is about 2-3x faster than ``torch.max(dim=0)`` and 8x faster than
-    ``torch.argmax`` (both track int64 indices through a reduction over the leading axis).
+    In four vectorised passes and no per-class loop: the channel maximum; where each channel equals it; each
+    hit ranked ``C - c`` so the first channel ranks highest; the best rank. On CPU this is about 3x faster than
+    a per-class compare-and-fill loop and several times faster than ``torch.max(dim=0)`` or ``torch.argmax``
+    (which track int64 indices through a reduction over the leading axis). A pixel with a NaN sum (a model
+    fault) gets the last class.
+
+    >>> argmax_channels_tensor(torch.tensor([[1.0, 5.0], [3.0, 5.0], [3.0, 2.0]])).tolist()
+    [1, 0]
     """
-    top = torch.amax(values, dim=0)
-    labels = torch.full(values.shape[1:], values.shape[0] - 1, dtype=dtype, device=values.device)
-    for c in range(values.shape[0] - 2, -1, -1):
-        labels.masked_fill_(values[c] == top, c)
-    return labels
+    c = values.shape[0]
+    small = c <= 255
+    rank_dtype = torch.uint8 if small else torch.int32
+    rank = torch.arange(c, 0, -1, dtype=rank_dtype, device=values.device).view(c, *([1] * (values.ndim - 1)))
+    hits = torch.eq(values, torch.amax(values, dim=0))
+    ranked = hits.view(torch.uint8) if small else hits.to(rank_dtype)
+    best = torch.amax(ranked.mul_(rank), dim=0)
+    return torch.sub(c, best).clamp_(max=c - 1).to(dtype)
 
 
 class TorchBlockAccumulator:
@@ -297,16 +305,19 @@ class TorchBlockAccumulator:
         label_dtype = torch.uint8 if dtype == np.uint8 else torch.int32
         self._staging = None
         covered = self.weights > 0
+        gaps = not bool(covered.all())  # usually every pixel is covered: skip the fills (one sync on CUDA)
         kept = None
         if probabilities is None:
             labels = argmax_channels_tensor(self.sums, label_dtype)
         else:
             probs = self.sums.div_(self.weights) if release else self.sums / self.weights
-            probs.masked_fill_(~covered, 0.0)  # 0 / 0 where no tile counted
+            if gaps:
+                probs.masked_fill_(~covered, 0.0)  # 0 / 0 where no tile counted
             labels = argmax_channels_tensor(probs, label_dtype)
             kept = quantize_tensor(probs, probabilities)
-        labels.masked_fill_(~covered, nodata_label)
-        if valid is not None:
+        if gaps:
+            labels.masked_fill_(~covered, nodata_label)
+        if valid is not None and not bool(valid.all()):
             mask = torch.as_tensor(valid, device=self.device)
             labels.masked_fill_(~mask, nodata_label if invalid_label is None else invalid_label)
         labels_np = labels.cpu().numpy()

@@ -145,6 +145,7 @@ class TileRunner:
         batch_size: The batch size in use (lower than asked after an out-of-memory retry).
         device: The torch device.
 
+    One caller at a time: the host buffers are shared between calls (the engine runs inference under a lock).
     """
 
     def __init__(
