@@ -25,7 +25,6 @@ from tiler.engine.plan import ModelRef, Plan, ReaderRef
 from tiler.engine.stream import Outcome, Work, run_stream
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import BlockPartition, PadMode, StepRule, TileGrid
-from tiler.model.sources.detect import is_nnunet_folder
 
 READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
 MODEL_FORMATS = {
@@ -83,7 +82,9 @@ def model_ref(cfg: JobConfig) -> ModelRef:
         load["class_colors"] = [list(c) for c in m.class_colors]
     if m.onnx is not None:
         load["onnx"] = m.onnx.model_dump(mode="json", exclude_none=True)
-    if m.format == "nnunet" or (m.format == "auto" and is_nnunet_folder(Path(m.weights))):
+    from tiler.model.sources.detect import is_nnunet_folder
+
+    if m.format == "nnunet" or m.nnunet is not None or (m.format == "auto" and is_nnunet_folder(Path(m.weights))):
         from tiler.model.sources.nnunet import job_options  # the input checked against the folder, its statistics
 
         load["nnunet"] = job_options(m.weights, settings=m.nnunet.model_dump(mode="json") if m.nnunet else None,
