@@ -88,7 +88,7 @@ def model_ref(cfg: JobConfig) -> ModelRef:
         load["onnx"] = m.onnx.model_dump(mode="json", exclude_none=True)
     from tiler.model.sources.detect import is_nnunet_folder  # imports torch and MONAI: only when a job plans
 
-    if m.format == "nnunet" or (m.format == "auto" and is_nnunet_folder(Path(m.weights))):
+    if m.format == "nnunet" or m.nnunet is not None or (m.format == "auto" and is_nnunet_folder(Path(m.weights))):
         from tiler.model.sources.nnunet import job_options  # the input checked against the folder, its statistics
 
         load["nnunet"] = job_options(m.weights, settings=m.nnunet.model_dump(mode="json") if m.nnunet else None,

@@ -31,14 +31,14 @@ CT_PROPERTIES = {
 FEATURES = [8, 16, 32]
 
 
-def _architecture(dim: int) -> dict[str, Any]:
+def _architecture(dim: int, features: Sequence[int]) -> dict[str, Any]:
     conv, norm = f"torch.nn.modules.conv.Conv{dim}d", f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
     return {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
         "arch_kwargs": {
-            "n_stages": 3, "features_per_stage": FEATURES, "conv_op": conv, "kernel_sizes": [[3] * dim] * 3,
-            "strides": [[1] * dim, [2] * dim, [2] * dim], "n_conv_per_stage": [2, 2, 2],
-            "n_conv_per_stage_decoder": [2, 2],
+            "n_stages": len(features), "features_per_stage": list(features), "conv_op": conv,
+            "kernel_sizes": [[3] * dim] * len(features), "strides": [[1] * dim] + [[2] * dim] * (len(features) - 1),
+            "n_conv_per_stage": [2] * len(features), "n_conv_per_stage_decoder": [2] * (len(features) - 1),
             "conv_bias": True, "norm_op": norm, "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
             "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
         },
@@ -46,7 +46,9 @@ def _architecture(dim: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _configuration(name: str, patch: Sequence[int], spacing: Sequence[float], schemes: Sequence[str]) -> dict[str, Any]:
+def _configuration(
+    name: str, patch: Sequence[int], spacing: Sequence[float], schemes: Sequence[str], features: Sequence[int]
+) -> dict[str, Any]:
     resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     return {
         "data_identifier": f"nnUNetPlans_{name}", "preprocessor_name": "DefaultPreprocessor",
@@ -57,7 +59,7 @@ def _configuration(name: str, patch: Sequence[int], spacing: Sequence[float], sc
         "resampling_fn_data_kwargs": resampling, "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
-        "architecture": _architecture(len(patch)), "batch_dice": len(patch) == 3,
+        "architecture": _architecture(len(patch), features), "batch_dice": len(patch) == 3,
     }  # fmt: skip
 
 
@@ -68,6 +70,7 @@ def make_plans(
     patch3d: Sequence[int] = (16, 32, 32),
     patch2d: Sequence[int] = (32, 32),
     schemes: Sequence[str] = ("CTNormalization",),
+    features: Sequence[int] = FEATURES,
 ) -> dict[str, Any]:
     """nnU-Net v2 plans: ``spacing`` in the image's (z, y, x) order; patches and spacings stored transposed."""
     tf = list(transpose_forward)
@@ -78,8 +81,8 @@ def make_plans(
         "original_median_spacing_after_transp": spacing_t, "original_median_shape_after_transp": [32, 48, 48],
         "image_reader_writer": "SimpleITKIO", "transpose_forward": tf, "transpose_backward": tb,
         "configurations": {
-            "2d": _configuration("2d", patch2d, spacing_t[1:], schemes),
-            "3d_fullres": _configuration("3d_fullres", patch3d, spacing_t, schemes),
+            "2d": _configuration("2d", patch2d, spacing_t[1:], schemes, features),
+            "3d_fullres": _configuration("3d_fullres", patch3d, spacing_t, schemes, features),
         },
         "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {str(c): dict(CT_PROPERTIES) for c in range(len(schemes))},
@@ -127,9 +130,19 @@ def fit_head(network: torch.nn.Module, dim: int, channels: int = 1) -> None:
 
 
 def write_checkpoint(
-    path: Path, plans: dict[str, Any], dataset: dict[str, Any], configuration: str, fold: int | str, *, seed: int
+    path: Path,
+    plans: dict[str, Any],
+    dataset: dict[str, Any],
+    configuration: str,
+    fold: int | str,
+    *,
+    seed: int,
+    fit: bool = True,
 ) -> torch.nn.Module:
-    """``checkpoint_final.pth`` as ``nnUNetTrainer.save_checkpoint`` writes it; returns the network."""
+    """``checkpoint_final.pth`` as ``nnUNetTrainer.save_checkpoint`` writes it; returns the network.
+
+    With ``fit`` the last layer is fitted to :func:`ct_labels` (three classes), else the network stays random.
+    """
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -144,7 +157,8 @@ def write_checkpoint(
     out = network(torch.randn(1, len(dataset["channel_names"]), *conf.patch_size))
     (out[0] if isinstance(out, list | tuple) else out).mean().backward()
     optimizer.step()  # momentum buffers in the optimizer state, as after training
-    fit_head(network, len(conf.patch_size), len(dataset["channel_names"]))
+    if fit:
+        fit_head(network, len(conf.patch_size), len(dataset["channel_names"]))
     checkpoint = {
         "network_weights": network.state_dict(), "optimizer_state": optimizer.state_dict(), "grad_scaler_state": None,
         "logging": _logging(), "_best_ema": np.float64(0.375), "current_epoch": 1000,
@@ -167,6 +181,7 @@ def write_results(
     channels: Sequence[str] = ("CT",),
     labels: dict[str, Any] | None = None,
     seed: int = 0,
+    fit: bool = True,
 ) -> Path:
     """A results folder ``<root>/nnUNetTrainer__nnUNetPlans__<configuration>`` with one checkpoint per fold."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
@@ -180,7 +195,7 @@ def write_results(
     (folder / "plans.json").write_text(json.dumps(plans, indent=2))
     for i, fold in enumerate(folds):
         write_checkpoint(folder / f"fold_{fold}" / "checkpoint_final.pth", plans, dataset, configuration, fold,
-                         seed=seed + i)  # fmt: skip
+                         seed=seed + i, fit=fit)  # fmt: skip
     return folder
 
 

@@ -176,6 +176,28 @@ def test_checkpoint_holds_numpy_scalars_that_weights_only_refuses_by_default(roo
     assert checkpoint.mirror_axes == (0, 1, 2) and checkpoint.configuration == "3d_fullres"
 
 
+def test_checkpoint_written_under_numpy_1_reads_too(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from tiler.model.sources.nnunet.weights import read_checkpoint
+
+    buffer = io.BytesIO()
+    torch.save({"network_weights": {"w": torch.ones(2)}, "_best_ema": np.float64(0.5)}, buffer)
+    path = tmp_path / "old.pth"
+    renamed = False
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():  # numpy 1 pickled its scalars as numpy.core.multiarray.scalar
+            data = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                old = data
+                data = data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+                renamed = data != old
+            zout.writestr(info, data)
+    assert renamed
+    assert read_checkpoint(path).weights["w"].tolist() == [1.0, 1.0]
+
+
 # ---------------------------------------------------------------------------------------------- against nnU-Net
 
 
