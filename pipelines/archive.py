@@ -11,9 +11,9 @@ archive cannot start (bad config). See :mod:`tiler.archive` for the config, ledg
 
 from __future__ import annotations
 
-import sys
-
 from tiler.archive import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tiler.cli import exit_process
+
+    exit_process(main())

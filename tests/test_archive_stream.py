@@ -196,3 +196,27 @@ def test_two_archive_runs_on_one_root_never_compute_one_input_twice(tmp_path: Pa
         assert len({r["pid"] for r in records(store)}) == 1, f"{stem} was computed by both runs"
     with Ledger(tmp_path / "out" / "ledger.sqlite") as ledger:
         assert all(r.status == "done" and r.attempts == 1 for r in ledger.rows())
+
+
+PLAN_ONLY_DRIVER = textwrap.dedent(
+    """
+    import sys
+    from tiler.archive import load_archive, run_archive
+    report = run_archive(load_archive(sys.argv[1]), quiet=True)
+    print("COUNTS", report.counts)
+    print("DRIVER_IMPORTED", sorted(m for m in ("torch", "monai") if m in sys.modules))
+    """
+)
+
+
+def test_the_driver_of_a_ray_archive_never_loads_the_model(ray_session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The pool's actors load the model and report what planning needs: the driver imports neither torch nor MONAI."""
+    config = write_archive(tmp_path)
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    proc = subprocess.run([sys.executable, "-c", PLAN_ONLY_DRIVER, str(config)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'done': 3" in proc.stdout and "DRIVER_IMPORTED []" in proc.stdout, proc.stdout
+    for stem in SHAPES:
+        store = tmp_path / "out" / stem / f"{stem}.zarr"
+        assert zarr.open_group(str(store), mode="r").attrs["complete"] is True

@@ -33,12 +33,15 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tiler.errors import GeometryError
 from tiler.geometry import Shape, TileGrid
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: planning on the driver never needs it
+    import torch
 
 WEIGHT_FLOOR = 1e-3
 
@@ -140,11 +143,15 @@ def _box(tile: Shape, start: Shape, stop: Shape) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _window_tensor(mode: BlendMode, tile: Shape, sigma_scale: float, device: torch.device) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(window_weights(mode, tile, sigma_scale).copy()).to(device)
 
 
 @lru_cache(maxsize=4096)
 def _box_tensor(tile: Shape, start: Shape, stop: Shape, device: torch.device) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(_box(tile, start, stop).copy()).to(device)
 
 
@@ -182,6 +189,8 @@ class Blender:
 
         Do not modify it in place (it is shared).
         """
+        import torch
+
         device = torch.device(device)
         if self.mode is not BlendMode.CROP:
             return _window_tensor(self.mode, grid.tile, self.sigma_scale, device)

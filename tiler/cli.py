@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from tiler.errors import EXIT_FAILED, EXIT_OK, InputError, TilerError, exit_code
 
@@ -243,5 +243,21 @@ def quiet_notices() -> None:
     logging.disable(logging.WARNING)
 
 
+def entry(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``tiler`` command: :func:`main`, then :func:`exit_process` with its code."""
+    exit_process(main(argv))
+
+
+def exit_process(code: int) -> NoReturn:
+    """Stop the embedded Ray this process started (if any), then exit with ``code`` (the entry points' last step)."""
+    ray_module = sys.modules.get("tiler.engine.ray")  # imported only when a command used Ray
+    if ray_module is not None:
+        try:
+            ray_module.stop_embedded()
+        except KeyboardInterrupt:
+            code = 130 if code == EXIT_OK else code
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

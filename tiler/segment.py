@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from tiler.blend import Blender, BlendMode
 from tiler.config import JobConfig, check_files, config_hash
 from tiler.engine.executor import Executor
 from tiler.engine.job import JobResult, StoreJob
-from tiler.engine.plan import BlockRecord, ModelRef, Plan, ReaderRef
+from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, ReaderRef
 from tiler.engine.stream import Outcome, Work, run_stream
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import BlockPartition, PadMode, StepRule, TileGrid
@@ -104,32 +104,11 @@ def model_ref(cfg: JobConfig) -> ModelRef:
     return ModelRef(m.weights, load, runner)
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the driver needs to know of a model to plan with it (the network itself stays in the workers)."""
-
-    spatial_dims: int | None
-    in_channels: int | None
-    num_classes: int
-    class_names: tuple[str, ...]
-    class_colors: tuple[tuple[int, int, int], ...]
-    parameters: int
-
-
 @functools.lru_cache(maxsize=8)
 def _facts(weights: str, load: str, size: int, mtime_ns: int) -> ModelFacts:
     from tiler.model import load_model
 
-    loaded = load_model(weights, **json.loads(load))
-    spec = loaded.spec
-    return ModelFacts(
-        spatial_dims=spec.spatial_dims if spec is not None else None,
-        in_channels=spec.in_channels if spec is not None else None,
-        num_classes=loaded.num_classes,
-        class_names=tuple(loaded.class_names),
-        class_colors=tuple(tuple(int(v) for v in c) for c in loaded.class_colors),  # type: ignore[misc]
-        parameters=sum(int(p.numel()) for p in loaded.network.parameters()),
-    )
+    return ModelFacts.of(load_model(weights, **json.loads(load)))
 
 
 def model_facts(model: ModelRef) -> ModelFacts:
@@ -142,11 +121,15 @@ def model_facts(model: ModelRef) -> ModelFacts:
     return _facts(model.weights, json.dumps(dict(model.load), sort_keys=True, default=list), size, mtime)
 
 
-def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
+def build_plan(
+    cfg: JobConfig, facts_from: Callable[[ModelRef], ModelFacts | None] | None = None
+) -> tuple[Plan, dict[str, Any]]:
     """Check the input against the model and build the plan; returns it with the store attributes.
 
     Opens the input's header on the driver (no pixels are read beyond the check that the input holds
-    data); the model is loaded once per process and file version (:func:`model_facts`).
+    data). What the plan needs of the model comes from ``facts_from`` (an executor's workers, which load
+    it anyway: the driver then never imports torch), else the model is loaded here once per process and
+    file version (:func:`model_facts`).
     """
     from tiler.engine.budget import check_memory, estimate_actor_memory
     from tiler.io import check_has_data
@@ -163,7 +146,7 @@ def build_plan(cfg: JobConfig) -> tuple[Plan, dict[str, Any]]:
                 "(the input's own mask) or none, and input.threshold only for volumes"
             )
         model = model_ref(cfg)
-        facts = model_facts(model)
+        facts = (facts_from(model) if facts_from is not None else None) or model_facts(model)
         if facts.in_channels is not None and reader.channels != facts.in_channels:
             raise InputError(
                 f"{cfg.input.path} gives {reader.channels} channel(s) but the model {cfg.model.weights} expects "
@@ -533,6 +516,7 @@ class SegmentJob:
         self.planned: dict[str, Any] = {}
         self.store_job: StoreJob | None = None
         self._opening: Any = None
+        self.facts_from: Callable[[ModelRef], ModelFacts | None] | None = None  # set by run_many: the pool's
 
     def open_early(self) -> None:
         """Start :meth:`open` on a thread now (the first input is planned while the worker pool starts)."""
@@ -558,7 +542,7 @@ class SegmentJob:
     def _open(self) -> Work:
         check_files(self.cfg)  # every missing input file in one message, before anything is opened
         check_output_paths(self.cfg)
-        plan, attrs = build_plan(self.cfg)
+        plan, attrs = build_plan(self.cfg, self.facts_from)
         self.plan = plan
         self.planned = dict(attrs["plan"])
         self.store_job = StoreJob(
@@ -632,6 +616,8 @@ def run_many(
         return
     own = executor is None
     pool = executor if executor is not None else make_executor(first.cfg, engine)
+    facts_from = getattr(pool, "facts", None)
+    first.facts_from = facts_from
     if own:  # the driver plans the first input while the workers start and load the model
         first.open_early()
         try:
@@ -644,7 +630,9 @@ def run_many(
 
     def chained() -> Iterator[SegmentJob]:
         yield first
-        yield from source
+        for job in source:
+            job.facts_from = facts_from
+            yield job
 
     try:
         for outcome in run_stream(

@@ -261,3 +261,34 @@ def test_background_label_replaces_nodata_outside_the_mask(scene, tmp_path: Path
     labels, _ = outputs(tmp_path / "out.zarr")
     assert result.tiles_skipped > 0
     assert (labels[~valid] == 0).all() and (labels != 255).all()
+
+
+def test_the_pool_reports_the_model_facts_and_a_model_that_cannot_load_fails_once_with_its_own_error(
+    ray_session, scene, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    from tiler.engine.plan import ModelFacts, ModelRef
+    from tiler.errors import ModelError
+    from tiler.model import load_model
+
+    _, weights = scene
+    pool = RayExecutor(RayOptions(actors=1))
+    try:
+        assert pool.facts(ModelRef(str(weights))) == ModelFacts.of(load_model(str(weights)))
+    finally:
+        pool.close()
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(ModelError) as local:
+        load_model(str(bad))
+    pool = RayExecutor(RayOptions(actors=1, max_restarts=3))
+    try:
+        with pytest.raises(ModelError) as remote:
+            pool.facts(ModelRef(str(bad)))
+        assert str(remote.value) == str(local.value)
+        (pid,) = pool.pids()  # alive: the load error is kept, not a crash to restart
+        with pytest.raises(ModelError):
+            pool.facts(ModelRef(str(bad)))
+        assert pool.pids() == [pid]
+    finally:
+        pool.close()

@@ -6,11 +6,12 @@ next and hands it over; the executor runs it somewhere and reports its record, o
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tiler.engine.plan import BlockRecord, ModelRef, Plan, block_key
+from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, block_key
 from tiler.errors import EngineError, TilerError
 from tiler.geometry import Shape
 
@@ -54,6 +55,14 @@ class Executor(Protocol):
         """Load ``model`` in the workers (a no-op when they hold it); ``hint``: blocks known to be waiting."""
         ...
 
+    def facts(self, model: ModelRef) -> ModelFacts | None:
+        """What planning needs of ``model``, from the workers that load it (starting them for it if none run).
+
+        None when the workers hold another model: the caller loads it itself. Safe to call from a thread
+        other than the one driving the executor. Raises the error that stopped the model from loading.
+        """
+        ...
+
     def submit(self, token: Any, plan: Plan, position: Shape) -> None:
         """Queue one block of ``plan`` (whose model was passed to :meth:`start`)."""
         ...
@@ -84,6 +93,7 @@ class LocalExecutor:
         self.threads = threads
         self._worker: Any = None
         self._queue: deque[tuple[Any, Plan, Shape]] = deque()
+        self._loading = threading.Lock()  # the planning thread may ask for facts while the driver starts
 
     @property
     def model(self) -> ModelRef | None:
@@ -102,10 +112,18 @@ class LocalExecutor:
         """Load ``model`` here unless it is already loaded."""
         from tiler.engine.worker import ModelWorker
 
-        if self._worker is not None and self._worker.model == model:
-            return
-        self.close()
-        self._worker = ModelWorker(model, threads=self.threads)
+        with self._loading:
+            if self._worker is not None and self._worker.model == model:
+                return
+            self.close()
+            self._worker = ModelWorker(model, threads=self.threads)
+
+    def facts(self, model: ModelRef) -> ModelFacts | None:
+        """The facts of ``model`` as this process loaded it (loading it now if nothing is loaded)."""
+        if self._worker is None:
+            self.start(model)
+        worker = self._worker
+        return worker.facts if worker is not None and worker.model == model else None
 
     def submit(self, token: Any, plan: Plan, position: Shape) -> None:
         """Queue a block; it runs in :meth:`wait`."""

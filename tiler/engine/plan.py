@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiler.blend import Blender
-from tiler.engine.work import Predict
 from tiler.geometry import BlockPartition, Shape, TileGrid, Window
+
+if TYPE_CHECKING:  # the driver plans without torch; workers import it with the model
+    from tiler.engine.work import Predict
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,34 @@ class ModelRef:
         if threads is not None and options.get("threads") is None:
             options["threads"] = threads
         return TileRunner(load_model(self.weights, **dict(self.load)), **options)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver needs to know of a model to plan with it (the network itself stays in the workers).
+
+    A worker that holds the model reports them (:meth:`of`), so a driver that plans never loads it.
+    """
+
+    spatial_dims: int | None
+    in_channels: int | None
+    num_classes: int
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[int, int, int], ...]
+    parameters: int
+
+    @classmethod
+    def of(cls, loaded: Any) -> ModelFacts:
+        """The facts of a :class:`tiler.model.LoadedModel`."""
+        spec = loaded.spec
+        return cls(
+            spatial_dims=spec.spatial_dims if spec is not None else None,
+            in_channels=spec.in_channels if spec is not None else None,
+            num_classes=loaded.num_classes,
+            class_names=tuple(loaded.class_names),
+            class_colors=tuple(tuple(int(v) for v in c) for c in loaded.class_colors),  # type: ignore[misc]
+            parameters=sum(int(p.numel()) for p in loaded.network.parameters()),
+        )
 
 
 @dataclass(frozen=True)

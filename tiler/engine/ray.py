@@ -21,7 +21,7 @@ import ray
 import ray.exceptions
 
 from tiler.engine.executor import Done, block_failure
-from tiler.engine.plan import BlockRecord, ModelRef, Plan
+from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan
 from tiler.errors import ConfigError, EngineError
 from tiler.geometry import Shape
 
@@ -84,8 +84,12 @@ class _DropTokenNotice(logging.Filter):
 _TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
+_STARTED_HERE = False  # whether this process started the embedded Ray it is connected to
+
+
 def _start_local() -> None:
     """Start a private embedded Ray: dashboard off, node address on loopback, session folder for this user only."""
+    global _STARTED_HERE
     notices = logging.getLogger(_TOKEN_NOTICE_LOGGER)
     if not any(isinstance(f, _DropTokenNotice) for f in notices.filters):
         notices.addFilter(_DropTokenNotice())
@@ -95,6 +99,19 @@ def _start_local() -> None:
         _node_ip_address="127.0.0.1", _temp_dir=root,
     )
     os.chmod(root, 0o700)  # ray makes its temp root world-writable; nobody else needs to enter it
+    _STARTED_HERE = True
+
+
+def stop_embedded() -> None:
+    """Shut down the embedded Ray this process started (a joined cluster is left alone).
+
+    The command-line entry points call it before the process exits: ``ray.shutdown`` from there takes
+    about half the time the interpreter's exit handler does.
+    """
+    global _STARTED_HERE
+    if _STARTED_HERE and ray.is_initialized():
+        ray.shutdown()
+    _STARTED_HERE = False
 
 
 def connect(address: str | None = None) -> None:
@@ -171,16 +188,32 @@ class ModelActor:
 
     def __init__(self, model: ModelRef, threads: int | None) -> None:
         from tiler.engine.worker import ModelWorker
+        from tiler.errors import TilerError
 
-        self.worker = ModelWorker(model, threads=threads)
+        self.worker: ModelWorker | None = None
+        self.error: TilerError | None = None
+        try:
+            self.worker = ModelWorker(model, threads=threads)
+        except TilerError as exc:  # kept, and raised by every call: a model that cannot load is not restarted
+            self.error = exc
 
     def pid(self) -> int:
         """This actor's process id (tests kill it)."""
         return os.getpid()
 
+    def _loaded(self) -> Any:
+        if self.worker is None:
+            assert self.error is not None
+            raise self.error
+        return self.worker
+
+    def facts(self) -> ModelFacts | None:
+        """What planning needs of the model (raises the error that stopped it from loading)."""
+        return self._loaded().facts  # type: ignore[no-any-return]
+
     def run(self, plan: Plan, position: Shape) -> BlockRecord:
         """Read, infer, write and record one block."""
-        return self.worker.run(plan, position)
+        return self._loaded().run(plan, position)  # type: ignore[no-any-return]
 
 
 def _cause(exc: BaseException) -> str:
@@ -210,6 +243,8 @@ class RayExecutor:
         self._actors: list[Any] = []
         self._busy: list[int] = []
         self._refs: dict[Any, tuple[int, Any, Plan, Shape]] = {}
+        self._starting = threading.RLock()  # the planning thread may ask for facts while the driver starts the pool
+        self._facts: Any = None  # the pool model's facts call, pending or answered
 
     @property
     def depth(self) -> int:
@@ -226,6 +261,10 @@ class RayExecutor:
 
     def start(self, model: ModelRef, *, hint: int | None = None) -> None:
         """Start the pool for ``model`` (replacing a pool of another model, which must be idle)."""
+        with self._starting:
+            self._start(model, hint)
+
+    def _start(self, model: ModelRef, hint: int | None) -> None:
         if self.model == model and self._actors:
             return
         if self._refs:
@@ -248,6 +287,35 @@ class RayExecutor:
         self._actors = [actor_cls.remote(model, threads) for _ in range(size)]
         self._busy = [0] * size
         self.model = model
+
+    def facts(self, model: ModelRef) -> ModelFacts | None:
+        """The facts of ``model`` as the first actor loaded it (starting the pool for it if none runs).
+
+        Raises:
+            TilerError: The model does not load (the actor's own error).
+            EngineError: The actor died before it answered.
+        """
+        with self._starting:
+            if not self._actors:
+                self._start(model, None)
+            if self.model != model:
+                return None
+            if self._facts is None:
+                self._facts = self._actors[0].facts.remote()
+            call = self._facts
+        try:
+            return ray.get(call)  # type: ignore[no-any-return]
+        except ray.exceptions.RayTaskError as exc:
+            from tiler.errors import TilerError
+
+            if isinstance(exc.cause, TilerError):
+                raise exc.cause from None
+            raise EngineError(f"the model actor could not load {model.weights}: {_cause(exc)}") from exc
+        except ray.exceptions.RayActorError as exc:
+            with self._starting:
+                if self._facts is call:
+                    self._facts = None  # the next caller asks a live actor
+            raise EngineError(f"the model actor died while loading {model.weights}: {_cause(exc)}") from exc
 
     def submit(self, token: Any, plan: Plan, position: Shape) -> None:
         """Send one block to the least busy actor with a free slot."""
@@ -308,6 +376,7 @@ class RayExecutor:
         for actor in self._actors:
             ray.kill(actor)
         self._actors, self._busy, self.model = [], [], None
+        self._facts = None
 
     def close(self) -> None:
         """Kill the pool; blocks in flight are abandoned."""

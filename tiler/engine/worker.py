@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from tiler.engine.plan import BlockRecord, ModelRef, Plan, block_key
+from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, block_key
 from tiler.engine.work import Predict, PreparedBlock, infer_block, prepare_block
 from tiler.geometry import Shape
 
@@ -125,6 +125,8 @@ class ModelWorker:
     def __init__(self, model: ModelRef, *, threads: int | None = None) -> None:
         self.model = model
         self.predict = model(threads)
+        loaded = getattr(self.predict, "model", None)  # a TileRunner's LoadedModel
+        self.facts: ModelFacts | None = ModelFacts.of(loaded) if loaded is not None else None
         self.read_lock = threading.Lock()
         self.infer_lock = threading.Lock()
         self._lock = threading.Lock()

@@ -7,22 +7,24 @@ for boundary IoU / F1.
 
 from __future__ import annotations
 
-from tiler.metrics.boundary import (
-    BoundaryCounts,
-    BoundaryWidth,
-    WidthUnit,
-    boundary_counts,
-    boundary_counts_chunked,
-)
-from tiler.metrics.confusion import (
-    LabelRules,
-    PixelCounts,
-    confusion_matrix,
-    confusion_matrix_chunked,
-    count_pixels,
-    count_pixels_chunked,
-)
-from tiler.metrics.scores import Scores, scores_from_confusion
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, str] = {
+    "BoundaryCounts": "tiler.metrics.boundary",
+    "BoundaryWidth": "tiler.metrics.boundary",
+    "WidthUnit": "tiler.metrics.boundary",
+    "boundary_counts": "tiler.metrics.boundary",
+    "boundary_counts_chunked": "tiler.metrics.boundary",
+    "LabelRules": "tiler.metrics.confusion",
+    "PixelCounts": "tiler.metrics.confusion",
+    "confusion_matrix": "tiler.metrics.confusion",
+    "confusion_matrix_chunked": "tiler.metrics.confusion",
+    "count_pixels": "tiler.metrics.confusion",
+    "count_pixels_chunked": "tiler.metrics.confusion",
+    "Scores": "tiler.metrics.scores",
+    "scores_from_confusion": "tiler.metrics.scores",
+}
 
 __all__ = [
     "BoundaryCounts",
@@ -39,3 +41,37 @@ __all__ = [
     "count_pixels_chunked",
     "scores_from_confusion",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module the first time it is used (dask and scipy only where boundaries are scored)."""
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'tiler.metrics' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:
+    from tiler.metrics.boundary import (
+        BoundaryCounts,
+        BoundaryWidth,
+        WidthUnit,
+        boundary_counts,
+        boundary_counts_chunked,
+    )
+    from tiler.metrics.confusion import (
+        LabelRules,
+        PixelCounts,
+        confusion_matrix,
+        confusion_matrix_chunked,
+        count_pixels,
+        count_pixels_chunked,
+    )
+    from tiler.metrics.scores import Scores, scores_from_confusion

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiler.errors import ScoreError
-from tiler.metrics.boundary import BoundaryWidth
-from tiler.metrics.files import score_paths
-from tiler.metrics.report import chart_paths, format_table, plot_confusion, plot_per_class, write_json
+
+if TYPE_CHECKING:  # scoring (dask, scipy, matplotlib) is imported when `tiler score` runs, not to build the parser
+    from tiler.metrics.boundary import BoundaryWidth
 
 DEFAULT_BOUNDARY_WIDTH = "0.02"
 
@@ -25,6 +25,8 @@ def _incomplete_store(path: str) -> str | None:
 
 
 def _boundary_arg(text: str) -> BoundaryWidth | None:
+    from tiler.metrics.boundary import BoundaryWidth
+
     if text.strip() in ("0", "0px", "none", "off"):
         return None
     return BoundaryWidth.parse(text)
@@ -32,6 +34,9 @@ def _boundary_arg(text: str) -> BoundaryWidth | None:
 
 def run_score(args: argparse.Namespace) -> int:
     """Handle ``tiler score``: print the table, write the JSON and charts; exit code 0 (errors are raised)."""
+    from tiler.metrics.files import score_paths
+    from tiler.metrics.report import chart_paths, format_table, plot_confusion, plot_per_class, write_json
+
     incomplete = _incomplete_store(args.pred)
     if incomplete and not getattr(args, "allow_incomplete", False):
         raise ScoreError(

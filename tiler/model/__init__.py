@@ -1,9 +1,25 @@
-"""The model layer: specs, normalisation, checkpoints and the tile runner (torch and MONAI only)."""
+"""The model layer: specs, normalisation, checkpoints and the tile runner (torch and MONAI only).
 
-from tiler.model.checkpoint import LoadedModel, load_model, save_checkpoint, save_torchscript
-from tiler.model.normalize import Normalization
-from tiler.model.runner import TileRunner
-from tiler.model.spec import ARCHITECTURES, ModelSpec, build_network
+The names are imported lazily (PEP 562): ``import tiler.model.sources.detect`` or
+``tiler.model.normalize`` does not pay for torch and MONAI, which a driver that only plans never needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, str] = {
+    "ARCHITECTURES": "tiler.model.spec",
+    "ModelSpec": "tiler.model.spec",
+    "build_network": "tiler.model.spec",
+    "LoadedModel": "tiler.model.checkpoint",
+    "load_model": "tiler.model.checkpoint",
+    "save_checkpoint": "tiler.model.checkpoint",
+    "save_torchscript": "tiler.model.checkpoint",
+    "Normalization": "tiler.model.normalize",
+    "TileRunner": "tiler.model.runner",
+}
 
 __all__ = [
     "ARCHITECTURES",
@@ -16,3 +32,25 @@ __all__ = [
     "save_checkpoint",
     "save_torchscript",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module the first time the name is used."""
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'tiler.model' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:
+    from tiler.model.checkpoint import LoadedModel, load_model, save_checkpoint, save_torchscript
+    from tiler.model.normalize import Normalization
+    from tiler.model.runner import TileRunner
+    from tiler.model.spec import ARCHITECTURES, ModelSpec, build_network

@@ -204,14 +204,6 @@ def save_torchscript(
 # ---------------------------------------------------------------------------------- loading
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
-
-
 def _refusal_reason(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     for ln in lines:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 from tiler.errors import ModelError, ReadError
-from tiler.model.checkpoint import _is_torchscript
 
 __all__ = ["BUNDLE_CONFIGS", "NNUNET_FILES", "SMP_FILES", "detect_source", "fold_dirs", "is_nnunet_folder",
            "resolve_source"]
@@ -13,6 +13,15 @@ __all__ = ["BUNDLE_CONFIGS", "NNUNET_FILES", "SMP_FILES", "detect_source", "fold
 BUNDLE_CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
 SMP_FILES = ("config.json", "model.safetensors")
 NNUNET_FILES = ("plans.json", "dataset.json", "fold_<k>/*.pth")
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``constants.pkl`` or compiled ``code/``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
 
 
 def bundle_config(folder: Path) -> Path | None:
@@ -85,7 +94,7 @@ def detect_source(path: Path) -> str:
         return "onnx"
     if suffix == ".safetensors":
         return "safetensors"
-    if _is_torchscript(path):
+    if is_torchscript(path):
         return "torchscript"
     return "pickle"
 
