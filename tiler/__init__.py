@@ -19,8 +19,7 @@ Jobs: :func:`load_config`, :func:`run` (one input), :func:`run_many` (many input
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tiler.errors import (
     ConfigError,
@@ -33,30 +32,31 @@ from tiler.errors import (
     ScoreError,
     TilerError,
 )
+from tiler.lazy import lazy_names
 
 __version__ = "0.1.0"
 
-_LAZY: dict[str, tuple[str, str]] = {
-    "load_config": ("tiler.config", "load_config"),
-    "run": ("tiler.segment", "run_segment"),
-    "run_segment": ("tiler.segment", "run_segment"),
-    "run_many": ("tiler.segment", "run_many"),
-    "SegmentJob": ("tiler.segment", "SegmentJob"),
-    "load_archive": ("tiler.archive.config", "load_archive"),
-    "run_archive": ("tiler.archive.run", "run_archive"),
-    "score": ("tiler.metrics.files", "score_paths"),
-    "Window": ("tiler.geometry", "Window"),
-    "TileGrid": ("tiler.geometry", "TileGrid"),
-    "BlockPartition": ("tiler.geometry", "BlockPartition"),
-    "Blender": ("tiler.blend", "Blender"),
-    "BlendMode": ("tiler.blend", "BlendMode"),
-    "BlockAccumulator": ("tiler.stitch", "BlockAccumulator"),
-    "open_reader": ("tiler.io", "open_reader"),
-    "open_labels": ("tiler.io.labels", "open_labels"),
-    "OutputStore": ("tiler.io.store", "OutputStore"),
-    "load_model": ("tiler.model.checkpoint", "load_model"),
-    "TileRunner": ("tiler.model.runner", "TileRunner"),
-    "Normalization": ("tiler.model.normalize", "Normalization"),
+_LAZY: dict[str, str] = {
+    "load_config": "tiler.config",
+    "run": "tiler.segment:run_segment",
+    "run_segment": "tiler.segment",
+    "run_many": "tiler.segment",
+    "SegmentJob": "tiler.segment",
+    "load_archive": "tiler.archive.config",
+    "run_archive": "tiler.archive.run",
+    "score": "tiler.metrics.files:score_paths",
+    "Window": "tiler.geometry",
+    "TileGrid": "tiler.geometry",
+    "BlockPartition": "tiler.geometry",
+    "Blender": "tiler.blend",
+    "BlendMode": "tiler.blend",
+    "BlockAccumulator": "tiler.stitch",
+    "open_reader": "tiler.io",
+    "open_labels": "tiler.io.labels",
+    "OutputStore": "tiler.io.store",
+    "load_model": "tiler.model.checkpoint",
+    "TileRunner": "tiler.model.runner",
+    "Normalization": "tiler.model.normalize",
 }
 
 __all__ = [
@@ -93,19 +93,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module the first time the name is used (PEP 562)."""
-    try:
-        module, attribute = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'tiler' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs

@@ -112,6 +112,18 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def _removed_on_failure(tmp: Path, final: Path, what: str) -> Iterator[None]:
+    """Remove the temporary ``tmp`` when the block fails; an OSError becomes the OutputError naming ``final``."""
+    try:
+        yield
+    except BaseException as exc:
+        _remove(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise output_error(final, exc, what=what) from exc
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str], *, what: str = "write") -> Iterator[Path]:
     """Yield a temporary path beside ``final`` for a writer that takes a file name; move it into place on success.
 
@@ -121,22 +133,13 @@ def atomic_path(final: str | os.PathLike[str], *, what: str = "write") -> Iterat
     """
     final = Path(final)
     tmp = temp_path(final)
-    try:
+    with _removed_on_failure(tmp, final, what):
         yield tmp
         if not tmp.is_file():
             raise OutputError(f"writing {final} produced no file (expected the temporary {tmp.name}).")
         _fsync_file(tmp)
         os.replace(tmp, final)
         fsync_dir(final.parent)
-    except OutputError:
-        _remove(tmp)
-        raise
-    except OSError as exc:
-        _remove(tmp)
-        raise output_error(final, exc, what=what) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -193,18 +196,9 @@ def atomic_dir(final: str | os.PathLike[str], *, replace: bool = False, what: st
         tmp.mkdir()
     except OSError as exc:
         raise output_error(final, exc, what=what) from exc
-    try:
+    with _removed_on_failure(tmp, final, what):
         yield tmp
         _move_dir_into_place(tmp, final, replace=replace)
-    except OutputError:
-        _remove(tmp)
-        raise
-    except OSError as exc:
-        _remove(tmp)
-        raise output_error(final, exc, what=what) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def _exists_error(final: Path) -> OutputError:
