@@ -20,8 +20,9 @@ Rules decided here, stated once:
   :func:`parse_config` on a mapping resolves only when given ``base_dir``.
 * **Units.** Tile, overlap, block and chunks are whole pixels (never fractions).
   ``scoring.boundary_width`` below 1 is a fraction of the image diagonal; 1 or more is whole pixels.
-* **Identity.** :func:`config_hash` covers what decides the output pixels and the block layout, not
-  how the work is scheduled: a job may resume with other actor counts, retries or addresses.
+* **Identity.** :func:`config_hash` covers everything a job writes (the output pixels, the block
+  layout, class names and colours, exports and scores), not how the work is scheduled: a job may
+  resume with other actor counts, retries or addresses (:mod:`tiler.config.identity` lists each key).
 
 Every failure raises :class:`tiler.errors.ConfigError` with one line per problem naming the file,
 the dotted key, the bad value and the fix.
