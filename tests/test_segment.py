@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from tests.engine.helpers import write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.cli import main as cli_main
 from tiler.config import load_config
-from tiler.errors import ConfigError, EngineError
+from tiler.errors import ConfigError, InputError
 from tiler.segment import run_segment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -294,8 +295,13 @@ def test_scoring_num_classes_is_the_k_of_the_scores(tmp_path: Path) -> None:
     truth[data == 0] = 255
     with rasterio.open(tmp_path / "truth5.tif", "w", **profile) as dst:
         dst.write(truth, 1)
-    with pytest.raises(EngineError, match=r"truth holds label value\(s\) \[4\] outside \[0, num_classes=4\)"):
+    with pytest.raises(InputError) as caught:
         run_segment(load_config(config), engine="local", quiet=True)
+    message = str(caught.value)
+    assert "\n" not in message
+    named = r"scoring\.truth \S*truth5\.tif holds label value\(s\) \[4\] outside \[0, num_classes=4\)"
+    assert re.search(named, message), message
+    assert "fix: set scoring.num_classes to 5" in message and "scoring.ignore_index" in message
     result = run_segment(load_config(config, ["scoring.num_classes=5"]), engine="local", quiet=True, overwrite=True)
     assert result.scores is not None and result.scores["num_classes"] == 5
     assert np.asarray(result.scores["confusion_matrix"]).shape == (5, 6)  # K columns and "no prediction"

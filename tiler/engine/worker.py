@@ -11,12 +11,17 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tiler.engine.plan import BlockRecord, ModelRef, Plan, block_key
 from tiler.engine.work import Predict, PreparedBlock, infer_block, prepare_block
+from tiler.errors import InputError
 from tiler.geometry import Shape
+
+if TYPE_CHECKING:
+    from tiler.metrics.confusion import LabelRangeError
 
 OPEN_INPUTS = 4
 """Inputs (readers and output stores) a model worker keeps open at once."""
@@ -90,15 +95,35 @@ class BlockWorker:
                 close()
 
     def _confusion(self, labels: np.ndarray, prepared: PreparedBlock) -> np.ndarray:
-        from tiler.metrics.confusion import confusion_matrix
+        from tiler.metrics.confusion import LabelRangeError, confusion_matrix
 
-        assert self.truth is not None
+        assert self.truth is not None and self.plan.truth is not None
         truth = self.truth.read(prepared.block)[0]
-        return confusion_matrix(
-            truth, labels, num_classes=self.plan.score_classes or self.plan.num_classes,
-            ignore_index=self.plan.ignore_index,
-            valid=prepared.valid, pred_nodata=self.plan.nodata_label,
+        try:
+            return confusion_matrix(
+                truth, labels, num_classes=self.plan.score_classes or self.plan.num_classes,
+                ignore_index=self.plan.ignore_index,
+                valid=prepared.valid, pred_nodata=self.plan.nodata_label,
+            )
+        except LabelRangeError as exc:
+            if exc.role != "truth":
+                raise
+            raise truth_out_of_range(self.plan.truth.path, exc) from exc
+
+
+def truth_out_of_range(path: str, exc: LabelRangeError) -> InputError:
+    """The job's error for truth labels outside ``[0, K)``: the truth file, the values and the scoring keys to set."""
+    if exc.top >= exc.num_classes:
+        fix = (
+            f"set scoring.num_classes to {exc.top + 1} if the truth has that many classes, or set "
+            "scoring.ignore_index (or the truth file's nodata) to the value that means 'not labelled'"
         )
+    else:
+        fix = "truth labels are whole numbers in [0, num_classes): set scoring.ignore_index to the void label"
+    return InputError(
+        f"scoring.truth {path} holds label value(s) {exc.values} outside [0, num_classes={exc.num_classes}) "
+        f"where it is scored; fix: {fix}"
+    )
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
