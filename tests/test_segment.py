@@ -310,6 +310,32 @@ def test_scoring_num_classes_is_the_k_of_the_scores(tmp_path: Path) -> None:
         run_segment(load_config(config, ["scoring.num_classes=3"]), engine="local", quiet=True, overwrite=True)
 
 
+@pytest.mark.parametrize(
+    ("truth_nodata", "nodata_stripe"),
+    [
+        pytest.param(None, False, id="truth-labelled-under-the-input-nodata"),
+        pytest.param(9, True, id="truth-nodata-that-is-not-ignore-index"),
+    ],
+)
+def test_the_engine_score_and_the_file_score_follow_one_rule(
+    tmp_path: Path, truth_nodata: int | None, nodata_stripe: bool
+) -> None:
+    # the scene's top-left third is nodata; the truth gives those pixels classes all the same
+    config = write_config(tmp_path, scoring={"truth": str(tmp_path / "full_truth.tif"), "boundary_width": 2})
+    with rasterio.open(tmp_path / "image.tif") as src:
+        data, profile = src.read(1), src.profile | {"count": 1, "nodata": truth_nodata}
+    assert (data == 0).mean() > 0.1
+    truth = np.minimum(data // 64, 3).astype(np.uint8)
+    truth[data == 0] = 1
+    if nodata_stripe:
+        truth[:, 100:110] = 9  # the truth's own nodata, inside and outside the input's nodata
+    with rasterio.open(tmp_path / "full_truth.tif", "w", **profile) as dst:
+        dst.write(truth, 1)
+    result = run_segment(load_config(config), engine="local", quiet=True)
+    assert result.scores is not None
+    assert result.scores["engine_fwiou"] == pytest.approx(result.scores["fwiou"], abs=1e-12)
+
+
 def test_the_quicklook_is_written_only_when_asked_for_and_the_report_always(tmp_path: Path) -> None:
     result = run_segment(load_config(write_config(tmp_path), ["output.exports=[cog]"]), engine="local", quiet=True)
     assert "quicklook" not in result.outputs and not (tmp_path / "out.quicklook.png").exists()

@@ -37,13 +37,15 @@ class BlockWorker:
     """
 
     def __init__(self, plan: Plan, *, predict: Predict | None = None, threads: int | None = None) -> None:
+        from tiler.io.labels import open_labels
         from tiler.io.store import OutputStore
 
         self.plan = plan
         self.reader = plan.input.open()
         self.predict = predict if predict is not None else plan.model(threads)
         self.store = OutputStore.open(plan.store_path)
-        self.truth = plan.truth.open() if plan.truth is not None else None
+        # the truth is opened as tiler.metrics.score_paths opens it (one band, its own nodata), so both count alike
+        self.truth = open_labels(plan.truth.path) if plan.truth is not None else None
 
     def prepare(self, position: Shape) -> PreparedBlock:
         """Read the input region covering every tile of the block at ``position``."""
@@ -97,18 +99,19 @@ class BlockWorker:
     def _confusion(self, labels: np.ndarray, prepared: PreparedBlock) -> np.ndarray:
         from tiler.metrics.confusion import LabelRangeError, confusion_matrix
 
-        assert self.truth is not None and self.plan.truth is not None
-        truth = self.truth.read(prepared.block)[0]
+        assert self.truth is not None
+        # the rule of tiler.metrics.score_paths on the finished files: every pixel is scored unless the truth
+        # ignores it (ignore_index or its nodata); pixels where the input is nodata hold the stored label
+        # (nodata: a missed pixel, or background_label) and count like any other
         try:
             return confusion_matrix(
-                truth, labels, num_classes=self.plan.score_classes or self.plan.num_classes,
-                ignore_index=self.plan.ignore_index,
-                valid=prepared.valid, pred_nodata=self.plan.nodata_label,
+                self.truth.read(prepared.block), labels, num_classes=self.plan.score_classes or self.plan.num_classes,
+                ignore_index=self.plan.ignore_index, truth_nodata=self.truth.nodata, pred_nodata=self.plan.nodata_label,
             )
         except LabelRangeError as exc:
             if exc.role != "truth":
                 raise
-            raise truth_out_of_range(self.plan.truth.path, exc) from exc
+            raise truth_out_of_range(self.truth.path, exc) from exc
 
 
 def truth_out_of_range(path: str, exc: LabelRangeError) -> InputError:
