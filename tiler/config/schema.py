@@ -45,6 +45,7 @@ __all__ = [
     "TilingConfig",
 ]
 
+
 class _Section(BaseModel):
     """Base of every config section: unknown keys are errors and values cannot be reassigned."""
 
