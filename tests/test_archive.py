@@ -173,6 +173,26 @@ def test_changing_the_overlap_reprocesses_every_file(archive_dir: Path) -> None:
     assert all(after_blocks[k] > blocks[k] for k in blocks)  # every block recomputed
 
 
+def test_a_new_truth_pattern_rescores_instead_of_reporting_the_old_scores(archive_dir: Path) -> None:
+    run(archive_dir)
+    truths = archive_dir / "truths"  # beside scenes/, so the input glob does not match them
+    truths.mkdir()
+    for seed, stem in enumerate(("a", "b")):
+        write_truth(truths / f"{stem}.tif", seed=seed + 10)
+
+    report = run(archive_dir, "scoring.truth=../truths/{stem}.tif")
+
+    items = {i.stem: i for i in report.items}  # a_truth.tif and b_truth.tif are inputs now: they fail
+    assert {items["a"].status, items["b"].status} == {"done"}
+    for stem in ("a", "b"):
+        labels = zarr.open_group(str(archive_dir / "out" / stem / f"{stem}.zarr"), mode="r")["labels"][...]
+        with rasterio.open(truths / f"{stem}.tif") as src:
+            truth = src.read(1)
+        expected = scores_from_confusion(confusion_matrix(truth, labels, num_classes=4, pred_nodata=255)).fwiou
+        scores = items[stem].scores
+        assert isinstance(scores, dict) and scores["fwiou"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_report_files_list_the_counts(archive_dir: Path) -> None:
     run(archive_dir)
     run(archive_dir)

@@ -530,16 +530,24 @@ def test_config_hash_is_stable_and_short() -> None:
             {"engine": {"gpus_per_actor": 0.5, "cpus_per_actor": 2.0, "prefetch": False}},
             id="engine-resources",
         ),
-        pytest.param({"model": {"device": "cpu", "batch_size": 32}}, id="device-and-batch"),
-        pytest.param(
-            {"output": {"path": "/elsewhere.zarr", "exports": ["cog"]}}, id="output-path-and-exports"
-        ),
-        pytest.param({"input": {"gdal": {"cachemax_mb": 1024}}}, id="gdal-cache"),
-        pytest.param({"scoring": {"truth": "/t.tif"}}, id="scoring"),
+        pytest.param({"model": {"device": "cpu", "batch_size": 32, "threads": 2}}, id="device-batch-threads"),
+        pytest.param({"output": {"path": "/elsewhere.zarr"}}, id="output-path"),
+        pytest.param({"input": {"gdal": {"cachemax_mb": 1024, "options": {"AWS_SECRET_ACCESS_KEY": "x"}}}},
+                     id="gdal-cache-and-credentials"),
+        pytest.param({"model": {"onnx": {}}}, id="empty-onnx-section"),
+        pytest.param({"scoring": {"num_classes": 9, "ignore_index": 0, "boundary_width": 5}},
+                     id="scoring-without-truth"),
+        pytest.param({"output": {"min_polygon_pixels": 9, "polygon_classes": ["a"]}},
+                     id="polygon-settings-without-polygon-export"),
     ],
 )
 def test_config_hash_ignores_scheduling(sections: dict[str, Any]) -> None:
     assert config_hash(parse_config(job(**sections))) == config_hash(parse_config(MINIMAL))
+
+
+def test_config_hash_ignores_the_order_of_exports() -> None:
+    first = parse_config(job(output={"exports": ["cog", "quicklook"]}))
+    assert config_hash(first) == config_hash(parse_config(job(output={"exports": ["quicklook", "cog"]})))
 
 
 @pytest.mark.parametrize(
@@ -555,10 +563,57 @@ def test_config_hash_ignores_scheduling(sections: dict[str, Any]) -> None:
         pytest.param({"output": {"probabilities": "float16"}}, id="probabilities"),
         pytest.param({"output": {"chunks": [256, 256]}}, id="chunks"),
         pytest.param({"engine": {"skip_empty": False}}, id="skip-empty"),
+        pytest.param({"model": {"onnx": {"output": "logits"}}}, id="onnx-settings"),
     ],
 )
 def test_config_hash_changes_with_what_decides_pixels(sections: dict[str, Any]) -> None:
     assert config_hash(parse_config(job(**sections))) != config_hash(parse_config(MINIMAL))
+
+
+SCORED = {"scoring": {"truth": "/data/truth.tif"}}
+
+
+@pytest.mark.parametrize(
+    ("base", "changed"),
+    [
+        pytest.param({}, SCORED, id="a-truth"),
+        pytest.param(SCORED, {"scoring": {"truth": "/data/other_truth.tif"}}, id="truth-path"),
+        pytest.param(SCORED, {"scoring": {"truth": "/data/truth.tif", "num_classes": 6}}, id="num-classes"),
+        pytest.param(SCORED, {"scoring": {"truth": "/data/truth.tif", "ignore_index": 0}}, id="ignore-index"),
+        pytest.param(SCORED, {"scoring": {"truth": "/data/truth.tif", "boundary_width": 0.02}}, id="boundary"),
+        pytest.param({}, {"model": {"class_names": ["bg", "a", "b", "c"]}}, id="class-names"),
+        pytest.param({"model": {"class_names": ["bg", "a"]}}, {"model": {"class_names": ["bg", "b"]}},
+                     id="renamed-class"),
+        pytest.param({}, {"model": {"class_colors": [[0, 0, 0], [255, 0, 0]]}}, id="class-colours"),
+        pytest.param({}, {"output": {"exports": ["cog"]}}, id="an-export"),
+        pytest.param({"output": {"exports": ["geojson"]}},
+                     {"output": {"exports": ["geojson"], "min_polygon_pixels": 9}}, id="min-polygon-pixels"),
+        pytest.param({"output": {"exports": ["qupath"]}},
+                     {"output": {"exports": ["qupath"], "polygon_classes": ["a"]}}, id="polygon-classes"),
+    ],
+)
+def test_config_hash_changes_with_what_decides_exports_and_scores(
+    base: dict[str, Any], changed: dict[str, Any]
+) -> None:
+    # an archive input is skipped when the ledger holds its hash: a new truth must not report the old scores
+    assert config_hash(parse_config(job(**changed))) != config_hash(parse_config(job(**base)))
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        pytest.param({}, "33b1dc3406585895", id="minimal"),
+        pytest.param({"tiling": {"tile": [64, 64, 64]}}, "d9a14f009ae0b375", id="3d"),
+        pytest.param({"tiling": {"rule": "nnunet"}}, "c01a5544292806f7", id="nnunet-rule"),
+        pytest.param({"model": {"format": "state_dict", "spec": SPEC_2D}}, "4078270ab4527d0d", id="spec"),
+        pytest.param({"engine": {"actors": 3, "skip_empty": False}}, "72938fe648de54df", id="engine"),
+    ],
+)
+def test_config_hash_of_a_config_without_the_newer_keys_never_changes(
+    sections: dict[str, Any], expected: str
+) -> None:
+    # stores and ledger rows carry these: a config that sets none of the keys covered later keeps its hash
+    assert config_hash(parse_config(job(**sections))) == expected
 
 
 def test_config_hash_follows_weights_content_not_path(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,27 @@ def test_windows_over_an_image_come_from_the_geometry(path: Path) -> None:
     assert not any(text in source for text in hand_written), (
         f"{path} iterates windows by hand; use tiler.geometry.BlockPartition(shape, size)"
     )
+
+
+CONFIG_ORDER = (
+    "problems", "fields", "safe_yaml", "schema", "messages", "files", "overrides", "loading", "identity",
+)  # fmt: skip
+"""The modules of tiler.config, lowest first: each imports only modules before it."""
+
+
+@pytest.mark.parametrize("name", CONFIG_ORDER)
+def test_the_config_package_imports_only_downward(name: str) -> None:
+    used = {n.split(".")[2] for n in imports(TILER / "config" / f"{name}.py") if n.startswith("tiler.config.")}
+    above = used - set(CONFIG_ORDER[: CONFIG_ORDER.index(name)])
+    assert not above, f"tiler.config.{name} imports {sorted(above)}, which sit above it (or beside it)"
+
+
+def test_every_config_module_is_placed() -> None:
+    found = {p.stem for p in (TILER / "config").glob("*.py")} - {"__init__"}
+    assert found == set(CONFIG_ORDER)
+
+
+def test_the_config_package_loads_no_heavy_library() -> None:
+    code = "import sys, json, tiler.config; print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=TILER.parent, capture_output=True, text=True, check=True)
+    assert not set(json.loads(out.stdout)) & {"torch", "dask", "zarr", "rasterio", "ray", "monai"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from tests.engine.helpers import write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.cli import main as cli_main
 from tiler.config import load_config
-from tiler.errors import ConfigError, EngineError
+from tiler.errors import ConfigError, InputError
 from tiler.segment import run_segment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -294,14 +295,45 @@ def test_scoring_num_classes_is_the_k_of_the_scores(tmp_path: Path) -> None:
     truth[data == 0] = 255
     with rasterio.open(tmp_path / "truth5.tif", "w", **profile) as dst:
         dst.write(truth, 1)
-    with pytest.raises(EngineError, match=r"truth holds label value\(s\) \[4\] outside \[0, num_classes=4\)"):
+    with pytest.raises(InputError) as caught:
         run_segment(load_config(config), engine="local", quiet=True)
+    message = str(caught.value)
+    assert "\n" not in message
+    named = r"scoring\.truth \S*truth5\.tif holds label value\(s\) \[4\] outside \[0, num_classes=4\)"
+    assert re.search(named, message), message
+    assert "fix: set scoring.num_classes to 5" in message and "scoring.ignore_index" in message
     result = run_segment(load_config(config, ["scoring.num_classes=5"]), engine="local", quiet=True, overwrite=True)
     assert result.scores is not None and result.scores["num_classes"] == 5
     assert np.asarray(result.scores["confusion_matrix"]).shape == (5, 6)  # K columns and "no prediction"
     assert result.scores["engine_fwiou"] == pytest.approx(result.scores["fwiou"], abs=1e-12)
     with pytest.raises(ConfigError, match=r"scoring\.num_classes=3 but the model .* predicts 4 classes"):
         run_segment(load_config(config, ["scoring.num_classes=3"]), engine="local", quiet=True, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    ("truth_nodata", "nodata_stripe"),
+    [
+        pytest.param(None, False, id="truth-labelled-under-the-input-nodata"),
+        pytest.param(9, True, id="truth-nodata-that-is-not-ignore-index"),
+    ],
+)
+def test_the_engine_score_and_the_file_score_follow_one_rule(
+    tmp_path: Path, truth_nodata: int | None, nodata_stripe: bool
+) -> None:
+    # the scene's top-left third is nodata; the truth gives those pixels classes all the same
+    config = write_config(tmp_path, scoring={"truth": str(tmp_path / "full_truth.tif"), "boundary_width": 2})
+    with rasterio.open(tmp_path / "image.tif") as src:
+        data, profile = src.read(1), src.profile | {"count": 1, "nodata": truth_nodata}
+    assert (data == 0).mean() > 0.1
+    truth = np.minimum(data // 64, 3).astype(np.uint8)
+    truth[data == 0] = 1
+    if nodata_stripe:
+        truth[:, 100:110] = 9  # the truth's own nodata, inside and outside the input's nodata
+    with rasterio.open(tmp_path / "full_truth.tif", "w", **profile) as dst:
+        dst.write(truth, 1)
+    result = run_segment(load_config(config), engine="local", quiet=True)
+    assert result.scores is not None
+    assert result.scores["engine_fwiou"] == pytest.approx(result.scores["fwiou"], abs=1e-12)
 
 
 def test_the_quicklook_is_written_only_when_asked_for_and_the_report_always(tmp_path: Path) -> None:

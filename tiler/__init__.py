@@ -37,7 +37,7 @@ from tiler.lazy import lazy_names
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
-    "load_config": "tiler.config",
+    "load_config": "tiler.config.loading",
     "run": "tiler.segment:run_segment",
     "run_segment": "tiler.segment",
     "run_many": "tiler.segment",
@@ -100,7 +100,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from tiler.archive.config import load_archive
     from tiler.archive.run import run_archive
     from tiler.blend import Blender, BlendMode
-    from tiler.config import load_config
+    from tiler.config.loading import load_config
     from tiler.geometry import BlockPartition, TileGrid, Window
     from tiler.io import open_reader
     from tiler.io.labels import open_labels

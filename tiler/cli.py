@@ -40,7 +40,8 @@ def _add_run(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tiler.config import check_files, load_config
+    from tiler.config.files import check_files
+    from tiler.config.loading import load_config
     from tiler.segment import run_segment
 
     cfg = load_config(args.config, args.overrides)

@@ -66,7 +66,7 @@ def run_demo(
     engine: str = "ray",
 ) -> SegmentResult:
     """Generate, train or reuse, segment on the embedded local Ray, score; returns the job result."""
-    from tiler.config import load_config
+    from tiler.config.loading import load_config
     from tiler.segment import run_segment
 
     if domain not in SIZES:

@@ -44,7 +44,7 @@ def _model_facts(cfg: Any) -> tuple[int, int] | str:
 
 def _plan(reader: Any, config: str, overrides: Sequence[str]) -> dict[str, Any]:
     """The plan of ``config`` over ``reader``; the parts that need the model say so when it cannot be loaded."""
-    from tiler.config import load_config
+    from tiler.config.loading import load_config
     from tiler.engine.budget import estimate_actor_memory
 
     cfg = load_config(config, [*overrides, f"input.path={reader.path}"])

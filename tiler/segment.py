@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from tiler.blend import Blender, BlendMode
-from tiler.config import JobConfig, check_files, config_hash
+from tiler.config.files import check_files
+from tiler.config.identity import config_hash
+from tiler.config.schema import JobConfig
 from tiler.engine.executor import Executor
 from tiler.engine.job import JobResult, StoreJob
 from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, ReaderRef

@@ -36,7 +36,7 @@ def load_train_config(source: str) -> TrainConfig:
             f"train config {source!r} is neither a domain ({', '.join(DOMAINS)}) nor an existing YAML file; "
             f"fix: give one of {', '.join(DOMAINS)}, or the path of a YAML file of TrainConfig fields."
         )
-    from tiler.config import load_yaml
+    from tiler.config.safe_yaml import load_yaml
 
     data: Any = load_yaml(path.read_text(encoding="utf-8"), f"train config {path}")
     return TrainConfig.from_mapping(data or {}, source=f"train config {path}")

@@ -21,7 +21,7 @@ from tests.shared_data import SHARED_DATA
 from tiler.engine.job import run_job
 from tiler.engine.plan import BlockRecord, Plan, block_key
 from tiler.engine.ray import RayExecutor, RayOptions
-from tiler.errors import EngineError, OutputError
+from tiler.errors import EngineError, InputError, OutputError
 
 CHUNKS = (32, 32)
 DATA = SHARED_DATA
@@ -221,6 +221,20 @@ def test_a_corrupt_input_fails_the_job_naming_the_block_and_leaves_nothing_compl
     with pytest.raises(EngineError, match=r"block \d+_\d+ .*corrupt\.tif"):
         run_job(plan, executor=RayExecutor(RayOptions(actors=1)), chunks=CHUNKS, config_hash="h")
     assert not zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs.get("complete", False)
+
+
+def test_truth_labels_out_of_range_fail_the_job_as_an_input_error_on_ray(
+    ray_session, scene, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    image, weights = scene
+    with rasterio.open(image) as src:
+        profile = src.profile | {"count": 1, "nodata": None}
+        truth = np.full((src.height, src.width), 9, np.uint8)  # 9 is neither a class (K=4) nor ignored
+    with rasterio.open(tmp_path / "truth.tif", "w", **profile) as dst:
+        dst.write(truth, 1)
+    plan = make_plan(image, weights, tmp_path / "out.zarr", block=256, truth=tmp_path / "truth.tif")
+    with pytest.raises(InputError, match=r"block \d+_\d+ .*scoring\.truth \S*truth\.tif holds label value\(s\) \[9\]"):
+        run_job(plan, executor=RayExecutor(RayOptions(actors=1)), chunks=CHUNKS, config_hash="h")
 
 
 def test_a_second_job_on_the_same_output_is_refused(scene, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from tiler.errors import ScoreError
 from tiler.metrics import confusion_matrix, confusion_matrix_chunked, count_pixels, count_pixels_chunked
+from tiler.metrics.confusion import LabelRangeError
 
 # truth (255 = ignore)      pred
 #  0 0 1 1                   0 1 1 1
@@ -150,6 +153,15 @@ def test_truth_label_beyond_num_classes_is_an_error() -> None:
     truth = np.full((2, 2), 5, dtype=np.uint8)
     with pytest.raises(ScoreError, match=r"truth holds label value\(s\) \[5\].*--num-classes 6"):
         confusion_matrix_chunked(truth, np.zeros((2, 2), np.uint8), num_classes=3)
+
+
+def test_a_label_range_error_carries_its_facts_across_processes() -> None:
+    truth = np.array([[0, 5], [7, 255]], dtype=np.uint8)
+    with pytest.raises(LabelRangeError) as caught:
+        confusion_matrix(truth, np.zeros((2, 2), np.uint8), num_classes=3)
+    again = pickle.loads(pickle.dumps(caught.value))  # a Ray actor's error reaches the driver pickled
+    assert isinstance(again, ScoreError) and str(again) == str(caught.value)
+    assert (again.role, again.values, again.num_classes, again.top) == ("truth", [5, 7], 3, 7)
 
 
 def test_shape_mismatch_is_a_score_error() -> None:

@@ -29,8 +29,10 @@ Rules decided here, stated once:
   sha256 of the file's size, modification time (ns) and its first and last MiB — cheap for huge
   rasters, and it changes whenever the file is rewritten or touched (a directory input such as a
   zarr store hashes the names, sizes and times of its files). The config hash is
-  :func:`tiler.config.config_hash` of the per-input JobConfig, so it covers what decides the output
-  pixels, not scoring, exports or scheduling: changing only those does not reprocess done inputs.
+  :func:`tiler.config.config_hash` of the per-input JobConfig, so it covers everything the input's
+  job writes (pixels, class names, exports, and the scores with the truth path the pattern gives it),
+  not scheduling: changing only the engine's actors, retries or addresses does not reprocess done
+  inputs, while a new truth pattern or an added export does.
 * **Ledger.** ``<root>/ledger.sqlite``: an input already ``done`` with the same key is skipped; a
   ``failed`` one is retried (``attempts`` counts tries); a ``running`` one held by a live run (same
   host and pid alive, or started less than ``archive.stale_after_hours`` ago on another host) is

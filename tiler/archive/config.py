@@ -16,7 +16,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from tiler.config import JobConfig, apply_overrides, load_yaml, parse_config
+from tiler.config.loading import parse_config
+from tiler.config.overrides import apply_overrides
+from tiler.config.safe_yaml import load_yaml
+from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError
 from tiler.paths import is_remote
 

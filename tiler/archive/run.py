@@ -10,7 +10,7 @@ from tiler.archive.config import ArchiveConfig, input_stem
 from tiler.archive.fingerprint import fingerprint, missing_fingerprint
 from tiler.archive.ledger import LEDGER_NAME, Ledger, now
 from tiler.archive.report import ArchiveItem, ArchiveReport
-from tiler.config import config_hash
+from tiler.config.identity import config_hash
 from tiler.errors import ConfigError, TilerError
 from tiler.redact import redact
 from tiler.segment import Progress, SegmentJob, run_many

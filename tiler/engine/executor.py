@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, block_key
-from tiler.errors import EngineError, TilerError
+from tiler.errors import EngineError, InputError, TilerError
 from tiler.geometry import Shape
 
 
@@ -25,14 +25,14 @@ class Done:
         plan: The block's plan.
         position: The block's position in the plan's partition.
         record: The block record (see :class:`tiler.engine.worker.BlockWorker`), or None on failure.
-        error: An :class:`~tiler.errors.EngineError` naming the block and the cause, or None.
+        error: The error naming the block and the cause (see :func:`block_failure`), or None.
     """
 
     token: Any
     plan: Plan
     position: Shape
     record: BlockRecord | None = None
-    error: EngineError | None = None
+    error: TilerError | None = None
 
 
 class Executor(Protocol):
@@ -76,10 +76,15 @@ class Executor(Protocol):
         ...
 
 
-def block_failure(plan: Plan, position: Shape, cause: BaseException | str) -> EngineError:
-    """The one-line error of a failed block: which block of which input and store, and the cause."""
+def block_failure(plan: Plan, position: Shape, cause: BaseException | str) -> TilerError:
+    """The one-line error of a failed block: which block of which input and store, and the cause.
+
+    An :class:`~tiler.errors.InputError` cause (bad data the user can fix, such as truth labels out of
+    range) stays an InputError; any other failure is an :class:`~tiler.errors.EngineError`.
+    """
     where = f"block {block_key(position)} (window {plan.window(position)}) of {plan.input.path} → {plan.store_path}"
-    return EngineError(f"{where} failed: {cause}")
+    kind = InputError if isinstance(cause, InputError) else EngineError
+    return kind(f"{where} failed: {cause}")
 
 
 class LocalExecutor:
@@ -137,8 +142,8 @@ class LocalExecutor:
         try:
             record = self._worker.run(plan, position)
         except Exception as exc:  # noqa: BLE001 - a block's failure fails its job, not the run
-            text = str(exc) if isinstance(exc, TilerError) else f"{type(exc).__name__}: {exc}"
-            error = block_failure(plan, position, text)
+            cause = exc if isinstance(exc, TilerError) else f"{type(exc).__name__}: {exc}"
+            error = block_failure(plan, position, cause)
             error.__cause__ = exc
             return [Done(token, plan, position, error=error)]
         return [Done(token, plan, position, record=record)]

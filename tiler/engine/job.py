@@ -64,7 +64,8 @@ class JobResult:
 def _sum_confusion(records: Mapping[str, BlockRecord]) -> np.ndarray | None:
     """The blocks' confusion matrices summed; None unless every block has one, all of one shape.
 
-    A resumed run may have changed scoring.truth or scoring.num_classes, which the config hash does not cover.
+    The config hash covers scoring, so the blocks of one store share it; a store written before it did may
+    still mix blocks scored against another truth or num_classes.
     """
     matrices = [np.asarray(r.confusion, dtype=np.int64) for r in records.values() if r.confusion is not None]
     if not matrices or len(matrices) != len(records) or len({m.shape for m in matrices}) != 1:

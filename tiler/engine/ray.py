@@ -216,7 +216,7 @@ class ModelActor:
         return self._loaded().run(plan, position)  # type: ignore[no-any-return]
 
 
-def _cause(exc: BaseException) -> str:
+def _cause(exc: BaseException) -> BaseException | str:
     if isinstance(exc, ray.exceptions.RayActorError):
         return (
             f"its actor died more often than engine.max_restarts allows ({str(exc).splitlines()[0]}); raise "
@@ -226,7 +226,7 @@ def _cause(exc: BaseException) -> str:
         cause = exc.cause
         from tiler.errors import TilerError
 
-        return str(cause) if isinstance(cause, TilerError) else f"{type(cause).__name__}: {cause}"
+        return cause if isinstance(cause, TilerError) else f"{type(cause).__name__}: {cause}"
     return f"{type(exc).__name__}: {exc}"
 
 

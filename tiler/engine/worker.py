@@ -11,12 +11,17 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, block_key
 from tiler.engine.work import Predict, PreparedBlock, infer_block, prepare_block
+from tiler.errors import InputError
 from tiler.geometry import Shape
+
+if TYPE_CHECKING:
+    from tiler.metrics.confusion import LabelRangeError
 
 OPEN_INPUTS = 4
 """Inputs (readers and output stores) a model worker keeps open at once."""
@@ -32,13 +37,15 @@ class BlockWorker:
     """
 
     def __init__(self, plan: Plan, *, predict: Predict | None = None, threads: int | None = None) -> None:
+        from tiler.io.labels import open_labels
         from tiler.io.store import OutputStore
 
         self.plan = plan
         self.reader = plan.input.open()
         self.predict = predict if predict is not None else plan.model(threads)
         self.store = OutputStore.open(plan.store_path)
-        self.truth = plan.truth.open() if plan.truth is not None else None
+        # the truth is opened as tiler.metrics.score_paths opens it (one band, its own nodata), so both count alike
+        self.truth = open_labels(plan.truth.path) if plan.truth is not None else None
 
     def prepare(self, position: Shape) -> PreparedBlock:
         """Read the input region covering every tile of the block at ``position``."""
@@ -90,15 +97,36 @@ class BlockWorker:
                 close()
 
     def _confusion(self, labels: np.ndarray, prepared: PreparedBlock) -> np.ndarray:
-        from tiler.metrics.confusion import confusion_matrix
+        from tiler.metrics.confusion import LabelRangeError, confusion_matrix
 
         assert self.truth is not None
-        truth = self.truth.read(prepared.block)[0]
-        return confusion_matrix(
-            truth, labels, num_classes=self.plan.score_classes or self.plan.num_classes,
-            ignore_index=self.plan.ignore_index,
-            valid=prepared.valid, pred_nodata=self.plan.nodata_label,
+        # the rule of tiler.metrics.score_paths on the finished files: every pixel is scored unless the truth
+        # ignores it (ignore_index or its nodata); pixels where the input is nodata hold the stored label
+        # (nodata: a missed pixel, or background_label) and count like any other
+        try:
+            return confusion_matrix(
+                self.truth.read(prepared.block), labels, num_classes=self.plan.score_classes or self.plan.num_classes,
+                ignore_index=self.plan.ignore_index, truth_nodata=self.truth.nodata, pred_nodata=self.plan.nodata_label,
+            )
+        except LabelRangeError as exc:
+            if exc.role != "truth":
+                raise
+            raise truth_out_of_range(self.truth.path, exc) from exc
+
+
+def truth_out_of_range(path: str, exc: LabelRangeError) -> InputError:
+    """The job's error for truth labels outside ``[0, K)``: the truth file, the values and the scoring keys to set."""
+    if exc.top >= exc.num_classes:
+        fix = (
+            f"set scoring.num_classes to {exc.top + 1} if the truth has that many classes, or set "
+            "scoring.ignore_index (or the truth file's nodata) to the value that means 'not labelled'"
         )
+    else:
+        fix = "truth labels are whole numbers in [0, num_classes): set scoring.ignore_index to the void label"
+    return InputError(
+        f"scoring.truth {path} holds label value(s) {exc.values} outside [0, num_classes={exc.num_classes}) "
+        f"where it is scored; fix: {fix}"
+    )
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:

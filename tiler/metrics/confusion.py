@@ -83,7 +83,30 @@ def _equals(values: np.ndarray, target: float | None) -> np.ndarray:
     return np.asarray(values == target)
 
 
-def _out_of_range_error(role: str, values: np.ndarray, rules: LabelRules) -> ScoreError:
+class LabelRangeError(ScoreError):
+    """Label values outside ``[0, K)`` at scored pixels, in the truth or the prediction.
+
+    The message words the fix as ``tiler score`` flags; a caller with other knobs (the segment job's
+    ``scoring`` keys) reads the attributes and words its own.
+
+    Attributes:
+        role: ``"truth"`` or ``"prediction"``.
+        values: The offending values (the distinct ones among the first 20 found), sorted.
+        num_classes: ``K`` of the rules that refused them.
+        top: The largest offending value that is a whole number >= 0, or -1.
+    """
+
+    def __init__(
+        self, message: str, *, role: str = "", values: list[float] | None = None, num_classes: int = 0, top: int = -1
+    ) -> None:
+        super().__init__(message)
+        self.role = role
+        self.values = list(values or [])
+        self.num_classes = num_classes
+        self.top = top
+
+
+def _out_of_range_error(role: str, values: np.ndarray, rules: LabelRules) -> LabelRangeError:
     """Build the error for label values outside ``[0, K)`` at scored pixels, naming them and the fix."""
     shown = sorted({float(v) if not float(v).is_integer() else int(v) for v in values[:20]})
     top = max((int(v) for v in values if np.isfinite(v) and v >= 0), default=-1)
@@ -100,9 +123,10 @@ def _out_of_range_error(role: str, values: np.ndarray, rules: LabelRules) -> Sco
             if top >= rules.num_classes
             else "set --ignore-index or the truth's nodata to the void label"
         )
-    return ScoreError(
+    return LabelRangeError(
         f"the {role} holds label value(s) {shown} outside [0, num_classes={rules.num_classes}) at scored "
-        f"pixels; {hint}."
+        f"pixels; {hint}.",
+        role=role, values=shown, num_classes=rules.num_classes, top=top,
     )
 
 
