@@ -306,3 +306,25 @@ def test_the_pool_reports_the_model_facts_and_a_model_that_cannot_load_fails_onc
         assert pool.pids() == [pid]
     finally:
         pool.close()
+
+
+def test_a_pool_whose_first_actor_died_answers_the_next_facts_call_from_a_new_actor(
+    ray_session, scene  # type: ignore[no-untyped-def]
+) -> None:
+    from tiler.engine.plan import ModelRef
+
+    _, weights = scene
+    model = ModelRef(str(weights))
+    pool = RayExecutor(RayOptions(actors=1, max_restarts=0, max_task_retries=0))
+    try:
+        pool.start(model)
+        (pid,) = pool.pids()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+        with pytest.raises(EngineError, match="died while loading"):
+            pool.facts(model)
+        facts = pool.facts(model)
+        assert facts is not None and facts.num_classes == 4
+        assert pool.pids() != [pid]
+    finally:
+        pool.close()

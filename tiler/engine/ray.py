@@ -313,8 +313,10 @@ class RayExecutor:
             raise EngineError(f"the model actor could not load {model.weights}: {_cause(exc)}") from exc
         except ray.exceptions.RayActorError as exc:
             with self._starting:
-                if self._facts is call:
-                    self._facts = None  # the next caller asks a live actor
+                if self._facts is call:  # its restarts ran out: the next caller asks a new actor
+                    self._facts = None
+                    if self._actors:
+                        self._replace(0)
             raise EngineError(f"the model actor died while loading {model.weights}: {_cause(exc)}") from exc
 
     def submit(self, token: Any, plan: Plan, position: Shape) -> None:
