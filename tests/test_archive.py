@@ -167,7 +167,7 @@ def test_changing_the_overlap_reprocesses_every_file(archive_dir: Path) -> None:
     assert {k.split("/")[1] for k in new}.isdisjoint({k.split("/")[1] for k in before})
     store = archive_dir / "out" / "a" / "a.zarr"
     new_hash = next(k.split("/")[1] for k in new if k.startswith("a/"))
-    assert json.loads((store / "zarr.json").read_text())["attributes"]["config_hash"] == new_hash
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["job_hash"] == new_hash
     after_blocks = block_mtimes(store)
     assert after_blocks.keys() == blocks.keys()
     assert all(after_blocks[k] > blocks[k] for k in blocks)  # every block recomputed
@@ -400,7 +400,9 @@ def test_ledger_retries_a_failure_and_resumes_its_store(tmp_path: Path) -> None:
         assert (retry.state, retry.row.attempts, retry.resume) == ("claimed", 2, True)
         assert retry.row.error == "/a.tif: broken" and retry.row.finished_at is None
         other = ledger.claim("fp", "h2", input_path="/a.tif", store_path="/out/a.zarr")
-        assert (other.state, other.resume) == ("claimed", False)  # another config: overwrite the store
+        assert (other.state, other.resume) == ("claimed", True)  # the same file: the store's pixels hash decides
+        rewritten = ledger.claim("fp2", "h2", input_path="/a.tif", store_path="/out/a.zarr")
+        assert (rewritten.state, rewritten.resume) == ("claimed", False)  # another file: overwrite the store
 
 
 @pytest.mark.parametrize(

@@ -220,3 +220,24 @@ def test_the_driver_of_a_ray_archive_never_loads_the_model(ray_session, tmp_path
     for stem in SHAPES:
         store = tmp_path / "out" / stem / f"{stem}.zarr"
         assert zarr.open_group(str(store), mode="r").attrs["complete"] is True
+
+
+def test_an_export_added_to_an_archive_refinishes_every_input_without_recomputing_a_block(tmp_path: Path) -> None:
+    config = write_archive(tmp_path)
+    first = run_archive(load_archive(config), engine="local", quiet=True)
+    assert first.counts["done"] == 3
+    stores = {stem: tmp_path / "out" / stem / f"{stem}.zarr" for stem in SHAPES}
+    before = {stem: [(p.name, p.read_bytes(), p.stat().st_mtime_ns) for p in
+                     sorted((s / ".tiler" / "blocks").glob("*.json"))] for stem, s in stores.items()}
+
+    data = yaml.safe_load(config.read_text())
+    data["output"]["exports"] = ["cog"]
+    config.write_text(yaml.safe_dump(data))
+    second = run_archive(load_archive(config), engine="local", quiet=True)
+    assert second.counts["done"] == 3, second.to_dict()
+    for stem, store in stores.items():
+        after = [(p.name, p.read_bytes(), p.stat().st_mtime_ns) for p in
+                 sorted((store / ".tiler" / "blocks").glob("*.json"))]
+        assert after == before[stem], f"{stem}: a block was recomputed"
+        assert (store.parent / f"{stem}.cog.tif").is_file()
+        assert zarr.open_group(str(store), mode="r").attrs["complete"] is True

@@ -342,3 +342,65 @@ def test_the_quicklook_is_written_only_when_asked_for_and_the_report_always(tmp_
     assert Path(result.outputs["report_json"]).is_file() and Path(result.outputs["report_md"]).is_file()
     with pytest.raises(ConfigError, match=r"output\.exports\[1\]: must be one of"):
         load_config(write_config(tmp_path), ["output.exports=[cog, report]"])
+
+
+def _block_files(store: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (store / ".tiler" / "blocks").glob("*.json")}
+
+
+def test_a_new_export_or_truth_refinishes_a_finished_store_without_recomputing_a_block(tmp_path: Path) -> None:
+    """Same pixels, other finishing: no block runs, the new export and scores appear, the store ends complete."""
+    from tiler.config import config_hash
+
+    path = write_config(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    truth = data.pop("scoring")["truth"]
+    data["output"]["exports"] = []
+    path.write_text(yaml.safe_dump(data))
+    first = run_segment(load_config(path), engine="local", quiet=True)
+    store = Path(first.store)
+    before = _block_files(store)
+    assert first.scores is None and "cog" not in first.outputs
+
+    data["output"]["exports"] = ["cog"]
+    data["scoring"] = {"truth": truth}
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    second = run_segment(cfg, engine="local", quiet=True)
+    assert second.summary["blocks_resumed"] == second.summary["blocks_total"]
+    assert _block_files(store) == before, "a block was recomputed"
+    assert Path(second.outputs["cog"]).is_file()
+    assert second.scores is not None and "engine_fwiou" not in second.scores  # blocks were not scored then
+    report = json.loads(Path(second.outputs["report_json"]).read_text())
+    assert report["scores"]["fwiou"] == second.scores["fwiou"] and "cog" in report["outputs"]
+    group = zarr.open_group(str(store), mode="r")
+    assert group.attrs["complete"] is True and group.attrs["job_hash"] == config_hash(cfg)
+
+
+def test_a_store_finished_for_another_job_is_not_complete_while_this_job_refinishes(tmp_path: Path) -> None:
+    from tiler.segment import SegmentJob
+
+    path = write_config(tmp_path)
+    run_segment(load_config(path), engine="local", quiet=True)
+    data = yaml.safe_load(path.read_text())
+    data["output"]["exports"] = ["cog"]
+    path.write_text(yaml.safe_dump(data))
+    job = SegmentJob(load_config(path))
+    try:
+        work = job.open()  # what a kill right after opening would leave behind
+        assert work.pending == []
+        assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["complete"] is False
+    finally:
+        job.close()
+
+
+def test_another_pixels_setting_is_still_refused_without_overwrite(tmp_path: Path) -> None:
+    from tiler.errors import OutputError
+
+    path = write_config(tmp_path)
+    run_segment(load_config(path), engine="local", quiet=True)
+    data = yaml.safe_load(path.read_text())
+    data["tiling"]["overlap"] = [4, 4]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(OutputError, match="another job"):
+        run_segment(load_config(path), engine="local", quiet=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from tiler.blend import Blender, BlendMode
 from tiler.config.files import check_files
-from tiler.config.identity import config_hash
+from tiler.config.identity import config_hash, pixels_hash
 from tiler.config.schema import JobConfig
 from tiler.engine.executor import Executor
 from tiler.engine.job import JobResult, StoreJob
@@ -548,8 +548,8 @@ class SegmentJob:
         self.plan = plan
         self.planned = dict(attrs["plan"])
         self.store_job = StoreJob(
-            plan, chunks=self.cfg.output.chunks, config_hash=config_hash(self.cfg), attrs=attrs,
-            overwrite=self.overwrite,
+            plan, chunks=self.cfg.output.chunks, config_hash=pixels_hash(self.cfg), attrs=attrs,
+            overwrite=self.overwrite, job_hash=config_hash(self.cfg),
         )
         return self.store_job.open()
 

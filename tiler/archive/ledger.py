@@ -53,8 +53,10 @@ class Claim:
         state: ``claimed`` (this run must process the input), ``done`` (already done: skip) or
             ``busy`` (another live run holds it: skip).
         row: The row after the claim.
-        resume: Whether the store may be resumed from its block records (the last attempt at this
-            store had the same key); otherwise an existing store is overwritten.
+        resume: Whether the store may be resumed from its block records: the last attempt at this store
+            was of the same input file (fingerprint). The caller still overwrites a store that holds
+            another pixels configuration (:func:`tiler.config.pixels_hash`); otherwise an existing store
+            is overwritten.
 
     """
 
@@ -203,7 +205,7 @@ class Ledger:
                 "ORDER BY started_at DESC LIMIT 1",
                 (store_path,),
             ).fetchone()
-            resume = last is not None and tuple(last) == (fingerprint, config_hash)
+            resume = last is not None and last[0] == fingerprint  # same file: the store decides on its pixels
             started = now()
             if row is None:
                 conn.execute(

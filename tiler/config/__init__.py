@@ -20,9 +20,10 @@ Rules decided here, stated once:
   :func:`parse_config` on a mapping resolves only when given ``base_dir``.
 * **Units.** Tile, overlap, block and chunks are whole pixels (never fractions).
   ``scoring.boundary_width`` below 1 is a fraction of the image diagonal; 1 or more is whole pixels.
-* **Identity.** :func:`config_hash` covers everything a job writes (the output pixels, the block
-  layout, class names and colours, exports and scores), not how the work is scheduled: a job may
-  resume with other actor counts, retries or addresses (:mod:`tiler.config.identity` lists each key).
+* **Identity.** :func:`pixels_hash` covers what the output store holds (pixels, block layout, class
+  names and colours), :func:`config_hash` that plus exports and scores; neither covers how the work is
+  scheduled: a job may resume with other actor counts, retries or addresses
+  (:mod:`tiler.config.identity` lists each key).
 
 Every failure raises :class:`tiler.errors.ConfigError` with one line per problem naming the file,
 the dotted key, the bad value and the fix.
@@ -37,7 +38,7 @@ sections and :class:`JobConfig`), :mod:`~tiler.config.messages` (validation erro
 """
 
 from tiler.config.files import check_files, missing_files
-from tiler.config.identity import config_hash
+from tiler.config.identity import config_hash, pixels_hash
 from tiler.config.loading import dump_config, load_config, parse_config
 from tiler.config.overrides import apply_overrides
 from tiler.config.safe_yaml import MAX_YAML_NODES, load_yaml
@@ -75,6 +76,7 @@ __all__ = [
     "apply_overrides",
     "check_files",
     "config_hash",
+    "pixels_hash",
     "dump_config",
     "load_config",
     "load_yaml",

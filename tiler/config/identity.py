@@ -1,9 +1,14 @@
-"""The identity of a job's configuration: :func:`config_hash`, which output stores and the archive ledger record.
+"""The identity of a job's configuration, in two parts.
 
-A store holding another hash is refused (or replaced with ``--overwrite``), and an archive input is
-skipped when the ledger holds its fingerprint with the same hash, its recorded scores and outputs
-reported as they are. So the hash covers every key that changes what a job writes: the pixels, the
-block layout, the store's class names and colours, the exports, and the scores in the report.
+* :func:`pixels_hash` — what the output store holds (pixels, block layout, class names and colours).
+  A store holding another one is refused (or replaced with ``--overwrite``): its blocks would not be
+  this job's.
+* :func:`config_hash` — the pixels plus what the finishing writes (exports, polygon settings, scores).
+  An archive input is skipped when the ledger holds its fingerprint with this hash, its recorded scores
+  and outputs reported as they are; a finished store records the one its exports and reports were made
+  with. A job whose store matches on pixels but not on this hash runs no block: it clears ``complete``,
+  writes the exports now asked for, scores with the new settings, rewrites the reports and marks the
+  store complete again. Exports no longer asked for stay on disk but are not listed as the job's outputs.
 
 Covered:
 
@@ -12,9 +17,11 @@ Covered:
   precision, test-time flips, nnU-Net and ONNX settings, class names and class colours.
 * ``tiling``: all of it (the block too: resume records are per block).
 * ``engine.skip_empty`` (skipped tiles become nodata).
-* ``output``: chunks, probability dtype, nodata and background labels, the exports, and the polygon
-  settings (``min_polygon_pixels``, ``polygon_classes``) when a polygon export is asked for.
-* ``scoring``: truth, ignore_index, boundary_width and num_classes, when a truth is given.
+* ``output``: chunks, probability dtype, nodata and background labels; for :func:`config_hash` only, the
+  exports and the polygon settings (``min_polygon_pixels``, ``polygon_classes``) when a polygon export
+  is asked for.
+* ``scoring`` (:func:`config_hash` only): truth, ignore_index, boundary_width and num_classes, when a
+  truth is given.
 
 Excluded, and why:
 
@@ -50,7 +57,7 @@ from typing import Any
 from tiler.config.schema import JobConfig
 from tiler.paths import is_remote
 
-__all__ = ["config_hash"]
+__all__ = ["config_hash", "pixels_hash"]
 
 
 def _file_sha256(path: str) -> str | None:
@@ -76,11 +83,31 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 _POLYGON_EXPORTS = frozenset({"geojson", "geoparquet", "qupath"})
 
 
+def pixels_hash(cfg: JobConfig) -> str:
+    """Return a 16-hex-digit identity of what the output *store* holds: pixels, block layout, classes.
+
+    The store records it and refuses a job with another one (unless ``--overwrite``). It leaves out what
+    only the finishing writes (exports, polygon settings, scores), so adding an export or a truth to a
+    finished job re-finishes it without recomputing a block.
+    """
+    return _digest(_payload(cfg, finishing=False))
+
+
 def config_hash(cfg: JobConfig) -> str:
     """Return a 16-hex-digit identity of everything the job writes: pixels, layout, exports and scores.
 
+    The archive ledger keys inputs by it, and a finished store records the one its files were made with.
     See the module docstring for what is covered and what is left out, and why.
     """
+    return _digest(_payload(cfg, finishing=True))
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _payload(cfg: JobConfig, *, finishing: bool) -> dict[str, Any]:
     payload = {
         "version": 1,
         "input": cfg.input.model_dump(mode="json", exclude={"gdal"}),
@@ -88,12 +115,11 @@ def config_hash(cfg: JobConfig) -> str:
         # the default step rule is left out so that hashes from before the rule existed still match
         "tiling": cfg.tiling.model_dump(mode="json", exclude={"rule"} if cfg.tiling.rule == "overlap" else None),
         "engine": {"skip_empty": cfg.engine.skip_empty},
-        "output": _output_part(cfg),
+        "output": _output_part(cfg, finishing=finishing),
     }
-    if cfg.scoring.truth is not None:
+    if finishing and cfg.scoring.truth is not None:
         payload["scoring"] = cfg.scoring.model_dump(mode="json")
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    return payload
 
 
 def _model_part(cfg: JobConfig) -> dict[str, Any]:
@@ -115,10 +141,12 @@ def _model_part(cfg: JobConfig) -> dict[str, Any]:
     return part
 
 
-def _output_part(cfg: JobConfig) -> dict[str, Any]:
+def _output_part(cfg: JobConfig, *, finishing: bool) -> dict[str, Any]:
     """The output keys of the identity; exports (in any order) and polygon settings only when they apply."""
     out = cfg.output
     part = out.model_dump(mode="json", include={"chunks", "probabilities", "nodata_label", "background_label"})
+    if not finishing:
+        return part
     if out.exports:
         part["exports"] = sorted(out.exports)
     if _POLYGON_EXPORTS.intersection(out.exports):

@@ -79,18 +79,24 @@ class StoreJob:
     Args:
         plan: The job.
         chunks: Output chunk shape; blocks must own whole chunks.
-        config_hash: Hash of the configuration; an existing store with another hash is refused.
+        config_hash: Hash of what the store holds (:func:`tiler.config.pixels_hash`); an existing store with
+            another hash is refused.
         attrs: Store attributes (georeferencing, class names and colours, config).
         overwrite: Replace an existing tiler store holding another configuration's result.
+        job_hash: Hash of the whole job (:func:`tiler.config.config_hash`: exports and scores too), recorded
+            when the store is marked complete. A store finished under another one is reopened (``complete``
+            cleared) so that this job's finishing runs before it looks finished again; None: not tracked.
     """
 
     def __init__(
         self, plan: Plan, *, chunks: Sequence[int], config_hash: str, attrs: Mapping[str, Any] | None = None,
-        overwrite: bool = False,
+        overwrite: bool = False, job_hash: str | None = None,
     ) -> None:
         self.plan = plan
         self.chunks = tuple(chunks)
         self.config_hash = config_hash
+        self.job_hash = job_hash
+        self.other_job = False  # the store held blocks or files of a job with another job hash
         self.attrs = attrs
         self.overwrite = overwrite
         self.store: Any = None
@@ -110,9 +116,19 @@ class StoreJob:
         self.locked = True
         self.store = OutputStore.create(
             plan.store_path, shape=plan.grid.shape, num_classes=plan.num_classes, chunks=self.chunks,
-            nodata_label=plan.nodata_label, probabilities=plan.probabilities, attrs=self.attrs,
+            nodata_label=plan.nodata_label, probabilities=plan.probabilities,
+            attrs={**dict(self.attrs or {}), **({"job_hash": self.job_hash} if self.job_hash else {})},
             config_hash=self.config_hash, overwrite=self.overwrite,
         )
+        store = self.store
+        if self.job_hash is not None and store.job_hash != self.job_hash:
+            # the same pixels, written or finished for another job (other exports or scores): not complete until
+            # this job's finishing is, and the blocks' scores against another truth are not this job's
+            changes: dict[str, Any] = {"job_hash": self.job_hash}
+            if self.attrs and "config" in self.attrs:
+                changes["config"] = self.attrs["config"]
+            store.reopen(changes)
+            self.other_job = True
         broken = self.store.check_blocks()  # recorded blocks whose chunks are gone: recomputed, never trusted
         if broken:
             warnings.warn(
@@ -149,7 +165,8 @@ class StoreJob:
             tiles_run=sum(r.tiles_run for r in records.values()),
             tiles_skipped=sum(r.tiles_skipped for r in records.values()),
             seconds=time.perf_counter() - self.t0,
-            confusion=_sum_confusion(records),
+            # blocks scored against another job's truth (or none) do not count: the files are scored again
+            confusion=None if self.other_job else _sum_confusion(records),
             records=records,
         )
         if result.tiles_run == 0:
@@ -161,7 +178,7 @@ class StoreJob:
 
     def complete(self, summary: Mapping[str, Any]) -> None:
         """Write the summary and the ``complete`` flag: the last thing a job does."""
-        self.store.mark_complete(summary)
+        self.store.mark_complete(summary, job_hash=self.job_hash)
 
     def release(self) -> None:
         """Drop the job lock (if it was taken)."""

@@ -622,8 +622,18 @@ class OutputStore:
             if isinstance(rec.get("path"), str) and os.path.lexists(rec["path"])
         }
 
-    def mark_complete(self, summary: Mapping[str, Any]) -> None:
-        """Write the summary and set ``complete`` in one atomic rewrite of zarr.json; call last.
+    @property
+    def job_hash(self) -> str | None:
+        """The job hash (exports and scores too) the store was last finished with, or None."""
+        value = self.attrs.get("job_hash")
+        return str(value) if value else None
+
+    def reopen(self, attrs: Mapping[str, Any]) -> None:
+        """Clear ``complete`` (and update ``attrs``) in one atomic rewrite of zarr.json, before a new finishing."""
+        self._update_attrs({**dict(attrs), "complete": False})
+
+    def mark_complete(self, summary: Mapping[str, Any], *, job_hash: str | None = None) -> None:
+        """Write the summary (and the job hash) and set ``complete`` in one atomic rewrite of zarr.json; call last.
 
         Raises:
             OutputError: a recorded block's chunk file is missing (the store would claim pixels it lacks).
@@ -635,7 +645,7 @@ class OutputStore:
                 f"output store {self.path} cannot be marked complete: {len(broken)} recorded block(s) have chunk "
                 f"files missing (first: {broken[0]}). Rerun the job to recompute them."
             )
-        self._update_attrs({"summary": dict(summary), "complete": True})
+        self._update_attrs({"summary": dict(summary), **({"job_hash": job_hash} if job_hash else {}), "complete": True})
 
     # -- job lock --------------------------------------------------------------------------------------
     @property
