@@ -167,7 +167,7 @@ def test_changing_the_overlap_reprocesses_every_file(archive_dir: Path) -> None:
     assert {k.split("/")[1] for k in new}.isdisjoint({k.split("/")[1] for k in before})
     store = archive_dir / "out" / "a" / "a.zarr"
     new_hash = next(k.split("/")[1] for k in new if k.startswith("a/"))
-    assert json.loads((store / "zarr.json").read_text())["attributes"]["config_hash"] == new_hash
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["job_hash"] == new_hash
     after_blocks = block_mtimes(store)
     assert after_blocks.keys() == blocks.keys()
     assert all(after_blocks[k] > blocks[k] for k in blocks)  # every block recomputed
