@@ -10,7 +10,7 @@ from tiler.archive.config import ArchiveConfig, input_stem
 from tiler.archive.fingerprint import fingerprint, missing_fingerprint
 from tiler.archive.ledger import LEDGER_NAME, Ledger, now
 from tiler.archive.report import ArchiveItem, ArchiveReport
-from tiler.config.identity import config_hash
+from tiler.config.identity import config_hash, pixels_hash
 from tiler.errors import ConfigError, TilerError
 from tiler.redact import redact
 from tiler.segment import Progress, SegmentJob, run_many
@@ -69,12 +69,14 @@ class _Run:
             try:
                 item.store = self.archive.store_path(input_path)
                 cfg = self.archive.job_for(input_path)
-                item.config_hash = config_hash(cfg)
+                item.config_hash, pixels = config_hash(cfg), pixels_hash(cfg)
             except Exception as exc:  # noqa: BLE001 - one bad input must not stop the others
                 item.config_hash = "-"
                 self.fail(item, _error_text(exc, input_path))
                 continue
-            claim = self.ledger.claim(item.fingerprint, item.config_hash, input_path=item.input, store_path=item.store)
+            claim = self.ledger.claim(
+                item.fingerprint, item.config_hash, input_path=item.input, store_path=item.store, pixels_hash=pixels
+            )
             item.attempts = claim.row.attempts
             if claim.state != "claimed":
                 item.status, item.scores, item.outputs = "skipped", claim.row.scores, claim.row.outputs
