@@ -182,7 +182,7 @@ def tiler_job(plan: Any, info: dict[str, Any], run_blocks: Any) -> Callable[[], 
         shutil.rmtree(plan.store_path, ignore_errors=True)
         wall0 = time.time()
         result = run_job(plan, run_blocks=run_blocks, chunks=(info["chunks"],) * info["ndim"],
-                         config_hash="bench-gpu", overwrite=True)
+                         pixels_hash="bench-gpu", overwrite=True)
         records = list(result.records.values())
         first = min(float(r["started_at"]) for r in records)
         last = max(float(r["finished_at"]) for r in records)

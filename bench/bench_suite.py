@@ -162,7 +162,7 @@ def run_project(info: dict[str, Any], *, skip: bool) -> dict[str, Any]:
         t0, wall0 = time.perf_counter(), time.time()
         options = RayOptions(cpus_per_actor=info.get("cpus_per_actor", 1))
         result = run_job(plan, executor=RayExecutor(options), chunks=(info["chunks"],) * info["ndim"],
-                         config_hash="bench", overwrite=True)
+                         pixels_hash="bench", overwrite=True)
         seconds = time.perf_counter() - t0
     labels = zarr.open_group(str(store), mode="r")["labels"]
     if math.prod(labels.shape) <= 2**28:

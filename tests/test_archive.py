@@ -193,6 +193,38 @@ def test_a_new_truth_pattern_rescores_instead_of_reporting_the_old_scores(archiv
         assert isinstance(scores, dict) and scores["fwiou"] == pytest.approx(expected, abs=1e-12)
 
 
+def block_files(store: Path) -> dict[str, tuple[bytes, int]]:
+    """Every block record's bytes and mtime: a recomputed block rewrites its record."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (store / ".tiler" / "blocks").glob("*.json")}
+
+
+def test_an_added_export_finishes_every_done_input_again_without_running_a_block(archive_dir: Path) -> None:
+    run(archive_dir)
+    before = rows(archive_dir / "out")
+    stores = {s: archive_dir / "out" / s / f"{s}.zarr" for s in ("a", "b")}
+    blocks = {s: block_files(p) for s, p in stores.items()}
+
+    report = run(archive_dir, "output.exports=[cog]")
+
+    assert report.counts == {"done": 2, "skipped": 0, "failed": 1, "total": 3}
+    new = by_stem({k: r for k, r in rows(archive_dir / "out").items() if k not in before})
+    assert sorted(new) == ["a", "b", "c"]
+    for stem, store in stores.items():
+        assert block_files(store) == blocks[stem]  # every block reused: records untouched
+        row = new[stem]
+        assert row["status"] == "done" and row["attempts"] == 1
+        assert row["summary"]["blocks_run"] == 0  # type: ignore[index]
+        outputs = row["outputs"]
+        assert isinstance(outputs, dict) and Path(outputs["cog"]).is_file()
+        attrs = json.loads((store / "zarr.json").read_text())["attributes"]
+        assert attrs["complete"] is True and attrs["job_hash"] == row["config_hash"]
+        assert attrs["pixels_hash"] == row["pixels_hash"] == by_stem(before)[stem]["pixels_hash"]
+        stored = json.loads((store.parent / f"{stem}.report.json").read_text())
+        assert stored["config_hash"] == row["config_hash"] and "cog" in stored["outputs"]
+
+    assert run(archive_dir, "output.exports=[cog]").counts["skipped"] == 2  # done under the new hash
+
+
 def test_report_files_list_the_counts(archive_dir: Path) -> None:
     run(archive_dir)
     run(archive_dir)
@@ -400,9 +432,37 @@ def test_ledger_retries_a_failure_and_resumes_its_store(tmp_path: Path) -> None:
         assert (retry.state, retry.row.attempts, retry.resume) == ("claimed", 2, True)
         assert retry.row.error == "/a.tif: broken" and retry.row.finished_at is None
         other = ledger.claim("fp", "h2", input_path="/a.tif", store_path="/out/a.zarr")
-        assert (other.state, other.resume) == ("claimed", True)  # the same file: the store's pixels hash decides
-        rewritten = ledger.claim("fp2", "h2", input_path="/a.tif", store_path="/out/a.zarr")
-        assert (rewritten.state, rewritten.resume) == ("claimed", False)  # another file: overwrite the store
+        assert (other.state, other.resume) == ("claimed", False)  # another config: overwrite the store
+
+
+def test_ledger_resumes_a_store_with_the_same_pixels_of_the_same_input(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.claim("fp", "h1", input_path="/a.tif", store_path="/out/a.zarr", pixels_hash="p")
+        ledger.finish("fp", "h1", status="done")
+        # another export or truth: the store is finished again from its blocks
+        refinish = ledger.claim("fp", "h2", input_path="/a.tif", store_path="/out/a.zarr", pixels_hash="p")
+        assert (refinish.state, refinish.resume, refinish.row.pixels_hash) == ("claimed", True, "p")
+        ledger.finish("fp", "h2", status="done")
+        changed = ledger.claim("fp2", "h2", input_path="/a.tif", store_path="/out/a.zarr", pixels_hash="p")
+        assert (changed.state, changed.resume) == ("claimed", False)  # the input was rewritten: compute anew
+        ledger.finish("fp2", "h2", status="done")
+        other = ledger.claim("fp2", "h3", input_path="/a.tif", store_path="/out/a.zarr", pixels_hash="q")
+        assert (other.state, other.resume) == ("claimed", False)  # other pixels: overwrite
+
+
+def test_a_ledger_from_before_the_pixels_hash_gains_the_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as ledger:
+        ledger.claim("fp", "p-then", input_path="/a.tif", store_path="/out/a.zarr")
+        ledger.finish("fp", "p-then", status="done")
+    with sqlite3.connect(path) as conn:  # the table as it was: no pixels_hash column
+        conn.execute("ALTER TABLE runs DROP COLUMN pixels_hash")
+    with Ledger(path) as ledger:
+        (row,) = ledger.rows()
+        assert (row.config_hash, row.status, row.pixels_hash) == ("p-then", "done", None)
+        # its hash identified the store then: a new finishing of the same pixels resumes the store
+        claim = ledger.claim("fp", "h2", input_path="/a.tif", store_path="/out/a.zarr", pixels_hash="p-then")
+        assert (claim.state, claim.resume) == ("claimed", True)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from tiler.config import (
     dump_config,
     load_config,
     parse_config,
+    pixels_hash,
 )
 from tiler.errors import ConfigError
 
@@ -599,21 +600,69 @@ def test_config_hash_changes_with_what_decides_exports_and_scores(
     assert config_hash(parse_config(job(**changed))) != config_hash(parse_config(job(**base)))
 
 
-@pytest.mark.parametrize(
-    ("sections", "expected"),
-    [
-        pytest.param({}, "33b1dc3406585895", id="minimal"),
-        pytest.param({"tiling": {"tile": [64, 64, 64]}}, "d9a14f009ae0b375", id="3d"),
-        pytest.param({"tiling": {"rule": "nnunet"}}, "c01a5544292806f7", id="nnunet-rule"),
-        pytest.param({"model": {"format": "state_dict", "spec": SPEC_2D}}, "4078270ab4527d0d", id="spec"),
-        pytest.param({"engine": {"actors": 3, "skip_empty": False}}, "72938fe648de54df", id="engine"),
-    ],
-)
+PINNED = [
+    pytest.param({}, "33b1dc3406585895", id="minimal"),
+    pytest.param({"tiling": {"tile": [64, 64, 64]}}, "d9a14f009ae0b375", id="3d"),
+    pytest.param({"tiling": {"rule": "nnunet"}}, "c01a5544292806f7", id="nnunet-rule"),
+    pytest.param({"model": {"format": "state_dict", "spec": SPEC_2D}}, "4078270ab4527d0d", id="spec"),
+    pytest.param({"engine": {"actors": 3, "skip_empty": False}}, "72938fe648de54df", id="engine"),
+]
+
+
+@pytest.mark.parametrize(("sections", "expected"), PINNED)
 def test_config_hash_of_a_config_without_the_newer_keys_never_changes(
     sections: dict[str, Any], expected: str
 ) -> None:
     # stores and ledger rows carry these: a config that sets none of the keys covered later keeps its hash
     assert config_hash(parse_config(job(**sections))) == expected
+
+
+@pytest.mark.parametrize(("sections", "expected"), PINNED)
+def test_without_exports_or_truth_the_pixels_hash_is_the_config_hash(sections: dict[str, Any], expected: str) -> None:
+    # stores written before the split recorded this one hash: they are resumed under the pixels hash
+    assert pixels_hash(parse_config(job(**sections))) == expected
+
+
+FINISHING = [
+    pytest.param({}, SCORED, id="a-truth"),
+    pytest.param(SCORED, {"scoring": {"truth": "/data/other_truth.tif"}}, id="truth-path"),
+    pytest.param(SCORED, {"scoring": {"truth": "/data/truth.tif", "num_classes": 6}}, id="num-classes"),
+    pytest.param(SCORED, {"scoring": {"truth": "/data/truth.tif", "ignore_index": 0}}, id="ignore-index"),
+    pytest.param(SCORED, {"scoring": {"truth": "/data/truth.tif", "boundary_width": 0.02}}, id="boundary"),
+    pytest.param({}, {"output": {"exports": ["cog"]}}, id="an-export"),
+    pytest.param({"output": {"exports": ["cog"]}}, {"output": {"exports": ["cog", "geojson"]}}, id="a-polygon-export"),
+    pytest.param({"output": {"exports": ["geojson"]}},
+                 {"output": {"exports": ["geojson"], "min_polygon_pixels": 9}}, id="min-polygon-pixels"),
+    pytest.param({"output": {"exports": ["qupath"]}},
+                 {"output": {"exports": ["qupath"], "polygon_classes": ["a"]}}, id="polygon-classes"),
+]
+
+
+@pytest.mark.parametrize(("base", "changed"), FINISHING)
+def test_the_pixels_hash_ignores_what_only_the_finishing_writes(base: dict[str, Any], changed: dict[str, Any]) -> None:
+    # a store keeps its blocks when only exports or scores change: it is finished again, not recomputed
+    first, second = parse_config(job(**base)), parse_config(job(**changed))
+    assert pixels_hash(first) == pixels_hash(second)
+    assert config_hash(first) != config_hash(second)
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        pytest.param({"tiling": {"overlap": [64, 64]}}, id="overlap"),
+        pytest.param({"tiling": {"block": [1024, 1024]}}, id="block"),
+        pytest.param({"input": {"path": "/data/other.tif"}}, id="input-path"),
+        pytest.param({"output": {"chunks": [256, 256]}}, id="chunks"),
+        pytest.param({"output": {"probabilities": "float16"}}, id="probabilities"),
+        pytest.param({"engine": {"skip_empty": False}}, id="skip-empty"),
+        pytest.param({"model": {"onnx": {"output": "logits"}}}, id="onnx-settings"),
+        pytest.param({"model": {"class_names": ["bg", "a", "b", "c"]}}, id="class-names"),
+        pytest.param({"model": {"class_colors": [[0, 0, 0], [255, 0, 0]]}}, id="class-colours"),
+    ],
+)
+def test_the_pixels_hash_changes_with_what_the_store_holds(sections: dict[str, Any]) -> None:
+    # the arrays, the block layout and the store's class names and colours (every export reads them)
+    assert pixels_hash(parse_config(job(**sections))) != pixels_hash(parse_config(MINIMAL))
 
 
 def test_config_hash_follows_weights_content_not_path(tmp_path: Path) -> None:

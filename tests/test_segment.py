@@ -104,8 +104,8 @@ def test_block_records_on_disk_keep_their_keys_and_read_back_typed(tmp_path: Pat
     on_disk = json.loads(files[0].read_text())
     assert list(on_disk) == [
         "key", "block", "started_at", "finished_at", "start", "stop", "tiles_run", "tiles_skipped", "read_seconds",
-        "infer_seconds", "stitch_seconds", "write_seconds", "pid", "class_counts", "confusion", "chunks",
-        "labels_digest",
+        "infer_seconds", "stitch_seconds", "write_seconds", "pid", "class_counts", "confusion", "scored_against",
+        "chunks", "labels_digest",
     ]
     record = BlockRecord.from_json(on_disk)
     assert record.to_json() == {k: v for k, v in on_disk.items() if k not in ("key", "chunks", "labels_digest")}
@@ -404,3 +404,165 @@ def test_another_pixels_setting_is_still_refused_without_overwrite(tmp_path: Pat
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(OutputError, match="another job"):
         run_segment(load_config(path), engine="local", quiet=True)
+# ---------------------------------------------------------------------------------------------------
+# a store with the same pixels but another finishing (exports, scoring) is finished again, never recomputed
+
+
+def block_state(store: Path) -> dict[str, tuple[bytes, int]]:
+    """Every block record's bytes and mtime, and every labels chunk's mtime: what a recomputed block changes."""
+    records = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (store / ".tiler" / "blocks").glob("*.json")}
+    chunks = {str(p): (b"", p.stat().st_mtime_ns) for p in (store / "labels" / "c").rglob("*") if p.is_file()}
+    return {**records, **chunks}
+
+
+def store_attrs(store: Path) -> dict[str, object]:
+    return dict(json.loads((store / "zarr.json").read_text())["attributes"])
+
+
+def test_an_added_export_finishes_the_store_again_without_running_a_block(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tiler.config import config_hash
+    from tiler.io.verify import verify_store
+
+    config = write_config(tmp_path)  # exports: cog, quicklook
+    store = tmp_path / "out.zarr"
+    assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 0
+    blocks, cog = block_state(store), (tmp_path / "out.cog.tif").stat().st_mtime_ns
+    pixels = store_attrs(store).get("pixels_hash")
+
+    added = ["output.exports=[cog,quicklook,geojson]"]
+    assert cli_main(["--json-logs", "run", str(config), "--engine", "local", "--set", added[0]]) == 0
+
+    done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert done["summary"]["blocks_run"] == 0 and done["summary"]["blocks_resumed"] == 12
+    assert block_state(store) == blocks  # no block recomputed: records and chunks untouched
+    assert (tmp_path / "out.cog.tif").stat().st_mtime_ns == cog  # same pixels, same settings: kept
+    assert json.loads((tmp_path / "out.geojson").read_text())["type"] == "FeatureCollection"
+    from tiler.config import pixels_hash
+
+    cfg = load_config(config, added)
+    attrs = store_attrs(store)
+    assert attrs["complete"] is True and attrs["job_hash"] == config_hash(cfg)
+    assert attrs["pixels_hash"] == pixels == pixels_hash(cfg)
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert report["config_hash"] == config_hash(cfg) and report["outputs"]["geojson"] == str(tmp_path / "out.geojson")
+    assert report["scores"]["engine_fwiou"] == pytest.approx(report["scores"]["fwiou"], abs=1e-12)  # same truth
+
+    # an export no longer asked for stays on disk, but is not an output of this finishing
+    assert cli_main(["--json-logs", "run", str(config), "--engine", "local", "--set", "output.exports=[cog]"]) == 0
+    done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert done["summary"]["blocks_run"] == 0 and block_state(store) == blocks
+    assert set(done["outputs"]) == {"cog", "cog_aux", "scores_json", "report_json", "report_md"}
+    assert (tmp_path / "out.geojson").is_file() and (tmp_path / "out.quicklook.png").is_file()
+    assert "geojson" not in json.loads((tmp_path / "out.report.json").read_text())["outputs"]
+    verified = verify_store(store)
+    assert verified.ok and verified.job_hash == config_hash(load_config(config, ["output.exports=[cog]"]))
+    assert any("earlier finishing" in note and "geojson, quicklook" in note for note in verified.notes)
+
+
+def test_a_new_truth_rescores_the_store_without_running_a_block(tmp_path: Path) -> None:
+    from tiler.metrics import confusion_matrix, scores_from_confusion
+
+    config = write_config(tmp_path)
+    store = tmp_path / "out.zarr"
+    first = run_segment(load_config(config), engine="local", quiet=True)
+    blocks = block_state(store)
+    other = tmp_path / "other_truth.tif"
+    with rasterio.open(tmp_path / "truth.tif") as src:
+        profile = src.profile | {"nodata": None}
+        truth = np.random.default_rng(5).integers(0, 4, size=(src.height, src.width), dtype=np.uint8)
+    with rasterio.open(other, "w", **profile) as dst:
+        dst.write(truth, 1)
+
+    second = run_segment(load_config(config, [f"scoring.truth={other}"]), engine="local", quiet=True)
+
+    assert second.summary["blocks_run"] == 0 and block_state(store) == blocks
+    labels = zarr.open_group(str(store), mode="r")["labels"][...]
+    expected = scores_from_confusion(confusion_matrix(truth, labels, num_classes=4, pred_nodata=255)).fwiou
+    assert first.scores is not None and second.scores is not None
+    assert second.scores["fwiou"] == pytest.approx(expected, abs=1e-12) != first.scores["fwiou"]
+    # the blocks' own matrices were counted against the old truth: never summed into the new score
+    assert "engine_fwiou" not in second.scores
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert report["scores"]["fwiou"] == second.scores["fwiou"]
+    assert json.loads((tmp_path / "out.scores.json").read_text())["fwiou"] == second.scores["fwiou"]
+    assert store_attrs(store)["complete"] is True
+
+
+def test_a_finishing_killed_half_way_leaves_no_complete_store_and_its_rerun_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tiler.io.vector as vector
+    from tiler.config import config_hash
+    from tiler.errors import OutputError
+
+    config = write_config(tmp_path)
+    store = tmp_path / "out.zarr"
+    run_segment(load_config(config), engine="local", quiet=True)
+    blocks = block_state(store)
+    seen: list[object] = []
+
+    def killed(store_: object, path: object, **kwargs: object) -> None:
+        seen.append(store_attrs(store).get("complete"))
+        raise OutputError(f"cannot write {path}: [Errno 28] No space left on device; fix: free space")
+
+    monkeypatch.setattr(vector, "export_geojson", killed)
+    cfg = load_config(config, ["output.exports=[cog,quicklook,geojson]"])
+    with pytest.raises(OutputError, match="No space left"):
+        run_segment(cfg, engine="local", quiet=True)
+    assert seen == [False]  # cleared before the first file beside the store changed
+    attrs = store_attrs(store)
+    assert attrs["complete"] is False and "job_hash" not in attrs
+
+    monkeypatch.undo()
+    result = run_segment(cfg, engine="local", quiet=True)
+    assert result.summary["blocks_run"] == 0 and block_state(store) == blocks
+    assert Path(result.outputs["geojson"]).is_file()
+    assert store_attrs(store)["complete"] is True and store_attrs(store)["job_hash"] == config_hash(cfg)
+
+
+def test_other_pixels_are_still_refused_and_leave_the_finished_store_as_it_was(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    store = tmp_path / "out.zarr"
+    assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 0
+    before, blocks = store_attrs(store), block_state(store)
+    code = cli_main(["--quiet", "run", str(config), "--engine", "local", "--set", "tiling.overlap=[4,4]",
+                     "--set", "output.exports=[cog,geojson]"])
+    err = capsys.readouterr().err
+    assert code == 1 and "pixels hash" in err and "--overwrite" in err and str(store) in err
+    assert store_attrs(store) == before and before["complete"] is True and before["job_hash"]
+    assert block_state(store) == blocks and not (tmp_path / "out.geojson").exists()
+
+
+def test_new_polygon_settings_redraw_the_polygons_and_keep_the_other_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tiler.io.vector as vector
+    from tiler.errors import OutputError
+
+    config = write_config(tmp_path, output={"path": str(tmp_path / "out.zarr"), "chunks": [32, 32],
+                                            "exports": ["cog", "geojson"]})
+    geojson = tmp_path / "out.geojson"
+    run_segment(load_config(config), engine="local", quiet=True)
+    polygons = json.loads(geojson.read_text())["features"]
+    cog = (tmp_path / "out.cog.tif").stat().st_mtime_ns
+    blocks = block_state(tmp_path / "out.zarr")
+
+    fewer_cfg = load_config(config, ["output.min_polygon_pixels=20"])
+    result = run_segment(fewer_cfg, engine="local", quiet=True)
+
+    assert result.summary["blocks_run"] == 0 and block_state(tmp_path / "out.zarr") == blocks
+    assert (tmp_path / "out.cog.tif").stat().st_mtime_ns == cog
+    fewer = json.loads(geojson.read_text())["features"]
+    assert 0 < len(fewer) < len(polygons)
+
+    def killed_mid_write(store: object, path: Path, **kwargs: object) -> None:
+        Path(path).write_text("{half a file")  # the old settings' file is already gone
+        raise OutputError(f"cannot write {path}: killed")
+
+    monkeypatch.setattr(vector, "export_geojson", killed_mid_write)
+    with pytest.raises(OutputError, match="killed"):
+        run_segment(load_config(config), engine="local", quiet=True)
+    monkeypatch.undo()
+    # back to the settings the file was last recorded with: its record no longer vouches for it, so it is redrawn
+    run_segment(fewer_cfg, engine="local", quiet=True)
+    assert len(json.loads(geojson.read_text())["features"]) == len(fewer)

@@ -25,14 +25,16 @@ def _add_run(sub: Any) -> None:
             "Segment one input from a job config: plan the tile grid, run the model on Ray actors (or in this "
             "process with --engine local), blend the tiles into the zarr output store, write the configured "
             "exports, score against scoring.truth when set, and mark the store complete. Rerunning the same "
-            "command resumes from the finished blocks. See configs/example.yaml for every key."
+            "command resumes from the finished blocks; a config that changes only the exports or the scoring "
+            "finishes the store again without running a block. See configs/example.yaml for every key."
         ),
     )
     p.add_argument("config", metavar="CONFIG", help="job configuration (YAML; see configs/example.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set tiling.tile=[512,512] (repeatable; values are YAML)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an output store that holds another config's result (never any other folder)")
+                   help="replace an output store that holds other pixels (another input, model, tiling or layout; "
+                        "never any other folder)")
     p.add_argument("--engine", choices=["ray", "local"], default="ray",
                    help="ray (default: RAY_ADDRESS or an embedded local Ray) or local (in this process, no Ray)")
     add_common_options(p)

@@ -20,7 +20,7 @@ from typing import Any
 
 from tiler.blend import Blender, BlendMode
 from tiler.config.files import check_files
-from tiler.config.identity import config_hash, pixels_hash
+from tiler.config.identity import config_hash, export_settings, pixels_hash
 from tiler.config.schema import JobConfig
 from tiler.engine.executor import Executor
 from tiler.engine.job import JobResult, StoreJob
@@ -265,7 +265,10 @@ class Progress:
         describe = getattr(job, "describe", None)
         if describe is not None:
             self.write(describe(work))
-        if len(work.pending) < work.total:
+        if getattr(getattr(job, "store_job", None), "refinishing", False):
+            self.write(f"{job.name}: the store holds these pixels, finished with other exports or scoring: "
+                       f"finishing it again ({len(work.pending)} of {work.total} blocks to run)")
+        elif len(work.pending) < work.total:
             self.write(f"{job.name}: resuming, {work.total - len(work.pending)} of {work.total} blocks already done")
 
     def record(self, job: Any, record: BlockRecord) -> None:
@@ -399,12 +402,18 @@ def check_output_paths(cfg: JobConfig) -> None:
             )
 
 
-def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
+def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path], job_hash: str) -> dict[str, str]:
     """Write every configured export (cog, nifti, ome-zarr, quicklook) beside the store, each recorded when in place.
 
-    An export already recorded by an earlier run of this store (with its sidecars, all still on disk) is not
-    written again. Writers take ``(store, path, reader)``; the reader is the job's input, open for the whole
-    step (the OME-Zarr image, the QuPath level-0 scale and the quicklook read it).
+    An export already recorded by an earlier run of this store (with its sidecars, all still on disk) and
+    drawn with the same settings (:func:`~tiler.config.identity.export_settings`: the polygon settings) is not
+    written again: the store's pixels are the same, so the file is too. One to be written again has its
+    records retired first (:meth:`~tiler.io.store.OutputStore.retire_exports`), so a job killed half-way
+    never keeps a file it was replacing. Every export returned is recorded
+    with ``job_hash``, the finishing that lists it; exports this job does not ask for are left on disk with
+    the records of the finishing that made them, and are not returned. Writers take ``(store, path,
+    reader)``; the reader is the job's input, open for the whole step (the OME-Zarr image, the QuPath
+    level-0 scale and the quicklook read it).
     """
     from tiler.io.export import export_cog, export_nifti, export_ome_zarr, write_quicklook
     from tiler.io.store import OutputStore
@@ -429,6 +438,7 @@ def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str
     }
     store = OutputStore.open(plan.store_path)
     recorded = store.exports_done()
+    records = store.export_records()
     done: dict[str, str] = {}
     reader = plan.input.open()
     try:
@@ -436,16 +446,18 @@ def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path]) -> dict[str, str
             if name not in writers:
                 continue
             files = (name, *SIDECARS.get(name, ()))
-            if all(recorded.get(f) == str(paths[f]) for f in files):
+            settings = export_settings(cfg, name)
+            if all(recorded.get(f) == str(paths[f]) and records[f].get("settings", {}) == settings for f in files):
                 done.update({f: recorded[f] for f in files})
-                continue
-            writers[name](store, paths[name], reader)
+            else:
+                store.retire_exports(files)
+                writers[name](store, paths[name], reader)
+                done.update({f: str(paths[f]) for f in files})
             for f in files:  # recorded once the export and its sidecars are all in place
-                done[f] = str(paths[f])
-                store.record_export(f, done[f])
+                store.record_export(f, done[f], job_hash=job_hash, settings=settings)
         if "quicklook" in out.exports:
             done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=reader))
-            store.record_export("quicklook", done["quicklook"])
+            store.record_export("quicklook", done["quicklook"], job_hash=job_hash)
     finally:
         reader.close()
     return done
@@ -484,11 +496,12 @@ def _report(cfg: JobConfig, result: SegmentResult, paths: dict[str, Path]) -> No
     from tiler.metrics.report import area_lines, score_lines
 
     areas = class_areas(OutputStore.open(result.store, mode="r"))
-    payload = {"config_hash": config_hash(cfg), "store": result.store, "outputs": result.outputs,
-               "summary": result.summary, "areas": areas, "scores": result.scores}
+    payload = {"config_hash": config_hash(cfg), "pixels_hash": pixels_hash(cfg), "store": result.store,
+               "outputs": result.outputs, "summary": result.summary, "areas": areas, "scores": result.scores}
     write_bytes_atomic(paths["report_json"], (json.dumps(payload, indent=2, default=str) + "\n").encode())
     lines = [f"# tiler report: {redact(Path(cfg.input.path).name)}", "", f"- input: `{redact(cfg.input.path)}`",
-             f"- output store: `{result.store}`", f"- config hash: `{payload['config_hash']}`", ""]
+             f"- output store: `{result.store}`", f"- config hash: `{payload['config_hash']}` (pixels hash "
+             f"`{payload['pixels_hash']}`)", ""]
     s = result.summary
     lines += ["| blocks | resumed | tiles run | tiles skipped | seconds | tiles/s |", "|---|---|---|---|---|---|",
               f"| {s['blocks_total']} | {s['blocks_resumed']} | {s['tiles_run']} | {s['tiles_skipped']} | "
@@ -504,6 +517,10 @@ class SegmentJob:
     """One input's whole job as a stream job: plan and lock on :meth:`open`; exports, score, report on :meth:`finish`.
 
     ``complete`` is written last, after every block is recorded and every export, score and report is in place.
+    The store is resumed under the same :func:`~tiler.config.identity.pixels_hash`; when it is complete under
+    another :func:`~tiler.config.identity.config_hash` (only exports, polygon settings or scoring differ),
+    :meth:`open` clears ``complete`` and finds no block to run, and :meth:`finish` finishes it again: the
+    exports now asked for, the new scores, the reports, then ``complete`` with this job's hash.
 
     Args:
         cfg: The validated job configuration.
@@ -548,8 +565,8 @@ class SegmentJob:
         self.plan = plan
         self.planned = dict(attrs["plan"])
         self.store_job = StoreJob(
-            plan, chunks=self.cfg.output.chunks, config_hash=pixels_hash(self.cfg), attrs=attrs,
-            overwrite=self.overwrite, job_hash=config_hash(self.cfg),
+            plan, chunks=self.cfg.output.chunks, pixels_hash=pixels_hash(self.cfg), job_hash=config_hash(self.cfg),
+            attrs=attrs, overwrite=self.overwrite,
         )
         return self.store_job.open()
 
@@ -563,11 +580,11 @@ class SegmentJob:
     def finish(self) -> SegmentResult:
         """Check the blocks, write exports, score and report, then mark the store complete."""
         assert self.plan is not None and self.store_job is not None
-        cfg, plan = self.cfg, self.plan
+        cfg, plan, job_hash = self.cfg, self.plan, self.store_job.job_hash
         job = self.store_job.result()
         paths = output_paths(plan.store_path)
         result = SegmentResult(store=plan.store_path, summary=job.summary())
-        result.outputs = _export(cfg, plan, paths)
+        result.outputs = _export(cfg, plan, paths, job_hash)
         result.scores = _score(cfg, plan, job, paths)
         if result.scores is not None:
             result.outputs["scores_json"] = str(paths["scores_json"])
@@ -576,7 +593,7 @@ class SegmentJob:
         _report(cfg, result, paths)
         for name in ("scores_json", "report_json", "report_md"):
             if name in result.outputs:
-                self.store_job.store.record_export(name, result.outputs[name])
+                self.store_job.store.record_export(name, result.outputs[name], job_hash=job_hash)
         self.store_job.complete(result.summary)
         return result
 

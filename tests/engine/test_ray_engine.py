@@ -44,7 +44,7 @@ def reference(scene: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
     """The in-process (no Ray) result."""
     image, weights = scene
     store = tmp_path_factory.mktemp("ref") / "out.zarr"
-    run_job(make_plan(image, weights, store), chunks=CHUNKS, config_hash="h")
+    run_job(make_plan(image, weights, store), chunks=CHUNKS, pixels_hash="h")
     return outputs(store)
 
 
@@ -65,7 +65,7 @@ def test_output_is_identical_however_the_work_is_split(
     plan = make_plan(image, weights, store, block=block)
     result = run_job(
         plan, executor=RayExecutor(RayOptions(actors=actors, max_in_flight=in_flight)),
-        chunks=CHUNKS, config_hash="h",
+        chunks=CHUNKS, pixels_hash="h",
     )
     labels, probs = outputs(store)
     assert result.blocks_run == len(plan.partition)
@@ -90,7 +90,7 @@ def test_sigkill_of_an_actor_mid_job_still_completes_identically(
 
     result = run_job(
         plan, executor=RayExecutor(RayOptions(actors=2, max_in_flight=2, max_restarts=2, max_task_retries=3)),
-        chunks=CHUNKS, config_hash="h", on_record=on_record,
+        chunks=CHUNKS, pixels_hash="h", on_record=on_record,
     )
     labels, probs = outputs(tmp_path / "out.zarr")
     assert killed
@@ -109,7 +109,7 @@ DRIVER = textwrap.dedent(
     from tiler.engine.ray import RayExecutor, RayOptions
     plan = pickle.load(open(sys.argv[1], "rb"))
     ray.init(address=sys.argv[2], log_to_driver=False)
-    run_job(plan, executor=RayExecutor(RayOptions(actors=1, max_in_flight=1)), chunks=(32, 32), config_hash="h")
+    run_job(plan, executor=RayExecutor(RayOptions(actors=1, max_in_flight=1)), chunks=(32, 32), pixels_hash="h")
     """
 )
 
@@ -142,7 +142,7 @@ def test_driver_killed_then_rerun_skips_finished_blocks(
     assert 5 <= len(before) < total
     assert not zarr.open_group(str(store), mode="r").attrs.get("complete", False)
 
-    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=CHUNKS, config_hash="h")
+    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=CHUNKS, pixels_hash="h")
     assert result.blocks_run == total - len(before)
     for name, content in before.items():
         assert (blocks / name).read_bytes() == content, f"{name} was recomputed"
@@ -163,7 +163,7 @@ CLUSTER = textwrap.dedent(
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=(32, 32), config_hash="h")
+    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=(32, 32), pixels_hash="h")
     nodes = {r.pid for r in result.records.values()}
     print("PIDS", len(nodes))
     ray.shutdown()
@@ -199,7 +199,7 @@ def test_tiles_over_landsat_nodata_are_skipped_and_labelled_nodata(ray_session, 
         valid = src.dataset_mask() > 0
     grid = TileGrid(valid.shape, (64, 64), (16, 16))
     empty = sum(1 for w in grid if not valid[w.clip(grid.shape).slices].any())  # type: ignore[union-attr]
-    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=CHUNKS, config_hash="h")
+    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=CHUNKS, pixels_hash="h")
     # tiles straddling block borders are counted once per block they touch; count unique tiles per block
     per_block_expected = 0
     for pos in plan.positions():
@@ -219,7 +219,7 @@ def test_a_corrupt_input_fails_the_job_naming_the_block_and_leaves_nothing_compl
     weights = write_model(tmp_path / "model.pt")
     plan = make_plan(DATA / "corrupt.tif", weights, tmp_path / "out.zarr", block=256, tile=64, probabilities=None)
     with pytest.raises(EngineError, match=r"block \d+_\d+ .*corrupt\.tif"):
-        run_job(plan, executor=RayExecutor(RayOptions(actors=1)), chunks=CHUNKS, config_hash="h")
+        run_job(plan, executor=RayExecutor(RayOptions(actors=1)), chunks=CHUNKS, pixels_hash="h")
     assert not zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs.get("complete", False)
 
 
@@ -234,7 +234,7 @@ def test_truth_labels_out_of_range_fail_the_job_as_an_input_error_on_ray(
         dst.write(truth, 1)
     plan = make_plan(image, weights, tmp_path / "out.zarr", block=256, truth=tmp_path / "truth.tif")
     with pytest.raises(InputError, match=r"block \d+_\d+ .*scoring\.truth \S*truth\.tif holds label value\(s\) \[9\]"):
-        run_job(plan, executor=RayExecutor(RayOptions(actors=1)), chunks=CHUNKS, config_hash="h")
+        run_job(plan, executor=RayExecutor(RayOptions(actors=1)), chunks=CHUNKS, pixels_hash="h")
 
 
 def test_a_second_job_on_the_same_output_is_refused(scene, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -242,7 +242,7 @@ def test_a_second_job_on_the_same_output_is_refused(scene, tmp_path: Path) -> No
 
     plan = make_plan(*scene, tmp_path / "out.zarr")
     store = OutputStore.create(
-        plan.store_path, shape=plan.grid.shape, num_classes=4, chunks=CHUNKS, probabilities="float32", config_hash="h"
+        plan.store_path, shape=plan.grid.shape, num_classes=4, chunks=CHUNKS, probabilities="float32", pixels_hash="h"
     )
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -250,17 +250,17 @@ def test_a_second_job_on_the_same_output_is_refused(scene, tmp_path: Path) -> No
         store.lock_path.parent.mkdir(parents=True, exist_ok=True)
         store.lock_path.write_text(json.dumps(lock))
         with pytest.raises(OutputError, match="other job"):
-            run_job(plan, chunks=CHUNKS, config_hash="h")
+            run_job(plan, chunks=CHUNKS, pixels_hash="h")
     finally:
         proc.kill()
 
 
 def test_a_different_config_on_existing_output_is_refused_unless_overwrite(scene, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     plan = make_plan(*scene, tmp_path / "out.zarr", block=128)
-    run_job(plan, chunks=CHUNKS, config_hash="first")
+    run_job(plan, chunks=CHUNKS, pixels_hash="first")
     with pytest.raises(OutputError, match="overwrite"):
-        run_job(plan, chunks=CHUNKS, config_hash="second")
-    result = run_job(plan, chunks=CHUNKS, config_hash="second", overwrite=True)
+        run_job(plan, chunks=CHUNKS, pixels_hash="second")
+    result = run_job(plan, chunks=CHUNKS, pixels_hash="second", overwrite=True)
     assert result.blocks_run == len(plan.partition)
 
 
@@ -271,7 +271,7 @@ def test_background_label_replaces_nodata_outside_the_mask(scene, tmp_path: Path
     with rasterio.open(image) as src:
         valid = src.dataset_mask() > 0
     plan = dataclasses.replace(make_plan(image, weights, tmp_path / "out.zarr"), background_label=0)
-    result = run_job(plan, chunks=CHUNKS, config_hash="h")
+    result = run_job(plan, chunks=CHUNKS, pixels_hash="h")
     labels, _ = outputs(tmp_path / "out.zarr")
     assert result.tiles_skipped > 0
     assert (labels[~valid] == 0).all() and (labels != 255).all()

@@ -61,7 +61,7 @@ def test_background_rule():
 
 def _store(path, labels, georef):
     store = OutputStore.create(
-        path, shape=labels.shape, num_classes=3, chunks=(16, 16), config_hash="c",
+        path, shape=labels.shape, num_classes=3, chunks=(16, 16), pixels_hash="c",
         attrs={"georef": georef, "class_names": ["background", "liver", "lesion"]},
     )
     for i, block in enumerate(BlockPartition(store.shape, (32, 32))):
@@ -91,7 +91,7 @@ def test_volume_areas_in_mm3_and_ml(tmp_path):
     labels = np.zeros((4, 40, 40), np.uint8)
     labels[:, :10, :10] = 2  # 400 voxels of 2 mm^3
     store = OutputStore.create(
-        tmp_path / "v.zarr", shape=labels.shape, num_classes=3, chunks=(4, 40, 40), config_hash="c",
+        tmp_path / "v.zarr", shape=labels.shape, num_classes=3, chunks=(4, 40, 40), pixels_hash="c",
         attrs={"georef": Georef("volume", spacing=(2.0, 1.0, 1.0))},
     )
     window = Window((0, 0, 0), labels.shape)

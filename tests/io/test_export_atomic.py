@@ -29,7 +29,7 @@ class Killed(Exception):
 
 
 def _store(path, shape, chunks, *, num_classes=3, seed=0):
-    store = OutputStore.create(path, shape=shape, num_classes=num_classes, chunks=chunks, config_hash="c")
+    store = OutputStore.create(path, shape=shape, num_classes=num_classes, chunks=chunks, pixels_hash="c")
     rng = np.random.default_rng(seed)
     for block in BlockPartition(shape, chunks):
         store.write_block(block, rng.integers(0, num_classes, block.shape).astype(np.uint8))

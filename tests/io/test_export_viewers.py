@@ -43,7 +43,7 @@ def _store(path, labels, *, georef=None, names=NAMES, colors=COLORS, chunks=None
     if georef is not None:
         attrs["georef"] = georef
     store = OutputStore.create(
-        path, shape=labels.shape, num_classes=len(names), chunks=chunks, config_hash="c", attrs=attrs
+        path, shape=labels.shape, num_classes=len(names), chunks=chunks, pixels_hash="c", attrs=attrs
     )
     for block in BlockPartition(store.shape, store.chunks):
         store.write_block(block, labels[block.slices])

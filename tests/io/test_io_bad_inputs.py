@@ -17,10 +17,10 @@ from tiler.io.store import OutputStore
 DATA = str(SHARED_DATA)
 
 
-def _mini_job(reader, out, *, config_hash="job"):
+def _mini_job(reader, out, *, pixels_hash="job"):
     """What a job does with the io layer: check, create, write every block, mark complete last."""
     store = OutputStore.create(
-        out, shape=reader.shape, num_classes=2, chunks=(256, 256), config_hash=config_hash
+        out, shape=reader.shape, num_classes=2, chunks=(256, 256), pixels_hash=pixels_hash
     )
     check_has_data(reader)
     for block in BlockPartition(reader.shape, (512, 512)):
@@ -134,11 +134,11 @@ def test_unwritable_output_location():
 
 def test_output_holding_another_jobs_result(tmp_path):
     reader = open_reader(f"{DATA}/RGB.byte.tif")
-    done = _mini_job(reader, tmp_path / "out.zarr", config_hash="first")
+    done = _mini_job(reader, tmp_path / "out.zarr", pixels_hash="first")
     assert done.complete
     with pytest.raises(
         OutputError, match=r"already holds the result of another job.*first.*second.*--overwrite"
     ):
-        _mini_job(reader, tmp_path / "out.zarr", config_hash="second")
+        _mini_job(reader, tmp_path / "out.zarr", pixels_hash="second")
     kept = OutputStore.open(tmp_path / "out.zarr")
-    assert kept.config_hash == "first" and kept.complete
+    assert kept.pixels_hash == "first" and kept.complete

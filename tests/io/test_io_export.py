@@ -35,7 +35,7 @@ def raster_case(tmp_path, stand_in):
         shape=reader.shape,
         num_classes=3,
         chunks=(256, 256),
-        config_hash="c",
+        pixels_hash="c",
         attrs={
             "georef": reader.georef,
             "class_names": list(scene.class_names),
@@ -82,7 +82,7 @@ def test_nifti_export_keeps_affine(tmp_path):
         shape=reader.shape,
         num_classes=2,
         chunks=(8, 41, 33),
-        config_hash="c",
+        pixels_hash="c",
         attrs={"georef": reader.georef},
     )
     _fill(store, labels)
@@ -138,7 +138,7 @@ def test_landsat_band_round_trips_through_store_and_cog(tmp_path):
         num_classes=256,
         chunks=(128, 128),
         nodata_label=0,
-        config_hash="c",
+        pixels_hash="c",
         attrs={"georef": reader.georef.to_attrs()},
     )
     _fill(store, band)

@@ -25,7 +25,7 @@ def _create(path, **kw):
         shape=(100, 120),
         num_classes=3,
         chunks=(32, 32),
-        config_hash="h1",
+        pixels_hash="h1",
         attrs={"georef": GEO, "class_names": ["a", "b", "c"]},
     )
     args.update(kw)
@@ -40,7 +40,7 @@ def test_create_sets_arrays_and_attributes(tmp_path):
     assert store.probabilities.dtype == np.float16
     assert np.all(store.labels[:5, :5] == 255)
     reopened = OutputStore.open(tmp_path / "out.zarr")
-    assert reopened.georef == GEO and reopened.config_hash == "h1"
+    assert reopened.georef == GEO and reopened.pixels_hash == "h1"
     assert reopened.class_names == ["a", "b", "c"] and reopened.attrs["tiler_version"]
 
 
@@ -114,15 +114,45 @@ def test_same_hash_resumes_and_keeps_records(tmp_path):
 def test_different_hash_is_refused_naming_both(tmp_path):
     _create(tmp_path / "o.zarr")
     with pytest.raises(OutputError, match=r"o\.zarr.*another job.*h1.*h2.*--overwrite"):
-        _create(tmp_path / "o.zarr", config_hash="h2")
+        _create(tmp_path / "o.zarr", pixels_hash="h2")
 
 
 def test_overwrite_recreates(tmp_path):
     store = _create(tmp_path / "o.zarr")
     store.record_block("0_0", {"tiles": 4})
     store.mark_complete({"blocks": 1})
-    fresh = _create(tmp_path / "o.zarr", config_hash="h2", overwrite=True)
-    assert fresh.config_hash == "h2" and fresh.block_records() == {} and not fresh.complete
+    fresh = _create(tmp_path / "o.zarr", pixels_hash="h2", overwrite=True)
+    assert fresh.pixels_hash == "h2" and fresh.block_records() == {} and not fresh.complete
+
+
+def test_complete_records_the_job_hash_and_clearing_it_drops_both(tmp_path):
+    store = _create(tmp_path / "o.zarr")
+    assert store.job_hash is None
+    store.mark_complete({"blocks": 1}, job_hash="j1", attrs={"config": {"k": 2}})
+    reopened = OutputStore.open(tmp_path / "o.zarr")
+    assert reopened.complete and reopened.job_hash == "j1" and reopened.attrs["config"] == {"k": 2}
+    reopened.clear_complete()  # one rewrite: a store being finished again never names a finishing
+    meta = json.loads((tmp_path / "o.zarr" / "zarr.json").read_text())["attributes"]
+    assert meta["complete"] is False and "job_hash" not in meta and meta["pixels_hash"] == "h1"
+    assert OutputStore.open(tmp_path / "o.zarr").job_hash is None
+
+
+@pytest.mark.parametrize("legacy", ["h1", "j1"], ids=["pixels-hash-of-then", "job-hash-of-then"])
+def test_a_store_from_before_the_split_resumes_under_either_of_its_hashes(tmp_path, legacy):
+    store = _create(tmp_path / "o.zarr")
+    store.mark_complete({"blocks": 1})
+    meta_path = tmp_path / "o.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("pixels_hash", "job_hash"):
+        del meta["attributes"][key]
+    meta["attributes"]["config_hash"] = legacy  # what stores recorded before the split
+    meta_path.write_text(json.dumps(meta))
+    assert OutputStore.open(tmp_path / "o.zarr").job_hash == legacy  # the one identity it had
+    with pytest.raises(OutputError, match="another job"):
+        _create(tmp_path / "o.zarr", pixels_hash="h2", job_hash="j2")
+    again = _create(tmp_path / "o.zarr", pixels_hash="h1", job_hash="j1")
+    assert again.complete and again.pixels_hash == "h1" and again.job_hash == legacy  # both named from now on
+    assert json.loads(meta_path.read_text())["attributes"]["pixels_hash"] == "h1"
 
 
 def test_complete_only_after_mark_complete(tmp_path):

@@ -25,7 +25,7 @@ SHAPE, CHUNKS, BLOCK = (96, 128), (32, 32), (64, 64)
 
 
 def _create(path, **kw):
-    args = dict(shape=SHAPE, num_classes=3, chunks=CHUNKS, config_hash="h1", attrs={"class_names": ["a", "b", "c"]})
+    args = dict(shape=SHAPE, num_classes=3, chunks=CHUNKS, pixels_hash="h1", attrs={"class_names": ["a", "b", "c"]})
     args.update(kw)
     return OutputStore.create(path, **args)
 
@@ -55,7 +55,7 @@ def test_created_store_carries_its_marker_and_all_attributes_in_one_file(tmp_pat
     store = _create(tmp_path / "o.zarr", attrs={"class_names": ["a", "b", "c"], "config": {"k": 1}})
     meta = json.loads((tmp_path / "o.zarr" / "zarr.json").read_text())
     assert meta["attributes"]["tiler_store"] == 1
-    assert meta["attributes"]["config_hash"] == "h1" and meta["attributes"]["config"] == {"k": 1}
+    assert meta["attributes"]["pixels_hash"] == "h1" and meta["attributes"]["config"] == {"k": 1}
     assert OutputStore.is_tiler_store(store.path) and os.listdir(tmp_path) == ["o.zarr"]
     codecs = [c["name"] for c in json.loads((tmp_path / "o.zarr" / "labels" / "zarr.json").read_text())["codecs"]]
     assert codecs[-1] == "crc32c"
@@ -92,8 +92,8 @@ def test_open_of_a_non_store_does_not_suggest_overwrite(tmp_path):
 def test_overwrite_replaces_a_tiler_store_whole(tmp_path):
     old, _ = _filled(tmp_path / "o.zarr")
     old.mark_complete({"blocks_total": 4})
-    fresh = _create(tmp_path / "o.zarr", config_hash="h2", overwrite=True)
-    assert fresh.config_hash == "h2" and not fresh.complete and fresh.block_records() == {}
+    fresh = _create(tmp_path / "o.zarr", pixels_hash="h2", overwrite=True)
+    assert fresh.pixels_hash == "h2" and not fresh.complete and fresh.block_records() == {}
     assert not (tmp_path / "o.zarr" / "labels" / "c").exists()  # the old chunks went with the old store
     assert os.listdir(tmp_path) == ["o.zarr"]
 
@@ -107,11 +107,11 @@ def test_leftovers_of_a_killed_creation_are_removed(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["o.zarr"]
 
 
-def _race_create(path, config_hash, barrier, results):
+def _race_create(path, pixels_hash, barrier, results):
     barrier.wait(30)
     try:
-        _create(path, config_hash=config_hash)
-        results.put(("ok", config_hash))
+        _create(path, pixels_hash=pixels_hash)
+        results.put(("ok", pixels_hash))
     except OutputError as exc:
         results.put(("error", str(exc)))
 
@@ -129,7 +129,7 @@ def test_two_processes_racing_to_create_end_with_one_store_and_one_clear_error(t
     assert [kind for kind, _ in outcomes] == ["error", "ok"]
     assert re.search(r"o\.zarr (already holds the result of another job|appeared while it was being created)",
                      outcomes[0][1])
-    assert OutputStore.open(path).config_hash == outcomes[1][1]
+    assert OutputStore.open(path).pixels_hash == outcomes[1][1]
     assert sorted(os.listdir(tmp_path)) == ["o.zarr"]
 
 
@@ -173,8 +173,8 @@ def test_store_lock_is_reentrant_and_beside_the_store(tmp_path):
     held.update(pid=os.getppid(), owner="job-other")  # a live process on this host
     lock.write_text(json.dumps(held))
     with pytest.raises(OutputError, match=r"being written by job job-other"):
-        _create(path, config_hash="h2", overwrite=True)
-    assert OutputStore.open(path).config_hash == "h1"
+        _create(path, pixels_hash="h2", overwrite=True)
+    assert OutputStore.open(path).pixels_hash == "h1"
 
 
 def test_stale_lock_before_create_is_taken_over(tmp_path):
@@ -299,7 +299,9 @@ def test_mark_complete_rewrites_zarr_json_atomically(tmp_path):
     before = json.loads((tmp_path / "o.zarr" / "zarr.json").read_text())
     store.mark_complete({"blocks_total": 4})
     after = json.loads((tmp_path / "o.zarr" / "zarr.json").read_text())
-    assert after["attributes"] == {**before["attributes"], "complete": True, "summary": {"blocks_total": 4}}
+    # without a job hash the finishing is the store's own (a job that writes nothing beside it)
+    expected = {**before["attributes"], "complete": True, "summary": {"blocks_total": 4}, "job_hash": "h1"}
+    assert after["attributes"] == expected
     assert zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["complete"] is True
     assert _temporaries(tmp_path) == []
 

@@ -27,7 +27,7 @@ def test_raster_store_gives_xarray_the_inputs_crs_and_pixel_centres(tmp_path, st
     write_satellite(scene, tmp_path / "img.tif", tmp_path / "truth.tif", block=64)
     reader = open_reader(tmp_path / "img.tif")
     store = OutputStore.create(
-        tmp_path / "out.zarr", shape=reader.shape, num_classes=3, chunks=(64, 64), config_hash="c",
+        tmp_path / "out.zarr", shape=reader.shape, num_classes=3, chunks=(64, 64), pixels_hash="c",
         attrs={"georef": reader.georef}, probabilities="float16",
     )
     labels = scene.read(Window.from_shape(scene.shape))[1]
@@ -59,7 +59,7 @@ def test_raster_store_gives_xarray_the_inputs_crs_and_pixel_centres(tmp_path, st
 )
 def test_slide_and_volume_stores_have_physical_coordinates(tmp_path, georef, shape, expected):
     store = OutputStore.create(
-        tmp_path / "s.zarr", shape=shape, num_classes=2, chunks=shape, config_hash="c", attrs={"georef": georef}
+        tmp_path / "s.zarr", shape=shape, num_classes=2, chunks=shape, pixels_hash="c", attrs={"georef": georef}
     )
     ds = _open(store.path)
     assert ds["labels"].dims == ("z", "y", "x")[-len(shape):]
@@ -70,6 +70,6 @@ def test_slide_and_volume_stores_have_physical_coordinates(tmp_path, georef, sha
 
 
 def test_a_store_without_georeferencing_has_positions_only(tmp_path):
-    store = OutputStore.create(tmp_path / "s.zarr", shape=(20, 30), num_classes=2, chunks=(20, 30), config_hash="c")
+    store = OutputStore.create(tmp_path / "s.zarr", shape=(20, 30), num_classes=2, chunks=(20, 30), pixels_hash="c")
     ds = _open(store.path)
     assert ds["labels"].dims == ("y", "x") and not ds.coords  # nothing claimed that is not known

@@ -42,7 +42,7 @@ def _store(path, labels, *, kind="raster", chunks=(32, 32), **georef):
     if kind == "raster":
         georef = {"crs_wkt": CRS_UTM.to_wkt(), "transform": TRANSFORM} | georef
     store = OutputStore.create(
-        path, shape=labels.shape, num_classes=3, chunks=chunks, config_hash="c",
+        path, shape=labels.shape, num_classes=3, chunks=chunks, pixels_hash="c",
         attrs={"georef": Georef(kind=kind, **georef), "class_names": NAMES, "class_colors": COLORS},
     )
     for block in BlockPartition(store.shape, store.chunks):

@@ -21,7 +21,7 @@ SHAPE, CHUNKS, BLOCK = (96, 128), (32, 32), (64, 64)
 def store(tmp_path):
     """A complete store of 4 blocks with probabilities; block 0_1 covers labels chunks c/0/2 c/0/3 c/1/2 c/1/3."""
     out = OutputStore.create(
-        tmp_path / "o.zarr", shape=SHAPE, num_classes=3, chunks=CHUNKS, config_hash="h", probabilities="uint8"
+        tmp_path / "o.zarr", shape=SHAPE, num_classes=3, chunks=CHUNKS, pixels_hash="h", probabilities="uint8"
     )
     truth = np.random.default_rng(0).integers(0, 3, SHAPE).astype(np.uint8)
     for block in BlockPartition(SHAPE, BLOCK):
@@ -41,7 +41,7 @@ def test_a_sound_store_verifies_clean(store):
     report = verify_store(store.path)
     assert report.ok and report.complete and report.problems == []
     assert report.chunks_checked == 12 + 12 and report.blocks_checked == 4
-    assert report.lines() == [f"{store.path}: ok (24 chunks, 4 block records checked, complete)."]
+    assert report.lines() == [f"{store.path}: ok (24 chunks, 4 block records checked, complete, job hash h)."]
 
 
 def test_deleted_chunk_is_named_with_its_block(store):

@@ -194,7 +194,7 @@ def test_engine_output_store_against_geotiff_truth(tmp_path: Path) -> None:
     georef = open_reader(t).georef
     store = OutputStore.create(
         tmp_path / "out.zarr", shape=truth.shape, num_classes=3, chunks=(32, 32), nodata_label=255,
-        attrs={"georef": georef, "class_names": ["water", "land", "roof"]}, config_hash="abc",
+        attrs={"georef": georef, "class_names": ["water", "land", "roof"]}, pixels_hash="abc",
     )
     store.write_block(Window((0, 0), truth.shape), pred)
     scores, details = score_paths(str(tmp_path / "out.zarr"), str(t), boundary_width=None)

@@ -32,16 +32,17 @@ Rules decided here, stated once:
   :func:`tiler.config.config_hash` of the per-input JobConfig, so it covers everything the input's
   job writes (pixels, class names, exports, and the scores with the truth path the pattern gives it),
   not scheduling: changing only the engine's actors, retries or addresses does not reprocess done
-  inputs, while a new truth pattern or an added export does — by finishing them again, without
-  recomputing a block (the store keeps :func:`tiler.config.pixels_hash` and is resumed).
+  inputs, while a new truth pattern or an added export does. Each row also keeps the pixels hash
+  (:func:`tiler.config.pixels_hash`): a new config hash with the same pixels hash finishes the store
+  again (exports, scores, report) without running a block.
 * **Ledger.** ``<root>/ledger.sqlite``: an input already ``done`` with the same key is skipped; a
   ``failed`` one is retried (``attempts`` counts tries); a ``running`` one held by a live run (same
   host and pid alive, or started less than ``archive.stale_after_hours`` ago on another host) is
   left to it, so two overlapping runs never compute one input twice. Claims are made in
   ``BEGIN IMMEDIATE`` transactions with a busy timeout (rollback journal, not WAL, so the root may be
-  on a network file system). A retry of the same input file resumes its store from its block
-  records when the store holds the same pixels settings; another file or other pixels settings
-  overwrite the store.
+  on a network file system). A retry of the same key, or a new key with the same input fingerprint and
+  pixels hash as the last attempt at the store, resumes the store from its block records; any other
+  key overwrites the store.
 * **Streaming.** One pool of model workers serves the whole run (started once): inputs are claimed
   and planned a few at a time just ahead of it (:func:`tiler.segment.run_many`), their blocks keep
   every worker busy across file boundaries, and each input is finished (exports, scores, report,

@@ -1,4 +1,9 @@
-"""The archive ledger: one SQLite row per (input fingerprint, config hash), claimed before an input runs."""
+"""The archive ledger: one SQLite row per (input fingerprint, config hash), claimed before an input runs.
+
+The config hash is the job's (:func:`tiler.config.config_hash`: pixels, exports and scores); each row also
+keeps the pixels hash (:func:`tiler.config.pixels_hash`), so a new key on an input whose store already holds
+its pixels (an added export, a new truth) finishes that store again instead of computing it anew.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ class LedgerRow:
     attempts: int
     host: str | None
     pid: int | None
+    pixels_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,9 @@ class Claim:
         state: ``claimed`` (this run must process the input), ``done`` (already done: skip) or
             ``busy`` (another live run holds it: skip).
         row: The row after the claim.
-        resume: Whether the store may be resumed from its block records: the last attempt at this store
-            was of the same input file (fingerprint). The caller still overwrites a store that holds
-            another pixels configuration (:func:`tiler.config.pixels_hash`); otherwise an existing store
-            is overwritten.
+        resume: Whether the store may be resumed (or finished again) from its block records: the last
+            attempt at this store had the same input fingerprint and the same config hash or pixels
+            hash. Otherwise an existing store is overwritten.
 
     """
 
@@ -81,6 +86,7 @@ CREATE TABLE IF NOT EXISTS runs (
     attempts    INTEGER NOT NULL DEFAULT 0,
     host        TEXT,
     pid         INTEGER,
+    pixels_hash TEXT,
     PRIMARY KEY (fingerprint, config_hash)
 );
 CREATE INDEX IF NOT EXISTS runs_store ON runs (store_path, started_at);
@@ -115,6 +121,10 @@ class Ledger:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             self._conn.execute(statement)
+            elif not self._has_pixels_hash():
+                with self._transaction():  # a ledger from before the pixels hash: its rows keep NULL there
+                    if not self._has_pixels_hash():
+                        self._conn.execute("ALTER TABLE runs ADD COLUMN pixels_hash TEXT")
         except OutputError:
             raise
         except (OSError, sqlite3.Error) as exc:
@@ -122,6 +132,9 @@ class Ledger:
                 f"{self.path}: the archive ledger cannot be opened ({exc}); fix: make archive.root writable, "
                 "or move a damaged ledger aside (every input is then reprocessed)"
             ) from exc
+
+    def _has_pixels_hash(self) -> bool:
+        return any(row[1] == "pixels_hash" for row in self._conn.execute("PRAGMA table_info(runs)"))
 
     def close(self) -> None:
         """Close the connection."""
@@ -154,17 +167,17 @@ class Ledger:
         if values is None:
             return None
         (fp, ch, inp, store, status, error, scores, outputs, summary, started, finished, attempts, host,
-         pid) = values
+         pid, pixels) = values
         return LedgerRow(
             fingerprint=fp, config_hash=ch, input_path=inp, store_path=store, status=status, error=error,
             scores=json.loads(scores) if scores else None, outputs=json.loads(outputs) if outputs else None,
             summary=json.loads(summary) if summary else None, started_at=started, finished_at=finished,
-            attempts=int(attempts), host=host, pid=pid,
+            attempts=int(attempts), host=host, pid=pid, pixels_hash=pixels,
         )
 
     _COLUMNS = (
         "fingerprint, config_hash, input_path, store_path, status, error, scores, outputs, summary, "
-        "started_at, finished_at, attempts, host, pid"
+        "started_at, finished_at, attempts, host, pid, pixels_hash"
     )
 
     def get(self, fingerprint: str, config_hash: str) -> LedgerRow | None:
@@ -188,11 +201,22 @@ class Ledger:
             return True
         return datetime.now(UTC) - datetime.fromisoformat(row.started_at) > self.stale_after
 
-    def claim(self, fingerprint: str, config_hash: str, *, input_path: str, store_path: str | None) -> Claim:
+    def claim(
+        self,
+        fingerprint: str,
+        config_hash: str,
+        *,
+        input_path: str,
+        store_path: str | None,
+        pixels_hash: str | None = None,
+    ) -> Claim:
         """Atomically decide whether this run processes a key, and mark it ``running`` if so.
 
         A new key, a ``failed`` one or a ``running`` one whose run is gone is claimed (``attempts`` + 1);
-        a ``done`` key is reported done; a key held by a live run is reported busy.
+        a ``done`` key is reported done; a key held by a live run is reported busy. ``pixels_hash`` (the
+        job's :func:`tiler.config.pixels_hash`) decides with the last attempt at the store whether a claim
+        may resume it (see :attr:`Claim.resume`); a row from before the column counts its config hash as
+        its pixels hash, as the store of that time did.
         """
         with self._transaction() as conn:
             row = self.get(fingerprint, config_hash)
@@ -201,24 +225,26 @@ class Ledger:
             if row is not None and row.status == "running" and not self._stale(row):
                 return Claim("busy", row, resume=True)
             last = conn.execute(
-                "SELECT fingerprint, config_hash FROM runs WHERE store_path = ? "
+                "SELECT fingerprint, config_hash, pixels_hash FROM runs WHERE store_path = ? "
                 "ORDER BY started_at DESC LIMIT 1",
                 (store_path,),
             ).fetchone()
-            resume = last is not None and last[0] == fingerprint  # same file: the store decides on its pixels
+            resume = last is not None and last[0] == fingerprint and (
+                last[1] == config_hash or (pixels_hash is not None and (last[2] or last[1]) == pixels_hash)
+            )
             started = now()
             if row is None:
                 conn.execute(
                     f"INSERT INTO runs ({self._COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, 'running', NULL, NULL, NULL, NULL, ?, NULL, 1, ?, ?)",
-                    (fingerprint, config_hash, input_path, store_path, started, self.host, self.pid),
+                    "VALUES (?, ?, ?, ?, 'running', NULL, NULL, NULL, NULL, ?, NULL, 1, ?, ?, ?)",
+                    (fingerprint, config_hash, input_path, store_path, started, self.host, self.pid, pixels_hash),
                 )
             else:
                 conn.execute(
                     "UPDATE runs SET status = 'running', input_path = ?, store_path = ?, started_at = ?, "
-                    "finished_at = NULL, attempts = attempts + 1, host = ?, pid = ? "
-                    "WHERE fingerprint = ? AND config_hash = ?",
-                    (input_path, store_path, started, self.host, self.pid, fingerprint, config_hash),
+                    "finished_at = NULL, attempts = attempts + 1, host = ?, pid = ?, "
+                    "pixels_hash = COALESCE(?, pixels_hash) WHERE fingerprint = ? AND config_hash = ?",
+                    (input_path, store_path, started, self.host, self.pid, pixels_hash, fingerprint, config_hash),
                 )
             claimed = self.get(fingerprint, config_hash)
         if claimed is None:  # pragma: no cover - the row was written in the same transaction

@@ -11,7 +11,6 @@ from tiler.archive.fingerprint import fingerprint, missing_fingerprint
 from tiler.archive.ledger import LEDGER_NAME, Ledger, now
 from tiler.archive.report import ArchiveItem, ArchiveReport
 from tiler.config.identity import config_hash, pixels_hash
-from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError, TilerError
 from tiler.redact import redact
 from tiler.segment import Progress, SegmentJob, run_many
@@ -70,12 +69,14 @@ class _Run:
             try:
                 item.store = self.archive.store_path(input_path)
                 cfg = self.archive.job_for(input_path)
-                item.config_hash = config_hash(cfg)
+                item.config_hash, pixels = config_hash(cfg), pixels_hash(cfg)
             except Exception as exc:  # noqa: BLE001 - one bad input must not stop the others
                 item.config_hash = "-"
                 self.fail(item, _error_text(exc, input_path))
                 continue
-            claim = self.ledger.claim(item.fingerprint, item.config_hash, input_path=item.input, store_path=item.store)
+            claim = self.ledger.claim(
+                item.fingerprint, item.config_hash, input_path=item.input, store_path=item.store, pixels_hash=pixels
+            )
             item.attempts = claim.row.attempts
             if claim.state != "claimed":
                 item.status, item.scores, item.outputs = "skipped", claim.row.scores, claim.row.outputs
@@ -86,7 +87,7 @@ class _Run:
                 )
                 self.ended(item)
                 continue
-            job = SegmentJob(cfg, overwrite=_replace_store(item.store, cfg, resume=claim.resume))
+            job = SegmentJob(cfg, overwrite=not claim.resume and os.path.exists(item.store))
             self.running[id(job)] = item
             yield job
 
@@ -116,23 +117,6 @@ class _Run:
             self.ledger.finish(item.fingerprint, item.config_hash, status="failed", error=item.error)
             self.report.items.append(item)
         self.running.clear()
-
-
-def _replace_store(store: str, cfg: JobConfig, *, resume: bool) -> bool:
-    """Whether an input's existing store must be replaced: another input file, or other pixels settings.
-
-    A store of the same file and pixels is resumed (its blocks kept) even when the exports or the scoring
-    changed: the job then only finishes it again.
-    """
-    if not os.path.exists(store):
-        return False
-    if not resume:
-        return True
-    from tiler.io.store import OutputStore
-
-    if not OutputStore.is_tiler_store(store):
-        return False  # not ours: the job refuses it, naming the path
-    return OutputStore.open(store, mode="r").config_hash != pixels_hash(cfg)
 
 
 def run_archive(

@@ -20,10 +20,11 @@ Rules decided here, stated once:
   :func:`parse_config` on a mapping resolves only when given ``base_dir``.
 * **Units.** Tile, overlap, block and chunks are whole pixels (never fractions).
   ``scoring.boundary_width`` below 1 is a fraction of the image diagonal; 1 or more is whole pixels.
-* **Identity.** :func:`pixels_hash` covers what the output store holds (pixels, block layout, class
-  names and colours), :func:`config_hash` that plus exports and scores; neither covers how the work is
-  scheduled: a job may resume with other actor counts, retries or addresses
-  (:mod:`tiler.config.identity` lists each key).
+* **Identity.** :func:`pixels_hash` covers what the output store holds (the pixels, the block layout,
+  class names and colours); :func:`config_hash` covers everything a job writes (that, plus exports and
+  scores). Neither covers how the work is scheduled: a job may resume with other actor counts, retries
+  or addresses. A store is resumed under the same pixels hash and finished again (exports, scores,
+  reports) under another config hash (:mod:`tiler.config.identity` lists each key).
 
 Every failure raises :class:`tiler.errors.ConfigError` with one line per problem naming the file,
 the dotted key, the bad value and the fix.
@@ -34,7 +35,7 @@ The package, one concept a module (imports only go down this list): :mod:`~tiler
 sections and :class:`JobConfig`), :mod:`~tiler.config.messages` (validation errors as one line each),
 :mod:`~tiler.config.files` (paths resolved, files checked), :mod:`~tiler.config.overrides` (``--set``),
 :mod:`~tiler.config.loading` (file or mapping → :class:`JobConfig`) and :mod:`~tiler.config.identity`
-(:func:`config_hash`).
+(:func:`pixels_hash`, :func:`config_hash`).
 """
 
 from tiler.config.files import check_files, missing_files
@@ -76,10 +77,10 @@ __all__ = [
     "apply_overrides",
     "check_files",
     "config_hash",
-    "pixels_hash",
     "dump_config",
     "load_config",
     "load_yaml",
     "missing_files",
     "parse_config",
+    "pixels_hash",
 ]

@@ -1,29 +1,35 @@
-"""The identity of a job's configuration, in two parts.
+"""The identity of a job's configuration, in two parts: what the store holds, and what the job finishes with.
 
-* :func:`pixels_hash` — what the output store holds (pixels, block layout, class names and colours).
-  A store holding another one is refused (or replaced with ``--overwrite``): its blocks would not be
-  this job's.
-* :func:`config_hash` — the pixels plus what the finishing writes (exports, polygon settings, scores).
-  An archive input is skipped when the ledger holds its fingerprint with this hash, its recorded scores
-  and outputs reported as they are; a finished store records the one its exports and reports were made
-  with. A job whose store matches on pixels but not on this hash runs no block: it clears ``complete``,
-  writes the exports now asked for, scores with the new settings, rewrites the reports and marks the
-  store complete again. Exports no longer asked for stay on disk but are not listed as the job's outputs.
+* :func:`pixels_hash` identifies the *stored arrays*: the labels and probabilities, the block layout, the
+  store's class names and colours. An output store records it when it is created; a store holding
+  another pixels hash is refused (or replaced with ``--overwrite``), and blocks are resumed from their
+  records only under the same one.
+* :func:`config_hash` is the *job's* identity: the pixels hash plus what the *finishing* writes from the
+  store (the exports, the polygon settings, the scores). The archive ledger keys its rows by it (an input
+  is skipped when its fingerprint is done with the same config hash), the report carries it, and a store
+  records the config hash of its last finishing beside ``complete``.
 
-Covered:
+So a job that changes only the finishing (an added export, a new truth, other polygon settings) reuses
+every block of an existing store: it clears ``complete``, writes the exports now asked for, rescores,
+rewrites the reports and marks the store complete again, without running the model.
+
+Covered by the pixels hash:
 
 * ``input``: the path and every reading option (bands, level/mpp, mask, threshold, ...).
 * ``model``: the weights' *content* (sha256 of a local file, else its path), spec, normalisation,
-  precision, test-time flips, nnU-Net and ONNX settings, class names and class colours.
+  precision, test-time flips, nnU-Net and ONNX settings, class names and class colours (the store keeps
+  the names and colours in its attributes, which every export reads).
 * ``tiling``: all of it (the block too: resume records are per block).
 * ``engine.skip_empty`` (skipped tiles become nodata).
-* ``output``: chunks, probability dtype, nodata and background labels; for :func:`config_hash` only, the
-  exports and the polygon settings (``min_polygon_pixels``, ``polygon_classes``) when a polygon export
-  is asked for.
-* ``scoring`` (:func:`config_hash` only): truth, ignore_index, boundary_width and num_classes, when a
-  truth is given.
+* ``output``: chunks, probability dtype, nodata and background labels.
 
-Excluded, and why:
+Covered by the config hash besides:
+
+* ``output.exports`` (in any order), and the polygon settings (``min_polygon_pixels``,
+  ``polygon_classes``) when a polygon export is asked for.
+* ``scoring``: truth, ignore_index, boundary_width and num_classes, when a truth is given.
+
+Excluded from both, and why:
 
 * ``engine`` scheduling (address, actors, GPUs/CPUs per actor, in-flight, restarts, retries,
   prefetch), ``model.device``, ``model.batch_size`` and ``model.threads``: where and how fast the
@@ -43,7 +49,9 @@ Excluded, and why:
 Keys covered since the hash first existed (``tiling.rule``, and later ``model.onnx``,
 ``model.class_names``, ``model.class_colors``, the exports, polygon settings and scoring) enter the
 hashed payload only when set away from their defaults, so a config that leaves them out keeps the
-hash it always had and its stores and ledger rows stay valid.
+hash it always had and its stores and ledger rows stay valid. For such a config (no exports, no truth)
+the two hashes are equal: the config hash is the pixels hash's payload with the finishing keys added to
+it, never a second hash over the first.
 """
 
 from __future__ import annotations
@@ -57,7 +65,10 @@ from typing import Any
 from tiler.config.schema import JobConfig
 from tiler.paths import is_remote
 
-__all__ = ["config_hash", "pixels_hash"]
+__all__ = ["POLYGON_EXPORTS", "config_hash", "export_settings", "pixels_hash"]
+
+POLYGON_EXPORTS = frozenset({"geojson", "geoparquet", "qupath"})
+"""Exports drawn as polygons, whose files also depend on ``min_polygon_pixels`` and ``polygon_classes``."""
 
 
 def _file_sha256(path: str) -> str | None:
@@ -80,46 +91,63 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-_POLYGON_EXPORTS = frozenset({"geojson", "geoparquet", "qupath"})
-
-
-def pixels_hash(cfg: JobConfig) -> str:
-    """Return a 16-hex-digit identity of what the output *store* holds: pixels, block layout, classes.
-
-    The store records it and refuses a job with another one (unless ``--overwrite``). It leaves out what
-    only the finishing writes (exports, polygon settings, scores), so adding an export or a truth to a
-    finished job re-finishes it without recomputing a block.
-    """
-    return _digest(_payload(cfg, finishing=False))
-
-
-def config_hash(cfg: JobConfig) -> str:
-    """Return a 16-hex-digit identity of everything the job writes: pixels, layout, exports and scores.
-
-    The archive ledger keys inputs by it, and a finished store records the one its files were made with.
-    See the module docstring for what is covered and what is left out, and why.
-    """
-    return _digest(_payload(cfg, finishing=True))
-
-
 def _digest(payload: dict[str, Any]) -> str:
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _payload(cfg: JobConfig, *, finishing: bool) -> dict[str, Any]:
-    payload = {
+def pixels_hash(cfg: JobConfig) -> str:
+    """Return a 16-hex-digit identity of what the output store holds: pixels, block layout, class names and colours.
+
+    An existing store is resumed (or finished again) only under the same pixels hash. See the module
+    docstring for what is covered and what is left out, and why.
+    """
+    return _digest(_pixels_payload(cfg))
+
+
+def config_hash(cfg: JobConfig) -> str:
+    """Return a 16-hex-digit identity of everything the job writes: the pixels hash's keys, exports and scores.
+
+    The archive ledger, the report and the store's record of its last finishing carry it. Equal to
+    :func:`pixels_hash` when the job has no exports and no truth.
+    """
+    payload = _pixels_payload(cfg)
+    out = cfg.output
+    if out.exports:
+        payload["output"]["exports"] = sorted(out.exports)
+    if POLYGON_EXPORTS.intersection(out.exports):
+        payload["output"]["polygons"] = _polygon_settings(cfg)
+    if cfg.scoring.truth is not None:
+        payload["scoring"] = cfg.scoring.model_dump(mode="json")
+    return _digest(payload)
+
+
+def export_settings(cfg: JobConfig, export: str) -> dict[str, Any]:
+    """The settings an export's file depends on besides the store: the polygon settings for a polygon export.
+
+    Empty for every other export (a COG, NIfTI, OME-Zarr or quicklook is drawn from the store and the
+    input alone), so an export made from a store with the same pixels hash and the same settings may be
+    kept when the job is finished again.
+    """
+    return _polygon_settings(cfg) if export in POLYGON_EXPORTS else {}
+
+
+def _polygon_settings(cfg: JobConfig) -> dict[str, Any]:
+    return cfg.output.model_dump(mode="json", include={"min_polygon_pixels", "polygon_classes"})
+
+
+def _pixels_payload(cfg: JobConfig) -> dict[str, Any]:
+    """The hashed payload of :func:`pixels_hash` (the base of :func:`config_hash`'s)."""
+    out = cfg.output
+    return {
         "version": 1,
         "input": cfg.input.model_dump(mode="json", exclude={"gdal"}),
         "model": _model_part(cfg),
         # the default step rule is left out so that hashes from before the rule existed still match
         "tiling": cfg.tiling.model_dump(mode="json", exclude={"rule"} if cfg.tiling.rule == "overlap" else None),
         "engine": {"skip_empty": cfg.engine.skip_empty},
-        "output": _output_part(cfg, finishing=finishing),
+        "output": out.model_dump(mode="json", include={"chunks", "probabilities", "nodata_label", "background_label"}),
     }
-    if finishing and cfg.scoring.truth is not None:
-        payload["scoring"] = cfg.scoring.model_dump(mode="json")
-    return payload
 
 
 def _model_part(cfg: JobConfig) -> dict[str, Any]:
@@ -138,17 +166,4 @@ def _model_part(cfg: JobConfig) -> dict[str, Any]:
         part["class_names"] = list(model.class_names)
     if model.class_colors is not None:
         part["class_colors"] = [list(c) for c in model.class_colors]
-    return part
-
-
-def _output_part(cfg: JobConfig, *, finishing: bool) -> dict[str, Any]:
-    """The output keys of the identity; exports (in any order) and polygon settings only when they apply."""
-    out = cfg.output
-    part = out.model_dump(mode="json", include={"chunks", "probabilities", "nodata_label", "background_label"})
-    if not finishing:
-        return part
-    if out.exports:
-        part["exports"] = sorted(out.exports)
-    if _POLYGON_EXPORTS.intersection(out.exports):
-        part["polygons"] = out.model_dump(mode="json", include={"min_polygon_pixels", "polygon_classes"})
     return part

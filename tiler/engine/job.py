@@ -1,7 +1,9 @@
 """A plan's job on its output store: lock, create or resume, check every block's record, mark complete.
 
 The executor that runs the blocks and the stream that feeds it are chosen by the caller; everything
-about what "done" means lives here, once.
+about what "done" means lives here, once. A store is resumed under the same pixels hash; a complete
+store whose last finishing had another config hash (other exports or scores) has its ``complete`` flag
+cleared on open, before anything is touched, and is finished again from its recorded blocks.
 """
 
 from __future__ import annotations
@@ -61,13 +63,20 @@ class JobResult:
         }
 
 
-def _sum_confusion(records: Mapping[str, BlockRecord]) -> np.ndarray | None:
-    """The blocks' confusion matrices summed; None unless every block has one, all of one shape.
+def _sum_confusion(records: Mapping[str, BlockRecord], scoring_key: str | None) -> np.ndarray | None:
+    """The blocks' confusion matrices summed; None unless every block has one counted under ``scoring_key``.
 
-    The config hash covers scoring, so the blocks of one store share it; a store written before it did may
-    still mix blocks scored against another truth or num_classes.
+    Blocks are reused across jobs with the same pixels but other scoring (a new truth, ignore index or
+    K), so a matrix counts only when its block was scored as this job scores; a block recorded before
+    blocks named their scoring counts as unknown.
     """
-    matrices = [np.asarray(r.confusion, dtype=np.int64) for r in records.values() if r.confusion is not None]
+    if scoring_key is None:
+        return None
+    matrices = [
+        np.asarray(r.confusion, dtype=np.int64)
+        for r in records.values()
+        if r.confusion is not None and r.scored_against == scoring_key
+    ]
     if not matrices or len(matrices) != len(records) or len({m.shape for m in matrices}) != 1:
         return None
     return np.sum(matrices, axis=0)
@@ -79,33 +88,39 @@ class StoreJob:
     Args:
         plan: The job.
         chunks: Output chunk shape; blocks must own whole chunks.
-        config_hash: Hash of what the store holds (:func:`tiler.config.pixels_hash`); an existing store with
-            another hash is refused.
+        pixels_hash: Identity of what the store holds (:func:`tiler.config.pixels_hash`); an existing store
+            holding other pixels is refused.
+        job_hash: The job's config hash (:func:`tiler.config.config_hash`), recorded with ``complete``;
+            None: ``pixels_hash`` (a job that writes nothing beside the store).
         attrs: Store attributes (georeferencing, class names and colours, config).
         overwrite: Replace an existing tiler store holding another configuration's result.
-        job_hash: Hash of the whole job (:func:`tiler.config.config_hash`: exports and scores too), recorded
-            when the store is marked complete. A store finished under another one is reopened (``complete``
-            cleared) so that this job's finishing runs before it looks finished again; None: not tracked.
+
+    Attributes:
+        refinishing: Whether :meth:`open` found the store complete under another config hash and cleared it.
     """
 
     def __init__(
-        self, plan: Plan, *, chunks: Sequence[int], config_hash: str, attrs: Mapping[str, Any] | None = None,
-        overwrite: bool = False, job_hash: str | None = None,
+        self, plan: Plan, *, chunks: Sequence[int], pixels_hash: str, job_hash: str | None = None,
+        attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
     ) -> None:
         self.plan = plan
         self.chunks = tuple(chunks)
-        self.config_hash = config_hash
-        self.job_hash = job_hash
-        self.other_job = False  # the store held blocks or files of a job with another job hash
+        self.pixels_hash = pixels_hash
+        self.job_hash = job_hash or pixels_hash
         self.attrs = attrs
         self.overwrite = overwrite
         self.store: Any = None
         self.locked = False
+        self.refinishing = False
         self.blocks_run = 0
         self.t0 = 0.0
 
     def open(self) -> Work:
-        """Create or resume the store under the job lock; return the blocks without a record."""
+        """Create or resume the store under the job lock; return the blocks without a record.
+
+        A store complete under another config hash (the same pixels, another finishing) is no longer
+        complete from here on: the flag is cleared before any block, export or report is touched.
+        """
         from tiler.io.store import OutputStore, acquire_store_lock
 
         plan = self.plan
@@ -116,19 +131,12 @@ class StoreJob:
         self.locked = True
         self.store = OutputStore.create(
             plan.store_path, shape=plan.grid.shape, num_classes=plan.num_classes, chunks=self.chunks,
-            nodata_label=plan.nodata_label, probabilities=plan.probabilities,
-            attrs={**dict(self.attrs or {}), **({"job_hash": self.job_hash} if self.job_hash else {})},
-            config_hash=self.config_hash, overwrite=self.overwrite,
+            nodata_label=plan.nodata_label, probabilities=plan.probabilities, attrs=self.attrs,
+            pixels_hash=self.pixels_hash, job_hash=self.job_hash, overwrite=self.overwrite,
         )
-        store = self.store
-        if self.job_hash is not None and store.job_hash != self.job_hash:
-            # the same pixels, written or finished for another job (other exports or scores): not complete until
-            # this job's finishing is, and the blocks' scores against another truth are not this job's
-            changes: dict[str, Any] = {"job_hash": self.job_hash}
-            if self.attrs and "config" in self.attrs:
-                changes["config"] = self.attrs["config"]
-            store.reopen(changes)
-            self.other_job = True
+        if self.store.complete and self.store.job_hash != self.job_hash:
+            self.store.clear_complete()
+            self.refinishing = True
         broken = self.store.check_blocks()  # recorded blocks whose chunks are gone: recomputed, never trusted
         if broken:
             warnings.warn(
@@ -165,8 +173,7 @@ class StoreJob:
             tiles_run=sum(r.tiles_run for r in records.values()),
             tiles_skipped=sum(r.tiles_skipped for r in records.values()),
             seconds=time.perf_counter() - self.t0,
-            # blocks scored against another job's truth (or none) do not count: the files are scored again
-            confusion=None if self.other_job else _sum_confusion(records),
+            confusion=_sum_confusion(records, plan.scoring_key),
             records=records,
         )
         if result.tiles_run == 0:
@@ -177,8 +184,12 @@ class StoreJob:
         return result
 
     def complete(self, summary: Mapping[str, Any]) -> None:
-        """Write the summary and the ``complete`` flag: the last thing a job does."""
-        self.store.mark_complete(summary, job_hash=self.job_hash)
+        """Write the summary, the job hash and the ``complete`` flag: the last thing a job does.
+
+        The store's ``config`` attribute becomes this job's (the config of its last finishing).
+        """
+        config = (self.attrs or {}).get("config")
+        self.store.mark_complete(summary, job_hash=self.job_hash, attrs={"config": config} if config else None)
 
     def release(self) -> None:
         """Drop the job lock (if it was taken)."""
@@ -213,7 +224,7 @@ def run_job(
     *,
     executor: Executor | None = None,
     chunks: Sequence[int],
-    config_hash: str,
+    pixels_hash: str,
     attrs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     on_record: OnRecord | None = None,
@@ -228,7 +239,7 @@ def run_job(
         plan: The job.
         executor: Where the blocks run (default: in this process); closed at the end.
         chunks: Output chunk shape; blocks must own whole chunks.
-        config_hash: Hash of the configuration; an existing store with another hash is refused.
+        pixels_hash: Identity of what the store holds; an existing store holding other pixels is refused.
         attrs: Store attributes (georeferencing, class names and colours, config).
         overwrite: Replace an existing store.
         on_record: Called with each block record as it arrives (progress).
@@ -240,7 +251,7 @@ def run_job(
     Raises:
         TilerError: The store cannot be opened, a block failed, or a block has no record.
     """
-    job = _PlanJob(StoreJob(plan, chunks=chunks, config_hash=config_hash, attrs=attrs, overwrite=overwrite))
+    job = _PlanJob(StoreJob(plan, chunks=chunks, pixels_hash=pixels_hash, attrs=attrs, overwrite=overwrite))
     executor = executor if executor is not None else LocalExecutor()
     try:
         outcomes = run_stream(

@@ -6,6 +6,8 @@ the output store themselves, so pixels never pass through the driver.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -131,6 +133,18 @@ class Plan:
         """The block at ``position``."""
         return self.partition.window(position)
 
+    @property
+    def scoring_key(self) -> str | None:
+        """What a block's confusion matrix is counted against (truth path, ignore index, K), or None unscored.
+
+        Blocks keep it beside their matrix, so matrices counted against another truth (a store finished
+        again with a new truth, its blocks reused) are never summed into this job's score.
+        """
+        if self.truth is None:
+            return None
+        what = [self.truth.path, self.ignore_index, self.score_classes or self.num_classes, self.nodata_label]
+        return hashlib.sha256(json.dumps(what).encode("utf-8")).hexdigest()[:16]
+
 
 def block_key(position: Shape) -> str:
     """The store's record key of a block: its per-axis position joined by ``_``."""
@@ -160,6 +174,7 @@ class BlockRecord:
         pid: Process that computed the block.
         class_counts: Pixels per class 0..K-1 in the block (nodata not counted), or None.
         confusion: The block's confusion matrix ``n[truth, pred]`` when truth was configured, else None.
+        scored_against: The plan's :attr:`Plan.scoring_key` the matrix was counted under, else None.
 
     >>> r = BlockRecord("0_1", (0, 64), (64, 128), tiles_run=9, tiles_skipped=0)
     >>> BlockRecord.from_json({"key": "0_1", "chunks": [], **r.to_json()}) == r
@@ -180,6 +195,7 @@ class BlockRecord:
     pid: int = 0
     class_counts: tuple[int, ...] | None = None
     confusion: tuple[tuple[int, ...], ...] | None = None
+    scored_against: str | None = None
 
     @property
     def window(self) -> Window:
@@ -187,7 +203,7 @@ class BlockRecord:
         return Window(self.start, self.stop)
 
     def to_json(self) -> dict[str, Any]:
-        """The record as the store writes it (``confusion`` only when there is one)."""
+        """The record as the store writes it (``confusion`` and ``scored_against`` only when there is one)."""
         out: dict[str, Any] = {
             "block": self.block, "started_at": self.started_at, "finished_at": self.finished_at,
             "start": list(self.start), "stop": list(self.stop), "tiles_run": self.tiles_run,
@@ -199,6 +215,8 @@ class BlockRecord:
             out["class_counts"] = list(self.class_counts)
         if self.confusion is not None:
             out["confusion"] = [list(row) for row in self.confusion]
+        if self.scored_against is not None:
+            out["scored_against"] = self.scored_against
         return out
 
     @classmethod
@@ -210,6 +228,7 @@ class BlockRecord:
         """
         confusion = data.get("confusion")
         counts = data.get("class_counts")
+        scored = data.get("scored_against")
         return cls(
             block=str(data.get("block", data.get("key", ""))),
             start=tuple(int(v) for v in data["start"]),
@@ -225,4 +244,5 @@ class BlockRecord:
             pid=int(data.get("pid", 0)),
             class_counts=tuple(int(v) for v in counts) if counts is not None else None,
             confusion=tuple(tuple(int(v) for v in row) for row in confusion) if confusion is not None else None,
+            scored_against=str(scored) if scored is not None else None,
         )

@@ -81,6 +81,7 @@ class BlockWorker:
             pid=os.getpid(),
             class_counts=tuple(class_counts(result.labels, plan.num_classes)),
             confusion=tuple(tuple(int(v) for v in row) for row in confusion) if confusion is not None else None,
+            scored_against=plan.scoring_key if confusion is not None else None,
         )
         self.store.record_block(record.block, record.to_json())
         return record

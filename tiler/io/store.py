@@ -4,8 +4,10 @@ Layout of ``<parent>/``::
 
     .<name>.lock                  the job lock (exclusive create), holding owner, pid, host, time; taken with
                                   :func:`store_lock` before the store exists and held until exports are done
-    <name>/zarr.json              group attributes: ``tiler_store`` marker, georef, class names/colours, config
-                                  hash, version, complete (rewritten atomically)
+    <name>/zarr.json              group attributes: ``tiler_store`` marker, georef, class names/colours,
+                                  ``pixels_hash`` (what the arrays hold), version, and, once finished,
+                                  ``complete`` with ``job_hash`` (the config hash of the finishing that wrote
+                                  the exports and reports) and that finishing's ``config`` (rewritten atomically)
     <name>/labels/                uint8, or uint16 when a class or the nodata label passes 255 (*shape), fill
                                   value = nodata label (:func:`tiler.stitch.labels_dtype`, the one rule)
     <name>/probabilities/         optional (K, *shape), chunks (K, *chunks)
@@ -14,14 +16,17 @@ Layout of ``<parent>/``::
                                   for georeferenced rasters: what xarray and rioxarray read
     <name>/.tiler/blocks/<key>.json   one record per finished block: its window, the chunk files it wrote and a
                                   digest of its labels (atomic JSON)
-    <name>/.tiler/exports/<n>.json    one record per finished export
+    <name>/.tiler/exports/<n>.json    one record per finished export: its path, the ``job_hash`` of the finishing
+                                  that last listed it, the ``settings`` it was drawn with (polygon settings)
 
 The store proves itself: every chunk carries a crc32c checksum (a flipped bit is an error on read, never a
 wrong pixel), every chunk a block covers is written even when it holds only the fill value (so a missing chunk
 file always means a lost chunk), and :meth:`OutputStore.check_blocks` finds recorded blocks whose chunks are
 gone. The whole group is built under a temporary name and renamed into place, so a store either exists with
 all its metadata or not at all. Block records are separate files because zarr attribute updates from several
-processes would race. The ``complete`` attribute is written last, by :meth:`OutputStore.mark_complete`.
+processes would race. The ``complete`` attribute is written last, by :meth:`OutputStore.mark_complete`, and
+cleared first, by :meth:`OutputStore.clear_complete`, when a job with the same pixels but another finishing
+(exports, scores) finishes the store again.
 (zarr 3.1's LocalStore itself writes each chunk file to a temporary name and renames it, so a killed block
 write leaves whole chunks, old or new; the block has no record yet and is recomputed.)
 """
@@ -111,8 +116,8 @@ class OutputStore:
     def is_tiler_store(path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` holds a tiler store, judged by its own metadata (one small JSON read, no zarr).
 
-        Stores carry the ``tiler_store`` marker; stores written before it are recognised by their config hash,
-        tiler version and labels array.
+        Stores carry the ``tiler_store`` marker; stores written before it are recognised by their (legacy)
+        ``config_hash``, tiler version and labels array.
         """
         path = Path(path)
         try:
@@ -147,11 +152,12 @@ class OutputStore:
         nodata_label: int = 255,
         probabilities: str | None = None,
         attrs: Mapping[str, Any] | None = None,
-        config_hash: str,
+        pixels_hash: str,
+        job_hash: str | None = None,
         overwrite: bool = False,
         shards: Sequence[int] | None = None,
     ) -> OutputStore:
-        """Create the store, or re-open it for resume when it holds the same config hash.
+        """Create the store, or re-open it for resume when it holds the same pixels (:meth:`holds_pixels_of`).
 
         The whole group (arrays and every attribute) is built under a temporary name beside ``path`` and renamed
         into place, so a killed creation leaves no half store. Take :func:`store_lock` first when several jobs
@@ -168,14 +174,17 @@ class OutputStore:
             probabilities: None (no probabilities), ``"float16"``, ``"uint8"`` (x255) or ``"float32"``.
             attrs: Extra group attributes: ``georef`` (a :class:`Georef` or its attrs), ``class_names``,
                 ``class_colors``, ``config``...
-            config_hash: Hash of the configuration; a store with another hash is refused.
+            pixels_hash: Identity of what the arrays hold (:func:`tiler.config.pixels_hash`); a store holding
+                other pixels is refused.
+            job_hash: The job's config hash (:func:`tiler.config.config_hash`): a store written before the pixels
+                hash existed recorded it as its identity, and is resumed when it matches.
             overwrite: Replace an existing tiler store (never anything else: a folder that is not a tiler store
                 is refused whatever this says).
             shards: Optional shard shape per spatial axis (a multiple of ``chunks``).
 
         Raises:
             OutputError: unwritable path, a path holding something that is not a tiler store, a store holding
-                another job's result (without ``overwrite``), a store locked by a live job, or a store that
+                other pixels (without ``overwrite``), a store locked by a live job, or a store that
                 appeared at ``path`` while this one was being built.
 
         """
@@ -194,12 +203,15 @@ class OutputStore:
                 raise cls._not_a_store(path)
             if not overwrite:
                 existing = cls.open(path)
-                if existing.config_hash != config_hash:
+                if not existing.holds_pixels_of(pixels_hash, job_hash):
                     raise OutputError(
-                        f"output {path} already holds the result of another job (config hash "
-                        f"{existing.config_hash}, this job {config_hash}); pass --overwrite to replace it "
-                        f"or choose another output path."
+                        f"output {path} already holds the result of another job (pixels hash "
+                        f"{existing.pixels_hash}, this job {pixels_hash}: the input, model, tiling or output "
+                        f"layout differ); pass --overwrite to replace it or choose another output path."
                     )
+                if existing._attr("pixels_hash") is None:  # a store from before the split: name its two hashes
+                    finished = existing.job_hash
+                    existing._update_attrs({"pixels_hash": pixels_hash, **({"job_hash": finished} if finished else {})})
                 return existing
             check_not_locked(path)
             replace = True
@@ -213,7 +225,7 @@ class OutputStore:
             meta["georef"] = georef.to_attrs()
         meta.update(
             {STORE_MARKER: STORE_FORMAT},
-            config_hash=config_hash,
+            pixels_hash=pixels_hash,
             num_classes=int(num_classes),
             nodata_label=int(nodata_label),
             tiler_version=tiler.__version__,
@@ -307,9 +319,36 @@ class OutputStore:
         return int(self._attr("nodata_label"))
 
     @property
-    def config_hash(self) -> str:
-        """The hash of the configuration that produced this store."""
-        return str(self._attr("config_hash"))
+    def pixels_hash(self) -> str:
+        """The identity of what the arrays hold (a store from before the split keeps its ``config_hash``)."""
+        return str(self._attr("pixels_hash", self._attr("config_hash")))
+
+    @property
+    def job_hash(self) -> str | None:
+        """The config hash of the finishing that wrote the exports and reports, while the store is complete.
+
+        None while not complete. A complete store from before the split answers with its legacy
+        ``config_hash``, the identity of the whole job that finished it.
+        """
+        if not self.complete:
+            return None
+        job = self._attr("job_hash")
+        if job is None and self._attr("pixels_hash") is None:
+            job = self._attr("config_hash")
+        return str(job) if job is not None else None
+
+    def holds_pixels_of(self, pixels_hash: str, job_hash: str | None = None) -> bool:
+        """Whether this store's arrays are what a job with ``pixels_hash`` (and config hash ``job_hash``) writes.
+
+        A store from before the split recorded one ``config_hash``: the pixels hash of that time or, between
+        the commit that made it cover exports and scores and the split, the job's config hash. Either match
+        means the same pixels.
+        """
+        own = self._attr("pixels_hash")
+        if own is not None:
+            return str(own) == pixels_hash
+        legacy = self._attr("config_hash")
+        return legacy is not None and str(legacy) in (pixels_hash, job_hash)
 
     @property
     def complete(self) -> bool:
@@ -345,8 +384,8 @@ class OutputStore:
         return list(default_colors(self.num_classes))
 
     # -- attributes (zarr.json, rewritten atomically) ----------------------------------------------------
-    def _update_attrs(self, changes: Mapping[str, Any]) -> None:
-        """Rewrite the group's zarr.json with ``changes`` applied, in one atomic, fsynced replace."""
+    def _update_attrs(self, changes: Mapping[str, Any], *, remove: Sequence[str] = ()) -> None:
+        """Rewrite the group's zarr.json with ``changes`` set and ``remove`` dropped: one atomic, fsynced replace."""
         meta_path = self.path / "zarr.json"
         try:
             meta = _read_json(meta_path)
@@ -355,7 +394,10 @@ class OutputStore:
                 f"cannot read {meta_path} to update it ({exc}); the store is damaged. Rerun the job with "
                 f"--overwrite to rebuild it."
             ) from exc
-        meta.setdefault("attributes", {}).update(changes)
+        attributes = meta.setdefault("attributes", {})
+        attributes.update(changes)
+        for key in remove:
+            attributes.pop(key, None)
         write_json_atomic(meta_path, meta, indent=2)
         self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
 
@@ -596,44 +638,76 @@ class OutputStore:
                 removed += 1
         for file in self._exports_dir.glob("*.json") if self._exports_dir.is_dir() else []:
             file.unlink(missing_ok=True)
-        if self.complete:
-            self._update_attrs({"complete": False})
+        self.clear_complete()
         return removed
 
     # -- exports and completion ------------------------------------------------------------------------
-    def record_export(self, name: str, path: str | os.PathLike[str]) -> None:
-        """Record that export ``name`` is in place at ``path`` (atomic JSON under ``.tiler/exports/``)."""
+    def record_export(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        job_hash: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record that export ``name`` is in place at ``path`` (atomic JSON under ``.tiler/exports/``).
+
+        Args:
+            name: The export (``cog``, ``geojson``, ``report_json``, ...).
+            path: Its file.
+            job_hash: The config hash of the finishing that lists it among its outputs.
+            settings: What the file was drawn with besides the store (:func:`tiler.config.identity.export_settings`);
+                a later finishing keeps the file only under the same settings.
+        """
         try:
             self._exports_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise output_error(self._exports_dir, exc, what="record exports in") from exc
-        payload = {"key": name, "path": str(Path(path).resolve()), "time": time.time()}
+        payload: dict[str, Any] = {"key": name, "path": str(Path(path).resolve()), "time": time.time()}
+        if job_hash is not None:
+            payload["job_hash"] = job_hash
+        if settings:
+            payload["settings"] = dict(settings)
         write_json_atomic(self._exports_dir / f"{_safe_key(name)}.json", payload)
+
+    def retire_exports(self, names: Sequence[str]) -> None:
+        """Mark the records of ``names`` as being replaced; call before their files are written again.
+
+        A retired record keeps its path (the file is still one tiler made, so a rerun may replace it) but no
+        longer vouches for the file's content: :meth:`exports_done` leaves it out until it is recorded anew,
+        so a job killed while replacing a file never keeps it as it is.
+        """
+        records = self.export_records()
+        for name in names:
+            rec = records.get(name)
+            if rec is not None and isinstance(rec.get("path"), str):
+                payload = {"key": name, "path": rec["path"], "time": time.time(), "replacing": True}
+                write_json_atomic(self._exports_dir / f"{_safe_key(name)}.json", payload)
 
     def export_records(self) -> dict[str, dict[str, Any]]:
         """Every readable export record, by export name (unreadable ones are skipped with a StoreWarning)."""
         return {str(rec.pop("key")): rec for rec in self._read_records(self._exports_dir, "export")}
 
     def exports_done(self) -> dict[str, str]:
-        """Recorded exports whose file is still in place: name -> absolute path."""
+        """Recorded exports whose file is still in place (records being replaced left out): name -> absolute path."""
         return {
             name: rec["path"]
             for name, rec in self.export_records().items()
-            if isinstance(rec.get("path"), str) and os.path.lexists(rec["path"])
+            if isinstance(rec.get("path"), str) and os.path.lexists(rec["path"]) and not rec.get("replacing")
         }
 
-    @property
-    def job_hash(self) -> str | None:
-        """The job hash (exports and scores too) the store was last finished with, or None."""
-        value = self.attrs.get("job_hash")
-        return str(value) if value else None
+    def mark_complete(
+        self, summary: Mapping[str, Any], *, job_hash: str | None = None, attrs: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write the summary, the finishing's ``job_hash`` and set ``complete`` in one atomic rewrite of zarr.json.
 
-    def reopen(self, attrs: Mapping[str, Any]) -> None:
-        """Clear ``complete`` (and update ``attrs``) in one atomic rewrite of zarr.json, before a new finishing."""
-        self._update_attrs({**dict(attrs), "complete": False})
+        Call last, after every block record, export and report is in place.
 
-    def mark_complete(self, summary: Mapping[str, Any], *, job_hash: str | None = None) -> None:
-        """Write the summary (and the job hash) and set ``complete`` in one atomic rewrite of zarr.json; call last.
+        Args:
+            summary: The job's figures (blocks, tiles, seconds).
+            job_hash: The config hash of the finishing (:func:`tiler.config.config_hash`); None: the store's
+                pixels hash (a job that writes nothing beside the store).
+            attrs: Other attributes of this finishing written in the same rewrite (its redacted ``config``).
 
         Raises:
             OutputError: a recorded block's chunk file is missing (the store would claim pixels it lacks).
@@ -645,7 +719,17 @@ class OutputStore:
                 f"output store {self.path} cannot be marked complete: {len(broken)} recorded block(s) have chunk "
                 f"files missing (first: {broken[0]}). Rerun the job to recompute them."
             )
-        self._update_attrs({"summary": dict(summary), **({"job_hash": job_hash} if job_hash else {}), "complete": True})
+        finishing = {**dict(attrs or {}), "summary": dict(summary), "job_hash": job_hash or self.pixels_hash}
+        self._update_attrs({**finishing, "complete": True})
+
+    def clear_complete(self) -> None:
+        """Clear ``complete`` and the finishing's ``job_hash`` in one atomic rewrite of zarr.json (no-op if unset).
+
+        Call before anything beside the store changes (a finishing with other exports or scores), so a job
+        killed half-way leaves a store that does not look finished.
+        """
+        if self.complete or self._attr("job_hash") is not None:
+            self._update_attrs({"complete": False}, remove=("job_hash",))
 
     # -- job lock --------------------------------------------------------------------------------------
     @property

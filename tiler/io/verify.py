@@ -5,6 +5,10 @@ chunk), so a checksum failure, a truncated file or a missing chunk is found and 
 that wrote it. Bad blocks are listed in :attr:`VerifyReport.bad_blocks`; hand them to
 :meth:`OutputStore.invalidate_blocks <tiler.io.store.OutputStore.invalidate_blocks>` and rerun the job with the
 same config to recompute exactly those blocks.
+
+The report names the store's two hashes: ``pixels_hash`` (what its arrays hold) and, when complete,
+``job_hash`` (the config hash of the finishing that wrote its exports and reports). Exports recorded by
+an earlier finishing and not listed by the last one are noted, never counted as problems.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class VerifyReport:
     Attributes:
         store: The store path.
         complete: The store's ``complete`` flag.
+        pixels_hash: What the store's arrays hold (:func:`tiler.config.pixels_hash`).
+        job_hash: The config hash of the finishing its exports and reports belong to; None unless complete.
         chunks_checked: Stored chunk files decoded.
         blocks_checked: Block records read.
         problems: Everything wrong, one entry per chunk, record or export.
@@ -61,6 +67,8 @@ class VerifyReport:
 
     store: str
     complete: bool
+    pixels_hash: str | None = None
+    job_hash: str | None = None
     chunks_checked: int = 0
     blocks_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
@@ -89,7 +97,7 @@ class VerifyReport:
         else:
             out.append(
                 f"{self.store}: ok ({self.chunks_checked} chunks, {self.blocks_checked} block records checked"
-                f"{', complete' if self.complete else ', not complete'})."
+                f"{f', complete, job hash {self.job_hash}' if self.complete else ', not complete'})."
             )
         return out
 
@@ -99,6 +107,8 @@ class VerifyReport:
             "store": self.store,
             "ok": self.ok,
             "complete": self.complete,
+            "pixels_hash": self.pixels_hash,
+            "job_hash": self.job_hash,
             "chunks_checked": self.chunks_checked,
             "blocks_checked": self.blocks_checked,
             "bad_blocks": self.bad_blocks,
@@ -121,7 +131,8 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
             f"job wrote (its `output.store`)."
         )
     store = OutputStore.open(path, mode="r")
-    report = VerifyReport(store=str(path), complete=store.complete)
+    report = VerifyReport(store=str(path), complete=store.complete, pixels_hash=store.pixels_hash,
+                          job_hash=store.job_hash)
     records = _read_records(store, report)
     owner = _chunk_owners(store, records)
     for name in store.arrays():
@@ -231,7 +242,17 @@ def _check_complete(store: OutputStore, records: Mapping[str, Mapping[str, Any]]
         warnings.simplefilter("always", StoreWarning)
         exports = store.export_records()
     _add_bad_records(store, caught, report, blocks=False)
+    earlier = sorted(
+        n for n, rec in exports.items() if rec.get("replacing") or rec.get("job_hash", store.job_hash) != store.job_hash
+    )
+    if earlier:
+        report.notes.append(
+            f"{len(earlier)} export(s) recorded by an earlier finishing, not outputs of the last one (job hash "
+            f"{store.job_hash}): {', '.join(earlier)}; left on disk, never replaced without a record."
+        )
     for name, rec in sorted(exports.items()):
+        if name in earlier:
+            continue
         where = str(rec.get("path"))
         if not os.path.lexists(where):
             detail = f"export {name!r} is recorded as done; its file is gone"
