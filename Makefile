@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install bytecode demo test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,17 +21,22 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# Our own modules compiled ahead, as pip does for installed wheels: every Ray actor and driver imports them,
+# and an environment with PYTHONDONTWRITEBYTECODE set would otherwise compile them from source in each one.
+bytecode: $(STAMP)
+	$(PY) -m compileall -q tiler pipelines bench
+
+demo: bytecode
 	$(VENV)/bin/tiler demo
 
-test: $(STAMP)
+test: bytecode
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tiler pipelines tests bench
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: bytecode
 	$(PY) -m bench.run_all
 
 clean:

@@ -225,6 +225,51 @@ def test_an_added_export_finishes_every_done_input_again_without_running_a_block
     assert run(archive_dir, "output.exports=[cog]").counts["skipped"] == 2  # done under the new hash
 
 
+def test_switching_the_config_back_finishes_again_what_another_config_finished_since(archive_dir: Path) -> None:
+    run(archive_dir)  # config A: done, the stores finished under A's hash
+    first = by_stem(rows(archive_dir / "out"))
+    run(archive_dir, "output.exports=[cog]")  # config B on the same pixels: the stores now say B
+    stores = {s: archive_dir / "out" / s / f"{s}.zarr" for s in ("a", "b")}
+    blocks = {s: block_files(p) for s, p in stores.items()}
+
+    report = run(archive_dir)  # back to A: the ledger's done rows for A no longer describe the stores
+
+    items = {i.stem: i for i in report.items}
+    assert {items["a"].status, items["b"].status} == {"done"}
+    for stem, store in stores.items():
+        attrs = json.loads((store / "zarr.json").read_text())["attributes"]
+        assert attrs["complete"] is True and attrs["job_hash"] == first[stem]["config_hash"]
+        assert block_files(store) == blocks[stem]  # same pixels: finished again, not recomputed
+        stored = json.loads((store.parent / f"{stem}.report.json").read_text())
+        assert stored["config_hash"] == first[stem]["config_hash"]
+    assert run(archive_dir).counts["skipped"] == 2  # and now A's rows hold again
+
+
+def test_deleted_outputs_are_computed_again_not_skipped_as_done(archive_dir: Path) -> None:
+    run(archive_dir)
+    shutil.rmtree(archive_dir / "out" / "a")  # the user removed a's outputs to have it redone
+
+    report = run(archive_dir)
+
+    items = {i.stem: i for i in report.items}
+    assert items["a"].status == "done" and items["b"].status == "skipped"
+    store = archive_dir / "out" / "a" / "a.zarr"
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["complete"] is True
+    assert by_stem(rows(archive_dir / "out"))["a"]["attempts"] == 2
+
+
+def test_a_deleted_store_beside_its_old_reports_fails_naming_the_file_instead_of_skipping(archive_dir: Path) -> None:
+    run(archive_dir)
+    shutil.rmtree(archive_dir / "out" / "b" / "b.zarr")  # the reports beside it are no longer vouched for
+
+    report = run(archive_dir)
+
+    items = {i.stem: i for i in report.items}
+    assert items["a"].status == "skipped" and items["b"].status == "failed"
+    assert "b.scores.json already exists" in str(items["b"].error) and "Fix:" in str(items["b"].error)
+    assert by_stem(rows(archive_dir / "out"))["b"]["status"] == "failed"
+
+
 def test_report_files_list_the_counts(archive_dir: Path) -> None:
     run(archive_dir)
     run(archive_dir)

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -209,18 +209,21 @@ class Ledger:
         input_path: str,
         store_path: str | None,
         pixels_hash: str | None = None,
+        still_done: Callable[[LedgerRow], bool] | None = None,
     ) -> Claim:
         """Atomically decide whether this run processes a key, and mark it ``running`` if so.
 
         A new key, a ``failed`` one or a ``running`` one whose run is gone is claimed (``attempts`` + 1);
-        a ``done`` key is reported done; a key held by a live run is reported busy. ``pixels_hash`` (the
+        a ``done`` key is reported done unless ``still_done(row)`` says its outputs are no longer there (the
+        store was removed, or finished since for another config), when it is claimed again; a key held by a
+        live run is reported busy. ``pixels_hash`` (the
         job's :func:`tiler.config.pixels_hash`) decides with the last attempt at the store whether a claim
         may resume it (see :attr:`Claim.resume`); a row from before the column counts its config hash as
         its pixels hash, as the store of that time did.
         """
         with self._transaction() as conn:
             row = self.get(fingerprint, config_hash)
-            if row is not None and row.status == "done":
+            if row is not None and row.status == "done" and (still_done is None or still_done(row)):
                 return Claim("done", row, resume=True)
             if row is not None and row.status == "running" and not self._stale(row):
                 return Claim("busy", row, resume=True)

@@ -12,6 +12,7 @@ from tiler.archive.ledger import LEDGER_NAME, Ledger, now
 from tiler.archive.report import ArchiveItem, ArchiveReport
 from tiler.config.identity import config_hash, pixels_hash
 from tiler.errors import ConfigError, TilerError
+from tiler.io.store import finished_job_hash
 from tiler.redact import redact
 from tiler.segment import Progress, SegmentJob, run_many
 
@@ -74,10 +75,14 @@ class _Run:
                 item.config_hash = "-"
                 self.fail(item, _error_text(exc, input_path))
                 continue
+            gone: list[str] = []
             claim = self.ledger.claim(
-                item.fingerprint, item.config_hash, input_path=item.input, store_path=item.store, pixels_hash=pixels
+                item.fingerprint, item.config_hash, input_path=item.input, store_path=item.store, pixels_hash=pixels,
+                still_done=lambda row, item=item, gone=gone: self._still_done(item, gone),
             )
             item.attempts = claim.row.attempts
+            if gone and claim.state == "claimed":
+                self.progress.write(f"{item.input}: done before, but {gone[0]}; doing it again")
             if claim.state != "claimed":
                 item.status, item.scores, item.outputs = "skipped", claim.row.scores, claim.row.outputs
                 item.reason = (
@@ -90,6 +95,18 @@ class _Run:
             job = SegmentJob(cfg, overwrite=not claim.resume and os.path.exists(item.store))
             self.running[id(job)] = item
             yield job
+
+    @staticmethod
+    def _still_done(item: ArchiveItem, gone: list[str]) -> bool:
+        """Whether the store of an input the ledger has done still holds that job's finished outputs."""
+        finished = finished_job_hash(str(item.store))
+        if finished == item.config_hash:
+            return True
+        gone.append(
+            f"its store {item.store} is gone or unfinished" if finished is None
+            else f"its store {item.store} was since finished for config {finished}"
+        )
+        return False
 
     def record(self, job: SegmentJob, *, seconds: float, error: BaseException | None, result: object) -> None:
         """Write a streamed input's outcome to the ledger and the report."""

@@ -11,9 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from skimage.color import rgb2hsv
-from skimage.filters import threshold_otsu
-from skimage.morphology import remove_small_holes, remove_small_objects
 
 from tiler.geometry import Window
 
@@ -32,6 +29,10 @@ def tissue_mask(rgb: np.ndarray, *, min_fraction: float = 1e-3) -> np.ndarray:
         Bool array (h, w), True = tissue. A uniform image (nothing to threshold) is all True.
 
     """
+    from skimage.color import rgb2hsv  # here, not at import: scikit-image costs a second to import
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
     img = np.moveaxis(np.asarray(rgb)[:3], 0, -1)
     sat = rgb2hsv(img)[..., 1]
     if float(sat.max() - sat.min()) < 1e-6:

@@ -93,6 +93,25 @@ def _read_json(path: Path) -> Any:
         return json.loads(f.read())
 
 
+def finished_job_hash(path: str | os.PathLike[str]) -> str | None:
+    """The config hash of the job that finished the store at ``path``; None if it is not complete (or absent).
+
+    Reads only the group's ``zarr.json`` (cheap enough to check every input an archive skips as done). A
+    complete store from before the pixels/config split answers with its legacy ``config_hash``.
+    """
+    try:
+        meta = _read_json(Path(path) / "zarr.json")
+    except (OSError, ValueError):
+        return None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+    if not isinstance(attrs, dict) or not attrs.get("complete", False):
+        return None
+    job = attrs.get("job_hash")
+    if job is None and attrs.get("pixels_hash") is None:
+        job = attrs.get("config_hash")
+    return str(job) if job is not None else None
+
+
 def labels_digest(labels: np.ndarray, dtype: np.dtype | str) -> str:
     """The digest a block record keeps of its labels: crc32 of the C-order little-endian bytes.
 
@@ -330,12 +349,7 @@ class OutputStore:
         None while not complete. A complete store from before the split answers with its legacy
         ``config_hash``, the identity of the whole job that finished it.
         """
-        if not self.complete:
-            return None
-        job = self._attr("job_hash")
-        if job is None and self._attr("pixels_hash") is None:
-            job = self._attr("config_hash")
-        return str(job) if job is not None else None
+        return finished_job_hash(self.path)
 
     def holds_pixels_of(self, pixels_hash: str, job_hash: str | None = None) -> bool:
         """Whether this store's arrays are what a job with ``pixels_hash`` (and config hash ``job_hash``) writes.

@@ -27,10 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
-from scipy import ndimage
 
 from tiler.errors import ScoreError
 from tiler.geometry import Window
@@ -166,6 +163,8 @@ def _band(codes: np.ndarray, radius: int) -> np.ndarray:
     a uniform cube. Codes go to uint8 (shifted by one, sentinels 0 and 255) when they fit: the filters
     run 2-3x faster on bytes than on int32.
     """
+    from scipy import ndimage  # here, not at import: the report path imports this module for its types
+
     size = 2 * radius + 1
     if int(codes.max(initial=0)) < 254:
         small = (codes + 1).astype(np.uint8)
@@ -182,6 +181,8 @@ def _window_counts(
     t_codes: np.ndarray, p_codes: np.ndarray, core: tuple[slice, ...], k: int, width: int
 ) -> BoundaryCounts:
     """Boundary counts of the ``core`` pixels of a (halo'd) window of codes; see the module docstring."""
+    from scipy import ndimage
+
     t_core, p_core = t_codes[core], p_codes[core]
     t_band = _band(t_codes, width)[core] & (t_core < k)
     p_band = _band(p_codes, width)[core] & (p_core < k)
@@ -298,6 +299,9 @@ def boundary_counts_chunked(
         Exactly the whole-image counts.
 
     """
+    import dask  # here, not at import: dask (and the xarray/pandas it pulls in) costs seconds to import
+    import dask.array as da
+
     rules = LabelRules(num_classes, ignore_index, truth_nodata, pred_nodata)
     _check_width(width)
     if tuple(truth.shape) != tuple(pred.shape):

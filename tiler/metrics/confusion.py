@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from tiler.errors import ScoreError
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 _BYTE_BINS = 256 * 256
 _SLICE = 1 << 18
@@ -350,6 +352,8 @@ def _block_kernel(*blocks: np.ndarray, rules: LabelRules, fast: bool, ndim: int)
 
 
 def _as_dask(array: Any, chunks: Any) -> da.Array:
+    import dask.array as da  # here, not at import: dask (and the xarray/pandas it pulls in) costs seconds
+
     if isinstance(array, da.Array):
         return array if chunks is None else array.rechunk(chunks)
     return da.from_array(array, chunks=chunks if chunks is not None else "auto")
@@ -389,6 +393,8 @@ def count_pixels_chunked(
     arrays = [t, p] if valid is None else [t, p, _as_dask(valid, t.chunks)]
     fast = _is_byte(t.dtype) and _is_byte(p.dtype)
     bins = _BYTE_BINS + 1 if fast else rules.num_classes * rules.columns + 1
+    import dask.array as da
+
     per_chunk = da.map_blocks(
         _block_kernel,
         *arrays,
