@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ class _Run:
             gone: list[str] = []
             claim = self.ledger.claim(
                 item.fingerprint, item.config_hash, input_path=item.input, store_path=item.store, pixels_hash=pixels,
-                still_done=lambda row, item=item, gone=gone: self._still_done(item, gone),
+                still_done=functools.partial(self._still_done, item, gone),
             )
             item.attempts = claim.row.attempts
             if gone and claim.state == "claimed":
@@ -97,7 +98,7 @@ class _Run:
             yield job
 
     @staticmethod
-    def _still_done(item: ArchiveItem, gone: list[str]) -> bool:
+    def _still_done(item: ArchiveItem, gone: list[str], _row: object) -> bool:
         """Whether the store of an input the ledger has done still holds that job's finished outputs."""
         finished = finished_job_hash(str(item.store))
         if finished == item.config_hash:
