@@ -9,6 +9,7 @@ import rasterio
 import zarr
 from PIL import Image
 
+import tiler.io.export as export_mod
 from tests.shared_data import SHARED_DATA
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition, Window
@@ -60,6 +61,34 @@ def test_cog_is_valid_and_drops_onto_source(tmp_path, raster_case):
         assert np.array_equal(cog.read(1), labels)
         assert cog.colormap(1)[1][:3] == (0, 255, 0)
     assert not list(tmp_path.glob(".tiler-tmp-*"))  # temporary folder and file removed
+
+
+def test_cog_of_a_map_too_big_for_memory_goes_through_a_temporary_file_and_is_the_same(
+    tmp_path, raster_case, monkeypatch
+):
+    reader, store, labels = raster_case
+    in_memory = export_cog(store, tmp_path / "memory.tif", reference=reader)
+    made: list[str] = []
+    real_open = export_mod.rasterio.open
+
+    def spy(path, *args, **kwargs):  # noqa: ANN001, ANN202 - records which sources export_cog writes
+        if args[:1] == ("w",):
+            made.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(export_mod, "COG_IN_MEMORY_BYTES", labels.nbytes - 1)
+    monkeypatch.setattr(export_mod.rasterio, "open", spy)
+    on_disk = export_cog(store, tmp_path / "disk.tif", reference=reader)
+    monkeypatch.undo()
+
+    assert len(made) == 1 and made[0].endswith("labels.tif") and ".tiler-tmp-" in made[0]
+    with rasterio.open(in_memory) as a, rasterio.open(on_disk) as b:
+        assert a.profile == b.profile and a.overviews(1) == b.overviews(1) and a.colormap(1) == b.colormap(1)
+        for level in (1, 2, 4):
+            shape = (a.height // level, a.width // level)
+            assert np.array_equal(a.read(1, out_shape=shape), b.read(1, out_shape=shape))
+        assert np.array_equal(b.read(1), labels)
+    assert not list(tmp_path.glob(".tiler-tmp-*"))
 
 
 def test_cog_georef_from_store_by_default(tmp_path, raster_case):

@@ -30,6 +30,7 @@ import zarr
 from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
+from rasterio.io import MemoryFile
 
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition, Window
@@ -51,6 +52,9 @@ EXPORT_BLOCK = 2048
 
 COG_DEFLATE_LEVEL = 3
 """Deflate level of COG exports: on a 4096² label map, half the time of GDAL's default 6 for 4 % more bytes."""
+
+COG_IN_MEMORY_BYTES = 256 * 2**20
+"""Label maps up to this size (16384² of uint8) go to the COG driver from memory, larger ones from a file."""
 
 
 def _block_for(store: OutputStore, target: int = EXPORT_BLOCK) -> tuple[int, ...]:
@@ -89,9 +93,9 @@ def export_cog(
 ) -> Path:
     """Write the labels as a Cloud-Optimised GeoTIFF that drops onto the input (same CRS and transform).
 
-    A tiled GeoTIFF is written window by window to a temporary file, then GDAL's COG driver copies it
-    (deflate at :data:`COG_DEFLATE_LEVEL`, 512-pixel blocks, ``mode`` overviews: each overview pixel is the
-    most frequent class below it).
+    A tiled GeoTIFF is written window by window (in memory up to :data:`COG_IN_MEMORY_BYTES` of labels,
+    else to a temporary file), then GDAL's COG driver copies it (deflate at :data:`COG_DEFLATE_LEVEL`,
+    512-pixel blocks, ``mode`` overviews: each overview pixel is the most frequent class below it).
     Nodata is the store's nodata label (``output.nodata_label``, 255 by default), not the input's nodata
     value, which may be a class index. The class names and colours go into ``<out>.aux.xml`` beside it
     (:func:`write_class_table_aux`): GDAL category names and a thematic raster attribute table.
@@ -121,25 +125,34 @@ def export_cog(
         "tiled": True,
         "blockxsize": 512,
         "blockysize": 512,
-        "compress": "lzw",  # a temporary: LZW costs a sixth of deflate's time on a label map, the COG re-encodes
         "BIGTIFF": "IF_SAFER",
     }
     if geo.crs_wkt:
         profile["crs"] = rasterio.crs.CRS.from_wkt(geo.crs_wkt)
     if geo.transform:
         profile["transform"] = Affine(*geo.transform[:6])
-    with _write_errors(out_path, "write the COG"), temporary_dir(out_path.parent, label="cog") as tmp_dir:
-        tmp = tmp_dir / "labels.tif"
-        with rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(tmp, "w", **profile) as dst:
-            dst.set_band_description(1, "class")
-            if labels.dtype == np.uint8:  # the palette must be set before any pixel is written
-                cmap = {k: (*c, 255) for k, c in enumerate(store.class_colors)}
-                dst.write_colormap(1, cmap)
-            for window in BlockPartition(store.shape, _block_for(store)):
-                dst.write(store.read(window)[None], window=to_rio_window(window))
-        with rasterio.Env(GDAL_CACHEMAX=256), atomic_path(out_path, what="write the COG") as cog_tmp:
+
+    def fill(dst: Any) -> None:
+        dst.set_band_description(1, "class")
+        if labels.dtype == np.uint8:  # the palette must be set before any pixel is written
+            dst.write_colormap(1, {k: (*c, 255) for k, c in enumerate(store.class_colors)})
+        for window in BlockPartition(store.shape, _block_for(store)):
+            dst.write(store.read(window)[None], window=to_rio_window(window))
+
+    with _write_errors(out_path, "write the COG"), contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=256))
+        if labels.nbytes <= COG_IN_MEMORY_BYTES:  # uncompressed in /vsimem: no encode and decode of a temporary
+            source = stack.enter_context(MemoryFile())
+            with source.open(**profile) as dst:
+                fill(dst)
+            source_name: str | Path = source.name
+        else:  # a temporary file: LZW costs a sixth of deflate's time on a label map, the COG re-encodes
+            source_name = stack.enter_context(temporary_dir(out_path.parent, label="cog")) / "labels.tif"
+            with rasterio.open(source_name, "w", **profile, compress="lzw") as dst:
+                fill(dst)
+        with atomic_path(out_path, what="write the COG") as cog_tmp:
             rasterio.shutil.copy(
-                tmp,
+                source_name,
                 cog_tmp,
                 driver="COG",
                 compress="deflate",
