@@ -27,6 +27,7 @@ from tiler.geometry import Window
 from tiler.io import open_reader
 
 MIN_AGREEMENT = 0.9999
+TILE, OVERLAP = 32, 8  # the 2D scene grid of the format tests
 
 
 def write_geotiff(path: Path, shape: tuple[int, int] = (88, 120), bands: int = 3, seed: int = 0) -> Path:
@@ -112,3 +113,32 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of equal labels (same shape required)."""
     assert a.shape == b.shape, (a.shape, b.shape)
     return float((a == b).mean())
+
+
+def perturb(net: torch.nn.Module, scale: float) -> torch.nn.Module:
+    """Add ``scale`` · N(0, 1) noise to every parameter of ``net`` (off its init, so a wrong load would show)."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return net
+
+
+def assert_runs_like_monai(
+    root: Path,
+    weights: Path,
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    model: Mapping[str, Any] | None = None,
+) -> None:
+    """``tiler run`` of ``weights`` on a generated GeoTIFF agrees with MONAI's sliding window of ``predictor``.
+
+    The scene is written under ``root``, tiled ``TILE`` × ``TILE`` with ``OVERLAP`` pixels overlap in 64 × 64 blocks;
+    ``model`` adds ``model`` config keys. The expected labels must not be one class (that would test nothing).
+    """
+    image = write_geotiff(root / "scene.tif")
+    job = write_job(root, weights, image, tile=(TILE, TILE), overlap=(OVERLAP, OVERLAP), block=(64, 64), model=model)
+    labels = run_tiler(job)
+    expected = monai_labels(read_image(image), predictor, tile=(TILE, TILE), overlap=OVERLAP)
+    assert np.bincount(expected.ravel()).max() < 0.9 * expected.size, "a one-class prediction would test nothing"
+    score = agreement(labels, expected)
+    assert score >= MIN_AGREEMENT, f"tiler and MONAI labels agree on {score:.6f} < {MIN_AGREEMENT} of the pixels"

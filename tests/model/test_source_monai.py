@@ -6,28 +6,18 @@ import os
 import typing
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from monai.networks import nets
 from safetensors.torch import save_file
 
-from tests.model.sources_helpers import (
-    MIN_AGREEMENT,
-    agreement,
-    monai_labels,
-    read_image,
-    run_tiler,
-    write_geotiff,
-    write_job,
-)
+from tests.model.sources_helpers import OVERLAP, TILE, assert_runs_like_monai, perturb, write_geotiff, write_job
 from tiler.cli import main as cli_main
 from tiler.config import MonaiArchitecture
 from tiler.errors import ModelError
 from tiler.model import load_model
 from tiler.model.spec import ARCHITECTURES, ModelSpec, build_network, resolve_architecture
 
-TILE, OVERLAP = 32, 8
 SPEC = {"architecture": "SegResNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 3,
         "args": {"init_filters": 8, "blocks_down": [1, 2], "blocks_up": [1]}}  # fmt: skip
 
@@ -37,10 +27,7 @@ def segresnet(seed: int = 0) -> torch.nn.Module:
     net = nets.SegResNet(
         spatial_dims=2, in_channels=3, out_channels=3, init_filters=8, blocks_down=(1, 2), blocks_up=(1,)
     )
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return net.eval()
+    return perturb(net, 0.2).eval()
 
 
 @pytest.mark.parametrize(
@@ -53,13 +40,7 @@ def test_monai_class_by_name_with_state_dict_runs_like_monai_sliding_window(tmp_
         torch.save(net.state_dict(), weights)
     else:
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
-    image = write_geotiff(tmp_path / "scene.tif")
-    job = write_job(tmp_path, weights, image, tile=(TILE, TILE), overlap=(OVERLAP, OVERLAP), block=(64, 64),
-                    model={"spec": SPEC})  # fmt: skip
-    labels = run_tiler(job)
-    expected = monai_labels(read_image(image), net, tile=(TILE, TILE), overlap=OVERLAP)
-    assert np.bincount(expected.ravel()).max() < 0.9 * expected.size, "a one-class prediction would test nothing"
-    assert agreement(labels, expected) >= MIN_AGREEMENT
+    assert_runs_like_monai(tmp_path, weights, net, model={"spec": SPEC})
 
 
 class _Payload:
