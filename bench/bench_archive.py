@@ -5,6 +5,8 @@ gaussian blend, COG export. Each approach runs in its own process, wall clock of
 
 - ``tiler``: ``python -m pipelines.archive`` on an embedded local Ray (start-up, ledger, every scene's
   blocks streamed through one actor pool, COG + quicklook + report per scene, finished on threads);
+- ``tiler-local``: the same command with ``--engine local`` (in-process: no Ray to start, one block at a
+  time, finishing on threads), the single-machine choice when no cluster is at hand;
 - ``tiler-1``: the same command over the first scene only (the fixed cost of a run: with ``tiler``,
   ``start-up + N × per-input`` is solved for both);
 - ``monai-loop``: for each file, read it with rasterio, normalise, ``sliding_window_inference`` with the
@@ -81,11 +83,11 @@ def _config(info: dict[str, Any], images: list[str], name: str) -> Path:
     return path
 
 
-def run_tiler(info: dict[str, Any], images: list[str], name: str) -> dict[str, Any]:
+def run_tiler(info: dict[str, Any], images: list[str], name: str, *extra: str) -> dict[str, Any]:
     """The whole archive command, in a fresh process; steady state from the block records."""
     config = _config(info, images, name)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.archive", str(config), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "pipelines.archive", str(config), "--quiet", *extra],
                           capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -167,6 +169,8 @@ def child(approach: str, info: dict[str, Any]) -> None:
         out = run_limit(info)
     elif approach == "monai-loop":
         out = run_monai_loop(info)
+    elif approach == "tiler-local":
+        out = run_tiler(info, info["images"], "local", "--engine", "local")
     elif approach == "tiler-1":
         out = run_tiler(info, info["images"][:1], "one")
     else:
@@ -196,7 +200,7 @@ def main() -> None:
         joined = ray.get_runtime_context().gcs_address
         os.environ["RAY_ADDRESS"] = joined
     results = {}
-    for approach in ("limit", "monai-loop", "tiler-1", "tiler"):
+    for approach in ("limit", "monai-loop", "tiler-1", "tiler", "tiler-local"):
         t0 = time.perf_counter()
         results[approach] = spawn("bench.bench_archive", approach, info)
         results[approach]["process_s"] = time.perf_counter() - t0  # python start, imports, model load included
@@ -214,6 +218,7 @@ def main() -> None:
             "tiler_vs_monai_loop_time": t["seconds"] / loop["process_s"],
             "tiler_vs_monai_loop_throughput": loop["process_s"] / t["seconds"],
             "tiler_vs_monai_loop_only_time": t["seconds"] / loop["seconds"],
+            "tiler_local_vs_monai_loop_time": results["tiler-local"].get("seconds", float("nan")) / loop["process_s"],
             "steady_state_vs_monai_loop_only_throughput": loop["seconds"] / t["steady_state_s"],
             "tiler_vs_limit_throughput": limit["seconds"] / t["seconds"],
             "steady_state_vs_limit_throughput": limit["seconds"] / t["steady_state_s"],

@@ -63,9 +63,12 @@ def _archive_rows() -> list[str]:
         whole = _f(loop["seconds"], 1)
         if "process_s" in loop:
             whole = f"{_f(loop['process_s'], 1)} ({whole})"
+        local = res.get("tiler-local", {}).get("seconds")
+        local_cell = f"{_f(local, 1)} ({_f(local / loop['process_s'])})" if local and "process_s" in loop else "–"
         rows.append(
             f"| {r['scenes']} × {r['size']}²{' (joined Ray)' if r.get('ray') == 'joined' else ''} "
             f"| {_f(res['tiler']['seconds'], 1)} "
+            f"| {local_cell} "
             f"| {whole} "
             f"| {_f(res['limit']['seconds'], 1)} | {_f(fig['tiler_vs_monai_loop_time'])} (target ≤ 0.67) "
             f"| {_f(fig['steady_state_vs_limit_throughput'])} (target ≥ 0.8) | {_f(fig['startup_s'], 1)} "
@@ -104,9 +107,9 @@ def render() -> str:
             "GeoTIFF in one process, timed as a whole command (the loop alone in brackets), and the bare forward "
             "over the same tiles):",
             "",
-            "| archive | tiler s | MONAI loop command s (loop) | bare forward s | tiler ÷ loop time "
-            "| steady state ÷ limit | start-up s | per input s (limit) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| archive | tiler s | tiler `--engine local` s (÷ loop) | MONAI loop command s (loop) | bare forward s "
+            "| tiler ÷ loop time | steady state ÷ limit | start-up s | per input s (limit) |",
+            "|---|---|---|---|---|---|---|---|---|",
             *archive,
             "",
         ]

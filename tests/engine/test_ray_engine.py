@@ -328,3 +328,35 @@ def test_a_pool_whose_first_actor_died_answers_the_next_facts_call_from_a_new_ac
         assert pool.pids() != [pid]
     finally:
         pool.close()
+
+
+def test_a_late_failure_of_a_dead_actor_never_kills_its_replacement(
+    ray_session, scene, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    image, weights = scene
+    plan = make_plan(image, weights, tmp_path / "out.zarr")
+    run_job(plan, chunks=CHUNKS, pixels_hash="h")  # the store the blocks write into
+    positions = list(plan.partition.positions())[:2]
+    pool = RayExecutor(RayOptions(actors=1, max_in_flight=2, max_restarts=0, max_task_retries=0))
+    try:
+        pool.start(plan.model)
+        (pid,) = pool.pids()
+        dead = pool._actors[0]
+        for n, position in enumerate(positions):
+            pool.submit(n, plan, position)
+        os.kill(pid, signal.SIGKILL)
+        done: list = []
+        while len(done) < len(positions):
+            done += pool.wait(timeout=60)
+        assert all(d.error is not None for d in done)
+        (new_pid,) = pool.pids()
+        replacement = pool._actors[0]
+        assert new_pid != pid and replacement is not dead
+
+        pool._replace(0, dead)  # one more call of the dead actor failing, seen after its replacement started
+        assert pool._actors[0] is replacement and pool.pids() == [new_pid]
+        pool.submit("again", plan, positions[0])
+        (again,) = pool.wait(timeout=60)
+        assert again.error is None and again.record is not None
+    finally:
+        pool.close()

@@ -242,9 +242,10 @@ class RayExecutor:
         self.model: ModelRef | None = None
         self._actors: list[Any] = []
         self._busy: list[int] = []
-        self._refs: dict[Any, tuple[int, Any, Plan, Shape]] = {}
+        self._refs: dict[Any, tuple[int, Any, Any, Plan, Shape]] = {}  # ref -> slot, actor, token, plan, position
         self._starting = threading.RLock()  # the planning thread may ask for facts while the driver starts the pool
         self._facts: Any = None  # the pool model's facts call, pending or answered
+        self._facts_actor: Any = None  # the actor that call went to
 
     @property
     def depth(self) -> int:
@@ -302,7 +303,8 @@ class RayExecutor:
                 return None
             if self._facts is None:
                 self._facts = self._actors[0].facts.remote()
-            call = self._facts
+                self._facts_actor = self._actors[0]
+            call, asked = self._facts, self._facts_actor
         try:
             return ray.get(call)  # type: ignore[no-any-return]
         except ray.exceptions.RayTaskError as exc:
@@ -316,7 +318,7 @@ class RayExecutor:
                 if self._facts is call:  # its restarts ran out: the next caller asks a new actor
                     self._facts = None
                     if self._actors:
-                        self._replace(0)
+                        self._replace(0, asked)
             raise EngineError(f"the model actor died while loading {model.weights}: {_cause(exc)}") from exc
 
     def submit(self, token: Any, plan: Plan, position: Shape) -> None:
@@ -325,8 +327,8 @@ class RayExecutor:
             raise EngineError("no free actor slot: wait for a block to finish before submitting another")
         i = min(range(len(self._actors)), key=lambda k: self._busy[k])
         self._busy[i] += 1
-        ref = self._actors[i].run.remote(plan, position)
-        self._refs[ref] = (i, token, plan, position)
+        actor = self._actors[i]
+        self._refs[actor.run.remote(plan, position)] = (i, actor, token, plan, position)
 
     def wait(self, timeout: float | None = None) -> list[Done]:
         """Blocks that finished within ``timeout`` seconds (all that are ready, at least one unless it ran out)."""
@@ -338,7 +340,7 @@ class RayExecutor:
             ready = list(dict.fromkeys([*ready, *more]))
         out = []
         for ref in ready:
-            i, token, plan, position = self._refs.pop(ref)
+            i, actor, token, plan, position = self._refs.pop(ref)
             self._busy[i] -= 1
             try:
                 out.append(Done(token, plan, position, record=ray.get(ref)))
@@ -347,12 +349,18 @@ class RayExecutor:
                 error.__cause__ = exc
                 out.append(Done(token, plan, position, error=error))
                 if isinstance(exc, ray.exceptions.RayActorError):
-                    self._replace(i)
+                    self._replace(i, actor)
         return out
 
-    def _replace(self, i: int) -> None:
-        """Swap a permanently dead actor for a new one (its own restarts ran out)."""
+    def _replace(self, i: int, dead: Any) -> None:
+        """Swap the permanently dead actor ``dead`` at slot ``i`` for a new one (its own restarts ran out).
+
+        Nothing happens when slot ``i`` already holds another actor: several calls fail on one dead actor,
+        and only the first replaces it (a later one must not kill the replacement and the blocks it runs).
+        """
         assert self.model is not None
+        if self._actors[i] is not dead:
+            return
         try:
             ray.kill(self._actors[i])
         except Exception:  # noqa: BLE001 - it is already dead
