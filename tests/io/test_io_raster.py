@@ -189,3 +189,41 @@ def test_read_masked_equals_read_and_gdal_dataset_mask(window) -> None:  # type:
     assert valid is not None and expected is not None
     assert np.array_equal(valid, expected)
     assert not valid[reader.shape[0] - w.start[0] :].any() and not valid[:, reader.shape[1] - w.start[1] :].any()
+
+
+def _write_multiband(path, pixels: np.ndarray, *, overviews: bool) -> None:  # noqa: ANN001
+    c, h, w = pixels.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=w, height=h, count=c, dtype=pixels.dtype, tiled=True,
+        blockxsize=256, blockysize=256, crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 5000000),
+    ) as dst:
+        dst.write(pixels)
+        if overviews:
+            dst.build_overviews([2, 4, 8], rasterio.enums.Resampling.nearest)
+
+
+def test_a_sampled_read_without_overviews_is_every_step_th_pixel(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 4000, (3, 1000, 900), dtype=np.uint16)
+    _write_multiband(tmp_path / "plain.tif", pixels, overviews=False)
+    reader = open_reader(tmp_path / "plain.tif")
+    for step in (1, 3, 4, 7):
+        assert np.array_equal(reader.read_sampled(step), pixels[:, ::step, ::step])
+
+
+def test_a_sampled_read_of_a_raster_with_overviews_reads_an_overview_not_the_full_resolution(tmp_path, monkeypatch):
+    pixels = np.random.default_rng(2).integers(0, 4000, (3, 1024, 1024), dtype=np.uint16)
+    _write_multiband(tmp_path / "ovr.tif", pixels, overviews=True)
+    reader = open_reader(tmp_path / "ovr.tif")
+    with rasterio.open(tmp_path / "ovr.tif") as src:
+        overview = src.read(out_shape=(3, 256, 256))  # GDAL's own choice for that size: the x4 overview
+
+    def refuse(self, window):  # noqa: ANN001, ANN202
+        raise AssertionError(f"read the full resolution at {window}")
+
+    monkeypatch.setattr(RasterReader, "_read_inside", refuse)
+    got = reader.read_sampled(4)
+    assert got.shape == (3, 256, 256) and got.dtype == np.uint16
+    assert np.array_equal(got, overview)
+    # every overview pixel is a full-resolution pixel of its 4 x 4 cell (nearest), never a blend
+    cells = pixels.reshape(3, 256, 4, 256, 4)
+    assert np.all((cells == got[:, :, None, :, None]).any(axis=(2, 4)))

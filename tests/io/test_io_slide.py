@@ -10,7 +10,7 @@ import tifffile
 
 from tests.shared_data import SHARED_DATA
 from tiler.errors import InputError
-from tiler.geometry import Window
+from tiler.geometry import BlockPartition, Window
 from tiler.io import detect_format, open_reader
 from tiler.io.scenes_files import write_slide
 from tiler.io.slide import OpenSlideReader, TiffSlideReader, choose_level
@@ -111,3 +111,91 @@ def test_detect_format_by_name_and_tags(slide_files):
     assert detect_format(str(SHARED_DATA / "RGB.byte.tif")) == "raster"
     assert detect_format("/vsis3/bucket/scene.tif") == "raster"
     assert detect_format("case.svs") == "openslide" and detect_format("ct.nii.gz") == "nifti"
+
+
+@pytest.fixture(scope="module")
+def generic_pyramid(tmp_path_factory):
+    """A plain tiled TIFF whose reduced-resolution pages OpenSlide reads as levels 1 and 2 (exact decimations)."""
+    image = np.random.default_rng(5).integers(0, 255, (600, 700, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("generic") / "pyramid.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for k in range(3):
+            tw.write(image[:: 2**k, :: 2**k], tile=(64, 64), photometric="rgb", compression="zlib",
+                     subfiletype=1 if k else 0)
+    return path, np.moveaxis(image, -1, 0)
+
+
+def _refuse_full_resolution(monkeypatch, reader):  # noqa: ANN001, ANN202
+    def refuse(self, window):  # noqa: ANN001, ANN202
+        raise AssertionError(f"read_sampled read the exposed level at {window}")
+
+    monkeypatch.setattr(type(reader), "_read_inside", refuse)
+
+
+@pytest.mark.parametrize("fmt", ["tiff-slide", "openslide"])
+@pytest.mark.parametrize(("step", "level"), [(1, 0), (2, 1), (3, 1), (4, 2), (8, 2)])
+def test_a_sampled_read_comes_from_the_coarsest_level_fine_enough(
+    slide_files, generic_pyramid, monkeypatch, fmt, step, level
+):
+    if fmt == "tiff-slide":
+        path, image = slide_files[0] / "slide.ome.tif", slide_files[1]
+    else:
+        path, image = generic_pyramid
+    reader = open_reader(path, format=fmt)
+    assert len(reader.level_shapes) == 3
+    if level:
+        _refuse_full_resolution(monkeypatch, reader)
+    got = reader.read_sampled(step)
+    assert got.shape == (3, -(-600 // step), -(-700 // step)) and got.dtype == np.uint8
+    f = 2**level  # the level's pixel floor(i * step / f) is full-resolution pixel f * floor(i * step / f)
+    rows = np.minimum(np.arange(got.shape[1]) * step // f, 600 // f - 1) * f
+    cols = np.minimum(np.arange(got.shape[2]) * step // f, 700 // f - 1) * f
+    assert np.array_equal(got, image[:, rows][:, :, cols])
+    if step % f == 0:
+        assert np.array_equal(got, image[:, ::step, ::step])
+
+
+def test_a_sampled_read_of_a_coarser_exposed_level_uses_the_levels_below_it(slide_files, monkeypatch):
+    folder, image, _ = slide_files
+    reader = open_reader(folder / "slide.ome.tif", level=1)
+    _refuse_full_resolution(monkeypatch, reader)
+    assert np.array_equal(reader.read_sampled(2), image[:, ::4, ::4])  # level 2 is 2x coarser than level 1
+
+
+def test_the_quicklook_of_a_pyramidal_slide_never_decodes_its_full_resolution(slide_files, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from tiler.io.export import write_quicklook
+    from tiler.io.store import OutputStore
+
+    folder, _, labels = slide_files
+    reader = open_reader(folder / "slide.ome.tif")
+    store = OutputStore.create(
+        tmp_path / "out.zarr", shape=reader.shape, num_classes=int(labels.max()) + 1, chunks=(256, 256),
+        pixels_hash="h", attrs={"georef": reader.georef},
+    )
+    for window in BlockPartition(reader.shape, (256, 256)):
+        store.write_block(window, labels[window.slices].astype(np.uint8))
+    # max_size 175: every 4th pixel, which level 2 holds exactly, so the picture is the full-resolution one
+    expected = _quicklook_from_full_resolution(store, reader, tmp_path)
+    _refuse_full_resolution(monkeypatch, reader)
+    got = np.asarray(Image.open(write_quicklook(store, tmp_path / "sampled.png", reader=reader, max_size=175)))
+    assert np.array_equal(got, expected)
+
+
+def _quicklook_from_full_resolution(store, reader, tmp_path):  # noqa: ANN001, ANN202
+    """The quicklook drawn over the input read through the base class (full-resolution row bands)."""
+    from PIL import Image
+
+    from tiler.io.base import Reader
+    from tiler.io.export import write_quicklook
+
+    class FullResolution:
+        def __getattr__(self, name):  # noqa: ANN001, ANN204
+            return getattr(reader, name)
+
+        def read_sampled(self, step):  # noqa: ANN001, ANN202
+            return Reader.read_sampled(reader, step)
+
+    path = write_quicklook(store, tmp_path / "over-full.png", reader=FullResolution(), max_size=175)
+    return np.asarray(Image.open(path))

@@ -320,6 +320,21 @@ class Reader(abc.ABC):
         self._check_window(window)
         return finite_pixels(self._read_raw(window), self.fill)[0]
 
+    def read_sampled(self, step: int) -> np.ndarray:
+        """The whole 2D image sampled every ``step`` pixels, for previews (the quicklook).
+
+        Pixel ``(i, j)`` is the image at (or, from a coarser level, near) ``(i·step, j·step)``. This reads
+        full-resolution row bands, one at a time, and equals ``read(whole)[:, ::step, ::step]``; formats
+        with overviews or a pyramid override it to read a coarser level instead.
+
+        Returns:
+            Array (C, ceil(H / step), ceil(W / step)) of :attr:`dtype`, finite as :meth:`read` is.
+
+        """
+        if len(self.shape) != 2 or step < 1:
+            raise ValueError(f"read_sampled wants a 2D image and a step >= 1; got shape {self.shape}, step {step}")
+        return sample_level(self.read, self.shape, step=step, scale=1.0, full_shape=self.shape)
+
     def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         """Pixels and valid mask of ``window`` together (see :meth:`read` and :meth:`valid_mask`).
 
@@ -409,6 +424,39 @@ class Reader(abc.ABC):
             f"{type(self).__name__}(path={self.name!r}, shape={self.shape}, channels={self.channels}, "
             f"dtype={self.dtype}, nodata={self.nodata})"
         )
+
+
+SAMPLE_BAND_ROWS = 512
+"""Rows of a level read at a time by :func:`sample_level` (bounds its memory)."""
+
+
+def sample_level(
+    read: Any, level_shape: Sequence[int], *, step: int, scale: float, full_shape: Sequence[int]
+) -> np.ndarray:
+    """Every ``step``-th pixel of a ``full_shape`` image, taken from a level ``scale`` times coarser.
+
+    Args:
+        read: ``read(window) -> (C, *window.shape)`` on the level (windows lie inside ``level_shape``).
+        level_shape: ``(h, w)`` of that level.
+        step: Sampling step in full-resolution pixels.
+        scale: Full-resolution pixels per level pixel (1.0: the full resolution itself).
+        full_shape: ``(H, W)`` of the full resolution.
+
+    Returns:
+        (C, ceil(H / step), ceil(W / step)); pixel ``(i, j)`` is level pixel
+        ``(floor(i·step / scale), floor(j·step / scale))``, clipped to the level. Row bands of
+        :data:`SAMPLE_BAND_ROWS` level rows are read one at a time, only those holding a sampled row.
+    """
+    level_h, level_w = (int(n) for n in level_shape)
+    rows = np.minimum((np.arange(-(-int(full_shape[0]) // step)) * step / scale).astype(np.int64), level_h - 1)
+    cols = np.minimum((np.arange(-(-int(full_shape[1]) // step)) * step / scale).astype(np.int64), level_w - 1)
+    parts = []
+    for r0 in range(0, level_h, SAMPLE_BAND_ROWS):
+        r1 = min(r0 + SAMPLE_BAND_ROWS, level_h)
+        wanted = rows[(rows >= r0) & (rows < r1)]
+        if wanted.size:
+            parts.append(read(Window((r0, 0), (r1, level_w)))[:, wanted - r0][:, :, cols])
+    return np.concatenate(parts, axis=1)
 
 
 def check_exists(path: str) -> None:

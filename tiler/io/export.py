@@ -511,7 +511,9 @@ def write_quicklook(
     """Write a PNG of the labels (class colours, nodata transparent), over the input if given, with a legend.
 
     2D: the whole map, sampled every ``ceil(max(H, W) / max_size)`` rows and columns (read band by band), at
-    the top left; the legend (a colour swatch and name per class) to its right. 3D: the three orthogonal
+    the top left, over the input sampled the same way (:meth:`~tiler.io.base.Reader.read_sampled`: from a
+    COG's overviews or a slide's coarser pyramid level when there is one, never decoding its full resolution);
+    the legend (a colour swatch and name per class) to its right. 3D: the three orthogonal
     middle slices (planes z, y and x through the volume's centre) side by side, each titled, drawn with the
     voxel spacing's aspect and scaled so the largest is :data:`QUICKLOOK_PANEL` pixels long; then the legend.
     """
@@ -552,14 +554,10 @@ def _plane_quicklook(store: OutputStore, reader: Reader | None, *, max_size: int
     h, w = store.shape
     step = max(1, math.ceil(max(h, w) / max_size))
     band = step * max(1, 512 // step)
-    rows_lab, rows_img = [], []
-    for r0 in range(0, h, band):
-        r1 = min(r0 + band, h)
-        rows_lab.append(store.read((slice(r0, r1, step), slice(0, w, step))))
-        if reader is not None:
-            rows_img.append(reader.read(Window((r0, 0), (r1, w)))[:, ::step, ::step])
-    labels = np.concatenate(rows_lab, axis=0)
-    image = np.concatenate(rows_img, axis=1) if reader is not None else None
+    labels = np.concatenate(
+        [store.read((slice(r0, min(r0 + band, h), step), slice(0, w, step))) for r0 in range(0, h, band)], axis=0
+    )
+    image = reader.read_sampled(step) if reader is not None else None  # overviews / a pyramid level if any
     return _overlay(labels, _palette(store), image, alpha)
 
 

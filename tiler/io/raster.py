@@ -14,11 +14,22 @@ import numpy as np
 import rasterio
 import rasterio.session
 import rasterio.windows
+from rasterio.enums import Resampling
 from rasterio.errors import EnvError, RasterioIOError
 
 from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
-from tiler.io.base import Georef, Reader, check_dtype, check_exists, inside_mask, is_remote, one_line, scan_windows
+from tiler.io.base import (
+    Georef,
+    Reader,
+    check_dtype,
+    check_exists,
+    finite_pixels,
+    inside_mask,
+    is_remote,
+    one_line,
+    scan_windows,
+)
 
 DEFAULT_GDAL_OPTIONS: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
 NETWORK_GDAL_OPTIONS: dict[str, Any] = {
@@ -169,6 +180,28 @@ class RasterReader(Reader):
         with gdal_env(self.gdal_options):
             data = self.handle.read(list(self.bands), window=to_rio_window(window))
         return np.asarray(data, dtype=self.dtype)
+
+    def read_sampled(self, step: int) -> np.ndarray:
+        """The image sampled every ``step`` pixels; from GDAL's overviews when the file has them.
+
+        With overviews, GDAL reads the one closest to the requested size (nearest neighbour), so the cost is
+        that of the overview, not of the full resolution; without them, full-resolution row bands as
+        :meth:`Reader.read_sampled`.
+        """
+        if step <= 1 or not self.handle.overviews(self.bands[0]):
+            return super().read_sampled(step)
+        out_shape = (len(self.bands), -(-self.shape[0] // step), -(-self.shape[1] // step))
+        try:
+            with gdal_env(self.gdal_options):
+                data = self.handle.read(list(self.bands), out_shape=out_shape, resampling=Resampling.nearest)
+        except Exception as exc:  # noqa: BLE001 - library failure -> ReadError naming the file
+            raise ReadError(
+                one_line(
+                    f"reading the overviews of {self.path} failed: {exc}. The file may be corrupt; check it with "
+                    f"`gdalinfo -checksum {self.path}`."
+                )
+            ) from exc
+        return finite_pixels(np.asarray(data, dtype=self.dtype), self.fill)[0]
 
     def _format_mask(self, window: Window, pixels: np.ndarray | None) -> np.ndarray | None:
         """GDAL's dataset mask (nodata, alpha, internal mask); from ``pixels`` when it is nodata-only."""

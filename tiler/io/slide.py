@@ -19,7 +19,7 @@ import zarr
 
 from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
-from tiler.io.base import Georef, Reader, check_dtype, check_exists
+from tiler.io.base import Georef, Reader, check_dtype, check_exists, sample_level
 from tiler.io.masks import tissue_mask, upsample_mask
 
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -60,6 +60,26 @@ def _tag_mpp(page: Any) -> float | None:
         return None
     per_unit = num / den
     return (25400.0 if unit == 2 else 10000.0) / per_unit
+
+
+def coarsest_level(level_shapes: Sequence[tuple[int, int]], exposed: int, step: int) -> tuple[int, float]:
+    """The coarsest pyramid level at most ``step`` times coarser than level ``exposed``, and its scale.
+
+    Args:
+        level_shapes: ``(h, w)`` of every level, finest first.
+        exposed: The level the reader exposes.
+        step: Sampling step in exposed-level pixels.
+
+    Returns:
+        ``(level, scale)``: scale = exposed-level pixels per pixel of that level (1.0 for ``exposed``).
+    """
+    base_w = level_shapes[exposed][1]
+    best, best_scale = exposed, 1.0
+    for k in range(exposed + 1, len(level_shapes)):
+        scale = base_w / level_shapes[k][1]
+        if scale <= step * (1 + 1e-6) and scale > best_scale:
+            best, best_scale = k, scale
+    return best, best_scale
 
 
 class _TissueMasked:
@@ -167,6 +187,21 @@ class TiffSlideReader(_TissueMasked, Reader):
             key = (slice(None), *window.slices)
         return self._to_channels_first(np.asarray(arr[key]))
 
+    def read_sampled(self, step: int) -> np.ndarray:
+        """The slide sampled every ``step`` pixels of the exposed level, from the coarsest level fine enough."""
+        level, scale = coarsest_level(self.level_shapes, self.level, step)
+        if level == self.level:
+            return super().read_sampled(step)
+        array = self._level_array(level)
+
+        def read(window: Window) -> np.ndarray:
+            key: tuple[slice, ...] = (*window.slices, slice(None)) if self._axes == "YXS" else window.slices
+            if self._axes in ("SYX", "CYX"):
+                key = (slice(None), *window.slices)
+            return self._to_channels_first(np.asarray(array[key]))
+
+        return sample_level(read, self.level_shapes[level], step=step, scale=scale, full_shape=self.shape)
+
     def _low_res_rgb(self) -> np.ndarray | None:
         small = [i for i, (h, w) in enumerate(self.level_shapes) if max(h, w) <= TISSUE_MASK_SIZE]
         level = small[0] if small else len(self.level_shapes) - 1
@@ -238,6 +273,16 @@ class OpenSlideReader(_TissueMasked, Reader):
 
     def _read_inside(self, window: Window) -> np.ndarray:
         return self._region(self.level, window)
+
+    def read_sampled(self, step: int) -> np.ndarray:
+        """The slide sampled every ``step`` pixels of the exposed level, from the coarsest level fine enough."""
+        level, scale = coarsest_level(self.level_shapes, self.level, step)
+        if level == self.level:
+            return super().read_sampled(step)
+        return sample_level(
+            lambda window: self._region(level, window), self.level_shapes[level], step=step, scale=scale,
+            full_shape=self.shape,
+        )
 
     def _low_res_rgb(self) -> np.ndarray | None:
         small = [i for i, (h, w) in enumerate(self.level_shapes) if max(h, w) <= TISSUE_MASK_SIZE]
