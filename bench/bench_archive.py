@@ -14,7 +14,8 @@ gaussian blend, COG export. Each approach runs in its own process, wall clock of
   whole command (``process_s``: Python start, imports, model load, loop) and as the loop alone (``seconds``);
 - ``limit``: a bare ``softmax(model(x))`` loop over exactly the tiles tiler runs, pre-read in memory.
 
-Run ``python -m bench.bench_archive --scenes 12 --size 1024`` (and ``--scenes 4 --size 4096``); with
+Run ``python -m bench.bench_archive --scenes 12 --size 1024`` (and ``--scenes 4 --size 4096``; ``--repeats 3``
+reports the median of three interleaved runs of each approach: a shared machine varies by ±20 %); with
 ``--join`` the tiler commands join a Ray started beforehand (``RAY_ADDRESS``), as a job submitted to a
 running cluster does, so Ray's own start-up is not in their time.
 Results: ``bench/results/archive-<N>x<size>[-joined].json``.
@@ -160,6 +161,17 @@ def run_limit(info: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "tiles": sum(len(b) for b in batches)}
 
 
+def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the median (the lower middle for an even count), with every run's ``key``."""
+    timed = [r for r in runs if key in r]
+    if not timed:
+        return runs[0]
+    chosen = dict(sorted(timed, key=lambda r: r[key])[(len(timed) - 1) // 2])
+    if len(runs) > 1:
+        chosen["runs_" + key] = [r.get(key) for r in runs]
+    return chosen
+
+
 def child(approach: str, info: dict[str, Any]) -> None:
     """Run one approach in this process and print its JSON."""
     import torch
@@ -185,6 +197,8 @@ def main() -> None:
     parser.add_argument("--join", action="store_true",
                         help="run tiler on a Ray started beforehand (as `ray job submit` does on a cluster), "
                              "not on the embedded one it starts itself")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every approach this many times (interleaved) and report the median run")
     parser.add_argument("--child")
     parser.add_argument("--info")
     args = parser.parse_args()
@@ -199,11 +213,15 @@ def main() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         joined = ray.get_runtime_context().gcs_address
         os.environ["RAY_ADDRESS"] = joined
-    results = {}
-    for approach in ("limit", "monai-loop", "tiler-1", "tiler", "tiler-local"):
-        t0 = time.perf_counter()
-        results[approach] = spawn("bench.bench_archive", approach, info)
-        results[approach]["process_s"] = time.perf_counter() - t0  # python start, imports, model load included
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits every approach alike
+        for approach in ("limit", "monai-loop", "tiler-1", "tiler", "tiler-local"):
+            t0 = time.perf_counter()
+            run = spawn("bench.bench_archive", approach, info)
+            run["process_s"] = time.perf_counter() - t0  # python start, imports, model load included
+            runs.setdefault(approach, []).append(run)
+    results = {approach: _median_run(done, "process_s" if approach == "monai-loop" else "seconds")
+               for approach, done in runs.items()}
     pixels = args.scenes * args.size**2
     for name, r in results.items():
         if "seconds" in r:
@@ -231,7 +249,8 @@ def main() -> None:
     save(f"archive-{args.scenes}x{args.size}{suffix}",
          {"scenes": args.scenes, "size": args.size, "tile": TILE, "overlap": OVERLAP, "ray": "joined" if joined
           else "embedded", "results": results, "figures": figures},
-         command=f"python -m bench.bench_archive --scenes {args.scenes} --size {args.size}{suffix and ' --join'}")
+         command=f"python -m bench.bench_archive --scenes {args.scenes} --size {args.size}{suffix and ' --join'}"
+                 + (f" --repeats {args.repeats}" if args.repeats > 1 else ""))
 
 
 if __name__ == "__main__":
