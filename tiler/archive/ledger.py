@@ -216,10 +216,9 @@ class Ledger:
         A new key, a ``failed`` one or a ``running`` one whose run is gone is claimed (``attempts`` + 1);
         a ``done`` key is reported done unless ``still_done(row)`` says its outputs are no longer there (the
         store was removed, or finished since for another config), when it is claimed again; a key held by a
-        live run is reported busy. ``pixels_hash`` (the
-        job's :func:`tiler.config.pixels_hash`) decides with the last attempt at the store whether a claim
-        may resume it (see :attr:`Claim.resume`); a row from before the column counts its config hash as
-        its pixels hash, as the store of that time did.
+        live run is reported busy. ``pixels_hash`` (the job's :func:`tiler.config.pixels_hash`) decides with
+        the last attempt at the store whether a claim may resume it (see :attr:`Claim.resume`); a row from
+        before the column counts its config hash as its pixels hash, as the store of that time did.
         """
         with self._transaction() as conn:
             row = self.get(fingerprint, config_hash)
