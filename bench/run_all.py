@@ -19,8 +19,10 @@ FULL = [
     ["bench.bench_suite", "--case", "landsat"],
     ["bench.bench_suite", "--case", "slide"],
     ["bench.bench_suite", "--case", "huge"],
-    ["bench.bench_archive", "--scenes", "12", "--size", "1024"],
-    ["bench.bench_archive", "--scenes", "4", "--size", "4096"],
+    ["bench.bench_startup"],
+    ["bench.bench_archive", "--scenes", "12", "--size", "1024", "--repeats", "3"],
+    ["bench.bench_archive", "--scenes", "12", "--size", "1024", "--join", "--repeats", "3"],
+    ["bench.bench_archive", "--scenes", "4", "--size", "4096", "--repeats", "3"],
 ]
 QUICK = [
     ["bench.bench_stitch", "--size", "1024"],

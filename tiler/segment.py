@@ -437,8 +437,8 @@ def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path], job_hash: str) -
         ),
     }
     store = OutputStore.open(plan.store_path)
-    recorded = store.exports_done()
     records = store.export_records()
+    recorded = store.exports_done(records)
     done: dict[str, str] = {}
     reader = plan.input.open()
     try:

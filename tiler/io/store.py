@@ -702,11 +702,14 @@ class OutputStore:
         """Every readable export record, by export name (unreadable ones are skipped with a StoreWarning)."""
         return {str(rec.pop("key")): rec for rec in self._read_records(self._exports_dir, "export")}
 
-    def exports_done(self) -> dict[str, str]:
-        """Recorded exports whose file is still in place (records being replaced left out): name -> absolute path."""
+    def exports_done(self, records: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
+        """Recorded exports whose file is still in place (records being replaced left out): name -> absolute path.
+
+        ``records``: what :meth:`export_records` returned, when the caller has already read them.
+        """
         return {
             name: rec["path"]
-            for name, rec in self.export_records().items()
+            for name, rec in (self.export_records() if records is None else records).items()
             if isinstance(rec.get("path"), str) and os.path.lexists(rec["path"]) and not rec.get("replacing")
         }
 
