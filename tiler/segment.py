@@ -14,45 +14,34 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tiler.blend import Blender, BlendMode
 from tiler.config.files import check_files
-from tiler.config.identity import config_hash, export_settings, pixels_hash
+from tiler.config.identity import config_hash, pixels_hash
 from tiler.config.schema import JobConfig
 from tiler.engine.executor import Executor
-from tiler.engine.job import JobResult, StoreJob
-from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, ReaderRef
+from tiler.engine.finishing import Finisher
+from tiler.engine.job import StoreJob
+from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, ReaderRef, block_key
 from tiler.engine.stream import Outcome, Work, run_stream
-from tiler.errors import ConfigError, InputError, ModelError
+from tiler.errors import ConfigError, EngineError, InputError, ModelError
 from tiler.geometry import BlockPartition, PadMode, StepRule, TileGrid
-from tiler.paths import local_realpath
+from tiler.job.finish import SegmentResult
+from tiler.job.outputs import RAY_WORKING_COPY, check_output_paths, output_paths
 from tiler.redact import redact, redacted_config_dict
+
+__all__ = [
+    "RAY_WORKING_COPY", "Progress", "SegmentJob", "SegmentResult", "build_plan", "check_output_paths",
+    "make_executor", "model_facts", "model_ref", "output_paths", "reader_ref", "run_many", "run_segment",
+]  # fmt: skip
 
 READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
 MODEL_FORMATS = {
     "auto": "auto", "checkpoint": "project", "state_dict": "state_dict", "monai": "monai", "torchscript": "torchscript",
     "smp": "smp", "onnx": "onnx", "nnunet": "nnunet",
 }  # fmt: skip
-
-
-@dataclass
-class SegmentResult:
-    """What a segment job produced.
-
-    Attributes:
-        store: The zarr output store.
-        outputs: Export name → path (cog, nifti, ome-zarr, quicklook, report_json, report_md, scores_json).
-        scores: The metrics dict (``fwiou``, ``miou``, ...) when truth was configured, else None.
-        summary: Blocks, tiles and seconds of the run.
-    """
-
-    store: str
-    outputs: dict[str, str] = field(default_factory=dict)
-    scores: dict[str, Any] | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def reader_ref(cfg: JobConfig) -> ReaderRef:
@@ -222,21 +211,27 @@ def _actors_here(cfg: JobConfig) -> int:
 
 
 def make_executor(cfg: JobConfig, engine: str = "ray") -> Executor:
-    """The executor of ``cfg``'s engine section: ``ray`` (an actor pool) or ``local`` (this process)."""
+    """The executor of ``cfg``'s engine section: ``ray`` (an actor pool) or ``local`` (this process).
+
+    Either way each model worker is a pipeline of ``engine.readers`` reader and ``engine.writers`` writer
+    threads around its model; ``engine.prefetch: false`` runs one block at a time instead.
+    """
+    e = cfg.engine
     if engine == "local":
         from tiler.engine.executor import LocalExecutor
 
-        return LocalExecutor(threads=cfg.model.threads)
+        return LocalExecutor(
+            threads=cfg.model.threads, readers=e.readers, writers=e.writers, depth=None if e.prefetch else 1
+        )
     if engine != "ray":
         raise ConfigError(f"engine: {engine!r} is not an engine; fix: use ray or local")
     from tiler.engine.ray import RayExecutor, RayOptions
 
-    e = cfg.engine
     return RayExecutor(
         RayOptions(
             address=e.address, actors=e.actors, gpus_per_actor=e.gpus_per_actor, cpus_per_actor=e.cpus_per_actor,
             threads=cfg.model.threads, max_in_flight=e.max_in_flight if e.prefetch else 1,
-            max_restarts=e.max_restarts, max_task_retries=e.max_task_retries,
+            max_restarts=e.max_restarts, max_task_retries=e.max_task_retries, readers=e.readers, writers=e.writers,
         )
     )
 
@@ -302,217 +297,6 @@ class Progress:
             self.bar = None
 
 
-def output_paths(store: str) -> dict[str, Path]:
-    """Where each export of ``store`` goes: beside it, named from its stem (sidecars included)."""
-    from tiler.io.export import aux_path, label_table_paths
-
-    path = Path(store)
-    base = path.with_name(path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name)
-
-    def named(suffix: str) -> Path:
-        return base.with_name(base.name + suffix)
-
-    nifti = named(".nii.gz")
-    tables = label_table_paths(nifti)
-    return {
-        "cog": named(".cog.tif"),
-        "cog_aux": aux_path(named(".cog.tif")),
-        "nifti": nifti,
-        "nifti_ctbl": tables["ctbl"],
-        "nifti_itksnap": tables["itksnap"],
-        "ome-zarr": named(".ome.zarr"),
-        "geojson": named(".geojson"),
-        "geoparquet": named(".parquet"),
-        "qupath": named(".qupath.geojson"),
-        "quicklook": named(".quicklook.png"),
-        "scores_json": named(".scores.json"),
-        "report_json": named(".report.json"),
-        "report_md": named(".report.md"),
-    }
-
-
-RAY_WORKING_COPY = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
-"""Where Ray unpacks ``ray job submit --working-dir`` for a job (a temporary copy, deleted later)."""
-
-SIDECARS = {"cog": ("cog_aux",), "nifti": ("nifti_ctbl", "nifti_itksnap")}
-"""Files an export writes beside its main file (recorded in the store with it)."""
-
-
-def _zarr_root(path: str) -> str:
-    """The outermost zarr hierarchy holding ``path`` (an array inside a store belongs to the whole store)."""
-    root, here = path, os.path.dirname(path)
-    while here != os.path.dirname(here) and any(
-        os.path.exists(os.path.join(here, name)) for name in ("zarr.json", ".zgroup", ".zarray")
-    ):
-        root, here = here, os.path.dirname(here)
-    return root
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def check_output_paths(cfg: JobConfig) -> None:
-    """Refuse, before anything is written, outputs that would touch an input or a file tiler did not make.
-
-    The store and every file written beside it (exports, quicklook, reports, scores) must not be, contain or
-    lie inside the input or the truth; an existing file at one of those paths must be one this store
-    recorded writing (an earlier run of it), never a user's file.
-
-    Raises:
-        ConfigError: naming the key, the path it would overwrite and the fix.
-    """
-    from tiler.io.store import OutputStore
-
-    if RAY_WORKING_COPY in os.path.realpath(cfg.output.path):
-        raise ConfigError(
-            f"output.path: {cfg.output.path} lies inside Ray's temporary copy of `ray job submit --working-dir`, "
-            "which Ray deletes after the job (the outputs would vanish); fix: give the config as an absolute path "
-            "on storage the cluster sees (e.g. `python -m pipelines.segment $PWD/configs/x.yaml`) or set an "
-            "absolute output.path with --set output.path=/data/out/x.zarr"
-        )
-    weights = cfg.model.weights
-    if RAY_WORKING_COPY in os.path.realpath(weights) and not os.path.exists(weights):
-        raise ConfigError(
-            f"model.weights: {weights} is not in Ray's copy of --working-dir: `ray job submit` skips files that "
-            ".gitignore excludes (models/, demo-output/); fix: give an absolute path the cluster can read"
-        )
-    protected = {k: _zarr_root(p) for k, p in (("input.path", local_realpath(cfg.input.path)),
-                                                ("scoring.truth", local_realpath(cfg.scoring.truth))) if p is not None}
-    store = cfg.output.path
-    paths = output_paths(store)
-    targets = {"output.path": store, **{f"output.exports ({name}, beside output.path)": str(path)
-                                        for name, path in paths.items()}}
-    made: set[str] = set()
-    if OutputStore.is_tiler_store(store):
-        records = OutputStore.open(store, mode="r").export_records().values()
-        made = {os.path.realpath(r.get("path", "")) for r in records}
-    for key, target in targets.items():
-        real = os.path.realpath(target)
-        for what, source in protected.items():
-            if _inside(real, source) or _inside(source, real):
-                raise ConfigError(
-                    f"{key}: {target} would overwrite {what} {source} (or lie inside it); fix: set output.path to "
-                    "another folder or name, e.g. --set output.path=<folder>/<name>.zarr"
-                )
-        if key != "output.path" and os.path.lexists(target) and real not in made:
-            raise ConfigError(
-                f"{key}: {target} already exists and was not written by the store {store}; tiler never replaces a "
-                "file it did not make. Fix: move that file away, or set output.path to another name"
-            )
-
-
-def _export(cfg: JobConfig, plan: Plan, paths: dict[str, Path], job_hash: str) -> dict[str, str]:
-    """Write every configured export (cog, nifti, ome-zarr, quicklook) beside the store, each recorded when in place.
-
-    An export already recorded by an earlier run of this store (with its sidecars, all still on disk) and
-    drawn with the same settings (:func:`~tiler.config.identity.export_settings`: the polygon settings) is not
-    written again: the store's pixels are the same, so the file is too. One to be written again has its
-    records retired first (:meth:`~tiler.io.store.OutputStore.retire_exports`), so a job killed half-way
-    never keeps a file it was replacing. Every export returned is recorded
-    with ``job_hash``, the finishing that lists it; exports this job does not ask for are left on disk with
-    the records of the finishing that made them, and are not returned. Writers take ``(store, path,
-    reader)``; the reader is the job's input, open for the whole step (the OME-Zarr image, the QuPath
-    level-0 scale and the quicklook read it).
-    """
-    from tiler.io.export import export_cog, export_nifti, export_ome_zarr, write_quicklook
-    from tiler.io.store import OutputStore
-    from tiler.io.vector import export_geojson, export_geoparquet, export_qupath
-
-    out = cfg.output
-    classes = list(out.polygon_classes) if out.polygon_classes is not None else None
-    minimum = out.min_polygon_pixels
-    writers: dict[str, Any] = {
-        "cog": lambda store, path, reader: export_cog(store, path, reference=reader),
-        "nifti": lambda store, path, reader: export_nifti(store, path, reference=reader),
-        "ome-zarr": lambda store, path, reader: export_ome_zarr(store, path, reader=reader),
-        "geojson": lambda store, path, reader: export_geojson(
-            store, path, reference=reader, classes=classes, min_pixels=minimum
-        ),
-        "geoparquet": lambda store, path, reader: export_geoparquet(
-            store, path, reference=reader, classes=classes, min_pixels=minimum
-        ),
-        "qupath": lambda store, path, reader: export_qupath(
-            store, path, reference=reader, classes=classes, min_pixels=minimum
-        ),
-    }
-    store = OutputStore.open(plan.store_path)
-    records = store.export_records()
-    recorded = store.exports_done(records)
-    done: dict[str, str] = {}
-    reader = plan.input.open()
-    try:
-        for name in out.exports:
-            if name not in writers:
-                continue
-            files = (name, *SIDECARS.get(name, ()))
-            settings = export_settings(cfg, name)
-            if all(recorded.get(f) == str(paths[f]) and records[f].get("settings", {}) == settings for f in files):
-                done.update({f: recorded[f] for f in files})
-            else:
-                store.retire_exports(files)
-                writers[name](store, paths[name], reader)
-                done.update({f: str(paths[f]) for f in files})
-            for f in files:  # recorded once the export and its sidecars are all in place
-                store.record_export(f, done[f], job_hash=job_hash, settings=settings)
-        if "quicklook" in out.exports:
-            done["quicklook"] = str(write_quicklook(store, paths["quicklook"], reader=reader))
-            store.record_export("quicklook", done["quicklook"], job_hash=job_hash)
-    finally:
-        reader.close()
-    return done
-
-
-def _score(cfg: JobConfig, plan: Plan, result: JobResult, paths: dict[str, Path]) -> dict[str, Any] | None:
-    """Full report from the store against the truth; the engine's per-block matrix must agree with it."""
-    if cfg.scoring.truth is None:
-        return None
-    from tiler.metrics.files import score_paths
-    from tiler.metrics.report import chart_paths, plot_confusion, plot_per_class, write_json
-
-    scores, details = score_paths(
-        plan.store_path, cfg.scoring.truth, num_classes=plan.score_classes or plan.num_classes,
-        ignore_index=cfg.scoring.ignore_index, boundary_width=cfg.scoring.boundary(),
-    )
-    payload = scores.to_dict()
-    if result.confusion is not None:
-        from tiler.metrics.scores import scores_from_confusion
-
-        engine_scores = scores_from_confusion(result.confusion, ignored_pixels=0)
-        payload["engine_fwiou"] = engine_scores.fwiou
-    payload["details"] = details
-    write_json(payload, paths["scores_json"])
-    heatmap, bars = chart_paths(paths["scores_json"])
-    plot_confusion(scores, heatmap)
-    plot_per_class(scores, bars)
-    return payload
-
-
-def _report(cfg: JobConfig, result: SegmentResult, paths: dict[str, Path]) -> None:
-    """Write the run's report as JSON and Markdown: blocks and tiles, class areas in real units, scores, outputs."""
-    from tiler.io.atomic import write_bytes_atomic
-    from tiler.io.classes import class_areas
-    from tiler.io.store import OutputStore
-    from tiler.metrics.report import area_lines, score_lines
-
-    areas = class_areas(OutputStore.open(result.store, mode="r"))
-    payload = {"config_hash": config_hash(cfg), "pixels_hash": pixels_hash(cfg), "store": result.store,
-               "outputs": result.outputs, "summary": result.summary, "areas": areas, "scores": result.scores}
-    write_bytes_atomic(paths["report_json"], (json.dumps(payload, indent=2, default=str) + "\n").encode())
-    lines = [f"# tiler report: {redact(Path(cfg.input.path).name)}", "", f"- input: `{redact(cfg.input.path)}`",
-             f"- output store: `{result.store}`", f"- config hash: `{payload['config_hash']}` (pixels hash "
-             f"`{payload['pixels_hash']}`)", ""]
-    s = result.summary
-    lines += ["| blocks | resumed | tiles run | tiles skipped | seconds | tiles/s |", "|---|---|---|---|---|---|",
-              f"| {s['blocks_total']} | {s['blocks_resumed']} | {s['tiles_run']} | {s['tiles_skipped']} | "
-              f"{s['seconds']} | {s['tiles_per_second']} |", ""]
-    lines += ["## Areas", "", *area_lines(areas), ""]
-    if result.scores is not None:
-        lines += ["## Scores", "", *score_lines(result.scores), ""]
-    lines += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in result.outputs.items()]
-    write_bytes_atomic(paths["report_md"], ("\n".join(lines) + "\n").encode())
-
-
 class SegmentJob:
     """One input's whole job as a stream job: plan and lock on :meth:`open`; exports, score, report on :meth:`finish`.
 
@@ -536,6 +320,8 @@ class SegmentJob:
         self.store_job: StoreJob | None = None
         self._opening: Any = None
         self.facts_from: Callable[[ModelRef], ModelFacts | None] | None = None  # set by run_many: the pool's
+        self.finisher: Finisher | None = None  # set by run_many: where the finishing steps run
+        self.ran: set[str] = set()  # keys of the blocks this run computes
 
     def open_early(self) -> None:
         """Start :meth:`open` on a thread now (the first input is planned while the worker pool starts)."""
@@ -568,7 +354,9 @@ class SegmentJob:
             plan, chunks=self.cfg.output.chunks, pixels_hash=pixels_hash(self.cfg), job_hash=config_hash(self.cfg),
             attrs=attrs, overwrite=self.overwrite,
         )
-        return self.store_job.open()
+        work = self.store_job.open()
+        self.ran = {block_key(p) for p in work.pending}
+        return work
 
     def describe(self, work: Work) -> str:
         """One line on what this input asks before its work starts: size, blocks, tiles, memory per worker."""
@@ -578,24 +366,14 @@ class SegmentJob:
                 f"about {p['memory_per_actor_mb']} MB per worker")
 
     def finish(self) -> SegmentResult:
-        """Check the blocks, write exports, score and report, then mark the store complete."""
-        assert self.plan is not None and self.store_job is not None
-        cfg, plan, job_hash = self.cfg, self.plan, self.store_job.job_hash
+        """Check the blocks, then finish on the finisher's workers: exports and score, reports, ``complete`` last."""
+        from tiler.job.finish import FinishTask, finish_input
+
+        if self.plan is None or self.store_job is None or self.finisher is None:
+            raise EngineError(f"{self.name}: finish() before open() (or without a finisher)")
         job = self.store_job.result()
-        paths = output_paths(plan.store_path)
-        result = SegmentResult(store=plan.store_path, summary=job.summary())
-        result.outputs = _export(cfg, plan, paths, job_hash)
-        result.scores = _score(cfg, plan, job, paths)
-        if result.scores is not None:
-            result.outputs["scores_json"] = str(paths["scores_json"])
-        result.outputs["report_json"] = str(paths["report_json"])
-        result.outputs["report_md"] = str(paths["report_md"])
-        _report(cfg, result, paths)
-        for name in ("scores_json", "report_json", "report_md"):
-            if name in result.outputs:
-                self.store_job.store.record_export(name, result.outputs[name], job_hash=job_hash)
-        self.store_job.complete(result.summary)
-        return result
+        task = FinishTask(self.cfg, self.plan, self.store_job.job_hash, (self.store_job.attrs or {}).get("config"))
+        return finish_input(task, job, self.finisher, ran=self.ran)
 
     def close(self) -> None:
         """Release the store's lock."""
@@ -616,7 +394,9 @@ def run_many(
 
     The pool is started once, from the first job's engine and model settings (every job must use the
     same model: a job with another model waits for the pool to drain, then the pool restarts). Inputs
-    are opened ``lookahead`` at a time ahead of the pool and finished on ``finishers`` threads.
+    are opened ``lookahead`` at a time ahead of the pool; each one whose blocks are done is finished by the
+    pool's finisher (:meth:`~tiler.engine.executor.Executor.finisher`: Ray tasks on CPU workers, or worker
+    processes for the in-process engine), at most ``finishers`` inputs at once.
 
     Args:
         jobs: The jobs, consumed lazily.
@@ -624,7 +404,8 @@ def run_many(
         executor: Use this executor instead of one built from the first job's config (not closed here).
         progress: The bar to advance (None: none).
         lookahead: Inputs planned ahead of the pool.
-        finishers: Threads writing exports, scores and reports.
+        finishers: Inputs finished at once (and worker processes of the in-process engine's finisher); no new
+            input is opened while twice as many wait to be finished.
 
     Yields:
         :class:`~tiler.engine.stream.Outcome` per job: ``result`` is its :class:`SegmentResult`, or ``error``.
@@ -636,7 +417,8 @@ def run_many(
     own = executor is None
     pool = executor if executor is not None else make_executor(first.cfg, engine)
     facts_from = getattr(pool, "facts", None)
-    first.facts_from = facts_from
+    finisher = pool.finisher(finishers)
+    first.facts_from, first.finisher = facts_from, finisher
     if own:  # the driver plans the first input while the workers start and load the model
         first.open_early()
         try:
@@ -645,12 +427,13 @@ def run_many(
             first._opening.exception()  # let the planning thread end, then drop what it took
             first.close()
             pool.close()
+            finisher.close()
             raise
 
     def chained() -> Iterator[SegmentJob]:
         yield first
         for job in source:
-            job.facts_from = facts_from
+            job.facts_from, job.finisher = facts_from, finisher
             yield job
 
     try:
@@ -663,6 +446,7 @@ def run_many(
                 progress.ended(outcome.ok)
             yield outcome
     finally:
+        finisher.close()
         if own:
             pool.close()
 

@@ -63,12 +63,10 @@ import os
 from typing import Any
 
 from tiler.config.schema import JobConfig
+from tiler.exports import REGISTRY as EXPORTS
 from tiler.paths import is_remote
 
-__all__ = ["POLYGON_EXPORTS", "config_hash", "export_settings", "pixels_hash"]
-
-POLYGON_EXPORTS = frozenset({"geojson", "geoparquet", "qupath"})
-"""Exports drawn as polygons, whose files also depend on ``min_polygon_pixels`` and ``polygon_classes``."""
+__all__ = ["config_hash", "export_settings", "pixels_hash"]
 
 
 def _file_sha256(path: str) -> str | None:
@@ -115,25 +113,24 @@ def config_hash(cfg: JobConfig) -> str:
     out = cfg.output
     if out.exports:
         payload["output"]["exports"] = sorted(out.exports)
-    if POLYGON_EXPORTS.intersection(out.exports):
-        payload["output"]["polygons"] = _polygon_settings(cfg)
+    drawn_with: dict[str, Any] = {}
+    for name in out.exports:
+        drawn_with.update(export_settings(cfg, name))
+    if drawn_with:  # under the key it always had (only polygon exports have settings), so hashes stay the same
+        payload["output"]["polygons"] = drawn_with
     if cfg.scoring.truth is not None:
         payload["scoring"] = cfg.scoring.model_dump(mode="json")
     return _digest(payload)
 
 
 def export_settings(cfg: JobConfig, export: str) -> dict[str, Any]:
-    """The settings an export's file depends on besides the store: the polygon settings for a polygon export.
+    """The settings an export's file depends on besides the store: its registry entry's ``output`` keys.
 
-    Empty for every other export (a COG, NIfTI, OME-Zarr or quicklook is drawn from the store and the
-    input alone), so an export made from a store with the same pixels hash and the same settings may be
-    kept when the job is finished again.
+    Only the polygon exports have any (``min_polygon_pixels``, ``polygon_classes``); a COG, NIfTI, OME-Zarr or
+    quicklook is drawn from the store and the input alone. An export made from a store with the same pixels
+    hash and the same settings may be kept when the job is finished again.
     """
-    return _polygon_settings(cfg) if export in POLYGON_EXPORTS else {}
-
-
-def _polygon_settings(cfg: JobConfig) -> dict[str, Any]:
-    return cfg.output.model_dump(mode="json", include={"min_polygon_pixels", "polygon_classes"})
+    return cfg.output.model_dump(mode="json", include=set(EXPORTS[export].settings))
 
 
 def _pixels_payload(cfg: JobConfig) -> dict[str, Any]:

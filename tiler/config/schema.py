@@ -7,7 +7,7 @@ Every validator reports through :class:`~tiler.config.problems.Problems` (key, v
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
@@ -26,6 +26,8 @@ from tiler.config.fields import (
 )
 from tiler.config.problems import Problem, Problems, raise_if
 from tiler.config.safe_yaml import dump_yaml
+from tiler.exports import NAMES as EXPORT_NAMES
+from tiler.exports import REGISTRY as EXPORTS
 from tiler.labels import nodata_label_problem
 from tiler.paths import is_remote
 
@@ -483,6 +485,10 @@ class EngineConfig(_Section):
     max_task_retries: Annotated[int, Strict(), Field(ge=-1)] = 3
     skip_empty: Bool = True
     prefetch: Bool = True
+    # the pipeline inside each model worker: threads reading and assembling the next blocks (null: one per
+    # CPU of the actor, at most 4), and threads writing and recording the last ones while the model runs
+    readers: PosInt | None = None
+    writers: PosInt = 1
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
@@ -500,6 +506,12 @@ class EngineConfig(_Section):
         return self
 
 
+if TYPE_CHECKING:
+    ExportName = str
+else:
+    ExportName = Literal[EXPORT_NAMES]  # the registry's names: pydantic lists them when a value is not one
+
+
 class OutputConfig(_Section):
     """The zarr v3 output store, its chunk grid and what is written besides labels."""
 
@@ -510,9 +522,7 @@ class OutputConfig(_Section):
     # label of pixels outside the input's valid mask: null keeps nodata_label (rasters' nodata collar);
     # 0 suits slides and volumes, where outside the tissue / body mask is the background class
     background_label: Annotated[int, Strict(), Field(ge=0, le=65535)] | None = None
-    exports: tuple[
-        Literal["cog", "nifti", "ome-zarr", "geojson", "geoparquet", "qupath", "quicklook"], ...
-    ] = ()  # the report is always written
+    exports: tuple[ExportName, ...] = ()  # names from the export registry (tiler.exports); the report is always written
     # polygon exports (geojson, geoparquet, qupath): regions smaller than this many pixels are left out
     min_polygon_pixels: NonNegInt = 0
     # class names to turn into polygons; null = every class but one named "background"
@@ -658,14 +668,11 @@ class JobConfig(_Section):
         if label_problem is not None:
             fix = "use a label no class can take, e.g. 255"
             problems.append(("output.nodata_label", self.output.nodata_label, label_problem, fix))
-        for name, dims, fix in (("cog", 2, "a COG holds a 2D raster: use nifti or ome-zarr for a volume"),
-                                ("nifti", 3, "a NIfTI export is for volumes: use cog or ome-zarr for a 2D image"),
-                                ("geojson", 2, "polygons are drawn on 2D label maps: use nifti or ome-zarr"),
-                                ("geoparquet", 2, "polygons are drawn on 2D label maps: use nifti or ome-zarr"),
-                                ("qupath", 2, "QuPath annotations are 2D: use nifti or ome-zarr for a volume")):
-            if name in self.output.exports and ndim != dims:
+        for name in self.output.exports:
+            export = EXPORTS[name]
+            if ndim not in export.dims:
                 problems.append(
-                    ("output.exports", list(self.output.exports), f"asks for {name} on a {ndim}D job", fix)
+                    ("output.exports", list(self.output.exports), f"asks for {name} on a {ndim}D job", export.why_not)
                 )
         if spec is not None and self.input.bands is not None and len(self.input.bands) != spec.in_channels:
             problems.append(

@@ -1,0 +1,117 @@
+"""Finishing runs in worker processes, never the driver: exports, scores and reports, and where the time went."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import zarr
+
+from tests.test_segment import write_config
+from tiler.config import load_config
+from tiler.io.store import OutputStore
+from tiler.segment import run_segment
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORTS = "output.exports=[cog,geojson,quicklook]"
+
+
+def _writers(store: str) -> dict[str, int]:
+    """Export record name → the pid that recorded it."""
+    return {name: int(rec["pid"]) for name, rec in OutputStore.open(store, mode="r").export_records().items()}
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_the_driver_writes_no_export_score_or_report(tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> None:
+    if engine == "ray":
+        request.getfixturevalue("ray_session")
+    cfg = load_config(write_config(tmp_path), [EXPORTS])
+    result = run_segment(cfg, engine=engine, quiet=True)
+    writers = _writers(result.store)
+    assert set(writers) >= {"cog", "cog_aux", "geojson", "quicklook", "scores_json", "report_json", "report_md"}
+    assert os.getpid() not in writers.values(), f"the driver ({os.getpid()}) wrote {writers}"
+    steps = result.summary["finishing"]
+    assert set(steps) == {"cog", "geojson", "quicklook", "score", "report"}
+    assert all(not s["worker"].startswith(f"{os.getpid()}@") for s in steps.values())
+    assert zarr.open_group(result.store, mode="r").attrs["complete"] is True
+
+
+def test_the_report_says_where_the_time_went(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path), [EXPORTS])
+    result = run_segment(cfg, engine="local", quiet=True)
+    report = json.loads(Path(result.outputs["report_json"]).read_text())
+    s = report["summary"]
+    assert set(s["stages"]) == {"read", "assemble", "infer", "stitch", "write"}
+    assert s["stages"]["infer"] > 0 and s["stages"]["read"] > 0
+    assert 0 <= s["model_idle_share"] <= 1 and s["mpx_per_second"] > 0
+    assert s["finishing"]["cog"]["seconds"] > 0 and not s["finishing"]["cog"]["reused"]
+    # the report's time is the blocks' and the finishing's together
+    assert s["seconds"] == pytest.approx(s["blocks_seconds"] + s["finish_seconds"], abs=2e-3)
+    assert s["finish_seconds"] >= max(v["seconds"] for v in s["finishing"].values() if v is not None) - 1e-3
+    markdown = Path(result.outputs["report_md"]).read_text()
+    assert "## Where the time went" in markdown and "| cog |" in markdown and "model idle share" in markdown
+    # finished again with the same exports: nothing is drawn twice, and the report says the files were kept
+    again = run_segment(load_config(write_config(tmp_path), [EXPORTS, "scoring.boundary_width=3"]),
+                        engine="local", quiet=True)
+    assert again.summary["blocks_run"] == 0 and again.summary["finishing"]["cog"]["reused"] is True
+
+
+def test_a_failing_export_fails_the_input_with_its_own_error_and_leaves_it_incomplete(tmp_path: Path) -> None:
+    from tiler.errors import OutputError
+
+    cfg = load_config(write_config(tmp_path), ["output.exports=[cog,geojson]", "output.polygon_classes=[nope]"])
+    with pytest.raises(OutputError, match=r"polygon_classes names \['nope'\]"):
+        run_segment(cfg, engine="local", quiet=True)
+    assert zarr.open_group(cfg.output.path, mode="r").attrs.get("complete") is not True
+    assert not Path(cfg.output.path).with_suffix(".report.json").exists()
+
+
+CLUSTER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import psutil, ray
+    from ray.cluster_utils import Cluster
+    from tiler.config import load_config
+    from tiler.io.store import OutputStore
+    from tiler.segment import run_segment
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    cfg = load_config(sys.argv[1], ["output.exports=[cog,geojson]", "engine.actors=1"])
+    result = run_segment(cfg, engine="ray", quiet=True)
+    raylets = {
+        name: [p.process.pid for p in node.all_processes["raylet"]]
+        for name, node in (("head", cluster.head_node), ("worker", worker))
+    }
+    def raylet_of(pid):
+        for proc in psutil.Process(pid).parents():
+            for name, pids in raylets.items():
+                if proc.pid in pids:
+                    return name
+        return "none"
+    pids = {n: int(r["pid"]) for n, r in OutputStore.open(result.store, mode="r").export_records().items()}
+    print(json.dumps({n: raylet_of(p) for n, p in pids.items()}))
+    ray.shutdown()
+    cluster.shutdown()
+    """
+)
+
+
+@pytest.mark.slow
+def test_finishing_runs_on_a_worker_node_of_a_two_node_cluster(tmp_path: Path) -> None:
+    script = tmp_path / "cluster.py"
+    script.write_text(CLUSTER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, str(script), str(write_config(tmp_path))], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    nodes = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(nodes) >= {"cog", "geojson", "scores_json", "report_json"}
+    assert set(nodes.values()) == {"worker"}, nodes

@@ -1,0 +1,40 @@
+"""The export registry: every format a job can write beside its store, by name, one module per format.
+
+>>> from tiler.exports import NAMES, get
+>>> NAMES
+('cog', 'nifti', 'ome-zarr', 'geojson', 'geoparquet', 'qupath', 'quicklook')
+>>> sorted(get("nifti").files), sorted(get("nifti").dims)
+(['nifti', 'nifti_ctbl', 'nifti_itksnap'], [3])
+
+Importing it loads no file library: each writer imports :mod:`tiler.io` when it runs.
+"""
+
+from __future__ import annotations
+
+from tiler.errors import ConfigError
+from tiler.exports import cog, geojson, geoparquet, nifti, ome_zarr, quicklook, qupath
+from tiler.exports.base import BeforeMove, ExportFormat, WriteContext
+
+__all__ = ["NAMES", "REGISTRY", "BeforeMove", "ExportFormat", "WriteContext", "get"]
+
+REGISTRY: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (cog.FORMAT, nifti.FORMAT, ome_zarr.FORMAT, geojson.FORMAT, geoparquet.FORMAT, qupath.FORMAT,
+              quicklook.FORMAT)
+}  # fmt: skip
+"""Every export format, in the order a job writes them."""
+
+NAMES: tuple[str, ...] = tuple(REGISTRY)
+"""The values ``output.exports`` accepts."""
+
+
+def get(name: str) -> ExportFormat:
+    """The format called ``name``.
+
+    Raises:
+        ConfigError: No export has that name (naming the ones that exist).
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"output.exports: {name!r} is not an export; fix: use one of {', '.join(NAMES)}") from None

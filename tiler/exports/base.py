@@ -1,0 +1,72 @@
+"""What an export format is: its name, dimensionality, files, the settings it is drawn with, and how it is written.
+
+A format is a value (:class:`ExportFormat`); the registry (:mod:`tiler.exports`) lists them. The config's
+allowed values, the identity hash, the output paths, the finishing step and ``tiler verify`` read the
+registry; nothing else switches on an export's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BeforeMove = Callable[[Path, Path], None]
+"""Called as ``before_move(temporary, final)`` once a file is complete, just before it is moved into place."""
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """Everything an export's writer gets (in the process that writes it, never the driver).
+
+    Attributes:
+        store: The finished :class:`~tiler.io.store.OutputStore` (its blocks all recorded).
+        paths: File role → path for this export's files (the main file first, then its sidecars).
+        reader: The job's input, open (the OME-Zarr image, the QuPath level-0 scale and the quicklook read it).
+        settings: The export's settings (:attr:`ExportFormat.settings` keys of ``output``, with their values).
+        before_move: Hook the writer passes to the atomic writes (records the file's intent in the store).
+    """
+
+    store: Any
+    paths: Mapping[str, Path]
+    reader: Any
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    before_move: BeforeMove | None = None
+
+    @property
+    def path(self) -> Path:
+        """The export's main file."""
+        return next(iter(self.paths.values()))
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format.
+
+    Attributes:
+        name: Its name in ``output.exports`` (and the record name of its main file).
+        dims: Spatial dimensionalities it can be written for (``{2}``, ``{3}`` or both).
+        files: File role → suffix after the output's stem, main file first (``{"cog": ".cog.tif", ...}``);
+            the roles are the names the store records the files under.
+        settings: ``output`` keys the file is drawn with besides the store (they enter the config hash, and a
+            recorded file is reused only when they are unchanged).
+        write: Writes every file of the export (its assembly step).
+        why_not: For a dimensionality it cannot be written for: the fix to print.
+    """
+
+    name: str
+    dims: frozenset[int]
+    files: Mapping[str, str]
+    write: Callable[[WriteContext], None]
+    settings: tuple[str, ...] = ()
+    why_not: str = ""
+
+    def paths(self, base: Path) -> dict[str, Path]:
+        """The export's files beside the output whose stem is ``base`` (``/out/scene`` for ``/out/scene.zarr``).
+
+        >>> from tiler.exports import get
+        >>> {k: p.name for k, p in get("cog").paths(Path("/out/scene")).items()}
+        {'cog': 'scene.cog.tif', 'cog_aux': 'scene.cog.tif.aux.xml'}
+        """
+        return {role: base.with_name(base.name + suffix) for role, suffix in self.files.items()}

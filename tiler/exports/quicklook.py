@@ -1,0 +1,14 @@
+"""The quicklook: a PNG of the labels over the input (a volume's three middle slices), with a legend."""
+
+from __future__ import annotations
+
+from tiler.exports.base import ExportFormat, WriteContext
+
+
+def _write(ctx: WriteContext) -> None:
+    from tiler.io import export
+
+    export.write_quicklook(ctx.store, ctx.path, reader=ctx.reader, before_move=ctx.before_move)
+
+
+FORMAT = ExportFormat(name="quicklook", dims=frozenset({2, 3}), files={"quicklook": ".quicklook.png"}, write=_write)

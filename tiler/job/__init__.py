@@ -1,0 +1,1 @@
+"""The segment job around the engine: where its outputs go and how an input is finished."""

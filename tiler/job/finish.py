@@ -1,0 +1,243 @@
+"""Finishing one input: its exports, score, reports and complete flag, as steps that run in worker processes.
+
+After an input's last block is recorded, :func:`finish_input` (on a driver thread) hands out steps to a
+:class:`~tiler.engine.finishing.Finisher`: one :func:`export_step` per export of the registry
+(:mod:`tiler.exports`) and one :func:`score_step`, all at once, so a COG, its polygons and the score are
+drawn side by side on the cluster's CPU workers; then :func:`report_step` writes the reports and marks the
+store complete, last. Each step opens the store and the input itself and returns a small
+:class:`StepResult`; the driver opens no output chunk and writes no output file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tiler.config.identity import config_hash, export_settings, pixels_hash
+from tiler.config.schema import JobConfig
+from tiler.engine.finishing import Finisher
+from tiler.engine.job import JobResult
+from tiler.engine.plan import Plan
+from tiler.exports import REGISTRY as EXPORTS
+from tiler.exports import WriteContext
+from tiler.job.outputs import output_paths, output_stem
+from tiler.job.timings import block_timings
+from tiler.redact import redact
+
+
+@dataclass
+class SegmentResult:
+    """What a segment job produced.
+
+    Attributes:
+        store: The zarr output store.
+        outputs: File role → path (cog, nifti, ome-zarr, quicklook, report_json, report_md, scores_json, ...).
+        scores: The metrics dict (``fwiou``, ``miou``, ...) when truth was configured, else None.
+        summary: Blocks, tiles, seconds, and where the time went (``stages``, ``finishing``).
+    """
+
+    store: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, Any] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FinishTask:
+    """What every finishing step of one input needs: small and picklable.
+
+    Attributes:
+        cfg: The job's configuration.
+        plan: Its plan (the input and the store).
+        job_hash: Its config hash, recorded with every export and with ``complete``.
+        store_config: The redacted config the store records with ``complete``.
+    """
+
+    cfg: JobConfig
+    plan: Plan
+    job_hash: str
+    store_config: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one finishing step sends back to the driver.
+
+    Attributes:
+        step: The export's name, ``score`` or ``report``.
+        outputs: File role → path of the files it wrote or kept.
+        seconds: Its wall time.
+        reused: Whether its files were kept from an earlier finishing (nothing drawn).
+        worker: ``pid@host`` of the process that ran it.
+        payload: The scores (for ``score``), else None.
+    """
+
+    step: str
+    outputs: dict[str, str]
+    seconds: float
+    reused: bool = False
+    worker: str = ""
+    payload: Any = None
+
+
+def _worker() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def export_step(task: FinishTask, name: str) -> StepResult:
+    """Write export ``name`` beside the store (or keep the one an earlier finishing drew the same way); record it.
+
+    An export already recorded by an earlier run of this store (with its sidecars, all still on disk) and drawn
+    with the same settings (:func:`~tiler.config.identity.export_settings`) is not written again: the store's
+    pixels are the same, so the file is too. One to be written again has its records retired first
+    (:meth:`~tiler.io.store.OutputStore.retire_exports`), so a step killed half-way never keeps a file it was
+    replacing; each file's intent (path and digest) is recorded before it is moved into place, so a rerun
+    recognises a file moved but not yet recorded. Every file is recorded with the task's ``job_hash``.
+    """
+    from tiler.io.store import OutputStore
+
+    t0 = time.perf_counter()
+    export = EXPORTS[name]
+    paths = export.paths(output_stem(task.plan.store_path))
+    settings = export_settings(task.cfg, name)
+    store = OutputStore.open(task.plan.store_path)
+    records = store.export_records()
+    recorded = store.exports_done(records)
+    reused = all(recorded.get(f) == str(p) and records[f].get("settings", {}) == settings for f, p in paths.items())
+    if not reused:
+        store.retire_exports(list(paths))
+        reader = task.plan.input.open()
+        try:
+            export.write(WriteContext(store, paths, reader, settings, before_move=store.intent_recorder()))
+        finally:
+            reader.close()
+    for role, path in paths.items():  # recorded once the export and its sidecars are all in place
+        store.record_export(role, path, job_hash=task.job_hash, settings=settings)
+    outputs = {role: str(path) for role, path in paths.items()}
+    return StepResult(name, outputs, time.perf_counter() - t0, reused=reused, worker=_worker())
+
+
+def score_step(task: FinishTask, engine_confusion: Any = None) -> StepResult:
+    """Score the store against the truth (every chunk read, out of core); write the scores JSON and its charts.
+
+    ``engine_confusion``: the blocks' confusion matrix summed by the engine, reported as ``engine_fwiou`` beside
+    the full score (the two must agree).
+    """
+    from tiler.metrics.files import score_paths
+    from tiler.metrics.report import chart_paths, plot_confusion, plot_per_class, write_json
+
+    t0 = time.perf_counter()
+    cfg, plan = task.cfg, task.plan
+    assert cfg.scoring.truth is not None
+    scores, details = score_paths(
+        plan.store_path, cfg.scoring.truth, num_classes=plan.score_classes or plan.num_classes,
+        ignore_index=cfg.scoring.ignore_index, boundary_width=cfg.scoring.boundary(),
+    )
+    payload = scores.to_dict()
+    if engine_confusion is not None:
+        from tiler.metrics.scores import scores_from_confusion
+
+        payload["engine_fwiou"] = scores_from_confusion(engine_confusion, ignored_pixels=0).fwiou
+    payload["details"] = details
+    path = output_paths(plan.store_path)["scores_json"]
+    write_json(payload, path)
+    heatmap, bars = chart_paths(path)
+    plot_confusion(scores, heatmap)
+    plot_per_class(scores, bars)
+    return StepResult("score", {"scores_json": str(path)}, time.perf_counter() - t0, worker=_worker(), payload=payload)
+
+
+def report_step(task: FinishTask, result: SegmentResult) -> StepResult:
+    """Write the reports (JSON and Markdown), record them, and mark the store complete: the input's last step."""
+    from tiler.io.store import OutputStore
+
+    t0 = time.perf_counter()
+    paths = output_paths(task.plan.store_path)
+    result.outputs["report_json"] = str(paths["report_json"])
+    result.outputs["report_md"] = str(paths["report_md"])
+    store = OutputStore.open(task.plan.store_path)
+    write_reports(task.cfg, result, paths)
+    for role in ("scores_json", "report_json", "report_md"):
+        if role in result.outputs:
+            store.record_export(role, result.outputs[role], job_hash=task.job_hash)
+    store.mark_complete(result.summary, job_hash=task.job_hash,
+                        attrs={"config": task.store_config} if task.store_config else None)
+    outputs = {role: result.outputs[role] for role in ("report_json", "report_md")}
+    return StepResult("report", outputs, time.perf_counter() - t0, worker=_worker())
+
+
+def write_reports(cfg: JobConfig, result: SegmentResult, paths: Mapping[str, Path]) -> None:
+    """Write the run's report as JSON and Markdown: blocks, tiles, where the time went, areas, scores, outputs."""
+    from tiler.io.atomic import write_bytes_atomic
+    from tiler.io.classes import class_areas
+    from tiler.io.store import OutputStore
+    from tiler.job.timings import timing_lines
+    from tiler.metrics.report import area_lines, score_lines
+
+    areas = class_areas(OutputStore.open(result.store, mode="r"))
+    payload = {"config_hash": config_hash(cfg), "pixels_hash": pixels_hash(cfg), "store": result.store,
+               "outputs": result.outputs, "summary": result.summary, "areas": areas, "scores": result.scores}
+    write_bytes_atomic(paths["report_json"], (json.dumps(payload, indent=2, default=str) + "\n").encode())
+    lines = [f"# tiler report: {redact(Path(cfg.input.path).name)}", "", f"- input: `{redact(cfg.input.path)}`",
+             f"- output store: `{result.store}`", f"- config hash: `{payload['config_hash']}` (pixels hash "
+             f"`{payload['pixels_hash']}`)", ""]
+    s = result.summary
+    lines += ["| blocks | resumed | tiles run | tiles skipped | seconds | tiles/s |", "|---|---|---|---|---|---|",
+              f"| {s['blocks_total']} | {s['blocks_resumed']} | {s['tiles_run']} | {s['tiles_skipped']} | "
+              f"{s['seconds']} | {s['tiles_per_second']} |", ""]
+    lines += ["## Where the time went", "", *timing_lines(s), ""]
+    lines += ["## Areas", "", *area_lines(areas), ""]
+    if result.scores is not None:
+        lines += ["## Scores", "", *score_lines(result.scores), ""]
+    lines += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in result.outputs.items()]
+    write_bytes_atomic(paths["report_md"], ("\n".join(lines) + "\n").encode())
+
+
+def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: set[str]) -> SegmentResult:
+    """Finish one input on ``finisher``'s workers: exports and score side by side, then the reports and ``complete``.
+
+    Runs on a driver thread, which only submits steps and waits for them.
+
+    Args:
+        task: The input's finishing task.
+        job: Its block phase (records, confusion, seconds).
+        finisher: Where the steps run.
+        ran: Keys of the blocks this run computed (their stage timings go into the summary).
+
+    Raises:
+        TilerError: The first step that failed (after every step of this input has ended).
+    """
+    t0 = time.perf_counter()
+    steps: dict[str, Future[StepResult]] = {
+        name: finisher.submit(export_step, task, name) for name in task.cfg.output.exports
+    }
+    if task.cfg.scoring.truth is not None:
+        steps["score"] = finisher.submit(score_step, task, job.confusion)
+    wait(list(steps.values()))
+    errors = [f.exception() for f in steps.values() if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+    done = {name: f.result() for name, f in steps.items()}
+    result = SegmentResult(store=task.plan.store_path, summary=job.summary())
+    for step in done.values():
+        result.outputs.update(step.outputs)
+    result.scores = done["score"].payload if "score" in done else None
+    summary = result.summary
+    summary["blocks_seconds"] = summary["seconds"]
+    summary.update(block_timings([r for k, r in job.records.items() if k in ran], summary["blocks_seconds"]))
+    summary["finishing"] = {
+        name: {"seconds": round(s.seconds, 3), "reused": s.reused, "worker": s.worker} for name, s in done.items()
+    }
+    summary["finish_seconds"] = round(time.perf_counter() - t0, 3)
+    summary["seconds"] = round(summary["blocks_seconds"] + summary["finish_seconds"], 3)
+    report = finisher.submit(report_step, task, result).result()
+    result.outputs.update(report.outputs)
+    summary["finishing"]["report"] = {"seconds": round(report.seconds, 3), "reused": False, "worker": report.worker}
+    return result
