@@ -57,3 +57,30 @@ def ray_session():  # type: ignore[no-untyped-def]
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+class ThreadFinisher:
+    """A finisher running the steps on threads of the test's own process (:class:`tiler.engine.finishing.Finisher`).
+
+    For tests that patch an export writer in this process to inject a fault: the product's finishers run steps in
+    other processes, where the patch would not apply.
+    """
+
+    def __init__(self, workers: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max(1, workers))
+
+    def submit(self, fn, /, *args):  # type: ignore[no-untyped-def]
+        return self.pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def finish_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process engine finishes on threads of this process, so faults patched in here reach the writers."""
+    from tiler.engine.executor import LocalExecutor
+
+    monkeypatch.setattr(LocalExecutor, "finisher", lambda self, workers: ThreadFinisher(workers))

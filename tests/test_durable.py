@@ -105,7 +105,7 @@ def test_2d_exports_on_a_3d_job_are_refused_at_load(export: str) -> None:
 
 
 def test_complete_comes_only_after_the_exports_and_a_rerun_redoes_only_the_exports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish_in_this_process: None
 ) -> None:
     import tiler.io.export as export
 

@@ -104,8 +104,8 @@ def test_block_records_on_disk_keep_their_keys_and_read_back_typed(tmp_path: Pat
     on_disk = json.loads(files[0].read_text())
     assert list(on_disk) == [
         "key", "block", "started_at", "finished_at", "start", "stop", "tiles_run", "tiles_skipped", "read_seconds",
-        "infer_seconds", "stitch_seconds", "write_seconds", "pid", "class_counts", "confusion", "scored_against",
-        "chunks", "labels_digest",
+        "infer_seconds", "stitch_seconds", "write_seconds", "assemble_seconds", "idle_seconds", "wait_seconds", "pid",
+        "class_counts", "confusion", "scored_against", "chunks", "labels_digest",
     ]
     record = BlockRecord.from_json(on_disk)
     assert record.to_json() == {k: v for k, v in on_disk.items() if k not in ("key", "chunks", "labels_digest")}
@@ -489,7 +489,7 @@ def test_a_new_truth_rescores_the_store_without_running_a_block(tmp_path: Path) 
 
 
 def test_a_finishing_killed_half_way_leaves_no_complete_store_and_its_rerun_finishes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish_in_this_process: None
 ) -> None:
     import tiler.io.vector as vector
     from tiler.config import config_hash
@@ -534,7 +534,7 @@ def test_other_pixels_are_still_refused_and_leave_the_finished_store_as_it_was(t
 
 
 def test_new_polygon_settings_redraw_the_polygons_and_keep_the_other_exports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish_in_this_process: None
 ) -> None:
     import tiler.io.vector as vector
     from tiler.errors import OutputError

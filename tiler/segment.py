@@ -243,6 +243,9 @@ class Progress:
         self.quiet = quiet
         self.bar: Any = None
         self.tiles = 0
+        self.pixels = 0
+        self.idle = 0.0  # seconds the model workers' inference stage sat idle, and busy (infer + stitch)
+        self.busy = 0.0
         self.done = 0
         self.failed = 0
         self.t0 = time.perf_counter()
@@ -267,11 +270,16 @@ class Progress:
             self.write(f"{job.name}: resuming, {work.total - len(work.pending)} of {work.total} blocks already done")
 
     def record(self, job: Any, record: BlockRecord) -> None:
-        """Advance by one finished block."""
+        """Advance by one finished block; the postfix says inputs done, tiles/s, Mpx/s and the model's idle share."""
         self.tiles += record.tiles_run
+        self.pixels += math.prod(b - a for a, b in zip(record.start, record.stop, strict=True))
+        self.idle += record.idle_seconds
+        self.busy += record.infer_seconds + record.stitch_seconds
         if self.bar is not None:
-            rate = self.tiles / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"inputs {self.done} done, {self.failed} failed · {rate:.1f} tiles/s")
+            elapsed = max(time.perf_counter() - self.t0, 1e-9)
+            idle = self.idle / (self.idle + self.busy) if self.idle + self.busy > 0 else 0.0
+            self.bar.set_postfix_str(f"inputs {self.done} done, {self.failed} failed · {self.tiles / elapsed:.1f} "
+                                     f"tiles/s · {self.pixels / 1e6 / elapsed:.2f} Mpx/s · model idle {idle:.0%}")
             self.bar.update(1)
 
     def ended(self, ok: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -56,3 +57,18 @@ def make_plan(
         probabilities=probabilities,
         truth=ReaderRef(str(truth)) if truth is not None else None,
     )
+
+
+def read_store(store: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, str]]:
+    """A complete store's labels, probabilities (or None) and each block record's labels digest, by block key."""
+    import json
+
+    import zarr
+
+    group: Any = zarr.open_group(str(store), mode="r")
+    assert group.attrs["complete"] is True
+    probabilities = group["probabilities"][...] if "probabilities" in group else None
+    digests = {
+        f.stem: json.loads(f.read_text())["labels_digest"] for f in (store / ".tiler" / "blocks").glob("*.json")
+    }
+    return group["labels"][...], probabilities, digests

@@ -28,6 +28,40 @@ class ArchiveItem:
     fingerprint: str | None = None
     config_hash: str | None = None
     seconds: float | None = None
+    timings: dict[str, Any] | None = None
+
+
+TIMING_KEYS = ("blocks_seconds", "finish_seconds", "stages", "model_idle_share", "mpx_per_second", "finishing")
+"""What an archive item keeps of its job summary's timings (:mod:`tiler.job.timings`)."""
+
+
+def timings_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """The timing keys of a job summary (absent ones left out)."""
+    return {key: summary[key] for key in TIMING_KEYS if key in summary}
+
+
+def run_timings(items: list[ArchiveItem], seconds: float) -> dict[str, Any]:
+    """Where a run's time went, over the inputs it computed: stage and finishing seconds, idle share, Mpx/s.
+
+    >>> a = ArchiveItem("a.tif", "a", "done", timings={"stages": {"read": 1.0, "infer": 3.0}, "blocks_seconds": 4.0,
+    ...                 "finish_seconds": 1.0, "model_idle_share": 0.5, "mpx_per_second": 2.0})
+    >>> run_timings([a], 5.0)["stages"], run_timings([a], 5.0)["megapixels"]
+    ({'read': 1.0, 'infer': 3.0}, 8.0)
+    """
+    timed = [i.timings for i in items if i.timings]
+    stages: dict[str, float] = {}
+    for t in timed:
+        for stage, value in (t.get("stages") or {}).items():
+            stages[stage] = round(stages.get(stage, 0.0) + value, 3)
+    megapixels = sum((t.get("mpx_per_second") or 0) * (t.get("blocks_seconds") or 0) for t in timed)
+    idle = [t["model_idle_share"] for t in timed if t.get("model_idle_share") is not None]
+    return {
+        "stages": stages,
+        "finish_seconds": round(sum(t.get("finish_seconds") or 0 for t in timed), 3),
+        "megapixels": round(megapixels, 3),
+        "mpx_per_second": round(megapixels / seconds, 3) if seconds > 0 else None,
+        "model_idle_share": round(sum(idle) / len(idle), 3) if idle else None,
+    }
 
 
 @dataclass
@@ -61,7 +95,8 @@ class ArchiveReport:
                 "config": self.config, "root": self.root, "engine": self.engine,
                 "started_at": self.started_at, "finished_at": self.finished_at,
                 "seconds": round(self.seconds, 3), "counts": self.counts,
-                "exit_code": self.exit_code, "items": [asdict(i) for i in self.items],
+                "exit_code": self.exit_code, "timings": run_timings(self.items, self.seconds),
+                "items": [asdict(i) for i in self.items],
             }
         )
 
@@ -77,6 +112,11 @@ class ArchiveReport:
             "",
             f"**{c['done']} done, {c['skipped']} skipped, {c['failed']} failed** of {c['total']} inputs.",
         ]
+        t = run_timings(self.items, self.seconds)
+        if t["stages"]:
+            lines += ["", f"Computed {t['megapixels']} Mpx at {t['mpx_per_second']} Mpx/s over the run; model idle "
+                      f"share {t['model_idle_share']}; finishing {t['finish_seconds']} s in workers. Block stages "
+                      "(seconds, summed over workers): " + ", ".join(f"{k} {v}" for k, v in t["stages"].items()) + "."]
         sections = (
             ("failed", "Failed", ("input", "attempts", "error")),
             ("done", "Done", ("input", "fwiou", "miou", "seconds", "store")),

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from tiler.archive.config import ArchiveConfig, input_stem
 from tiler.archive.fingerprint import fingerprint, missing_fingerprint
 from tiler.archive.ledger import LEDGER_NAME, Ledger, now
-from tiler.archive.report import ArchiveItem, ArchiveReport
+from tiler.archive.report import ArchiveItem, ArchiveReport, timings_of
 from tiler.config.identity import config_hash, pixels_hash
 from tiler.errors import ConfigError, TilerError
 from tiler.io.store import finished_job_hash
@@ -121,6 +121,7 @@ class _Run:
             item.status = "done"
             item.scores = result.scores  # type: ignore[attr-defined]
             item.outputs = dict(result.outputs)  # type: ignore[attr-defined]
+            item.timings = timings_of(result.summary)  # type: ignore[attr-defined]
             self.ledger.finish(
                 item.fingerprint, item.config_hash, status="done", scores=item.scores, outputs=item.outputs,
                 summary=result.summary,  # type: ignore[attr-defined]
@@ -150,7 +151,7 @@ def run_archive(
         engine: ``ray`` or ``local`` (in-process).
         quiet: No progress bar or lines on stderr.
         lookahead: Inputs claimed and planned ahead of the pool.
-        finishers: Threads writing exports, scores and reports.
+        finishers: Inputs finished at once (their exports, scores and reports run in worker processes).
 
     Returns:
         The run report (also written to the root as JSON and Markdown); its ``exit_code`` is 1 when

@@ -6,14 +6,54 @@ next and hands it over; the executor runs it somewhere and reports its record, o
 
 from __future__ import annotations
 
+import os
 import threading
-from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tiler.engine.finishing import Finisher, ProcessFinisher
 from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, block_key
 from tiler.errors import EngineError, InputError, TilerError
 from tiler.geometry import Shape
+
+MAX_DEFAULT_READERS = 4
+"""Reader threads per model worker when ``engine.readers`` is not set, however many CPUs it has."""
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The threads of one model worker's pipeline: readers read and assemble, one infers, writers write.
+
+    Attributes:
+        readers: Blocks read and cut into batches at once (each with its own copy of the input reader).
+        writers: Blocks written and recorded at once.
+
+    >>> Stages.sized(None, None, cpus=1.0), Stages.sized(None, 2, cpus=16).depth
+    (Stages(readers=1, writers=1), 7)
+    """
+
+    readers: int = 1
+    writers: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("readers", "writers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EngineError(f"engine.{name}={value!r} must be a whole number >= 1 (or null for the default)")
+
+    @classmethod
+    def sized(cls, readers: int | None, writers: int | None, *, cpus: float) -> Stages:
+        """Stages of ``readers`` and ``writers`` threads; None: a reader per CPU (at most 4), one writer."""
+        if readers is None:
+            readers = max(1, min(MAX_DEFAULT_READERS, int(cpus)))
+        return cls(readers, 1 if writers is None else writers)
+
+    @property
+    def depth(self) -> int:
+        """Blocks one worker holds at once to keep every stage busy: one per reader, one inferring, one per writer."""
+        return self.readers + 1 + self.writers
 
 
 @dataclass(frozen=True)
@@ -75,6 +115,10 @@ class Executor(Protocol):
         """Stop every worker; blocks still in flight are abandoned (their jobs are not complete)."""
         ...
 
+    def finisher(self, workers: int) -> Finisher:
+        """Where this executor's run finishes its inputs (never the driver); ``workers``: inputs at once."""
+        ...
+
 
 def block_failure(plan: Plan, position: Shape, cause: BaseException | str) -> TilerError:
     """The one-line error of a failed block: which block of which input and store, and the cause.
@@ -88,16 +132,28 @@ def block_failure(plan: Plan, position: Shape, cause: BaseException | str) -> Ti
 
 
 class LocalExecutor:
-    """The in-process executor: one model worker in this process runs each block when asked for results.
+    """The in-process executor: one model worker in this process, fed by a few threads (its pipeline's depth).
+
+    Each thread runs :meth:`tiler.engine.worker.ModelWorker.run` on one block, so reading the next blocks,
+    inference and writing the last ones overlap as they do in a Ray actor (see :class:`Stages`).
 
     Args:
         threads: torch intra-op threads for a CPU runner (None: the runner's default).
+        readers: Reader threads (None: one per CPU of this machine, at most :data:`MAX_DEFAULT_READERS`).
+        writers: Writer threads (None: one).
+        depth: Blocks in flight at once (None: ``stages.depth``; 1 runs one block at a time).
     """
 
-    def __init__(self, *, threads: int | None = None) -> None:
+    def __init__(
+        self, *, threads: int | None = None, readers: int | None = None, writers: int | None = None,
+        depth: int | None = None,
+    ) -> None:
         self.threads = threads
+        self.stages = Stages.sized(readers, writers, cpus=os.cpu_count() or 1)
+        self.depth = max(1, depth) if depth is not None else self.stages.depth
         self._worker: Any = None
-        self._queue: deque[tuple[Any, Plan, Shape]] = deque()
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: dict[Future[Any], tuple[Any, Plan, Shape]] = {}
         self._loading = threading.Lock()  # the planning thread may ask for facts while the driver starts
 
     @property
@@ -106,12 +162,12 @@ class LocalExecutor:
         return None if self._worker is None else self._worker.model
 
     def slots(self) -> int:
-        """One block at a time: a block can be queued when none is."""
-        return 0 if self._queue else 1
+        """Blocks that can be submitted now: the depth less the blocks in flight."""
+        return max(0, self.depth - len(self._futures))
 
     def in_flight(self) -> int:
-        """Blocks queued and not yet run."""
-        return len(self._queue)
+        """Blocks submitted and not yet returned by :meth:`wait`."""
+        return len(self._futures)
 
     def start(self, model: ModelRef, *, hint: int | None = None) -> None:
         """Load ``model`` here unless it is already loaded."""
@@ -120,8 +176,11 @@ class LocalExecutor:
         with self._loading:
             if self._worker is not None and self._worker.model == model:
                 return
+            if self._futures:
+                raise EngineError("the in-process engine cannot change its model while blocks are in flight")
             self.close()
-            self._worker = ModelWorker(model, threads=self.threads)
+            self._worker = ModelWorker(model, threads=self.threads, stages=self.stages)
+            self._pool = ThreadPoolExecutor(max_workers=self.depth, thread_name_prefix="tiler-block")
 
     def facts(self, model: ModelRef) -> ModelFacts | None:
         """The facts of ``model`` as this process loaded it (loading it now if nothing is loaded)."""
@@ -131,26 +190,43 @@ class LocalExecutor:
         return worker.facts if worker is not None and worker.model == model else None
 
     def submit(self, token: Any, plan: Plan, position: Shape) -> None:
-        """Queue a block; it runs in :meth:`wait`."""
-        self._queue.append((token, plan, position))
+        """Start a block on a free thread (it runs beside the blocks in flight)."""
+        if self._pool is None or self._worker is None:
+            raise EngineError("the in-process engine has no model: call start() before submit()")
+        if self.slots() <= 0:
+            raise EngineError("no free slot: wait for a block to finish before submitting another")
+        self._futures[self._pool.submit(self._worker.run, plan, position)] = (token, plan, position)
 
     def wait(self, timeout: float | None = None) -> list[Done]:
-        """Run the queued block now and return it."""
-        if not self._queue:
+        """Blocks that finished, at least one unless ``timeout`` (seconds) passed or nothing is in flight."""
+        if not self._futures:
             return []
-        token, plan, position = self._queue.popleft()
-        try:
-            record = self._worker.run(plan, position)
-        except Exception as exc:  # noqa: BLE001 - a block's failure fails its job, not the run
+        finished, _ = wait_futures(list(self._futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        out = []
+        for future in [f for f in self._futures if f in finished]:  # in the order they were submitted
+            token, plan, position = self._futures.pop(future)
+            exc = future.exception()
+            if exc is None:
+                out.append(Done(token, plan, position, record=future.result()))
+                continue
             cause = exc if isinstance(exc, TilerError) else f"{type(exc).__name__}: {exc}"
             error = block_failure(plan, position, cause)
             error.__cause__ = exc
-            return [Done(token, plan, position, error=error)]
-        return [Done(token, plan, position, record=record)]
+            out.append(Done(token, plan, position, error=error))
+        return out
+
+    def finisher(self, workers: int) -> Finisher:
+        """Worker processes forked from this one, ``workers`` at most (the model is not loaded in them)."""
+        return ProcessFinisher(workers)
 
     def close(self) -> None:
-        """Drop the model and close the open inputs."""
-        if self._worker is not None:
-            self._worker.close()
-        self._worker = None
-        self._queue.clear()
+        """Drop the model and close the open inputs; blocks not started are dropped, running ones end first."""
+        worker, pool = self._worker, self._pool
+        if worker is not None:
+            worker.stop()  # running blocks give up at their next stage
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if worker is not None:
+            worker.close()
+        self._worker = self._pool = None
+        self._futures.clear()

@@ -167,10 +167,14 @@ class BlockRecord:
         tiles_skipped: Tiles skipped as empty.
         started_at: Unix time the block's read began.
         finished_at: Unix time its record was made.
-        read_seconds: Seconds reading the input.
-        infer_seconds: Seconds in the model.
-        stitch_seconds: Seconds blending.
-        write_seconds: Seconds writing the chunks.
+        read_seconds: Seconds reading the input (a reader thread).
+        infer_seconds: Seconds in the model (the inference thread).
+        stitch_seconds: Seconds blending and finalising (the inference thread).
+        write_seconds: Seconds writing the chunks (a writer thread).
+        assemble_seconds: Seconds cutting the tiles into model batches (a reader thread).
+        idle_seconds: Seconds the worker's inference stage sat idle (free, no block ready) just before this
+            block's inference began: since the previous inference on the worker ended; 0 for its first block.
+        wait_seconds: Seconds this block, read and assembled, waited for the inference stage.
         pid: Process that computed the block.
         class_counts: Pixels per class 0..K-1 in the block (nodata not counted), or None.
         confusion: The block's confusion matrix ``n[truth, pred]`` when truth was configured, else None.
@@ -192,6 +196,9 @@ class BlockRecord:
     infer_seconds: float = 0.0
     stitch_seconds: float = 0.0
     write_seconds: float = 0.0
+    assemble_seconds: float = 0.0
+    idle_seconds: float = 0.0
+    wait_seconds: float = 0.0
     pid: int = 0
     class_counts: tuple[int, ...] | None = None
     confusion: tuple[tuple[int, ...], ...] | None = None
@@ -209,7 +216,8 @@ class BlockRecord:
             "start": list(self.start), "stop": list(self.stop), "tiles_run": self.tiles_run,
             "tiles_skipped": self.tiles_skipped, "read_seconds": self.read_seconds,
             "infer_seconds": self.infer_seconds, "stitch_seconds": self.stitch_seconds,
-            "write_seconds": self.write_seconds, "pid": self.pid,
+            "write_seconds": self.write_seconds, "assemble_seconds": self.assemble_seconds,
+            "idle_seconds": self.idle_seconds, "wait_seconds": self.wait_seconds, "pid": self.pid,
         }  # fmt: skip
         if self.class_counts is not None:
             out["class_counts"] = list(self.class_counts)
@@ -241,6 +249,9 @@ class BlockRecord:
             infer_seconds=float(data.get("infer_seconds", 0.0)),
             stitch_seconds=float(data.get("stitch_seconds", 0.0)),
             write_seconds=float(data.get("write_seconds", 0.0)),
+            assemble_seconds=float(data.get("assemble_seconds", 0.0)),
+            idle_seconds=float(data.get("idle_seconds", 0.0)),
+            wait_seconds=float(data.get("wait_seconds", 0.0)),
             pid=int(data.get("pid", 0)),
             class_counts=tuple(int(v) for v in counts) if counts is not None else None,
             confusion=tuple(tuple(int(v) for v in row) for row in confusion) if confusion is not None else None,

@@ -1,8 +1,9 @@
 """The Ray executor: a pool of model actors that lives for the whole run and takes blocks of any input.
 
 The only module that imports ray. Each actor holds one :class:`~tiler.engine.worker.ModelWorker`
-(model loaded once, in its constructor, a few inputs kept open) and runs up to ``max_in_flight``
-block calls on threads, so reading the next block overlaps inference on the current one. Blocks go to
+(model loaded once, in its constructor, a few inputs kept open) and runs as many block calls on threads
+as its pipeline needs to keep every stage busy (readers, the model, writers: see
+:class:`~tiler.engine.executor.Stages`), so reading and writing other blocks overlap inference. Blocks go to
 the least busy actor with a free slot; an actor that dies is restarted by Ray and its calls retried.
 """
 
@@ -14,13 +15,15 @@ import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 import ray.exceptions
 
-from tiler.engine.executor import Done, block_failure
+from tiler.engine.executor import Done, Stages, block_failure
 from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan
 from tiler.errors import ConfigError, EngineError
 from tiler.geometry import Shape
@@ -40,9 +43,13 @@ class RayOptions:
         gpus_per_actor: GPUs per actor (fractional allowed); 0 for CPU actors.
         cpus_per_actor: CPUs reserved per actor.
         threads: torch intra-op threads per CPU actor (None: ``cpus_per_actor``).
-        max_in_flight: Blocks queued on one actor at a time (backpressure; >= 2 overlaps read and inference).
+        max_in_flight: Blocks queued on one actor at least (backpressure); the actor takes more when its
+            pipeline needs them (``readers + 1 + writers``); 1 runs one block at a time, stages in turn.
         max_restarts: Actor restarts after its process dies.
         max_task_retries: Retries of a block call whose actor died.
+        readers: Reader threads per actor (None: one per ``cpus_per_actor``, see
+            :meth:`~tiler.engine.executor.Stages.sized`).
+        writers: Writer threads per actor (None: one).
     """
 
     address: str | None = None
@@ -53,6 +60,20 @@ class RayOptions:
     max_in_flight: int = 2
     max_restarts: int = 3
     max_task_retries: int = 3
+    readers: int | None = None
+    writers: int | None = None
+
+    @property
+    def stages(self) -> Stages:
+        """The pipeline of each actor (reader and writer threads)."""
+        return Stages.sized(self.readers, self.writers, cpus=self.cpus_per_actor)
+
+    @property
+    def depth(self) -> int:
+        """Blocks queued on one actor at a time: enough for every stage, bounded so its memory stays flat."""
+        if self.max_in_flight <= 1:
+            return 1
+        return max(self.max_in_flight, self.stages.depth)
 
 
 def _check_reachable(address: str) -> None:
@@ -184,16 +205,16 @@ def pool_size(options: RayOptions) -> int:
 
 
 class ModelActor:
-    """One model actor: loads its model once, then runs block calls of any plan (possibly on two threads)."""
+    """One model actor: loads its model once, then runs block calls of any plan on its threads (a pipeline)."""
 
-    def __init__(self, model: ModelRef, threads: int | None) -> None:
+    def __init__(self, model: ModelRef, threads: int | None, stages: Stages | None = None) -> None:
         from tiler.engine.worker import ModelWorker
         from tiler.errors import TilerError
 
         self.worker: ModelWorker | None = None
         self.error: TilerError | None = None
         try:
-            self.worker = ModelWorker(model, threads=threads)
+            self.worker = ModelWorker(model, threads=threads, stages=stages)
         except TilerError as exc:  # kept, and raised by every call: a model that cannot load is not restarted
             self.error = exc
 
@@ -249,8 +270,8 @@ class RayExecutor:
 
     @property
     def depth(self) -> int:
-        """Blocks queued on one actor at a time."""
-        return max(1, self.options.max_in_flight)
+        """Blocks queued on one actor at a time (its ``max_concurrency``): see :attr:`RayOptions.depth`."""
+        return self.options.depth
 
     def slots(self) -> int:
         """Free block slots over all actors (0 before :meth:`start`)."""
@@ -285,7 +306,7 @@ class RayExecutor:
         )
         threads = options.threads or max(1, int(options.cpus_per_actor))
         # the model reference is small: passed inline so a restarted actor never depends on an object-store copy
-        self._actors = [actor_cls.remote(model, threads) for _ in range(size)]
+        self._actors = [actor_cls.remote(model, threads, options.stages) for _ in range(size)]
         self._busy = [0] * size
         self.model = model
 
@@ -370,7 +391,24 @@ class RayExecutor:
             num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor, max_restarts=options.max_restarts,
             max_task_retries=options.max_task_retries, max_concurrency=self.depth,
         )
-        self._actors[i] = actor_cls.remote(self.model, options.threads or max(1, int(options.cpus_per_actor)))
+        threads = options.threads or max(1, int(options.cpus_per_actor))
+        self._actors[i] = actor_cls.remote(self.model, threads, options.stages)
+
+    def finisher(self, workers: int) -> RayFinisher:
+        """Ray tasks finishing this run's inputs on CPU workers (:class:`RayFinisher`); ``workers`` is not a limit here.
+
+        Each step asks for one CPU when the cluster has CPUs beyond the pool's reservation, so it lands on a CPU
+        worker, never on a node with none (a head node started with ``--num-cpus 0``); on a machine whose CPUs
+        the pool holds (an embedded Ray on a laptop), it asks for none and shares them with the model actors.
+        Decided when a step is submitted, so the pool started (or resized) since is counted.
+        """
+        return RayFinisher(cpus=self._finish_cpus)
+
+    def _finish_cpus(self) -> float:
+        """CPUs one finishing step asks for: 1 when the cluster has a CPU the pool does not hold, else 0."""
+        connect(self.options.address)
+        reserved = len(self._actors) * self.options.cpus_per_actor
+        return 1.0 if float(ray.cluster_resources().get("CPU", 0)) - reserved >= 1 else 0.0
 
     def pids(self) -> list[int]:
         """Process ids of the actors (tests kill them)."""
@@ -391,3 +429,49 @@ class RayExecutor:
     def close(self) -> None:
         """Kill the pool; blocks in flight are abandoned."""
         self._kill()
+
+
+class RayFinisher:
+    """Finishing steps as Ray tasks (:class:`~tiler.engine.finishing.Finisher`): the driver only holds their refs.
+
+    A step whose worker dies is retried by Ray (a step rewrites whole files and records, so running it twice is
+    harmless); its error comes back as the step's own :class:`~tiler.errors.TilerError`.
+
+    Args:
+        cpus: CPUs each step asks for (0: none reserved, it shares the node's CPUs), or a function giving them
+            when a step is submitted.
+    """
+
+    def __init__(self, *, cpus: float | Callable[[], float] = 1.0) -> None:
+        self.cpus = cpus
+        self._tasks: dict[Any, Any] = {}
+
+    def submit(self, fn: Any, /, *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` as a Ray task."""
+        cpus = self.cpus() if callable(self.cpus) else self.cpus
+        task = self._tasks.get((fn, cpus))
+        if task is None:
+            task = self._tasks[(fn, cpus)] = ray.remote(fn).options(num_cpus=cpus, max_retries=2)
+        return _step_future(task.remote(*args))
+
+    def close(self) -> None:
+        """Nothing to stop: the steps' workers belong to Ray."""
+
+
+def _step_future(ref: Any) -> Future[Any]:
+    """A future of ``ref``'s value whose error is the step's own (a TilerError), not Ray's wrapper."""
+    out: Future[Any] = Future()
+
+    def settle(done: Future[Any]) -> None:
+        try:
+            out.set_result(done.result())
+        except ray.exceptions.RayTaskError as exc:
+            cause = _cause(exc)
+            error = cause if isinstance(cause, BaseException) else EngineError(f"a finishing step failed: {cause}")
+            out.set_exception(error)
+        except ray.exceptions.RayError as exc:
+            lost = str(exc).splitlines()[0]
+            out.set_exception(EngineError(f"a finishing step's worker was lost ({lost}); rerun the job to finish it"))
+
+    ref.future().add_done_callback(settle)
+    return out

@@ -52,7 +52,10 @@ class Job(Protocol):
         ...
 
     def finish(self) -> Any:
-        """Everything after the last block: check records, exports, scores, complete flag (on a finisher thread)."""
+        """Everything after the last block: check records, exports, scores, complete flag.
+
+        Called on a driver thread, which hands the work to worker processes and waits for it.
+        """
         ...
 
     def close(self) -> None:
@@ -116,13 +119,14 @@ def run_stream(
     on_open: Callable[[Job, Work], None] | None = None,
     on_record: Callable[[Job, BlockRecord], None] | None = None,
 ) -> Iterator[Outcome]:
-    """Run every job's blocks through ``executor`` and finish each job on a thread; yield outcomes as jobs end.
+    """Run every job's blocks through ``executor`` and finish each job beside it; yield outcomes as jobs end.
 
     Args:
         jobs: The jobs, consumed lazily (a huge manifest is never planned up front).
         executor: Where blocks run; it is not closed here.
         lookahead: Jobs opened ahead of the pool whose blocks are not all handed out yet.
-        finishers: Threads finishing jobs; no new job is opened while ``2 × finishers`` wait to be finished.
+        finishers: Jobs finished at once (a driver thread each, waiting on its steps); no new job is opened while
+            ``2 × finishers`` wait to be finished.
         on_open: Called on the driver with each job and its work once opened.
         on_record: Called on the driver with each block record as it arrives.
 

@@ -1,16 +1,18 @@
 """One block of work: read the region its tiles cover, skip empty tiles, predict in batches, blend.
 
 No Ray here: the in-process engine and the Ray actors both call these functions, so the two
-cannot drift. Reading (:func:`prepare_block`) is split from inference (:func:`infer_block`) so an
-actor can read the next block on a thread while the model runs on the current one.
+cannot drift. Reading (:func:`prepare_block`) and cutting the tiles into model batches
+(:func:`assemble_block`) are split from inference (:func:`infer_block`) so a worker's reader threads
+prepare the next blocks while the model runs on the current one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -37,6 +39,16 @@ class DevicePredict(Protocol):
         """Probabilities ``(N_i, C, *tile)`` float32 on :attr:`device` per batch, in order, owned by the caller."""
         ...
 
+
+@runtime_checkable
+class StagingPredict(DevicePredict, Protocol):
+    """A device model that normalises batches ahead, on any thread (:class:`tiler.model.TileRunner` is one)."""
+
+    def stage(self, tiles: np.ndarray) -> Any:
+        """Raw tiles ``(N, C_in, *tile)`` → a batch :meth:`stream` takes as it is (pinned host memory on CUDA)."""
+        ...
+
+
 ReadFn = Callable[[Window], np.ndarray]
 """Pixels of a window inside the image → ``(C_in, *window.shape)``."""
 MaskFn = Callable[[Window], "np.ndarray | None"]
@@ -52,6 +64,7 @@ class BlockStats:
     tiles_run: int = 0
     tiles_skipped: int = 0
     read_seconds: float = 0.0
+    assemble_seconds: float = 0.0
     infer_seconds: float = 0.0
     stitch_seconds: float = 0.0
 
@@ -68,6 +81,8 @@ class PreparedBlock:
         positions: Tile positions to run, in global grid order.
         stats: Counts and read time so far.
         started_at: Wall-clock time (``time.time()``) the block's read began.
+        batches: The model's batches ``(tile positions, batch (N, C_in, *tile))`` in global order, once
+            :func:`assemble_block` cut them (``pixels`` is dropped then); None: :func:`infer_block` cuts them.
     """
 
     block: Window
@@ -77,6 +92,7 @@ class PreparedBlock:
     positions: list[Shape]
     stats: BlockStats
     started_at: float = field(default_factory=time.time)
+    batches: list[tuple[list[Shape], Any]] | None = None
 
 
 def _pad_to_region(pixels: np.ndarray, inside: Window, region: Window, mode: PadMode) -> np.ndarray:
@@ -156,6 +172,34 @@ def iter_batches(prepared: PreparedBlock, grid: TileGrid, batch_size: int) -> It
         yield chunk, batch
 
 
+def assemble_block(
+    prepared: PreparedBlock, grid: TileGrid, *, batch_size: int, predict: Predict | DevicePredict
+) -> PreparedBlock:
+    """Cut a prepared block's tiles into the model's batches ahead of inference (on a reader thread).
+
+    The batches are those :func:`iter_batches` yields, in the same global order, so the block's sums do not
+    change. A :class:`StagingPredict` (the tile runner) normalises each batch here too, into pinned host
+    memory on CUDA, so the inference thread only sends it to the device and runs the model.
+
+    Args:
+        prepared: From :func:`prepare_block`.
+        grid: The global tile grid.
+        batch_size: Tiles per batch.
+        predict: The model the batches are for.
+
+    Returns:
+        ``prepared`` with :attr:`PreparedBlock.batches` set and its pixels released.
+    """
+    if prepared.batches is not None or not prepared.positions:
+        return prepared
+    t0 = time.perf_counter()
+    stage = predict.stage if isinstance(predict, StagingPredict) else None
+    batches = [(chunk, stage(batch) if stage is not None else batch)
+               for chunk, batch in iter_batches(prepared, grid, batch_size)]  # fmt: skip
+    prepared.stats.assemble_seconds += time.perf_counter() - t0
+    return dataclasses.replace(prepared, pixels=None, batches=batches)
+
+
 def _numpy_stream(predict: Predict, batches: Iterable[np.ndarray]) -> Iterator[tuple[torch.Tensor, bool]]:
     """A numpy predict function's outputs as CPU tensors sharing their memory, and whether they may be modified."""
     for batch in batches:
@@ -168,7 +212,7 @@ def _numpy_stream(predict: Predict, batches: Iterable[np.ndarray]) -> Iterator[t
         yield torch.from_numpy(probs), writeable
 
 
-def _device_stream(predict: DevicePredict, batches: Iterable[np.ndarray]) -> Iterator[tuple[torch.Tensor, bool]]:
+def _device_stream(predict: DevicePredict, batches: Iterable[Any]) -> Iterator[tuple[torch.Tensor, bool]]:
     for probs in predict.stream(batches):
         yield probs, True
 
@@ -195,7 +239,7 @@ def infer_block(
     ``stitch_seconds`` split the block's time only roughly (the final copy waits for the last kernels).
 
     Args:
-        prepared: From :func:`prepare_block`.
+        prepared: From :func:`prepare_block`, its batches cut ahead by :func:`assemble_block` or not.
         grid: The global tile grid.
         predict: The model, batch in, probabilities out.
         blender: Blend weights.
@@ -216,8 +260,9 @@ def infer_block(
     if prepared.positions:
         chunks: list[list[Shape]] = []  # the stream reads one batch ahead: positions queue here in order
 
-        def inputs() -> Iterator[np.ndarray]:
-            for chunk, batch in iter_batches(prepared, grid, batch_size):
+        def inputs() -> Iterator[Any]:
+            assembled = prepared.batches if prepared.batches is not None else iter_batches(prepared, grid, batch_size)
+            for chunk, batch in assembled:
                 chunks.append(chunk)
                 yield batch
 

@@ -6,6 +6,10 @@ final move is a rename), flushed to disk, then moved into place. Temporary names
 so :func:`clean_temporaries` can remove the leftovers of a killed writer without touching a live one's, and
 the final name's suffix (``.nii.gz``, ``.png``) is kept for libraries that pick a format from it.
 
+Every writer takes an optional ``before_move(tmp, final)`` hook, called once the temporary is complete and
+fsynced and just before it is moved onto ``final``: the output store records there what it is about to move
+in (its :func:`content_digest`), so a job killed right after the move still knows the file as its own.
+
 >>> import tempfile
 >>> folder = Path(tempfile.mkdtemp())
 >>> with atomic_file(folder / "a.txt", "w") as f:
@@ -24,7 +28,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +38,10 @@ TMP_PREFIX = ".tiler-tmp-"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
 LOW_SPACE = 64 * 2**20
+_READ_SIZE = 2**20
+
+BeforeMove = Callable[[Path, Path], None]
+"""Called as ``before_move(temporary, final)`` once a write is complete and fsynced, just before the move."""
 
 
 def host_tag() -> str:
@@ -111,6 +119,57 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` (deepest first), then ``folder`` itself."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = Path(root) / name
+            if not path.is_symlink():
+                _fsync_file(path)
+        fsync_dir(root)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """A digest of the file or folder at ``path``: ``sha256:<hex>``, the same for a temporary and its final name.
+
+    A file: the sha256 of its bytes. A folder: the sha256 of one line per entry below it, sorted by path
+    relative to it, ``<relative path> <size> <sha256 of the bytes>`` for a file and ``<relative path> -> <target>``
+    for a link (so a renamed, resized, edited, added or removed file all change it; empty folders do not).
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.txt").write_text("whole")
+    >>> content_digest(folder / "a.txt") == "sha256:" + hashlib.sha256(b"whole").hexdigest()
+    True
+
+    Raises:
+        OSError: ``path`` or a file below it cannot be read.
+    """
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return f"sha256:{_file_sha256(path)}"
+    lines: list[str] = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            entry = Path(root) / name
+            rel = entry.relative_to(path).as_posix()
+            if entry.is_symlink():
+                lines.append(f"{rel} -> {os.readlink(entry)}")
+            else:
+                lines.append(f"{rel} {entry.stat().st_size} {_file_sha256(entry)}")
+    listing = "\n".join(sorted(lines)).encode()
+    return f"sha256:{hashlib.sha256(listing).hexdigest()}"
+
+
 @contextlib.contextmanager
 def _removed_on_failure(tmp: Path, final: Path, what: str) -> Iterator[None]:
     """Remove the temporary ``tmp`` when the block fails; an OSError becomes the OutputError naming ``final``."""
@@ -124,12 +183,15 @@ def _removed_on_failure(tmp: Path, final: Path, what: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str], *, what: str = "write") -> Iterator[Path]:
+def atomic_path(
+    final: str | os.PathLike[str], *, what: str = "write", before_move: BeforeMove | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside ``final`` for a writer that takes a file name; move it into place on success.
 
     The file is fsynced and ``os.replace``-d onto ``final`` (replacing a file there) when the block ends without
-    an exception. On any exception the temporary is removed and nothing appears at ``final``; an OSError
-    (disk full, permission) becomes an :class:`OutputError` naming ``final`` and the fix.
+    an exception; ``before_move(tmp, final)`` runs between the two. On any exception (the hook's included) the
+    temporary is removed and nothing appears at ``final``; an OSError (disk full, permission) becomes an
+    :class:`OutputError` naming ``final`` and the fix.
     """
     final = Path(final)
     tmp = temp_path(final)
@@ -138,16 +200,23 @@ def atomic_path(final: str | os.PathLike[str], *, what: str = "write") -> Iterat
         if not tmp.is_file():
             raise OutputError(f"writing {final} produced no file (expected the temporary {tmp.name}).")
         _fsync_file(tmp)
+        if before_move is not None:
+            before_move(tmp, final)
         os.replace(tmp, final)
         fsync_dir(final.parent)
 
 
 @contextlib.contextmanager
-def atomic_file(final: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Yield an open file (``"w"`` or ``"wb"``) whose content appears at ``final`` only when the block succeeds."""
+def atomic_file(
+    final: str | os.PathLike[str], mode: str = "wb", *, before_move: BeforeMove | None = None
+) -> Iterator[IO[Any]]:
+    """Yield an open file (``"w"`` or ``"wb"``) whose content appears at ``final`` only when the block succeeds.
+
+    ``before_move``: see :func:`atomic_path`.
+    """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_file mode={mode!r}; use 'w' or 'wb'.")
-    with atomic_path(final) as tmp:
+    with atomic_path(final, before_move=before_move) as tmp:
         try:
             f = open(tmp, mode)
         except OSError as exc:
@@ -158,9 +227,11 @@ def atomic_file(final: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             os.fsync(f.fileno())
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_file(path, "wb") as f:
+def write_bytes_atomic(
+    path: str | os.PathLike[str], data: bytes, *, before_move: BeforeMove | None = None
+) -> None:
+    """Write ``data`` to ``path`` atomically (``before_move``: see :func:`atomic_path`)."""
+    with atomic_file(path, "wb", before_move=before_move) as f:
         f.write(data)
 
 
@@ -171,7 +242,13 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any], 
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike[str], *, replace: bool = False, what: str = "write") -> Iterator[Path]:
+def atomic_dir(
+    final: str | os.PathLike[str],
+    *,
+    replace: bool = False,
+    what: str = "write",
+    before_move: BeforeMove | None = None,
+) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; rename it to ``final`` when the block succeeds.
 
     Args:
@@ -180,6 +257,8 @@ def atomic_dir(final: str | os.PathLike[str], *, replace: bool = False, what: st
             then the old one deleted). Without it, a ``final`` that exists (or appears while the block runs) is
             refused with OutputError and left untouched.
         what: The verb for error messages.
+        before_move: Called as ``before_move(tmp, final)`` once the folder is complete, just before the move;
+            with it every file below the folder is fsynced first (the hook may vouch for their content).
 
     Raises:
         OutputError: ``final`` exists (without ``replace``), or an OS error (disk full, permission).
@@ -198,6 +277,9 @@ def atomic_dir(final: str | os.PathLike[str], *, replace: bool = False, what: st
         raise output_error(final, exc, what=what) from exc
     with _removed_on_failure(tmp, final, what):
         yield tmp
+        if before_move is not None:
+            _fsync_tree(tmp)
+            before_move(tmp, final)
         _move_dir_into_place(tmp, final, replace=replace)
 
 

@@ -10,7 +10,9 @@ Every export streams the labels window by window (or slab by slab); none holds t
 Every export appears whole or not at all: it is written under a temporary name in the destination folder and
 moved into place (:mod:`tiler.io.atomic`); a failure (disk full, a killed GDAL copy) leaves nothing at the final
 path and no temporary behind. Labels are read through :meth:`OutputStore.read`, so a corrupt chunk stops the
-export with an error instead of exporting wrong pixels.
+export with an error instead of exporting wrong pixels. Every writer takes ``before_move(tmp, final)``, called for
+each of its files (sidecars included) once complete, just before its move: the output store's
+:meth:`~tiler.io.store.OutputStore.intent_recorder` records there what is about to appear.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from rasterio.io import MemoryFile
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition, Window
 from tiler.io.atomic import (
+    BeforeMove,
     atomic_dir,
     atomic_path,
     clean_temporaries,
@@ -89,7 +92,11 @@ def _write_errors(out_path: Path, what: str) -> Iterator[None]:
 
 
 def export_cog(
-    store: OutputStore, out_path: str | os.PathLike[str], *, reference: Reader | Georef | None = None
+    store: OutputStore,
+    out_path: str | os.PathLike[str],
+    *,
+    reference: Reader | Georef | None = None,
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write the labels as a Cloud-Optimised GeoTIFF that drops onto the input (same CRS and transform).
 
@@ -104,6 +111,7 @@ def export_cog(
         store: A 2D output store.
         out_path: The ``.tif`` to write.
         reference: The input reader or its georef (default: the georef stored in ``store``).
+        before_move: Called as ``before_move(tmp, final)`` for the COG and its ``.aux.xml`` before each move.
 
     """
     out_path = Path(out_path)
@@ -150,7 +158,7 @@ def export_cog(
             source_name = stack.enter_context(temporary_dir(out_path.parent, label="cog")) / "labels.tif"
             with rasterio.open(source_name, "w", **profile, compress="lzw") as dst:
                 fill(dst)
-        with atomic_path(out_path, what="write the COG") as cog_tmp:
+        with atomic_path(out_path, what="write the COG", before_move=before_move) as cog_tmp:
             rasterio.shutil.copy(
                 source_name,
                 cog_tmp,
@@ -162,7 +170,7 @@ def export_cog(
                 BIGTIFF="IF_SAFER",
             )
             cog_tmp.with_name(cog_tmp.name + ".aux.xml").unlink(missing_ok=True)  # GDAL's own; ours replaces it
-    write_class_table_aux(aux_path(out_path), store.class_names, store.class_colors)
+    write_class_table_aux(aux_path(out_path), store.class_names, store.class_colors, before_move=before_move)
     return out_path
 
 
@@ -178,7 +186,11 @@ _GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = 2, 5, 6, 7
 
 
 def write_class_table_aux(
-    path: str | os.PathLike[str], names: Sequence[str], colors: Sequence[Sequence[int]]
+    path: str | os.PathLike[str],
+    names: Sequence[str],
+    colors: Sequence[Sequence[int]],
+    *,
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write a GDAL PAM file (``.aux.xml``) giving band 1 category names and a thematic raster attribute table.
 
@@ -207,18 +219,23 @@ def write_class_table_aux(
         for value in (k, name, *(int(v) for v in color[:3]), 255):
             ET.SubElement(row, "F").text = str(value)
     ET.indent(root)
-    write_bytes_atomic(path, ET.tostring(root, encoding="utf-8") + b"\n")
+    write_bytes_atomic(path, ET.tostring(root, encoding="utf-8") + b"\n", before_move=before_move)
     return Path(path)
 
 
 def export_nifti(
-    store: OutputStore, out_path: str | os.PathLike[str], *, reference: Reader | Georef | None = None
+    store: OutputStore,
+    out_path: str | os.PathLike[str],
+    *,
+    reference: Reader | Georef | None = None,
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write 3D labels as NIfTI with the input's affine, slab by slab (uint8, or uint16 past 255 classes).
 
     The class names and colours go beside it (:func:`label_table_paths`): ``<name>.ctbl``, a 3D Slicer colour
     table (load it, then load the NIfTI as a LabelMap with that colour table), and ``<name>.itksnap.txt``, an
-    ITK-SNAP label description file (Segmentation > Import Label Descriptions).
+    ITK-SNAP label description file (Segmentation > Import Label Descriptions). ``before_move(tmp, final)`` is
+    called for the NIfTI and each table before its move.
     """
     out_path = Path(out_path)
     _check_writable(out_path)
@@ -234,11 +251,12 @@ def export_nifti(
     depth, height, width = store.shape
     slab = store.write_unit[0]
     slabs = (store.read(window) for window in BlockPartition(store.shape, (slab, height, width)))
-    with atomic_path(out_path, what="write the NIfTI") as tmp:
+    with atomic_path(out_path, what="write the NIfTI", before_move=before_move) as tmp:
         write_nifti_slabs(tmp, store.shape, dtype=store.labels.dtype, affine=affine, slabs=slabs)
     tables = label_table_paths(out_path)
-    write_slicer_ctbl(tables["ctbl"], store.class_names, store.class_colors, nodata_label=store.nodata_label)
-    write_itksnap_labels(tables["itksnap"], store.class_names, store.class_colors, nodata_label=store.nodata_label)
+    names, colors, nodata = store.class_names, store.class_colors, store.nodata_label
+    write_slicer_ctbl(tables["ctbl"], names, colors, nodata_label=nodata, before_move=before_move)
+    write_itksnap_labels(tables["itksnap"], names, colors, nodata_label=nodata, before_move=before_move)
     return out_path
 
 
@@ -274,7 +292,12 @@ def _table_rows(
 
 
 def write_slicer_ctbl(
-    path: str | os.PathLike[str], names: Sequence[str], colors: Sequence[Sequence[int]], *, nodata_label: int
+    path: str | os.PathLike[str],
+    names: Sequence[str],
+    colors: Sequence[Sequence[int]],
+    *,
+    nodata_label: int,
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write a 3D Slicer colour table: ``# Color table file`` then ``index name R G B A`` per label.
 
@@ -283,12 +306,17 @@ def write_slicer_ctbl(
     rows = _table_rows(names, colors, nodata_label)
     lines = [f"# Color table file {Path(path).name}", f"# {len(rows)} values"]
     lines += [f"{k} {'_'.join(n.split()) or f'class_{k}'} {r} {g} {b} {a}" for k, n, (r, g, b), a in rows]
-    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode(), before_move=before_move)
     return Path(path)
 
 
 def write_itksnap_labels(
-    path: str | os.PathLike[str], names: Sequence[str], colors: Sequence[Sequence[int]], *, nodata_label: int
+    path: str | os.PathLike[str],
+    names: Sequence[str],
+    colors: Sequence[Sequence[int]],
+    *,
+    nodata_label: int,
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write an ITK-SNAP label description file: ``IDX R G B A VIS MSH "LABEL"`` per label (A in 0..1)."""
     lines = [
@@ -302,7 +330,7 @@ def write_itksnap_labels(
         visible = int(a > 0)
         label = name.replace('"', "'")
         lines.append(f'{k:5d} {r:5d} {g:4d} {b:4d} {a / 255:8.2f} {visible:2d} {visible:2d}    "{label}"')
-    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode(), before_move=before_move)
     return Path(path)
 
 
@@ -318,7 +346,12 @@ def _downsample_levels(shape: Sequence[int], *, min_size: int = 256, max_levels:
 
 
 def export_ome_zarr(
-    store: OutputStore, out_path: str | os.PathLike[str], *, reader: Reader, name: str = "classes"
+    store: OutputStore,
+    out_path: str | os.PathLike[str],
+    *,
+    reader: Reader,
+    name: str = "classes",
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write an OME-Zarr 0.5 image of the input with the labels under it: the path to open in napari.
 
@@ -334,6 +367,7 @@ def export_ome_zarr(
         out_path: The ``.ome.zarr`` folder to write (an earlier OME-Zarr export there is replaced).
         reader: The input the store was made from (its pixels make the image).
         name: The labels' name under ``labels/``.
+        before_move: Called as ``before_move(tmp, final)`` with the complete folder, just before it is moved in.
 
     """
     out_path = Path(out_path)
@@ -354,7 +388,10 @@ def export_ome_zarr(
         )
     _check_writable(out_path)
     what = "write OME-Zarr at"
-    with _write_errors(out_path, what), atomic_dir(out_path, replace=replace, what=what) as tmp:
+    with (
+        _write_errors(out_path, what),
+        atomic_dir(out_path, replace=replace, what=what, before_move=before_move) as tmp,
+    ):
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         channels = reader.channels
         lead = ["c"] if channels > 1 else []
@@ -507,6 +544,7 @@ def write_quicklook(
     reader: Reader | None = None,
     max_size: int = 1024,
     alpha: float = 0.5,
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write a PNG of the labels (class colours, nodata transparent), over the input if given, with a legend.
 
@@ -516,6 +554,7 @@ def write_quicklook(
     the legend (a colour swatch and name per class) to its right. 3D: the three orthogonal
     middle slices (planes z, y and x through the volume's centre) side by side, each titled, drawn with the
     voxel spacing's aspect and scaled so the largest is :data:`QUICKLOOK_PANEL` pixels long; then the legend.
+    ``before_move(tmp, final)`` is called with the complete PNG just before it is moved in.
     """
     from PIL import Image
 
@@ -526,7 +565,7 @@ def write_quicklook(
     else:
         picture = Image.fromarray(_plane_quicklook(store, reader, max_size=max_size, alpha=alpha), mode="RGBA")
     picture = _with_legend(picture, store.class_names, store.class_colors)
-    with atomic_path(png_path, what="write the quicklook") as tmp:
+    with atomic_path(png_path, what="write the quicklook", before_move=before_move) as tmp:
         picture.save(tmp, format="PNG")
     return png_path
 

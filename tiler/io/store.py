@@ -17,7 +17,12 @@ Layout of ``<parent>/``::
     <name>/.tiler/blocks/<key>.json   one record per finished block: its window, the chunk files it wrote and a
                                   digest of its labels (atomic JSON)
     <name>/.tiler/exports/<n>.json    one record per finished export: its path, the ``job_hash`` of the finishing
-                                  that last listed it, the ``settings`` it was drawn with (polygon settings)
+                                  that last listed it, the ``settings`` it was drawn with (polygon settings),
+                                  the ``digest`` of its content and the ``pid`` and ``host`` that recorded it
+    <name>/.tiler/intents/<f>.json    one record per export file about to be moved into place (its final path and
+                                  the digest of the complete temporary), written just before the move and
+                                  removed once the export is recorded: a job killed in between still knows
+                                  the file as its own (:meth:`OutputStore.wrote`)
 
 The store proves itself: every chunk carries a crc32c checksum (a flipped bit is an error on read, never a
 wrong pixel), every chunk a block covers is written even when it holds only the fill value (so a missing chunk
@@ -33,12 +38,15 @@ write leaves whole chunks, old or new; the block has no record yet and is recomp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import time
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,7 +57,14 @@ import zarr.codecs
 import tiler
 from tiler.errors import GeometryError, OutputError
 from tiler.geometry import Window
-from tiler.io.atomic import atomic_dir, clean_temporaries, output_error, pid_alive, write_json_atomic
+from tiler.io.atomic import (
+    atomic_dir,
+    clean_temporaries,
+    content_digest,
+    output_error,
+    pid_alive,
+    write_json_atomic,
+)
 from tiler.io.base import Georef
 from tiler.io.lock import acquire_store_lock, check_not_locked, lock_path_for, release_store_lock, store_lock
 from tiler.labels import labels_dtype
@@ -58,7 +73,9 @@ from tiler.palette import default_colors
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
 
-__all__ = ["OutputStore", "StoreWarning", "labels_digest", "lock_path_for", "pid_alive", "store_lock"]
+__all__ = [
+    "IntentRecorder", "OutputStore", "StoreWarning", "labels_digest", "lock_path_for", "pid_alive", "store_lock",
+]
 
 PROBABILITY_DTYPES = {"float16": np.float16, "uint8": np.uint8, "float32": np.float32}
 STATE_DIR = ".tiler"
@@ -652,6 +669,7 @@ class OutputStore:
                 removed += 1
         for file in self._exports_dir.glob("*.json") if self._exports_dir.is_dir() else []:
             file.unlink(missing_ok=True)
+        self.clear_export_intents()
         self.clear_complete()
         return removed
 
@@ -677,12 +695,92 @@ class OutputStore:
             self._exports_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise output_error(self._exports_dir, exc, what="record exports in") from exc
-        payload: dict[str, Any] = {"key": name, "path": str(Path(path).resolve()), "time": time.time()}
+        final = str(Path(path).resolve())
+        payload: dict[str, Any] = {"key": name, "path": final, "time": time.time(), **_writer()}
         if job_hash is not None:
             payload["job_hash"] = job_hash
         if settings:
             payload["settings"] = dict(settings)
+        digest = self._known_digest(name, final)
+        if digest is not None:
+            payload["digest"] = digest
         write_json_atomic(self._exports_dir / f"{_safe_key(name)}.json", payload)
+        _intent_file(self.path, final).unlink(missing_ok=True)  # the record vouches for the file from here on
+
+    def _known_digest(self, name: str, final: str) -> str | None:
+        """The digest of the file at ``final``: its intent's, else the one ``name``'s standing record keeps."""
+        intent = self._read_intent(final)
+        if intent is not None:
+            return str(intent["digest"])
+        file = self._exports_dir / f"{_safe_key(name)}.json"
+        try:
+            rec = _read_json(file)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(rec, dict) or rec.get("path") != final or rec.get("replacing"):
+            return None
+        return str(rec["digest"]) if isinstance(rec.get("digest"), str) else None
+
+    # -- export intents --------------------------------------------------------------------------------
+    @property
+    def _intents_dir(self) -> Path:
+        return self.path / STATE_DIR / "intents"
+
+    def _read_intent(self, final: str) -> dict[str, Any] | None:
+        try:
+            rec = _read_json(_intent_file(self.path, final))
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(rec, dict) and rec.get("path") == final and isinstance(rec.get("digest"), str)
+        return rec if ok else None
+
+    def record_export_intent(self, path: str | os.PathLike[str], digest: str) -> None:
+        """Record that a file with ``digest`` (:func:`~tiler.io.atomic.content_digest`) is about to appear at ``path``.
+
+        Call just before the complete temporary is moved onto ``path`` (:meth:`intent_recorder` makes the hook
+        the writers take); :meth:`record_export` of that path removes the intent again. A job killed in between
+        leaves the intent, by which a rerun knows the file as its own while its digest still matches.
+        """
+        _write_intent(self.path, path, digest)
+
+    def intent_recorder(self) -> IntentRecorder:
+        """The ``before_move(tmp, final)`` hook for export writers: digests ``tmp``, records the intent for ``final``.
+
+        >>> # export_cog(store, path, reference=reader, before_move=store.intent_recorder())
+        """
+        return IntentRecorder(self.path)
+
+    def export_intents(self) -> dict[str, dict[str, Any]]:
+        """Every readable export intent, by its final path (resolved); unreadable ones are skipped with a warning."""
+        return {
+            str(rec["path"]): rec
+            for rec in self._read_records(self._intents_dir, "export intent")
+            if isinstance(rec.get("path"), str) and isinstance(rec.get("digest"), str)
+        }
+
+    def wrote(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the file (or folder) now at ``path`` is one this store's finishing wrote, so a rerun may replace it.
+
+        Yes for a path an export record names (whatever its state), and for a path with an export intent whose
+        digest equals the content there now (a job killed between moving the file in and recording it). A file
+        whose content differs from its intent was put there by someone else and is not the store's.
+        """
+        real = os.path.realpath(path)
+        records = self.export_records().values()
+        if any(isinstance(r.get("path"), str) and os.path.realpath(r["path"]) == real for r in records):
+            return True
+        intent = next((r for p, r in self.export_intents().items() if os.path.realpath(p) == real), None)
+        if intent is None or not os.path.lexists(real):
+            return False
+        try:
+            return content_digest(real) == intent["digest"]
+        except OSError:
+            return False
+
+    def clear_export_intents(self) -> None:
+        """Forget every export intent (the files they vouch for are no longer this store's to replace)."""
+        for file in self._intents_dir.glob("*.json") if self._intents_dir.is_dir() else []:
+            file.unlink(missing_ok=True)
 
     def retire_exports(self, names: Sequence[str]) -> None:
         """Mark the records of ``names`` as being replaced; call before their files are written again.
@@ -827,6 +925,43 @@ def _build_group(
         arr[...] = values
     for sub in ("blocks", "exports"):
         (root / STATE_DIR / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _writer() -> dict[str, Any]:
+    """Who writes a record: this process's ``pid`` and ``host``."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _intent_file(store: Path, final: str) -> Path:
+    """The intent record of the resolved path ``final``: its file-safe name, then a short hash of the whole path."""
+    tag = hashlib.sha1(final.encode()).hexdigest()[:10]
+    return store / STATE_DIR / "intents" / f"{_safe_key(Path(final).name)}-{tag}.json"
+
+
+def _write_intent(store: Path, path: str | os.PathLike[str], digest: str) -> None:
+    """Write the intent record of ``path`` in the store at ``store`` (see :meth:`OutputStore.record_export_intent`)."""
+    final = str(Path(path).resolve())
+    file = _intent_file(store, final)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(file.parent, exc, what="record export intents in") from exc
+    write_json_atomic(file, {"path": final, "digest": digest, "time": time.time(), **_writer()})
+
+
+@dataclass(frozen=True)
+class IntentRecorder:
+    """The ``before_move(tmp, final)`` hook of export writers for the store at ``store`` (picklable).
+
+    Digests the complete temporary (:func:`~tiler.io.atomic.content_digest`) and records it as the intent for
+    ``final`` (:meth:`OutputStore.record_export_intent`), before the writer moves it into place.
+    """
+
+    store: Path
+
+    def __call__(self, tmp: Path, final: Path) -> None:
+        """Record the intent for ``final`` with the digest of ``tmp``."""
+        _write_intent(self.store, final, content_digest(tmp))
 
 
 TRANSFORM_ORDER = "a b c d e f: x = a*col + b*row + c, y = d*col + e*row + f (GDAL GeoTransform: c a b f d e)"

@@ -28,7 +28,7 @@ import numpy as np
 
 from tiler.errors import OutputError
 from tiler.geometry import Window
-from tiler.io.atomic import atomic_file, atomic_path
+from tiler.io.atomic import BeforeMove, atomic_file, atomic_path
 from tiler.io.base import Georef, Reader
 from tiler.io.classes import foreground_classes, pixel_measure
 
@@ -257,12 +257,14 @@ def export_geojson(
     classes: Sequence[str] | None = None,
     min_pixels: float = 0,
     stats: VectorStats | None = None,
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write the class polygons as a GeoJSON FeatureCollection in the raster's CRS, streamed feature by feature.
 
     A CRS with an authority code is named in the ``crs`` member (what GDAL/QGIS read; RFC 7946 readers assume
     WGS 84, so reproject with ``ogr2ogr -t_srs EPSG:4326`` for web maps). Properties: ``class_id``,
     ``class_name``, ``color``, ``pixels`` and the area (``area_m2`` for projected rasters).
+    ``before_move(tmp, final)`` is called with the complete file just before it is moved in.
     """
     out_path = Path(out_path)
     georef = _georef_of(store, reference)
@@ -273,7 +275,7 @@ def export_geojson(
     if crs is not None:
         header["crs"] = crs
     polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
-    with atomic_file(out_path, "w") as f:
+    with atomic_file(out_path, "w", before_move=before_move) as f:
         f.write(json.dumps(header)[:-1] + ', "features": [\n')
         for n, (k, poly) in enumerate(polygons):
             geometry = _world(poly, matrix).__geo_interface__
@@ -299,11 +301,13 @@ def export_geoparquet(
     classes: Sequence[str] | None = None,
     min_pixels: float = 0,
     stats: VectorStats | None = None,
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write the class polygons as GeoParquet 1.1 (WKB, the raster's CRS as PROJJSON), in row groups.
 
     Columns: ``class_id``, ``class_name``, ``color``, ``pixels``, the area when known (``area_m2``) and
     ``geometry``. Rows are written :data:`PARQUET_BATCH` at a time, so memory stays bounded.
+    ``before_move(tmp, final)`` is called with the complete file just before it is moved in.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -327,7 +331,10 @@ def export_geoparquet(
     }
     schema = pa.schema(fields, metadata={b"geo": json.dumps(geo).encode()})
     polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
-    with atomic_path(out_path, what="write the GeoParquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with (
+        atomic_path(out_path, what="write the GeoParquet", before_move=before_move) as tmp,
+        pq.ParquetWriter(tmp, schema) as writer,
+    ):
         rows: list[dict[str, Any]] = []
         geoms: list[Any] = []
 
@@ -375,12 +382,14 @@ def export_qupath(
     classes: Sequence[str] | None = None,
     min_pixels: float = 0,
     stats: VectorStats | None = None,
+    before_move: BeforeMove | None = None,
 ) -> Path:
     """Write the class polygons as GeoJSON annotations QuPath imports (File > Import objects, or drag the file).
 
     A FeatureCollection in level-0 pixel coordinates of the slide (``reference``, the reader the output was
     made from, gives the level's downsample); each feature is ``{"type": "Feature", "id", "geometry",
     "properties": {"objectType": "annotation", "classification": {"name", "color": [r, g, b]}}}``.
+    ``before_move(tmp, final)`` is called with the complete file just before it is moved in.
     """
     out_path = Path(out_path)
     sx, sy = level0_scale(store, reference)
@@ -389,7 +398,7 @@ def export_qupath(
     polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
     from shapely import affinity
 
-    with atomic_file(out_path, "w") as f:
+    with atomic_file(out_path, "w", before_move=before_move) as f:
         f.write('{"type": "FeatureCollection", "features": [\n')
         for n, (k, poly) in enumerate(polygons):
             item = {

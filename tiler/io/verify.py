@@ -8,7 +8,10 @@ same config to recompute exactly those blocks.
 
 The report names the store's two hashes: ``pixels_hash`` (what its arrays hold) and, when complete,
 ``job_hash`` (the config hash of the finishing that wrote its exports and reports). Exports recorded by
-an earlier finishing and not listed by the last one are noted, never counted as problems.
+an earlier finishing and not listed by the last one are noted, never counted as problems. An export file
+whose content no longer has the digest the store recorded for it (in its export record, or in the intent written
+just before a killed job moved it into place) is a ``changed-export``: someone replaced it, so a rerun will not
+touch it until it is moved away. An intent whose file still matches is noted: the rerun records it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tiler.errors import OutputError
-from tiler.io.atomic import TMP_PREFIX
+from tiler.io.atomic import TMP_PREFIX, content_digest
 from tiler.io.store import OutputStore, StoreWarning
 
 __all__ = ["Problem", "VerifyReport", "verify_store"]
@@ -32,8 +35,8 @@ class Problem:
     """One thing wrong with a store.
 
     Attributes:
-        kind: ``missing-chunk``, ``corrupt-chunk``, ``bad-record``, ``digest-mismatch``, ``incomplete-complete``
-            or ``missing-export``.
+        kind: ``missing-chunk``, ``corrupt-chunk``, ``bad-record``, ``digest-mismatch``, ``incomplete-complete``,
+            ``missing-export`` or ``changed-export``.
         where: The chunk (``labels/c/0/1``), record file or export it concerns, relative to the store when inside it.
         block: Key of the block that owns it, when known.
         detail: What was found.
@@ -139,6 +142,7 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
         _check_chunks(store, name, owner, report)
     _check_digests(store, records, report)
     _check_complete(store, records, report)
+    _check_intents(store, report)
     _note_leftovers(store, report)
     return report
 
@@ -257,6 +261,43 @@ def _check_complete(store: OutputStore, records: Mapping[str, Mapping[str, Any]]
         if not os.path.lexists(where):
             detail = f"export {name!r} is recorded as done; its file is gone"
             report.problems.append(Problem("missing-export", where, None, detail))
+        elif isinstance(rec.get("digest"), str):
+            _check_export_digest(where, rec["digest"], f"export {name!r} was recorded", report)
+
+
+def _check_export_digest(where: str, recorded: str, what: str, report: VerifyReport) -> bool:
+    """Add a ``changed-export`` problem when the file at ``where`` no longer has digest ``recorded``; True if it has."""
+    try:
+        found = content_digest(where)
+    except OSError as exc:
+        found = f"unreadable ({exc})"
+    if found == recorded:
+        return True
+    detail = (
+        f"{what} with digest {recorded} but the file there now is {found}: someone replaced it. Move it away "
+        f"and rerun the job to write it again."
+    )
+    report.problems.append(Problem("changed-export", where, None, detail))
+    return False
+
+
+def _check_intents(store: OutputStore, report: VerifyReport) -> None:
+    """Export files a killed job moved into place before recording them: fine while their digest matches."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreWarning)
+        intents = store.export_intents()
+    _add_bad_records(store, caught, report, blocks=False)
+    pending = []
+    for where, intent in sorted(intents.items()):
+        if not os.path.lexists(where):
+            continue  # killed before the move: nothing there to vouch for
+        if _check_export_digest(where, intent["digest"], "a job moved it into place", report):
+            pending.append(where)
+    if pending:
+        report.notes.append(
+            f"{len(pending)} export file(s) moved into place by a job that stopped before recording them (first: "
+            f"{pending[0]}); they are the store's own and a rerun records them."
+        )
 
 
 def _note_leftovers(store: OutputStore, report: VerifyReport) -> None:

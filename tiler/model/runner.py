@@ -8,6 +8,8 @@ The probabilities can stay on the device (:meth:`TileRunner.predict_tensor`, :me
 for a device accumulator to blend; ``runner(tiles)`` returns numpy for everyone else. On CUDA the input
 goes through two reused pinned host buffers and a side stream: batch ``i + 1`` is normalised on the host
 and copied while the GPU computes batch ``i``. On CPU the same code runs with plain buffers and no copy.
+A caller with threads of its own normalises batches ahead with :meth:`TileRunner.stage` (any thread, a
+pinned buffer per batch on CUDA) and hands :meth:`TileRunner.stream` the :class:`HostBatch` it returns.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from tiler.errors import ModelError
 from tiler.model.checkpoint import LoadedModel
 
-__all__ = ["MEMORY_FORMATS", "PRECISIONS", "TileRunner", "resolve_device"]
+__all__ = ["MEMORY_FORMATS", "PRECISIONS", "HostBatch", "TileRunner", "resolve_device"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
@@ -71,6 +73,20 @@ def _flip_sets(tta_flips: Sequence[int | Sequence[int]], spatial_dims: int) -> l
     return sets
 
 
+@dataclass(frozen=True)
+class HostBatch:
+    """A batch already normalised on the host by :meth:`TileRunner.stage`, ready to be sent to the device.
+
+    Attributes:
+        tensor: float32 ``(N, C, *S)`` in host memory, pinned when the runner's device is CUDA; owned by the batch.
+    """
+
+    tensor: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.tensor.shape[0])
+
+
 @dataclass
 class _Staged:
     """A batch on its way to the device: the device tensor and the event its copy records (CUDA only)."""
@@ -106,15 +122,20 @@ class _HostStage:
             self._buffers[slot] = buf
         return slot, buf[: shape[0]]
 
-    def send(self, slot: int, host: torch.Tensor) -> _Staged:
-        """Start the copy of ``host`` (from :meth:`buffer`) to the device; on CPU it is used in place."""
+    def send(self, slot: int | None, host: torch.Tensor) -> _Staged:
+        """Start the copy of ``host`` to the device; on CPU it is used in place.
+
+        ``host`` is the buffer of ``slot`` (from :meth:`buffer`), or with ``slot=None`` a tensor of its own (a
+        :class:`HostBatch`): torch's pinned-memory allocator keeps that memory until the copy has finished.
+        """
         if self._stream is None:
             return _Staged(host, None)
         with torch.cuda.stream(self._stream):
             dev = host.to(self.device, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record(self._stream)
-        self._done[slot] = ready
+        if slot is not None:
+            self._done[slot] = ready
         return _Staged(dev, ready)
 
     def receive(self, staged: _Staged) -> torch.Tensor:
@@ -237,11 +258,29 @@ class TileRunner:
             return torch.empty((0, self.num_classes, *x.shape[2:]), dtype=torch.float32, device=self.device)
         return torch.cat(parts)
 
-    def stream(self, batches: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
+    def stage(self, tiles: np.ndarray) -> HostBatch:
+        """Normalise raw tiles into a new float32 host tensor (pinned on CUDA), ready for :meth:`stream`.
+
+        Safe from any thread, beside a running :meth:`stream` (no buffer is shared): the engine's reader threads
+        assemble the next blocks' batches with it while the inference thread runs the model.
+
+        Args:
+            tiles: Raw tiles ``(N, C, *S)`` (any numeric dtype).
+
+        Returns:
+            The normalised batch, exactly what :meth:`stream` would compute from ``tiles``.
+        """
+        x = self._check(tiles)
+        host = torch.empty(x.shape, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        self.model.normalization.apply(x, spatial_dims=x.ndim - 2, out=host.numpy())
+        return HostBatch(host)
+
+    def stream(self, batches: Iterable[np.ndarray | HostBatch]) -> Iterator[torch.Tensor]:
         """Probabilities on the device for each batch, in order, staging the next batch while this one runs.
 
         Args:
-            batches: Raw tile batches ``(N_i, C, *S)``; pulled one ahead of the batch being computed.
+            batches: Raw tile batches ``(N_i, C, *S)``, or batches :meth:`stage` normalised already; pulled one
+                ahead of the batch being computed.
 
         Yields:
             float32 ``(N_i, K, *S)`` on :attr:`device` per batch, owned by the caller (may be modified). On CUDA
@@ -281,8 +320,10 @@ class TileRunner:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
 
-    def _send(self, batch: np.ndarray) -> _Staged:
-        """Normalise a batch into a reused host buffer and start its copy to the device."""
+    def _send(self, batch: np.ndarray | HostBatch) -> _Staged:
+        """Normalise a batch into a reused host buffer (unless :meth:`stage` did) and start its copy to the device."""
+        if isinstance(batch, HostBatch):
+            return self._stage.send(None, batch.tensor)
         x = self._check(batch)
         slot, host = self._stage.buffer(tuple(x.shape))
         self.model.normalization.apply(x, spatial_dims=x.ndim - 2, out=host.numpy())
