@@ -115,3 +115,82 @@ def test_finishing_runs_on_a_worker_node_of_a_two_node_cluster(tmp_path: Path) -
     nodes = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(nodes) >= {"cog", "geojson", "scores_json", "report_json"}
     assert set(nodes.values()) == {"worker"}, nodes
+
+
+def _die() -> None:
+    os.kill(os.getpid(), 9)
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def test_a_killed_finishing_process_fails_its_step_by_name_and_the_next_step_gets_a_new_pool() -> None:
+    from tiler.engine.finishing import ProcessFinisher
+    from tiler.errors import EngineError
+
+    finisher = ProcessFinisher(1)
+    try:
+        with pytest.raises(EngineError, match="finishing worker process died.*rerun to finish"):
+            finisher.submit(_die).result(timeout=60)
+        assert finisher.submit(_pid).result(timeout=60) not in (os.getpid(), None)
+    finally:
+        finisher.close()
+
+
+SLOW_FINISH = textwrap.dedent(
+    """
+    import os, time
+    if os.environ.get("TILER_TEST_SLOW_FINISH"):
+        from tiler.io.store import OutputStore
+
+        _record = OutputStore.record_export
+
+        def record_export(self, name, path, *args, **kwargs):
+            if name == "cog":
+                open(os.environ["TILER_TEST_SLOW_FINISH"], "w").close()
+                time.sleep(120)
+            return _record(self, name, path, *args, **kwargs)
+
+        OutputStore.record_export = record_export
+    """
+)
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_driver_killed_while_finishing_is_resumed_by_its_rerun_with_no_block_recomputed(
+    tmp_path: Path, engine: str
+) -> None:
+    import signal
+    import time
+
+    config = write_config(tmp_path)
+    (tmp_path / "fault").mkdir()
+    (tmp_path / "fault" / "sitecustomize.py").write_text(SLOW_FINISH)
+    marker = tmp_path / "finishing"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "fault"), str(REPO)])
+    command = [sys.executable, "-m", "tiler.cli", "--quiet", "run", str(config), "--engine", engine]
+    driver = subprocess.Popen(command, cwd=REPO, env={**env, "TILER_TEST_SLOW_FINISH": str(marker)},
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), driver.stderr.read().decode()[-2000:] if driver.stderr else ""
+        os.kill(driver.pid, signal.SIGKILL)  # the driver, while a worker is finishing its input
+        driver.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # the finishing workers it leaves behind
+        except ProcessLookupError:
+            pass
+    blocks = {p.name: p.read_bytes() for p in (Path(tmp_path / "out.zarr") / ".tiler" / "blocks").glob("*.json")}
+    assert blocks and zarr.open_group(tmp_path / "out.zarr", mode="r").attrs.get("complete") is not True
+
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert zarr.open_group(tmp_path / "out.zarr", mode="r").attrs["complete"] is True
+    after = {p.name: p.read_bytes() for p in (Path(tmp_path / "out.zarr") / ".tiler" / "blocks").glob("*.json")}
+    assert after == blocks  # no block recomputed
+    assert (tmp_path / "out.cog.tif").is_file() and (tmp_path / "out.report.json").is_file()

@@ -13,7 +13,10 @@ import multiprocessing
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
+
+from tiler.errors import EngineError
 
 T = TypeVar("T")
 
@@ -52,13 +55,18 @@ class ProcessFinisher:
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
-        """Run ``fn(*args)`` in one of the pool's processes."""
+        """Run ``fn(*args)`` in one of the pool's processes.
+
+        A worker that dies (killed, out of memory) fails the steps it and its pool had in hand with an
+        :class:`~tiler.errors.EngineError` (their inputs are not complete; a rerun finishes them), and the next
+        step gets a new pool, so one death never fails the rest of an archive.
+        """
         with self._lock:
-            if self._pool is None:
+            if self._pool is None or getattr(self._pool, "_broken", False):
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(PRELOAD)
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-            return self._pool.submit(fn, *args)
+            return _named_death(self._pool.submit(fn, *args))
 
     def close(self) -> None:
         """Shut the pool down once its steps are done."""
@@ -66,3 +74,22 @@ class ProcessFinisher:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _named_death(future: Future[T]) -> Future[T]:
+    """``future``, with the pool's BrokenProcessPool turned into the project's error saying what to do."""
+    out: Future[T] = Future()
+
+    def settle(done: Future[T]) -> None:
+        try:
+            out.set_result(done.result())
+        except BrokenProcessPool as exc:
+            out.set_exception(EngineError(
+                f"a finishing worker process died ({exc}); the input is not marked complete: rerun to finish it "
+                "(its blocks are kept), and check the machine's memory if it happens again"
+            ))
+        except BaseException as exc:  # noqa: BLE001 - the step's own error, handed over as it is
+            out.set_exception(exc)
+
+    future.add_done_callback(settle)
+    return out

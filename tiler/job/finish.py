@@ -26,7 +26,7 @@ from tiler.engine.finishing import Finisher
 from tiler.engine.job import JobResult
 from tiler.engine.plan import Plan
 from tiler.exports import REGISTRY as EXPORTS
-from tiler.exports import WriteContext
+from tiler.exports import BeforeMove, WriteContext
 from tiler.job.outputs import output_paths, output_stem
 from tiler.job.timings import block_timings
 from tiler.redact import redact
@@ -130,6 +130,7 @@ def score_step(task: FinishTask, engine_confusion: Any = None) -> StepResult:
     ``engine_confusion``: the blocks' confusion matrix summed by the engine, reported as ``engine_fwiou`` beside
     the full score (the two must agree).
     """
+    from tiler.io.store import OutputStore
     from tiler.metrics.files import score_paths
     from tiler.metrics.report import chart_paths, plot_confusion, plot_per_class, write_json
 
@@ -147,7 +148,10 @@ def score_step(task: FinishTask, engine_confusion: Any = None) -> StepResult:
         payload["engine_fwiou"] = scores_from_confusion(engine_confusion, ignored_pixels=0).fwiou
     payload["details"] = details
     path = output_paths(plan.store_path)["scores_json"]
-    write_json(payload, path)
+    store = OutputStore.open(plan.store_path)
+    store.retire_exports(["scores_json"])
+    write_json(payload, path, before_move=store.intent_recorder())
+    store.record_export("scores_json", path, job_hash=task.job_hash)
     heatmap, bars = chart_paths(path)
     plot_confusion(scores, heatmap)
     plot_per_class(scores, bars)
@@ -163,18 +167,23 @@ def report_step(task: FinishTask, result: SegmentResult) -> StepResult:
     result.outputs["report_json"] = str(paths["report_json"])
     result.outputs["report_md"] = str(paths["report_md"])
     store = OutputStore.open(task.plan.store_path)
-    write_reports(task.cfg, result, paths)
-    for role in ("scores_json", "report_json", "report_md"):
-        if role in result.outputs:
-            store.record_export(role, result.outputs[role], job_hash=task.job_hash)
+    store.retire_exports(["report_json", "report_md"])
+    write_reports(task.cfg, result, paths, before_move=store.intent_recorder())
+    for role in ("report_json", "report_md"):
+        store.record_export(role, result.outputs[role], job_hash=task.job_hash)
     store.mark_complete(result.summary, job_hash=task.job_hash,
                         attrs={"config": task.store_config} if task.store_config else None)
     outputs = {role: result.outputs[role] for role in ("report_json", "report_md")}
     return StepResult("report", outputs, time.perf_counter() - t0, worker=_worker())
 
 
-def write_reports(cfg: JobConfig, result: SegmentResult, paths: Mapping[str, Path]) -> None:
-    """Write the run's report as JSON and Markdown: blocks, tiles, where the time went, areas, scores, outputs."""
+def write_reports(
+    cfg: JobConfig, result: SegmentResult, paths: Mapping[str, Path], *, before_move: BeforeMove | None = None
+) -> None:
+    """Write the run's report as JSON and Markdown: blocks, tiles, where the time went, areas, scores, outputs.
+
+    ``before_move(tmp, final)``: called for each file once complete, before it takes its name.
+    """
     from tiler.io.atomic import write_bytes_atomic
     from tiler.io.classes import class_areas
     from tiler.io.store import OutputStore
@@ -184,7 +193,8 @@ def write_reports(cfg: JobConfig, result: SegmentResult, paths: Mapping[str, Pat
     areas = class_areas(OutputStore.open(result.store, mode="r"))
     payload = {"config_hash": config_hash(cfg), "pixels_hash": pixels_hash(cfg), "store": result.store,
                "outputs": result.outputs, "summary": result.summary, "areas": areas, "scores": result.scores}
-    write_bytes_atomic(paths["report_json"], (json.dumps(payload, indent=2, default=str) + "\n").encode())
+    write_bytes_atomic(paths["report_json"], (json.dumps(payload, indent=2, default=str) + "\n").encode(),
+                       before_move=before_move)
     lines = [f"# tiler report: {redact(Path(cfg.input.path).name)}", "", f"- input: `{redact(cfg.input.path)}`",
              f"- output store: `{result.store}`", f"- config hash: `{payload['config_hash']}` (pixels hash "
              f"`{payload['pixels_hash']}`)", ""]
@@ -197,7 +207,7 @@ def write_reports(cfg: JobConfig, result: SegmentResult, paths: Mapping[str, Pat
     if result.scores is not None:
         lines += ["## Scores", "", *score_lines(result.scores), ""]
     lines += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in result.outputs.items()]
-    write_bytes_atomic(paths["report_md"], ("\n".join(lines) + "\n").encode())
+    write_bytes_atomic(paths["report_md"], ("\n".join(lines) + "\n").encode(), before_move=before_move)
 
 
 def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: set[str]) -> SegmentResult:

@@ -120,15 +120,19 @@ def area_lines(areas: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_json(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write ``payload`` (e.g. ``Scores.to_dict()`` plus file names) as indented JSON."""
+def write_json(payload: dict[str, Any], path: str | os.PathLike[str], *, before_move: Any = None) -> None:
+    """Write ``payload`` (e.g. ``Scores.to_dict()`` plus file names) as indented JSON.
+
+    ``before_move(tmp, final)``: called once the file is complete, before it takes its name (an intent record).
+    """
     from tiler.io.atomic import write_bytes_atomic
 
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write the score JSON {path}: {exc}; give a writable --json path.") from exc
-    write_bytes_atomic(path, (json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n").encode())
+    text = json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
+    write_bytes_atomic(path, text.encode(), before_move=before_move)
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> None:
