@@ -18,6 +18,10 @@ Run ``python -m bench.bench_archive --scenes 12 --size 1024`` (and ``--scenes 4 
 reports the median of three interleaved runs of each approach: a shared machine varies by ±20 %); with
 ``--join`` the tiler commands join a Ray started beforehand (``RAY_ADDRESS``), as a job submitted to a
 running cluster does, so Ray's own start-up is not in their time.
+Each tiler command also reports its driver process's own CPU seconds (user + system, children excluded) and
+the bytes it wrote (``/proc/self/io`` ``write_bytes``; ``wchar`` counts pipes and sockets too), read at its exit
+(:func:`bench.common.driver_command`): ``driver_cpu_s`` and ``driver_write_bytes`` per run. ``--ray-set KEY=VALUE``
+passes ``--set`` overrides to the Ray commands only.
 Results: ``bench/results/archive-<N>x<size>[-joined].json``.
 """
 
@@ -28,13 +32,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import save, spawn
+from bench.common import driver_command, driver_stats, save, spawn
 
 CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
 TILE, OVERLAP, BATCH = 256, 32, 8
@@ -87,12 +90,17 @@ def _config(info: dict[str, Any], images: list[str], name: str) -> Path:
 def run_tiler(info: dict[str, Any], images: list[str], name: str, *extra: str) -> dict[str, Any]:
     """The whole archive command, in a fresh process; steady state from the block records."""
     config = _config(info, images, name)
+    if "--engine" not in extra:  # the Ray commands only: --ray-set overrides
+        extra = (*extra, *(a for kv in info.get("ray_set", []) for a in ("--set", kv)))
+    stats = Path(info["root"]) / f"driver-{name}.json"
+    stats.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.archive", str(config), "--quiet", *extra],
+    proc = subprocess.run(driver_command("pipelines.archive", [str(config), "--quiet", *extra], stats),
                           capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:]}
+    driver = driver_stats(stats)  # the driver process itself: its CPU and the bytes it wrote, children excluded
     records = [
         json.loads(p.read_text())
         for p in Path(info["root"], f"out-{name}").glob("*/*.zarr/.tiler/blocks/*.json")
@@ -101,7 +109,9 @@ def run_tiler(info: dict[str, Any], images: list[str], name: str, *extra: str) -
     last = max(r["finished_at"] for r in records)
     tiles = sum(r["tiles_run"] for r in records)
     return {"seconds": seconds, "tiles": tiles, "steady_state_s": last - first,
-            "pids": len({r["pid"] for r in records}), "inputs": len(images)}
+            "pids": len({r["pid"] for r in records}), "inputs": len(images),
+            "driver_cpu_s": driver.get("cpu_s"), "driver_write_bytes": driver.get("write_bytes"),
+            "driver_wchar": driver.get("wchar"), "driver_max_rss_mb": driver.get("max_rss_mb")}
 
 
 def run_monai_loop(info: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +209,8 @@ def main() -> None:
                              "not on the embedded one it starts itself")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every approach this many times (interleaved) and report the median run")
+    parser.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a --set override for the Ray tiler commands only (e.g. engine.cpus_per_actor=0.5)")
     parser.add_argument("--child")
     parser.add_argument("--info")
     args = parser.parse_args()
@@ -206,6 +218,8 @@ def main() -> None:
         child(args.child, json.loads(args.info))
         return
     info = prepare(args.scenes, args.size)
+    if args.ray_set:
+        info["ray_set"] = args.ray_set
     joined = None
     if args.join:  # a running Ray the tiler commands join through RAY_ADDRESS, as a submitted job's driver does
         import ray
@@ -245,12 +259,18 @@ def main() -> None:
             "limit_per_input_s": limit["seconds"] / args.scenes,
             "per_input_overhead_s": per_input - limit["seconds"] / args.scenes,
         }
+    for name in ("tiler", "tiler-local"):  # the driver process alone (children excluded): CPU s and bytes written
+        r = results[name]
+        if r.get("driver_cpu_s") is not None:
+            figures[f"{name}_driver_cpu_s"] = r["driver_cpu_s"]
+            figures[f"{name}_driver_write_mb"] = (r.get("driver_write_bytes") or 0) / 1e6
     suffix = "-joined" if joined else ""
     save(f"archive-{args.scenes}x{args.size}{suffix}",
          {"scenes": args.scenes, "size": args.size, "tile": TILE, "overlap": OVERLAP, "ray": "joined" if joined
-          else "embedded", "results": results, "figures": figures},
+          else "embedded", "ray_overrides": args.ray_set, "results": results, "figures": figures},
          command=f"python -m bench.bench_archive --scenes {args.scenes} --size {args.size}{suffix and ' --join'}"
-                 + (f" --repeats {args.repeats}" if args.repeats > 1 else ""))
+                 + (f" --repeats {args.repeats}" if args.repeats > 1 else "")
+                 + "".join(f" --ray-set {kv}" for kv in args.ray_set))
 
 
 if __name__ == "__main__":

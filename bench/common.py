@@ -96,3 +96,56 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+_DRIVER_WRAPPER = """
+import atexit, json, resource, runpy, sys
+_stats_path, _module = sys.argv[1], sys.argv[2]
+sys.argv = [_module, *sys.argv[3:]]
+def _driver_stats():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    io = {}
+    with open("/proc/self/io") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            io[key.strip()] = int(value)
+    with open(_stats_path, "w") as f:
+        json.dump({"cpu_s": usage.ru_utime + usage.ru_stime, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+                   "write_bytes": io.get("write_bytes"), "wchar": io.get("wchar"),
+                   "max_rss_mb": usage.ru_maxrss / 1024}, f)
+atexit.register(_driver_stats)  # registered first, so it runs last: after Ray's own shutdown
+runpy.run_module(_module, run_name="__main__", alter_sys=True)
+"""
+
+
+def driver_command(module: str, args: list[str], stats_path: str | os.PathLike[str]) -> list[str]:
+    """``python -m MODULE ARGS`` that writes, at exit, the driver process's own resource use to ``stats_path``.
+
+    The JSON holds ``cpu_s`` (user + system CPU seconds of the driver process itself, its threads included,
+    its children — Ray daemons, workers, forked finishers — excluded), ``write_bytes`` (bytes it caused to be
+    written to storage, ``/proc/self/io``), ``wchar`` (bytes passed to ``write`` calls: files, pipes and
+    sockets) and ``max_rss_mb``.
+    """
+    import sys
+
+    return [sys.executable, "-c", _DRIVER_WRAPPER, str(stats_path), module, *args]
+
+
+def driver_stats(stats_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON :func:`driver_command` wrote (``{}`` when the driver died before writing it)."""
+    try:
+        return dict(json.loads(Path(stats_path).read_text()))
+    except (OSError, ValueError):
+        return {}

@@ -23,11 +23,15 @@ FULL = [
     ["bench.bench_archive", "--scenes", "12", "--size", "1024", "--repeats", "3"],
     ["bench.bench_archive", "--scenes", "12", "--size", "1024", "--join", "--repeats", "3"],
     ["bench.bench_archive", "--scenes", "4", "--size", "4096", "--repeats", "3"],
+    ["bench.bench_pipeline", "--size", "8192"],  # 2D 8192² and 3D 256³, one run each (about 4 min)
+    ["bench.bench_cluster"],  # 6 × 1024² on 1, 2, 3 simulated nodes (about 3 min)
 ]
 QUICK = [
     ["bench.bench_stitch", "--size", "1024"],
     ["bench.bench_suite", "--case", "2d", "--quick"],
     ["bench.bench_suite", "--case", "3d", "--quick"],
+    ["bench.bench_pipeline", "--size", "2048", "--volume", "128"],
+    ["bench.bench_cluster", "--scenes", "2", "--size", "512", "--nodes", "1", "2"],
 ]
 
 

@@ -27,7 +27,9 @@ def _writers(store: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
-def test_the_driver_writes_no_export_score_or_report(tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> None:
+def test_the_driver_writes_no_export_score_or_report(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
     if engine == "ray":
         request.getfixturevalue("ray_session")
     cfg = load_config(write_config(tmp_path), [EXPORTS])
