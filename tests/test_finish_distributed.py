@@ -38,7 +38,8 @@ def test_the_driver_writes_no_export_score_or_report(
     assert set(writers) >= {"cog", "cog_aux", "geojson", "quicklook", "scores_json", "report_json", "report_md"}
     assert os.getpid() not in writers.values(), f"the driver ({os.getpid()}) wrote {writers}"
     steps = result.summary["finishing"]
-    assert set(steps) == {"cog", "geojson", "quicklook", "score", "report"}
+    assert set(steps) == {"cog", "geojson", "quicklook", "score", "report", "polygons"}
+    assert steps["polygons"]["bands"] >= 2  # the polygons are drawn band by band, each band a step of its own
     assert all(not s["worker"].startswith(f"{os.getpid()}@") for s in steps.values())
     assert zarr.open_group(result.store, mode="r").attrs["complete"] is True
 

@@ -222,3 +222,44 @@ def test_qupath_annotations_in_level0_pixels(tmp_path, pyramid):
         assert sum(p.area for p in by_class[name]) == pytest.approx((labels == k).sum() * scale**2)
     right = max(p.bounds[2] for ps in by_class.values() for p in ps)
     assert right <= 420 * scale and right > 400 * scale
+
+
+@pytest.mark.parametrize(
+    ("bands", "min_pixels"),
+    [pytest.param(2, 0, id="2-bands"), pytest.param(5, 0, id="5-bands"), pytest.param(10, 0, id="one-unit-bands"),
+     pytest.param(5, 40, id="5-bands-min-pixels")],
+)
+def test_polygons_drawn_band_by_band_by_several_workers_equal_the_whole_raster_polygons(tmp_path, monkeypatch,
+                                                                                       bands, min_pixels):
+    monkeypatch.setattr(vector, "VECTOR_BLOCK", 64)
+    labels = _labels()
+    store = _store(tmp_path / "s.zarr", labels)
+    rows = vector.band_rows(labels.shape[0], 32, bands)
+    assert rows[0][0] == 0 and rows[-1][1] == labels.shape[0] and len(rows) > 1
+    files = [vector.write_polygon_band(store, tmp_path / f"band{i}.parquet", rows=r, classes=["forest", "water"],
+                                       min_pixels=min_pixels) for i, r in enumerate(rows)]
+    mine = list(vector.iter_band_polygons(files, min_pixels=min_pixels))
+    _same(mine, _whole(labels, [1, 2], min_pixels))
+    assert all(p.is_valid for _, p in mine)
+
+
+def test_a_band_without_somewhere_to_hand_its_edge_pieces_is_refused(tmp_path):
+    store = _store(tmp_path / "s.zarr", _labels())
+    with pytest.raises(ValueError, match="open_pieces"):
+        list(iter_polygons(store, [1], rows=(0, 64)))
+
+
+def test_geojson_from_band_files_equals_the_geojson_drawn_in_one_pass(tmp_path):
+    labels = _labels()
+    store = _store(tmp_path / "s.zarr", labels)
+    whole = json.loads(export_geojson(store, tmp_path / "whole.geojson").read_text())["features"]
+    files = [vector.write_polygon_band(store, tmp_path / f"b{i}.parquet", rows=r)
+             for i, r in enumerate(vector.band_rows(labels.shape[0], 32, 4))]
+    banded = json.loads(export_geojson(store, tmp_path / "banded.geojson",
+                                       polygons=vector.iter_band_polygons(files)).read_text())["features"]
+
+    def key(feature):
+        p = shape(feature["geometry"])
+        return (feature["properties"]["class_id"], round(p.area, 3), tuple(round(b, 3) for b in p.bounds))
+
+    assert sorted(map(key, banded)) == sorted(map(key, whole)) and len(whole) > 20

@@ -26,6 +26,8 @@ class WriteContext:
         reader: The job's input, open (the OME-Zarr image, the QuPath level-0 scale and the quicklook read it).
         settings: The export's settings (:attr:`ExportFormat.settings` keys of ``output``, with their values).
         before_move: Hook the writer passes to the atomic writes (records the file's intent in the store).
+        parts: For an export drawn from the store's polygons: the band files workers drew them into
+            (:func:`tiler.io.vector.write_polygon_band`); empty: the writer draws them itself.
     """
 
     store: Any
@@ -33,6 +35,7 @@ class WriteContext:
     reader: Any
     settings: Mapping[str, Any] = field(default_factory=dict)
     before_move: BeforeMove | None = None
+    parts: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -53,6 +56,8 @@ class ExportFormat:
             recorded file is reused only when they are unchanged).
         write: Writes every file of the export (its assembly step).
         why_not: For a dimensionality it cannot be written for: the fix to print.
+        polygons: Drawn from the store's polygons, which finishing draws once per input, band by band on
+            several workers (the block step every polygon export shares), before this export's assembly.
     """
 
     name: str
@@ -61,6 +66,7 @@ class ExportFormat:
     write: Callable[[WriteContext], None]
     settings: tuple[str, ...] = ()
     why_not: str = ""
+    polygons: bool = False
 
     def paths(self, base: Path) -> dict[str, Path]:
         """The export's files beside the output whose stem is ``base`` (``/out/scene`` for ``/out/scene.zarr``).

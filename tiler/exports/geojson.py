@@ -7,5 +7,5 @@ from tiler.exports.base import ExportFormat
 
 FORMAT = ExportFormat(
     name="geojson", dims=frozenset({2}), files={"geojson": ".geojson"}, write=polygons.write_with("export_geojson"),
-    settings=polygons.SETTINGS, why_not=polygons.WHY_NOT,
+    settings=polygons.SETTINGS, polygons=True, why_not=polygons.WHY_NOT,
 )

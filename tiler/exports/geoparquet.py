@@ -7,5 +7,5 @@ from tiler.exports.base import ExportFormat
 
 FORMAT = ExportFormat(
     name="geoparquet", dims=frozenset({2}), files={"geoparquet": ".parquet"},
-    write=polygons.write_with("export_geoparquet"), settings=polygons.SETTINGS, why_not=polygons.WHY_NOT,
+    write=polygons.write_with("export_geoparquet"), settings=polygons.SETTINGS, polygons=True, why_not=polygons.WHY_NOT,
 )

@@ -1,4 +1,9 @@
-"""What the three polygon exports share: the settings they are drawn with and how a writer is called."""
+"""What the three polygon exports share: the settings they are drawn with, how a writer is called, and the bands.
+
+Finishing draws an input's polygons once for all its polygon exports, as :data:`BANDS` bands of rows on as
+many workers (:func:`tiler.io.vector.write_polygon_band`); each export then streams them from the band files,
+joining the pieces that cross band edges (:func:`tiler.io.vector.iter_band_polygons`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ SETTINGS = ("min_polygon_pixels", "polygon_classes")
 
 WHY_NOT = "polygons are drawn on 2D label maps: use nifti or ome-zarr"
 
+BANDS = 8
+"""Bands of rows an input's polygons are drawn in, each by its own worker."""
+
 
 def write_with(function: str) -> Callable[[WriteContext], None]:
     """A writer calling ``tiler.io.vector.<function>`` with the polygon settings (looked up when it runs)."""
@@ -20,8 +28,10 @@ def write_with(function: str) -> Callable[[WriteContext], None]:
         from tiler.io import vector
 
         classes = ctx.settings.get("polygon_classes")
+        minimum = ctx.settings.get("min_polygon_pixels", 0)
+        drawn = vector.iter_band_polygons(ctx.parts, min_pixels=minimum) if ctx.parts else None
         writer: Any = getattr(vector, function)
         writer(ctx.store, ctx.path, reference=ctx.reader, classes=list(classes) if classes is not None else None,
-               min_pixels=ctx.settings.get("min_polygon_pixels", 0), before_move=ctx.before_move)
+               min_pixels=minimum, before_move=ctx.before_move, polygons=drawn)
 
     return write

@@ -7,6 +7,6 @@ from tiler.exports.base import ExportFormat
 
 FORMAT = ExportFormat(
     name="qupath", dims=frozenset({2}), files={"qupath": ".qupath.geojson"},
-    write=polygons.write_with("export_qupath"), settings=polygons.SETTINGS,
+    write=polygons.write_with("export_qupath"), settings=polygons.SETTINGS, polygons=True,
     why_not="QuPath annotations are 2D: use nifti or ome-zarr for a volume",
 )

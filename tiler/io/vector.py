@@ -9,6 +9,10 @@ touches a border is kept; when a block row is done, the kept polygons of each cl
 written. So no polygon is ever cut at a block edge, and memory holds only the polygons that cross the
 current block row's borders (plus any that span many rows), never the whole map.
 
+Several workers draw one map side by side (:func:`band_rows`, :func:`write_polygon_band`): each takes a band
+of block rows and keeps the pieces reaching its band's edges apart; :func:`iter_band_polygons` joins them
+with the same dissolve, so the polygons are the same as one worker's.
+
 Coordinates written: GeoJSON / GeoParquet in the raster's CRS (pixel coordinates when there is none);
 QuPath in level-0 pixel coordinates of the slide. Every file is written atomically.
 """
@@ -19,7 +23,7 @@ import json
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +94,8 @@ def iter_polygons(
     min_pixels: float = 0,
     block: Sequence[int] | None = None,
     stats: VectorStats | None = None,
+    rows: tuple[int, int] | None = None,
+    open_pieces: list[tuple[int, Polygon]] | None = None,
 ) -> Iterator[tuple[int, Polygon]]:
     """Yield ``(class, polygon)`` for every 4-connected region of ``classes``, in pixel coordinates.
 
@@ -99,6 +105,9 @@ def iter_polygons(
         min_pixels: Regions smaller than this many pixels (holes excluded) are left out.
         block: Block shape (rows, cols); default about :data:`VECTOR_BLOCK` in whole write units.
         stats: Filled with counts and the peak number of kept border polygons.
+        rows: Only this band of rows ``[start, stop)`` (one worker's share); default the whole map.
+        open_pieces: With ``rows``: receives the pieces that reach the band's top or bottom edge inside the
+            map (they may go on in the next band; :func:`merge_open_pieces` joins them); required then.
 
     Yields:
         ``(k, polygon)``: x = column, y = row (the top-left corner of pixel (r, c) is (c, r)).
@@ -115,9 +124,12 @@ def iter_polygons(
     h, w = store.shape
     bh, bw = tuple(block) if block is not None else tuple(max(u, (VECTOR_BLOCK // u) * u) for u in store.write_unit)
     wanted = np.asarray(sorted(set(classes)), dtype=np.int64)
+    top, bottom = rows if rows is not None else (0, h)
+    if rows is not None and open_pieces is None:
+        raise ValueError("iter_polygons(rows=...) needs open_pieces to hand the band's edge pieces back")
     pending: dict[int, list[Polygon]] = defaultdict(list)
-    for r0 in range(0, h, bh):
-        r1 = min(r0 + bh, h)
+    for r0 in range(top, bottom, bh):
+        r1 = min(r0 + bh, bottom)
         for c0 in range(0, w, bw):
             c1 = min(c0 + bw, w)
             labels = store.read(Window((r0, c0), (r1, c1)))
@@ -146,8 +158,12 @@ def iter_polygons(
         for k in sorted(pending):
             kept: list[Polygon] = []
             for piece in _dissolve(pending[k]):
-                if r1 < h and piece.bounds[3] == r1:
+                if r1 < bottom and piece.bounds[3] == r1:
                     kept.append(piece)  # reaches into the next block row: not whole yet
+                elif open_pieces is not None and (
+                    (r1 == bottom < h and piece.bounds[3] == r1) or (top > 0 and piece.bounds[1] == top)
+                ):
+                    open_pieces.append((k, piece))  # goes on in the band above or below: joined later
                 elif piece.area >= min_pixels:
                     stats.polygons += 1
                     stats.merged_pieces += 1
@@ -186,6 +202,77 @@ def _dissolve(polygons: list[Polygon]) -> Iterator[Polygon]:
             yield group[0]
         else:
             yield from _pieces(shapely.unary_union(group))
+
+
+# -- bands: the polygons drawn by several workers, joined by a small step ------------------------------------
+def band_rows(height: int, unit: int, bands: int) -> list[tuple[int, int]]:
+    """Split ``height`` rows into at most ``bands`` bands of whole write units (``unit`` rows each).
+
+    >>> band_rows(10_000, 512, 4)
+    [(0, 2560), (2560, 5120), (5120, 7680), (7680, 10000)]
+    """
+    units = -(-height // unit)
+    per = -(-units // max(1, bands))
+    return [(a * unit, min((a + per) * unit, height)) for a in range(0, units, per)]
+
+
+def write_polygon_band(
+    store: OutputStore,
+    out_path: str | os.PathLike[str],
+    *,
+    rows: tuple[int, int],
+    classes: Sequence[str] | None = None,
+    min_pixels: float = 0,
+) -> Path:
+    """Draw the polygons of one band of rows and write them to ``out_path`` (Parquet: class, WKB, open).
+
+    The whole polygons of the band are kept as they are; the pieces reaching the band's top or bottom edge are
+    marked open, for :func:`iter_band_polygons` to join with the neighbouring bands' pieces.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
+    opened: list[tuple[int, Polygon]] = []
+    whole = list(iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, rows=rows,
+                               open_pieces=opened))
+    parts = whole + opened
+    table = pa.table({
+        "class_id": pa.array([k for k, _ in parts], pa.int32()),
+        "wkb": pa.array(list(shapely.to_wkb([p for _, p in parts])) if parts else [], pa.binary()),
+        "open": pa.array([False] * len(whole) + [True] * len(opened), pa.bool_()),
+    })
+    out_path = Path(out_path)
+    with atomic_path(out_path, what="write a polygon band") as tmp:
+        pq.write_table(table, tmp)
+    return out_path
+
+
+def iter_band_polygons(
+    paths: Sequence[str | os.PathLike[str]], *, min_pixels: float = 0
+) -> Iterator[tuple[int, Polygon]]:
+    """The polygons of the bands in ``paths`` (from :func:`write_polygon_band`), with the open pieces joined.
+
+    Yields every whole polygon band by band, then the open pieces of each class dissolved across bands (only
+    those that touch are unioned), with the pieces smaller than ``min_pixels`` left out: the same polygons as
+    :func:`iter_polygons` over the whole map, in another order.
+    """
+    import pyarrow.parquet as pq
+    import shapely
+
+    opened: dict[int, list[Polygon]] = defaultdict(list)
+    for path in paths:
+        table = pq.read_table(path).to_pydict()
+        geoms = shapely.from_wkb(table["wkb"]) if table["wkb"] else []
+        for k, geom, is_open in zip(table["class_id"], geoms, table["open"], strict=True):
+            if is_open:
+                opened[int(k)].append(geom)
+            else:
+                yield int(k), geom
+    for k in sorted(opened):
+        for piece in _dissolve(opened[k]):
+            if piece.area >= min_pixels:
+                yield k, piece.simplify(0)
 
 
 # -- coordinates ---------------------------------------------------------------------------------------------
@@ -258,13 +345,15 @@ def export_geojson(
     min_pixels: float = 0,
     stats: VectorStats | None = None,
     before_move: BeforeMove | None = None,
+    polygons: Iterable[tuple[int, Polygon]] | None = None,
 ) -> Path:
     """Write the class polygons as a GeoJSON FeatureCollection in the raster's CRS, streamed feature by feature.
 
     A CRS with an authority code is named in the ``crs`` member (what GDAL/QGIS read; RFC 7946 readers assume
     WGS 84, so reproject with ``ogr2ogr -t_srs EPSG:4326`` for web maps). Properties: ``class_id``,
     ``class_name``, ``color``, ``pixels`` and the area (``area_m2`` for projected rasters).
-    ``before_move(tmp, final)`` is called with the complete file just before it is moved in.
+    ``before_move(tmp, final)`` is called with the complete file just before it is moved in. ``polygons``: drawn
+    already (:func:`iter_band_polygons`), else drawn here from the store.
     """
     out_path = Path(out_path)
     georef = _georef_of(store, reference)
@@ -274,7 +363,8 @@ def export_geojson(
     crs = _geojson_crs(georef)
     if crs is not None:
         header["crs"] = crs
-    polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
+    if polygons is None:
+        polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
     with atomic_file(out_path, "w", before_move=before_move) as f:
         f.write(json.dumps(header)[:-1] + ', "features": [\n')
         for n, (k, poly) in enumerate(polygons):
@@ -302,12 +392,14 @@ def export_geoparquet(
     min_pixels: float = 0,
     stats: VectorStats | None = None,
     before_move: BeforeMove | None = None,
+    polygons: Iterable[tuple[int, Polygon]] | None = None,
 ) -> Path:
     """Write the class polygons as GeoParquet 1.1 (WKB, the raster's CRS as PROJJSON), in row groups.
 
     Columns: ``class_id``, ``class_name``, ``color``, ``pixels``, the area when known (``area_m2``) and
     ``geometry``. Rows are written :data:`PARQUET_BATCH` at a time, so memory stays bounded.
-    ``before_move(tmp, final)`` is called with the complete file just before it is moved in.
+    ``before_move(tmp, final)`` is called with the complete file just before it is moved in. ``polygons``: drawn
+    already (:func:`iter_band_polygons`), else drawn here from the store.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -330,7 +422,8 @@ def export_geoparquet(
         "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": _projjson(georef)}},
     }
     schema = pa.schema(fields, metadata={b"geo": json.dumps(geo).encode()})
-    polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
+    if polygons is None:
+        polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
     with (
         atomic_path(out_path, what="write the GeoParquet", before_move=before_move) as tmp,
         pq.ParquetWriter(tmp, schema) as writer,
@@ -383,19 +476,22 @@ def export_qupath(
     min_pixels: float = 0,
     stats: VectorStats | None = None,
     before_move: BeforeMove | None = None,
+    polygons: Iterable[tuple[int, Polygon]] | None = None,
 ) -> Path:
     """Write the class polygons as GeoJSON annotations QuPath imports (File > Import objects, or drag the file).
 
     A FeatureCollection in level-0 pixel coordinates of the slide (``reference``, the reader the output was
     made from, gives the level's downsample); each feature is ``{"type": "Feature", "id", "geometry",
     "properties": {"objectType": "annotation", "classification": {"name", "color": [r, g, b]}}}``.
-    ``before_move(tmp, final)`` is called with the complete file just before it is moved in.
+    ``before_move(tmp, final)`` is called with the complete file just before it is moved in. ``polygons``: drawn
+    already (:func:`iter_band_polygons`), else drawn here from the store.
     """
     out_path = Path(out_path)
     sx, sy = level0_scale(store, reference)
     matrix = [sx, 0.0, 0.0, sy, 0.0, 0.0]
     names, colors = store.class_names, store.class_colors
-    polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
+    if polygons is None:
+        polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
     from shapely import affinity
 
     with atomic_file(out_path, "w", before_move=before_move) as f:

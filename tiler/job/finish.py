@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Mapping
@@ -91,15 +92,31 @@ def _worker() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-def export_step(task: FinishTask, name: str) -> StepResult:
+def drawn_already(task: FinishTask, name: str) -> bool:
+    """Whether export ``name`` is on disk from an earlier finishing of this store, drawn with the same settings.
+
+    Its records (the main file and every sidecar) must name these paths, be in force (not being replaced) and
+    carry the settings the task asks for; the files must still be there. Reads small JSON records only.
+    """
+    from tiler.io.store import OutputStore
+
+    paths = EXPORTS[name].paths(output_stem(task.plan.store_path))
+    settings = export_settings(task.cfg, name)
+    store = OutputStore.open(task.plan.store_path, mode="r")
+    records = store.export_records()
+    recorded = store.exports_done(records)
+    return all(recorded.get(f) == str(p) and records[f].get("settings", {}) == settings for f, p in paths.items())
+
+
+def export_step(task: FinishTask, name: str, parts: tuple[str, ...] = ()) -> StepResult:
     """Write export ``name`` beside the store (or keep the one an earlier finishing drew the same way); record it.
 
-    An export already recorded by an earlier run of this store (with its sidecars, all still on disk) and drawn
-    with the same settings (:func:`~tiler.config.identity.export_settings`) is not written again: the store's
-    pixels are the same, so the file is too. One to be written again has its records retired first
-    (:meth:`~tiler.io.store.OutputStore.retire_exports`), so a step killed half-way never keeps a file it was
-    replacing; each file's intent (path and digest) is recorded before it is moved into place, so a rerun
-    recognises a file moved but not yet recorded. Every file is recorded with the task's ``job_hash``.
+    An export already recorded by an earlier run of this store and drawn with the same settings
+    (:func:`drawn_already`) is not written again: the store's pixels are the same, so the file is too. One to be
+    written again has its records retired first (:meth:`~tiler.io.store.OutputStore.retire_exports`), so a step
+    killed half-way never keeps a file it was replacing; each file's intent (path and digest) is recorded before
+    it is moved into place, so a rerun recognises a file moved but not yet recorded. Every file is recorded with
+    the task's ``job_hash``. ``parts``: the polygon band files of a polygon export (:func:`polygon_band_step`).
     """
     from tiler.io.store import OutputStore
 
@@ -107,21 +124,44 @@ def export_step(task: FinishTask, name: str) -> StepResult:
     export = EXPORTS[name]
     paths = export.paths(output_stem(task.plan.store_path))
     settings = export_settings(task.cfg, name)
+    reused = drawn_already(task, name)
     store = OutputStore.open(task.plan.store_path)
-    records = store.export_records()
-    recorded = store.exports_done(records)
-    reused = all(recorded.get(f) == str(p) and records[f].get("settings", {}) == settings for f, p in paths.items())
     if not reused:
         store.retire_exports(list(paths))
         reader = task.plan.input.open()
         try:
-            export.write(WriteContext(store, paths, reader, settings, before_move=store.intent_recorder()))
+            export.write(WriteContext(store, paths, reader, settings, before_move=store.intent_recorder(),
+                                      parts=parts))
         finally:
             reader.close()
     for role, path in paths.items():  # recorded once the export and its sidecars are all in place
         store.record_export(role, path, job_hash=task.job_hash, settings=settings)
     outputs = {role: str(path) for role, path in paths.items()}
     return StepResult(name, outputs, time.perf_counter() - t0, reused=reused, worker=_worker())
+
+
+def polygon_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
+    """The row bands an input's polygons are drawn in, each with the file its worker writes (inside the store)."""
+    from tiler.exports.polygons import BANDS
+    from tiler.io.vector import band_rows
+
+    folder = Path(task.plan.store_path) / ".tiler" / "polygons"
+    rows = band_rows(task.plan.grid.shape[0], task.cfg.output.chunks[0], BANDS)
+    return [((a, b), str(folder / f"rows-{a:09d}-{b:09d}.parquet")) for a, b in rows]
+
+
+def polygon_band_step(task: FinishTask, rows: tuple[int, int], path: str) -> StepResult:
+    """Draw the polygons of one band of rows into ``path``: the block step every polygon export of the input shares."""
+    from tiler.io.store import OutputStore
+    from tiler.io.vector import write_polygon_band
+
+    t0 = time.perf_counter()
+    settings = task.cfg.output
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_polygon_band(OutputStore.open(task.plan.store_path, mode="r"), path, rows=rows,
+                       classes=list(settings.polygon_classes) if settings.polygon_classes is not None else None,
+                       min_pixels=settings.min_polygon_pixels)
+    return StepResult(f"polygons {rows[0]}:{rows[1]}", {}, time.perf_counter() - t0, worker=_worker())
 
 
 def score_step(task: FinishTask, engine_confusion: Any = None) -> StepResult:
@@ -173,6 +213,7 @@ def report_step(task: FinishTask, result: SegmentResult) -> StepResult:
         store.record_export(role, result.outputs[role], job_hash=task.job_hash)
     store.mark_complete(result.summary, job_hash=task.job_hash,
                         attrs={"config": task.store_config} if task.store_config else None)
+    shutil.rmtree(Path(task.plan.store_path) / ".tiler" / "polygons", ignore_errors=True)  # drawn into exports
     outputs = {role: result.outputs[role] for role in ("report_json", "report_md")}
     return StepResult("report", outputs, time.perf_counter() - t0, worker=_worker())
 
@@ -225,11 +266,22 @@ def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: s
         TilerError: The first step that failed (after every step of this input has ended).
     """
     t0 = time.perf_counter()
+    exports = task.cfg.output.exports
+    drawn = [n for n in exports if EXPORTS[n].polygons and not drawn_already(task, n)]
     steps: dict[str, Future[StepResult]] = {
-        name: finisher.submit(export_step, task, name) for name in task.cfg.output.exports
+        name: finisher.submit(export_step, task, name) for name in exports if name not in drawn
     }
     if task.cfg.scoring.truth is not None:
         steps["score"] = finisher.submit(score_step, task, job.confusion)
+    if drawn:  # the polygons once for every polygon export: bands on as many workers, then each export joins them
+        bands = polygon_bands(task)
+        band_steps = {f"polygons {rows[0]}:{rows[1]}": finisher.submit(polygon_band_step, task, rows, path)
+                      for rows, path in bands}
+        wait(list(band_steps.values()))
+        steps.update(band_steps)
+        if not any(f.exception() is not None for f in band_steps.values()):
+            parts = tuple(path for _, path in bands)
+            steps.update({name: finisher.submit(export_step, task, name, parts) for name in drawn})
     wait(list(steps.values()))
     errors = [f.exception() for f in steps.values() if f.exception() is not None]
     if errors:
@@ -243,8 +295,15 @@ def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: s
     summary["blocks_seconds"] = summary["seconds"]
     summary.update(block_timings([r for k, r in job.records.items() if k in ran], summary["blocks_seconds"]))
     summary["finishing"] = {
-        name: {"seconds": round(s.seconds, 3), "reused": s.reused, "worker": s.worker} for name, s in done.items()
+        name: {"seconds": round(s.seconds, 3), "reused": s.reused, "worker": s.worker}
+        for name, s in done.items() if not name.startswith("polygons ")
     }
+    bands = [s for name, s in done.items() if name.startswith("polygons ")]
+    if bands:  # one line for the shared block step: its seconds summed over the bands, and every worker that ran one
+        summary["finishing"]["polygons"] = {
+            "seconds": round(sum(s.seconds for s in bands), 3), "reused": False, "bands": len(bands),
+            "worker": ", ".join(sorted({s.worker for s in bands})),
+        }
     summary["finish_seconds"] = round(time.perf_counter() - t0, 3)
     summary["seconds"] = round(summary["blocks_seconds"] + summary["finish_seconds"], 3)
     report = finisher.submit(report_step, task, result).result()
