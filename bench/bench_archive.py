@@ -262,8 +262,8 @@ def main() -> None:
     for name in ("tiler", "tiler-local"):  # the driver process alone (children excluded): CPU s and bytes written
         r = results[name]
         if r.get("driver_cpu_s") is not None:
-            figures[f"{name}_driver_cpu_s"] = r["driver_cpu_s"]
-            figures[f"{name}_driver_write_mb"] = (r.get("driver_write_bytes") or 0) / 1e6
+            figures[f"{name.replace('-', '_')}_driver_cpu_s"] = r["driver_cpu_s"]
+            figures[f"{name.replace('-', '_')}_driver_write_mb"] = (r.get("driver_write_bytes") or 0) / 1e6
     suffix = "-joined" if joined else ""
     save(f"archive-{args.scenes}x{args.size}{suffix}",
          {"scenes": args.scenes, "size": args.size, "tile": TILE, "overlap": OVERLAP, "ray": "joined" if joined

@@ -298,11 +298,11 @@ def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: s
         name: {"seconds": round(s.seconds, 3), "reused": s.reused, "worker": s.worker}
         for name, s in done.items() if not name.startswith("polygons ")
     }
-    bands = [s for name, s in done.items() if name.startswith("polygons ")]
-    if bands:  # one line for the shared block step: its seconds summed over the bands, and every worker that ran one
+    drew = [s for name, s in done.items() if name.startswith("polygons ")]
+    if drew:  # one line for the shared block step: its seconds summed over the bands, and every worker that ran one
         summary["finishing"]["polygons"] = {
-            "seconds": round(sum(s.seconds for s in bands), 3), "reused": False, "bands": len(bands),
-            "worker": ", ".join(sorted({s.worker for s in bands})),
+            "seconds": round(sum(s.seconds for s in drew), 3), "reused": False, "bands": len(drew),
+            "worker": ", ".join(sorted({s.worker for s in drew})),
         }
     summary["finish_seconds"] = round(time.perf_counter() - t0, 3)
     summary["seconds"] = round(summary["blocks_seconds"] + summary["finish_seconds"], 3)
