@@ -21,7 +21,7 @@ from tiler.blend import Blender, BlendMode
 from tiler.config.files import check_files
 from tiler.config.identity import config_hash, pixels_hash
 from tiler.config.schema import JobConfig
-from tiler.engine.executor import Executor
+from tiler.engine.executor import Executor, Stages
 from tiler.engine.finishing import Finisher
 from tiler.engine.job import StoreJob
 from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, ReaderRef, block_key
@@ -162,10 +162,12 @@ def build_plan(
                 f"classes (labels 0..{facts.num_classes - 1}); fix: set scoring.num_classes to at least "
                 f"{facts.num_classes}, or null to score the model's classes"
             )
+        stages = Stages.sized(cfg.engine.readers, cfg.engine.writers, cpus=cfg.engine.cpus_per_actor)
         memory = estimate_actor_memory(
             cfg.tiling.tile, cfg.tiling.block, channels=reader.channels, itemsize=reader.dtype.itemsize,
             classes=facts.num_classes, parameters=facts.parameters, batch_size=cfg.model.batch_size,
-            tta_passes=len(cfg.model.tta_flips), shape=reader.shape,
+            tta_passes=len(cfg.model.tta_flips), shape=reader.shape, overlap=cfg.tiling.overlap,
+            readers=stages.readers, writers=stages.writers,
         )
         check_memory(memory, actors=_actors_here(cfg))  # before anything allocates
         check_has_data(reader)

@@ -45,3 +45,16 @@ def test_block_is_clipped_to_the_image_and_tiles_are_not() -> None:
     assert small.accumulator == 3 * 100 * 100 * 4 * 2
     assert small.inputs == 2 * 356 * 356 * 1 * 4
     assert small.batch == 1 * 256 * 256 * 3 * 4 * 8
+
+
+def test_the_estimate_counts_every_block_the_staged_pipeline_holds() -> None:
+    def estimate(**kwargs: object):  # type: ignore[no-untyped-def]
+        return estimate_actor_memory((256, 256), (2048, 2048), channels=4, itemsize=2, classes=6, parameters=0,
+                                     batch_size=8, **kwargs)  # type: ignore[arg-type]
+
+    base, staged = estimate(), estimate(readers=4, writers=2)
+    assert staged.inputs == base.inputs * 5 // 2  # four blocks read ahead and one inferring, not two
+    assert staged.accumulator == base.accumulator * 3 // 2  # the inferring block and two being written
+    tiles = estimate(overlap=(32, 32))
+    # 2048 + 256 pixels at a step of 224: 11 tiles of 256 per axis, float32, for the two blocks held
+    assert tiles.assembled == 2 * (11 * 256) ** 2 * 4 * 4 and tiles.total == base.total + tiles.assembled

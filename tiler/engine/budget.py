@@ -2,9 +2,12 @@
 
 The estimate, stated once (``tiler inspect`` prints it, the job checks it before anything allocates):
 
-* accumulator: ``(K + 1)`` float32 planes per block pixel, two blocks (one filled, one written);
-* input: two regions (current and prefetched) of ``block + tile`` pixels per axis, ``C`` channels of the
-  input dtype;
+* accumulator: ``(K + 1)`` float32 planes per block pixel, for the block being inferred and one per writer
+  thread (``1 + writers`` blocks; two by default);
+* input: one region per reader thread plus the block being inferred (``readers + 1``; two by default) of
+  ``block + tile`` pixels per axis, ``C`` channels of the input dtype;
+* assembled batches: for those same blocks, their tiles cut into float32 batches (given the overlap:
+  ``ceil((block + tile) / step)`` tiles of ``tile`` pixels per axis, ``C`` channels);
 * batch: ``batch_size * (1 + len(tta_flips))`` tiles of ``(C + K)`` float32 channels, times 8 for the
   network's activations (rough);
 * weights: 4 bytes per parameter;
@@ -40,6 +43,7 @@ class MemoryEstimate:
         batch_size: Tiles per forward pass, TTA passes included.
         accumulator: Bytes of the block accumulators.
         inputs: Bytes of the input regions.
+        assembled: Bytes of their tiles cut into float32 batches (0 when the overlap is not given).
         batch: Bytes of one batch in, out and its activations.
         weights: Bytes of the network's parameters.
         baseline: Bytes of the process before any block.
@@ -54,11 +58,12 @@ class MemoryEstimate:
     batch: int
     weights: int
     baseline: int = PROCESS_BASELINE
+    assembled: int = 0
 
     @property
     def total(self) -> int:
         """All parts together, bytes."""
-        return self.accumulator + self.inputs + self.batch + self.weights + self.baseline
+        return self.accumulator + self.inputs + self.assembled + self.batch + self.weights + self.baseline
 
 
 def estimate_actor_memory(
@@ -72,6 +77,9 @@ def estimate_actor_memory(
     batch_size: int,
     tta_passes: int = 0,
     shape: Sequence[int] | None = None,
+    overlap: Sequence[int] | None = None,
+    readers: int = 1,
+    writers: int = 1,
 ) -> MemoryEstimate:
     """Estimate one actor's memory (see the module docstring for the formula). Pure arithmetic: no allocation.
 
@@ -85,6 +93,9 @@ def estimate_actor_memory(
         batch_size: ``model.batch_size``.
         tta_passes: ``len(model.tta_flips)``.
         shape: The image's spatial shape, to clip the block to it.
+        overlap: Tile overlap per axis, to count the assembled batches (None: not counted).
+        readers: Reader threads of the worker (``engine.readers``): blocks read and assembled at once.
+        writers: Writer threads (``engine.writers``): finished blocks held while they are written.
 
     >>> estimate_actor_memory((256, 256), (2048, 2048), channels=3, itemsize=1, classes=4, parameters=10**6,
     ...                       batch_size=8).total // 2**20
@@ -97,12 +108,19 @@ def estimate_actor_memory(
     block_px = math.prod(block_t)
     region_px = math.prod(b + t for b, t in zip(block_t, tile_t, strict=True))
     batch = batch_size * (1 + tta_passes)
+    held = readers + 1  # blocks read (or being read) and the one being inferred
+    assembled = 0
+    if overlap is not None:
+        steps = tuple(max(1, t - int(o)) for t, o in zip(tile_t, overlap, strict=True))
+        tiles_px = math.prod(-(-(b + t) // s) * t for b, t, s in zip(block_t, tile_t, steps, strict=True))
+        assembled = held * tiles_px * channels * 4
     return MemoryEstimate(
         tile=tile_t,
         block=block_t,
         batch_size=batch,
-        accumulator=(classes + 1) * block_px * 4 * 2,
-        inputs=2 * region_px * channels * itemsize,
+        accumulator=(classes + 1) * block_px * 4 * (1 + writers),
+        inputs=held * region_px * channels * itemsize,
+        assembled=assembled,
         batch=batch * math.prod(tile_t) * (channels + classes) * 4 * ACTIVATION_FACTOR,
         weights=parameters * 4,
     )
