@@ -315,3 +315,17 @@ def test_sharded_store_records_and_checks_its_shard_files(tmp_path):
     assert store.check_blocks() == []
     os.remove(tmp_path / "o.zarr" / "labels" / "c" / "0" / "1")
     assert store.check_blocks() == ["0_1"]
+
+
+def test_a_record_still_being_written_by_another_process_is_neither_read_nor_warned_about(tmp_path) -> None:
+    import warnings
+
+    from tiler.io.atomic import temp_path
+
+    store = OutputStore.create(tmp_path / "s.zarr", shape=(64, 64), num_classes=2, chunks=(32, 32), pixels_hash="p")
+    store.record_export("cog", tmp_path / "pred.tif")
+    half = temp_path(store.path / ".tiler" / "exports" / "geojson.json")
+    half.write_text('{"key": "geo')  # a finishing worker's record, caught before its rename
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert set(store.export_records()) == {"cog"}

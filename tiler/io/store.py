@@ -622,6 +622,8 @@ class OutputStore:
         if not folder.is_dir():
             return out
         for file in sorted(folder.glob("*.json")):
+            if file.name.startswith("."):
+                continue  # another process's record still being written (a temporary beside it, then renamed)
             try:
                 rec = _read_json(file)
                 if not isinstance(rec, dict):
