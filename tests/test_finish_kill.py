@@ -24,7 +24,7 @@ import rasterio
 import yaml
 import zarr
 
-from tests.engine.helpers import write_model, write_raster
+from tests.engine.helpers import write_job, write_model, write_raster
 from tests.io.array_reader import ArrayReader
 from tiler.geometry import BlockPartition, Window
 from tiler.io.atomic import atomic_dir, atomic_path, content_digest
@@ -58,16 +58,7 @@ if os.environ.get("{KILL_ENV}"):
 
 def job(root: Path) -> Path:
     """A tiny 2D job (96×80 scene, 32-px blocks, COG export) written to ``root/job.yaml``."""
-    image = write_raster(root / "image.tif", (96, 80))
-    data = {
-        "input": {"path": str(image)},
-        "model": {"weights": str(write_model(root / "model.pt")), "batch_size": 4, "threads": 1},
-        "tiling": {"tile": 32, "overlap": 8, "block": 32},
-        "output": {"path": str(root / "out.zarr"), "chunks": 32, "exports": ["cog"]},
-    }
-    path = root / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_job(root, shape=(96, 80), block=32)
 
 
 def fault_env(tmp_path: Path, kill: str | None) -> dict[str, str]:

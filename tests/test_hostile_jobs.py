@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zarr
 
-from tests.engine.helpers import write_model, write_raster
+from tests.engine.helpers import write_job, write_raster
 from tiler.cli import main as cli_main
 from tiler.config import load_config, parse_config
 from tiler.errors import ConfigError, OutputError
@@ -26,17 +25,7 @@ SECRET = "s3cr3t-Pa55"
 
 
 def job(root: Path, **extra: object) -> Path:
-    image = write_raster(root / "image.tif", (64, 64))
-    data = {
-        "input": {"path": str(image)},
-        "model": {"weights": str(write_model(root / "model.pt")), "batch_size": 4, "threads": 1},
-        "tiling": {"tile": 32, "overlap": 8, "block": 64},
-        "output": {"path": str(root / "out.zarr"), "chunks": 32, "exports": ["cog"]},
-        **extra,
-    }
-    path = root / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_job(root, **extra)
 
 
 def test_overwrite_never_deletes_a_folder_of_user_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -72,3 +72,20 @@ def read_store(store: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, st
         f.stem: json.loads(f.read_text())["labels_digest"] for f in (store / ".tiler" / "blocks").glob("*.json")
     }
     return group["labels"][...], probabilities, digests
+
+
+def write_job(root: Path, *, shape: tuple[int, int] = (64, 64), block: int = 64, **extra: object) -> Path:
+    """A tiny 2D job YAML in ``root`` (a scene of ``shape``, the tiny model, tile 32, overlap 8, COG export)."""
+    import yaml
+
+    image = write_raster(root / "image.tif", shape)
+    data = {
+        "input": {"path": str(image)},
+        "model": {"weights": str(write_model(root / "model.pt")), "batch_size": 4, "threads": 1},
+        "tiling": {"tile": 32, "overlap": 8, "block": block},
+        "output": {"path": str(root / "out.zarr"), "chunks": 32, "exports": ["cog"]},
+        **extra,
+    }
+    path = root / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
