@@ -1,7 +1,7 @@
 """The GPU path measured in one command (issue 12): bare bf16 forward, tiler, and MONAI, 2D and 3D side by side.
 
 Run on a CUDA machine: ``python -m bench.bench_gpu`` (``--quick`` for small inputs, ``--cases 2d`` for one case,
-``--no-ray`` to leave Ray out). It installs nothing and reaches no network: the inputs and random-weight
+``--no-ray`` to leave Ray out, ``--model free`` for a 1x1 convolution: the ceiling the job's own stages set). It installs nothing and reaches no network: the inputs and random-weight
 checkpoints are written locally by :func:`bench.bench_suite.prepare` (the same cases as ``bench_suite``: a
 8192² 4-band GeoTIFF with a U-Net 16-32-64-128, tile 256, overlap 32; a 256³ NIfTI volume with a 3D U-Net
 8-16-32-64, tile 96, overlap 24). Without CUDA it prints ``no CUDA device: nothing measured`` and exits 0.
@@ -16,6 +16,8 @@ times after one warm-up (median reported, every run kept), tiles/s counted over 
 - ``tiler_in_process``: the whole job in this process (read the file, infer, blend, write zarr, complete flag);
   block records split read / infer / stitch time, which says whether reading keeps up with the GPU;
 - ``tiler_ray``: the same job on a local Ray with one GPU actor (actor start-up excluded as ``steady_state_s``);
+  both tiler jobs report their block stages (read, assemble, infer, stitch, write seconds summed over blocks)
+  and the model's idle share (the inference thread waiting for a block), from the block records;
 - ``monai``: ``sliding_window_inference`` with ``sw_device`` and ``device`` on the GPU, the input normalised on
   the GPU, the same predictor under bf16 autocast, labels argmaxed on the GPU and copied back.
 
@@ -175,22 +177,42 @@ def tiler_in_memory(runner: Any, image: np.ndarray, plan: Any) -> Callable[[], A
     return run
 
 
-def tiler_job(plan: Any, info: dict[str, Any], run_blocks: Any) -> Callable[[], dict[str, Any]]:
+def tiler_job(plan: Any, info: dict[str, Any], executor: Callable[[], Any]) -> Callable[[], dict[str, Any]]:
+    """The whole job on a fresh ``executor()``: its start-up, its steady state and where the block time went."""
     from tiler.engine.job import run_job
+    from tiler.job.timings import block_timings
 
     def run() -> dict[str, Any]:
         shutil.rmtree(plan.store_path, ignore_errors=True)
         wall0 = time.time()
-        result = run_job(plan, run_blocks=run_blocks, chunks=(info["chunks"],) * info["ndim"],
+        result = run_job(plan, executor=executor(), chunks=(info["chunks"],) * info["ndim"],
                          pixels_hash="bench-gpu", overwrite=True)
         records = list(result.records.values())
-        first = min(float(r["started_at"]) for r in records)
-        last = max(float(r["finished_at"]) for r in records)
+        first = min(r.started_at for r in records)
+        last = max(r.finished_at for r in records)
+        timings = block_timings(records, last - first)
         return {"start_up_s": first - wall0, "steady_state_s": last - first, "tiles_run": result.tiles_run,
-                **{k: round(sum(float(r[k]) for r in records), 3)
-                   for k in ("read_seconds", "infer_seconds", "stitch_seconds", "write_seconds")}}
+                "stages_s": timings["stages"], "model_idle_share": timings["model_idle_share"],
+                "mpx_per_s_steady": timings["mpx_per_second"]}
 
     return run
+
+
+def free_model(info: dict[str, Any]) -> str:
+    """A TorchScript 1x1 convolution with the case's bands, normalisation and 6 classes (the free model).
+
+    It costs next to nothing, so the job's own stages (read, assemble, stitch, write) set the speed.
+    """
+    from tiler.model import Normalization, load_model, save_torchscript
+
+    path = Path(info["root"]) / "free.pt"
+    if not path.exists():
+        loaded = load_model(info["weights"])
+        bands = loaded.spec.in_channels if loaded.spec is not None else 1
+        conv = torch.nn.Conv2d(bands, 6, 1) if info["ndim"] == 2 else torch.nn.Conv3d(bands, 6, 1)
+        norm = loaded.normalization if isinstance(loaded.normalization, Normalization) else None
+        save_torchscript(path, conv, normalization=norm, class_names=[f"class_{k}" for k in range(6)])
+    return str(path)
 
 
 def measure(run: Callable[[], Any], repeats: int, util: Callable[[], float | None]) -> dict[str, Any]:
@@ -220,12 +242,14 @@ def measure(run: Callable[[], Any], repeats: int, util: Callable[[], float | Non
 
 def run_case(case: str, args: argparse.Namespace, util: Callable[[], float | None]) -> dict[str, Any]:
     from bench.bench_suite import _plan, prepare
-    from tiler.engine.job import run_blocks_local
+    from tiler.engine.executor import LocalExecutor
     from tiler.engine.plan import ModelRef
     from tiler.geometry import Window
     from tiler.model import TileRunner, load_model
 
     info = prepare(case, args.quick)
+    if args.model == "free":
+        info = {**info, "weights": free_model(info)}
     batch = args.batch2d if case == "2d" else args.batch3d
     plan, reader = _plan(info, skip=True, store=Path(info["root"]) / "gpu.zarr")
     plan = dataclasses.replace(
@@ -259,18 +283,18 @@ def run_case(case: str, args: argparse.Namespace, util: Callable[[], float | Non
     runner = TileRunner(load_model(info["weights"]), device=DEVICE, batch_size=batch, precision=PRECISION)
     record("tiler_in_memory", tiler_in_memory(runner, image, plan))
     del runner
-    record("tiler_in_process", tiler_job(plan, info, run_blocks_local))
+    record("tiler_in_process", tiler_job(plan, info, LocalExecutor))
     if not args.no_ray:
         try:
             import ray
 
-            from tiler.engine.ray import RayOptions, make_runner
+            from tiler.engine.ray import RayExecutor, RayOptions
 
             if not ray.is_initialized():  # a fresh local Ray (never another process's), started outside the timings
                 ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
             cpus = max(1, min(8, (os.cpu_count() or 2) - 1))
             options = RayOptions(gpus_per_actor=1.0 if DEVICE == "cuda" else 0.0, cpus_per_actor=cpus, actors=1)
-            record("tiler_ray", tiler_job(plan, info, make_runner(options)))
+            record("tiler_ray", tiler_job(plan, info, lambda: RayExecutor(options)))
         except ImportError as err:
             rows["tiler_ray"] = {"skipped": f"ray is not importable: {err}"}
     for name in ("tiler_in_memory", "tiler_in_process", "tiler_ray"):
@@ -293,6 +317,8 @@ def main() -> int:
     parser.add_argument("--batch2d", type=int, default=BATCH["2d"])
     parser.add_argument("--batch3d", type=int, default=BATCH["3d"])
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--model", choices=["unet", "free"], default="unet",
+                        help="free: a 1x1 convolution, so the job's own stages set the speed (the I/O ceiling)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                         help="cpu: only a smoke test of this script where there is no GPU; writes nothing")
     args = parser.parse_args()
@@ -313,7 +339,7 @@ def main() -> int:
         print(json.dumps(cases, indent=2, default=float))
         return 0
     save(
-        "gpu-quick" if args.quick else "gpu",
+        ("gpu-quick" if args.quick else "gpu") + ("-free" if args.model == "free" else ""),
         {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
          "utilization_source": source, "targets": "tiler >= 0.8 x bare_bf16 and >= 1.0 x monai", "cases": cases},
         command="python -m bench.bench_gpu " + " ".join(sys.argv[1:]),
