@@ -166,9 +166,9 @@ def run_limit(info: dict[str, Any]) -> dict[str, Any]:
                     batches.append(torch.from_numpy(loaded.normalization.apply(b, spatial_dims=2)))
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for b in batches:
-            torch.softmax(loaded.network(b), dim=1)
-    return {"seconds": time.perf_counter() - t0, "tiles": sum(len(b) for b in batches)}
+        for batch in batches:
+            torch.softmax(loaded.network(batch), dim=1)
+    return {"seconds": time.perf_counter() - t0, "tiles": sum(len(batch) for batch in batches)}
 
 
 def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The GPU path measured in one command (issue 12): bare bf16 forward, tiler, and MONAI, 2D and 3D side by side.
 
 Run on a CUDA machine: ``python -m bench.bench_gpu`` (``--quick`` for small inputs, ``--cases 2d`` for one case,
-``--no-ray`` to leave Ray out, ``--model free`` for a 1x1 convolution: the ceiling the job's own stages set). It installs nothing and reaches no network: the inputs and random-weight
+``--no-ray`` to leave Ray out, ``--model free`` for a 1x1 convolution: the ceiling the job's own stages set).
+It installs nothing and reaches no network: the inputs and random-weight
 checkpoints are written locally by :func:`bench.bench_suite.prepare` (the same cases as ``bench_suite``: a
 8192² 4-band GeoTIFF with a U-Net 16-32-64-128, tile 256, overlap 32; a 256³ NIfTI volume with a 3D U-Net
 8-16-32-64, tile 96, overlap 24). Without CUDA it prints ``no CUDA device: nothing measured`` and exits 0.
