@@ -159,3 +159,26 @@ def test_out_of_memory_back_off_on_a_real_device_keeps_every_tile() -> None:
     assert stats.tiles_run == tiles and result.covered.all()
     assert result.probabilities is not None and reference.probabilities is not None
     np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=0.02)
+
+
+def test_batches_staged_by_reader_threads_are_pinned_and_give_the_raw_batches_probabilities() -> None:
+    import threading
+
+    model = _model(2)
+    runner = TileRunner(model, device="cuda", precision="fp32", batch_size=4)
+    batches = [_tiles(4, (64, 64), seed=s) for s in range(3)]
+    staged: list[object] = [None] * len(batches)
+
+    def stage(i: int) -> None:  # as the engine's reader threads do, beside the inference thread
+        staged[i] = runner.stage(batches[i])
+
+    threads = [threading.Thread(target=stage, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(b.tensor.is_pinned() for b in staged)  # type: ignore[attr-defined]
+    from_staged = [p.cpu().numpy() for p in runner.stream(staged)]  # type: ignore[arg-type]
+    from_raw = [p.cpu().numpy() for p in runner.stream(batches)]
+    for a, b in zip(from_staged, from_raw, strict=True):
+        np.testing.assert_array_equal(a, b)
