@@ -23,8 +23,8 @@ FULL = [
     ["bench.bench_archive", "--scenes", "12", "--size", "1024", "--repeats", "3"],
     ["bench.bench_archive", "--scenes", "12", "--size", "1024", "--join", "--repeats", "3"],
     ["bench.bench_archive", "--scenes", "4", "--size", "4096", "--repeats", "3"],
-    ["bench.bench_pipeline", "--size", "8192"],  # 2D 8192² and 3D 256³, one run each (about 4 min)
-    ["bench.bench_cluster"],  # 6 × 1024² on 1, 2, 3 simulated nodes (about 3 min)
+    ["bench.bench_pipeline", "--size", "8192"],  # 2D 8192² and 3D 256³, one run of each approach (about 1.5 min)
+    ["bench.bench_cluster"],  # 6 × 1024² on 1, 2, 3 simulated nodes and one full pool (about 1.5 min)
 ]
 QUICK = [
     ["bench.bench_stitch", "--size", "1024"],

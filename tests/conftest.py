@@ -74,6 +74,9 @@ class ThreadFinisher:
     def submit(self, fn, /, *args):  # type: ignore[no-untyped-def]
         return self.pool.submit(fn, *args)
 
+    def warm(self) -> None:
+        pass
+
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 

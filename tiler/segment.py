@@ -433,6 +433,7 @@ def run_many(
         first.open_early()
         try:
             pool.start(model_ref(first.cfg))
+            finisher.warm()  # its imports overlap the first blocks
         except BaseException:
             first._opening.exception()  # let the planning thread end, then drop what it took
             first.close()

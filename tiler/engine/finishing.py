@@ -32,6 +32,20 @@ class Finisher(Protocol):
         """Stop the workers (steps still running are waited for)."""
         ...
 
+    def warm(self) -> None:
+        """Start a worker now and import the finishing modules in it, so that cost overlaps the blocks."""
+        ...
+
+
+def warm_up() -> int:
+    """Import the finishing modules (:data:`PRELOAD`) in this worker; returns its pid."""
+    import importlib
+    import os
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    return os.getpid()
+
 
 PRELOAD = ["tiler.job.finish", "tiler.io.export", "tiler.io.vector", "tiler.io.store", "tiler.metrics.files"]
 """Modules the fork server imports once, so each finishing process starts with them loaded."""
@@ -67,6 +81,10 @@ class ProcessFinisher:
                 context.set_forkserver_preload(PRELOAD)
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
             return _named_death(self._pool.submit(fn, *args))
+
+    def warm(self) -> None:
+        """Start the fork server and a worker now (their imports overlap the blocks instead of delaying finishing)."""
+        self.submit(warm_up)
 
     def close(self) -> None:
         """Shut the pool down once its steps are done."""

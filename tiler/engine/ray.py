@@ -454,6 +454,12 @@ class RayFinisher:
             task = self._tasks[(fn, cpus)] = ray.remote(fn).options(num_cpus=cpus, max_retries=2)
         return _step_future(task.remote(*args))
 
+    def warm(self) -> None:
+        """Start a Ray worker importing the finishing modules (asking for no CPU), which later steps reuse."""
+        from tiler.engine.finishing import warm_up
+
+        ray.remote(warm_up).options(num_cpus=0).remote()
+
     def close(self) -> None:
         """Nothing to stop: the steps' workers belong to Ray."""
 
