@@ -15,7 +15,7 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -267,6 +267,7 @@ class RayExecutor:
         self._starting = threading.RLock()  # the planning thread may ask for facts while the driver starts the pool
         self._facts: Any = None  # the pool model's facts call, pending or answered
         self._facts_actor: Any = None  # the actor that call went to
+        self._next_node = -1  # the CPU node the last zero-CPU finishing step was placed on
 
     @property
     def depth(self) -> int:
@@ -398,17 +399,25 @@ class RayExecutor:
         """Ray tasks finishing this run's inputs on CPU workers (:class:`RayFinisher`); ``workers`` is not a limit here.
 
         Each step asks for one CPU when the cluster has CPUs beyond the pool's reservation, so it lands on a CPU
-        worker, never on a node with none (a head node started with ``--num-cpus 0``); on a machine whose CPUs
-        the pool holds (an embedded Ray on a laptop), it asks for none and shares them with the model actors.
-        Decided when a step is submitted, so the pool started (or resized) since is counted.
+        worker. When the pool holds every CPU (an embedded Ray on a laptop, or a default-sized pool), it asks for
+        none and is placed, in turn, on the nodes that have CPUs: never on a node with none (a head node started
+        with ``--num-cpus 0``, the driver's). Decided when a step is submitted, so the pool started since counts.
         """
-        return RayFinisher(cpus=self._finish_cpus)
+        return RayFinisher(placement=self._finish_placement)
 
-    def _finish_cpus(self) -> float:
-        """CPUs one finishing step asks for: 1 when the cluster has a CPU the pool does not hold, else 0."""
+    def _finish_placement(self) -> dict[str, Any]:
+        """Ray options of the next finishing step: ``num_cpus``, and a node with CPUs when it asks for none."""
         connect(self.options.address)
         reserved = len(self._actors) * self.options.cpus_per_actor
-        return 1.0 if float(ray.cluster_resources().get("CPU", 0)) - reserved >= 1 else 0.0
+        if float(ray.cluster_resources().get("CPU", 0)) - reserved >= 1:
+            return {"num_cpus": 1}
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+        if not nodes:
+            return {"num_cpus": 0}
+        self._next_node = (self._next_node + 1) % len(nodes)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[self._next_node], soft=True)}
 
     def pids(self) -> list[int]:
         """Process ids of the actors (tests kill them)."""
@@ -438,21 +447,17 @@ class RayFinisher:
     harmless); its error comes back as the step's own :class:`~tiler.errors.TilerError`.
 
     Args:
-        cpus: CPUs each step asks for (0: none reserved, it shares the node's CPUs), or a function giving them
-            when a step is submitted.
+        placement: The Ray options of each step (``num_cpus``, a scheduling strategy), or a function giving
+            them when a step is submitted.
     """
 
-    def __init__(self, *, cpus: float | Callable[[], float] = 1.0) -> None:
-        self.cpus = cpus
-        self._tasks: dict[Any, Any] = {}
+    def __init__(self, *, placement: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None) -> None:
+        self.placement = placement if placement is not None else {"num_cpus": 1}
 
     def submit(self, fn: Any, /, *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` as a Ray task."""
-        cpus = self.cpus() if callable(self.cpus) else self.cpus
-        task = self._tasks.get((fn, cpus))
-        if task is None:
-            task = self._tasks[(fn, cpus)] = ray.remote(fn).options(num_cpus=cpus, max_retries=2)
-        return _step_future(task.remote(*args))
+        options = self.placement() if callable(self.placement) else self.placement
+        return _step_future(ray.remote(fn).options(max_retries=2, **options).remote(*args))
 
     def warm(self) -> None:
         """Start a Ray worker importing the finishing modules (asking for no CPU), which later steps reuse."""
