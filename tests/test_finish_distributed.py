@@ -158,6 +158,20 @@ def test_a_killed_finishing_process_fails_its_step_by_name_and_the_next_step_get
         finisher.close()
 
 
+def _group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return out
+
+
 SLOW_FINISH = textwrap.dedent(
     """
     import os, time
@@ -200,6 +214,14 @@ def test_a_driver_killed_while_finishing_is_resumed_by_its_rerun_with_no_block_r
         assert marker.exists(), driver.stderr.read().decode()[-2000:] if driver.stderr else ""
         os.kill(driver.pid, signal.SIGKILL)  # the driver, while a worker is finishing its input
         driver.wait(timeout=60)
+        if engine == "local":  # its finishing processes and their fork server do not live on as orphans
+            left = _group(driver.pid)
+            for _ in range(100):
+                if not left:
+                    break
+                time.sleep(0.1)
+                left = _group(driver.pid)
+            assert not left, f"processes left behind by the killed driver: {left}"
     finally:
         try:
             os.killpg(driver.pid, signal.SIGKILL)  # the finishing workers it leaves behind

@@ -9,8 +9,12 @@ another process and hands back a future: Ray tasks on the cluster's CPU workers
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,7 +44,6 @@ class Finisher(Protocol):
 def warm_up() -> int:
     """Import the finishing modules (:data:`PRELOAD`) in this worker; returns its pid."""
     import importlib
-    import os
 
     for name in PRELOAD:
         importlib.import_module(name)
@@ -79,7 +82,8 @@ class ProcessFinisher:
             if self._pool is None or getattr(self._pool, "_broken", False):
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(PRELOAD)
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=watch_driver,
+                                                 initargs=(os.getpid(),))
             return _named_death(self._pool.submit(fn, *args))
 
     def warm(self) -> None:
@@ -92,6 +96,34 @@ class ProcessFinisher:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+DRIVER_CHECK_S = 1.0
+"""How often a finishing process checks that the driver that started it is alive (seconds)."""
+
+
+def watch_driver(driver: int) -> None:
+    """Run in each pool process: when the driver is gone (killed), end this process and the fork server.
+
+    A SIGKILLed driver never shuts its pool down, and the fork server and its workers would otherwise live on
+    as orphans; a step still running there is abandoned, as its input's rerun redoes it.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(DRIVER_CHECK_S)
+            try:
+                os.kill(driver, 0)
+            except ProcessLookupError:
+                server = os.getppid()
+                if server not in (1, driver):
+                    with contextlib.suppress(OSError):
+                        os.kill(server, signal.SIGKILL)
+                os._exit(1)
+            except PermissionError:
+                pass  # alive, another user's: not ours to judge
+
+    threading.Thread(target=watch, name="tiler-watch-driver", daemon=True).start()
 
 
 def _named_death(future: Future[T]) -> Future[T]:
