@@ -77,6 +77,48 @@ def _archive_rows() -> list[str]:
     return rows
 
 
+def _pipeline_rows() -> list[str]:
+    rows = []
+    for path in sorted(RESULTS.glob("pipeline-*.json")):
+        r = json.loads(path.read_text())
+        for case, c in r["cases"].items():
+            res = c["results"]
+            floor = res.get("floor", {}).get("process_s")
+            if not floor:
+                continue
+            shape = "×".join(map(str, c["shape"]))
+
+            def cell(name: str, res: dict[str, Any] = res, floor: float = floor) -> str:
+                run = res.get(name, {})
+                if "process_s" not in run:
+                    return "–"
+                whole = f"{_f(run['process_s'], 1)} ({_f(floor / run['process_s'])})"
+                if run.get("blocks_seconds"):
+                    ratio = res["floor"]["seconds"] / run["blocks_seconds"]
+                    whole += f"; blocks {_f(run['blocks_seconds'], 1)} ({_f(ratio)})"
+                return whole
+
+            stages = res.get("tiler-ray", {}).get("stages") or {}
+            idle = res.get("tiler-ray", {}).get("model_idle_share")
+            rows.append(
+                f"| {case.upper()} {shape} | {_f(floor, 1)} | {cell('tiler-local')} | {cell('tiler-ray')} "
+                f"| {cell('monai')} | {', '.join(f'{k} {v:.1f}' for k, v in stages.items()) or '–'} | {_f(idle, 3)} |"
+            )
+    return rows
+
+
+def _cluster_rows() -> list[str]:
+    r = _load("cluster")
+    if r is None:
+        return []
+    rows = []
+    for run in r["runs"]:
+        places = ", ".join(f"{node} {n}" for node, n in sorted(run["finishing_steps_per_node"].items()))
+        rows.append(f"| {run['nodes']} | {run['pool']} | {_f(run['seconds'], 1)} | {_f(run['finish_seconds_sum'], 1)} "
+                    f"| {places} | {'yes' if run['head_ran_none'] else 'NO'} |")
+    return rows
+
+
 def render() -> str:
     """The markdown of the performance section's tables."""
     lines = []
@@ -111,6 +153,34 @@ def render() -> str:
             "| tiler ÷ loop time | steady state ÷ limit | start-up s | per input s (limit) |",
             "|---|---|---|---|---|---|---|---|---|",
             *archive,
+            "",
+        ]
+    pipeline = _pipeline_rows()
+    if pipeline:
+        lines += [
+            "Free-model ceiling (`python -m bench.bench_pipeline --size 8192 --volume 256`: a 1×1 convolution in ONNX, "
+            "no exports; whole commands in seconds, with their throughput ÷ the I/O floor's in brackets, and the "
+            "block phase alone ÷ the floor's own read-compute-write time; the floor is two processes reading the same "
+            "windows with rasterio and writing uint8 labels to zarr; stage seconds of tiler on Ray are summed over "
+            "threads):",
+            "",
+            "| case | I/O floor s | tiler `--engine local` | tiler on embedded Ray | MONAI + onnxruntime "
+            "| tiler Ray stages s | model idle share |",
+            "|---|---|---|---|---|---|---|",
+            *pipeline,
+            "",
+        ]
+    cluster = _cluster_rows()
+    if cluster:
+        lines += [
+            "Simulated cluster (`python -m bench.bench_cluster`: `ray.cluster_utils`, head node with no CPUs, worker "
+            "nodes of 2 logical CPUs all on this 2-core machine; 6 × 1024² archive with COG and GeoJSON; finishing "
+            "steps counted per node from their workers' pids):",
+            "",
+            "| worker nodes | pool | archive s | finishing s (summed) | finishing steps per node "
+            "| head node ran none |",
+            "|---|---|---|---|---|---|",
+            *cluster,
             "",
         ]
     other = []
