@@ -50,8 +50,9 @@ def warm_up() -> int:
     return os.getpid()
 
 
-PRELOAD = ["tiler.job.finish", "tiler.io.export", "tiler.io.vector", "tiler.io.store", "tiler.metrics.files"]
-"""Modules the fork server imports once, so each finishing process starts with them loaded."""
+PRELOAD = ["tiler.io.export", "tiler.io.vector", "tiler.io.store", "tiler.metrics.files"]
+"""Modules the fork server imports once, so each finishing process starts with them loaded (the heavy ones: GDAL,
+zarr, shapely, dask; all below this layer)."""
 
 
 class ProcessFinisher:
