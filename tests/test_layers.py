@@ -108,3 +108,12 @@ def test_the_config_package_loads_no_heavy_library() -> None:
     code = "import sys, json, tiler.config; print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=TILER.parent, capture_output=True, text=True, check=True)
     assert not set(json.loads(out.stdout)) & {"torch", "dask", "zarr", "rasterio", "ray", "monai"}
+
+
+@pytest.mark.parametrize("path", modules(TILER / "exports"), ids=lambda p: p.name)
+def test_the_export_registry_sits_just_above_io(path: Path) -> None:
+    above = ("tiler.engine", "tiler.job", "tiler.config", "tiler.segment", "tiler.archive", "tiler.cli", "tiler.model")
+    used = [name for name in imports(path) if any(_uses({name}, layer) for layer in above)]
+    assert not used, f"{path.name} imports {used}: an export format knows the store and io, nothing above them"
+    found = [lib for lib in FILE_LIBRARIES if any(n.split(".")[0] == lib for n in imports(path))]
+    assert not found, f"{path.name} imports {found}: writers live in tiler.io, imported when an export runs"
