@@ -236,3 +236,15 @@ def test_a_driver_killed_while_finishing_is_resumed_by_its_rerun_with_no_block_r
     after = {p.name: p.read_bytes() for p in (Path(tmp_path / "out.zarr") / ".tiler" / "blocks").glob("*.json")}
     assert after == blocks  # no block recomputed
     assert (tmp_path / "out.cog.tif").is_file() and (tmp_path / "out.report.json").is_file()
+
+
+def test_verify_names_an_export_the_last_finishing_asked_for_but_never_recorded(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tiler.cli import main
+
+    cfg = load_config(write_config(tmp_path), ["output.exports=[cog,quicklook]"])
+    result = run_segment(cfg, engine="local", quiet=True)
+    assert main(["verify", result.store]) == 0
+    (Path(result.store) / ".tiler" / "exports" / "cog_aux.json").unlink()  # the sidecar's record lost
+    assert main(["verify", result.store]) == 1
+    out = capsys.readouterr().out
+    assert "missing-export" in out and "out.cog.tif.aux.xml" in out and "cog_aux has no record" in out

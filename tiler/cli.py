@@ -138,7 +138,10 @@ def _verify(args: argparse.Namespace) -> int:
             f"{args.store} is not a tiler output store (no tiler metadata in its zarr.json); fix: give the store "
             "folder a job wrote (its output.path)."
         )
+    from tiler.job.outputs import check_finished_exports
+
     report = verify_store(args.store)
+    check_finished_exports(report)
     if args.json or args.json_logs:
         print(json.dumps(report.to_dict()))
     elif not args.quiet or not report.ok:

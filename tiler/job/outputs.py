@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError
@@ -107,3 +108,30 @@ def check_output_paths(cfg: JobConfig) -> None:
             )
 
 
+def check_finished_exports(report: Any) -> None:
+    """Add to a :class:`~tiler.io.verify.VerifyReport` the exports the store's last finishing asked for and lacks.
+
+    The registry knows every file of every export; each one the recorded config's ``output.exports`` names must
+    have a record. A complete store whose finishing asked for ``cog`` but holds no record of ``cog_aux`` gets a
+    ``missing-export`` problem naming the file; a rerun of the job writes it.
+    """
+    from tiler.io.store import OutputStore
+    from tiler.io.verify import Problem
+
+    store = OutputStore.open(report.store, mode="r")
+    if not store.complete:
+        return
+    config = store.attrs.get("config") or {}
+    asked = (config.get("output") or {}).get("exports") or []
+    records = store.export_records()
+    for name in asked:
+        export = EXPORTS.get(name)
+        if export is None:
+            continue  # a format of another tiler version: nothing to check it against
+        for role, path in export.paths(output_stem(report.store)).items():
+            if role not in records:
+                report.problems.append(Problem(
+                    "missing-export", str(path), None,
+                    f"export {name!r} was asked for by the store's last finishing but its file {role} has no record; "
+                    "rerun the job to write it",
+                ))
