@@ -460,10 +460,11 @@ class RayFinisher:
         return _step_future(ray.remote(fn).options(max_retries=2, **options).remote(*args))
 
     def warm(self) -> None:
-        """Start a Ray worker importing the finishing modules (asking for no CPU), which later steps reuse."""
+        """Start a Ray worker importing the finishing modules where steps will run; later steps reuse it."""
         from tiler.engine.finishing import warm_up
 
-        ray.remote(warm_up).options(num_cpus=0).remote()
+        options = self.placement() if callable(self.placement) else self.placement
+        ray.remote(warm_up).options(**options).remote()
 
     def close(self) -> None:
         """Nothing to stop: the steps' workers belong to Ray."""
