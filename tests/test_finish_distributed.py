@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 
@@ -248,3 +249,24 @@ def test_verify_names_an_export_the_last_finishing_asked_for_but_never_recorded(
     assert main(["verify", result.store]) == 1
     out = capsys.readouterr().out
     assert "missing-export" in out and "out.cog.tif.aux.xml" in out and "cog_aux has no record" in out
+
+
+def test_a_map_with_overviews_gets_them_drawn_in_bands_by_workers_and_its_cog_and_quicklook_use_them(
+    tmp_path: Path,
+) -> None:
+    import rasterio
+    from rio_cogeo.cogeo import cog_validate
+
+    from tests.engine.helpers import write_job
+    from tiler.io.overviews import mode_2x
+
+    config = write_job(tmp_path, shape=(700, 620), block=128,
+                       output={"path": str(tmp_path / "out.zarr"), "chunks": 64, "exports": ["cog", "quicklook"]})
+    result = run_segment(load_config(config), engine="local", quiet=True)
+    steps = result.summary["finishing"]
+    assert steps["overviews"]["bands"] >= 2 and not steps["cog"]["reused"]
+    labels = zarr.open_group(result.store, mode="r")["labels"][...]
+    with rasterio.open(result.outputs["cog"], overview_level=0) as level1:
+        assert np.array_equal(level1.read(1), mode_2x(labels, nodata=255))  # the stored mode level, exactly
+    assert cog_validate(result.outputs["cog"])[0]
+    assert not list((Path(result.store) / ".tiler").glob("overviews-*"))  # the bands are gone once drawn in

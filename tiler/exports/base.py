@@ -28,6 +28,8 @@ class WriteContext:
         before_move: Hook the writer passes to the atomic writes (records the file's intent in the store).
         parts: For an export drawn from the store's polygons: the band files workers drew them into
             (:func:`tiler.io.vector.write_polygon_band`); empty: the writer draws them itself.
+        overviews: For an export drawn from the map's mode overview levels: the folder workers drew them into
+            (:func:`tiler.io.overviews.write_overview_band`); None: the writer reads the map itself.
     """
 
     store: Any
@@ -36,6 +38,7 @@ class WriteContext:
     settings: Mapping[str, Any] = field(default_factory=dict)
     before_move: BeforeMove | None = None
     parts: tuple[str, ...] = ()
+    overviews: str | None = None
 
     @property
     def path(self) -> Path:
@@ -58,6 +61,8 @@ class ExportFormat:
         why_not: For a dimensionality it cannot be written for: the fix to print.
         polygons: Drawn from the store's polygons, which finishing draws once per input, band by band on
             several workers (the block step every polygon export shares), before this export's assembly.
+        overviews: Drawn (for a 2D map) from its mode overview levels, which finishing draws once per input, band
+            by band on several workers, before this export's assembly.
     """
 
     name: str
@@ -67,6 +72,7 @@ class ExportFormat:
     settings: tuple[str, ...] = ()
     why_not: str = ""
     polygons: bool = False
+    overviews: bool = False
 
     def paths(self, base: Path) -> dict[str, Path]:
         """The export's files beside the output whose stem is ``base`` (``/out/scene`` for ``/out/scene.zarr``).

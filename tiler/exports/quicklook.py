@@ -8,7 +8,9 @@ from tiler.exports.base import ExportFormat, WriteContext
 def _write(ctx: WriteContext) -> None:
     from tiler.io import export
 
-    export.write_quicklook(ctx.store, ctx.path, reader=ctx.reader, before_move=ctx.before_move)
+    export.write_quicklook(ctx.store, ctx.path, reader=ctx.reader, before_move=ctx.before_move, overviews=ctx.overviews)
 
 
-FORMAT = ExportFormat(name="quicklook", dims=frozenset({2, 3}), files={"quicklook": ".quicklook.png"}, write=_write)
+FORMAT = ExportFormat(
+    name="quicklook", dims=frozenset({2, 3}), files={"quicklook": ".quicklook.png"}, write=_write, overviews=True
+)

@@ -97,8 +97,13 @@ def export_cog(
     *,
     reference: Reader | Georef | None = None,
     before_move: BeforeMove | None = None,
+    overviews: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the labels as a Cloud-Optimised GeoTIFF that drops onto the input (same CRS and transform).
+
+    With ``overviews`` (a folder of :func:`tiler.io.overviews.write_overview_band` levels, drawn by other
+    workers), GDAL takes those as the COG's overviews (an external ``.ovr`` beside the temporary source) instead
+    of computing them here.
 
     A tiled GeoTIFF is written window by window (in memory up to :data:`COG_IN_MEMORY_BYTES` of labels,
     else to a temporary file), then GDAL's COG driver copies it (deflate at :data:`COG_DEFLATE_LEVEL`,
@@ -112,6 +117,7 @@ def export_cog(
         out_path: The ``.tif`` to write.
         reference: The input reader or its georef (default: the georef stored in ``store``).
         before_move: Called as ``before_move(tmp, final)`` for the COG and its ``.aux.xml`` before each move.
+        overviews: A folder of stored mode levels to use as the COG's overviews (None: GDAL computes them).
 
     """
     out_path = Path(out_path)
@@ -149,11 +155,21 @@ def export_cog(
 
     with _write_errors(out_path, "write the COG"), contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=256))
-        if labels.nbytes <= COG_IN_MEMORY_BYTES:  # uncompressed in /vsimem: no encode and decode of a temporary
+        copy_options: dict[str, Any] = {"overview_resampling": "mode"}
+        source_name: str | Path
+        if overviews is not None:  # drawn already: a source file with them beside it as its .ovr
+            from tiler.io.overviews import write_ovr
+
+            source_name = stack.enter_context(temporary_dir(out_path.parent, label="cog")) / "labels.tif"
+            with rasterio.open(source_name, "w", **profile, compress="lzw") as dst:
+                fill(dst)
+            write_ovr(overviews, store.shape, source_name.with_name(source_name.name + ".ovr"))
+            copy_options = {"OVERVIEWS": "FORCE_USE_EXISTING"}
+        elif labels.nbytes <= COG_IN_MEMORY_BYTES:  # uncompressed in /vsimem: no encode and decode of a temporary
             source = stack.enter_context(MemoryFile())
             with source.open(**profile) as dst:
                 fill(dst)
-            source_name: str | Path = source.name
+            source_name = source.name
         else:  # a temporary file: LZW costs a sixth of deflate's time on a label map, the COG re-encodes
             source_name = stack.enter_context(temporary_dir(out_path.parent, label="cog")) / "labels.tif"
             with rasterio.open(source_name, "w", **profile, compress="lzw") as dst:
@@ -166,8 +182,8 @@ def export_cog(
                 compress="deflate",
                 level=COG_DEFLATE_LEVEL,
                 blocksize=512,
-                overview_resampling="mode",
                 BIGTIFF="IF_SAFER",
+                **copy_options,
             )
             cog_tmp.with_name(cog_tmp.name + ".aux.xml").unlink(missing_ok=True)  # GDAL's own; ours replaces it
     write_class_table_aux(aux_path(out_path), store.class_names, store.class_colors, before_move=before_move)
@@ -545,6 +561,7 @@ def write_quicklook(
     max_size: int = 1024,
     alpha: float = 0.5,
     before_move: BeforeMove | None = None,
+    overviews: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write a PNG of the labels (class colours, nodata transparent), over the input if given, with a legend.
 
@@ -563,7 +580,8 @@ def write_quicklook(
     if len(store.shape) == 3:
         picture = _volume_quicklook(store, reader, alpha=alpha, size=min(max_size, QUICKLOOK_PANEL))
     else:
-        picture = Image.fromarray(_plane_quicklook(store, reader, max_size=max_size, alpha=alpha), mode="RGBA")
+        plane = _plane_quicklook(store, reader, max_size=max_size, alpha=alpha, overviews=overviews)
+        picture = Image.fromarray(plane, mode="RGBA")
     picture = _with_legend(picture, store.class_names, store.class_colors)
     with atomic_path(png_path, what="write the quicklook", before_move=before_move) as tmp:
         picture.save(tmp, format="PNG")
@@ -588,14 +606,33 @@ def _overlay(labels: np.ndarray, palette: np.ndarray, image: np.ndarray | None, 
     return np.concatenate([blended, np.full((*labels.shape, 1), 255, np.uint8)], axis=-1)
 
 
-def _plane_quicklook(store: OutputStore, reader: Reader | None, *, max_size: int, alpha: float) -> np.ndarray:
-    """The whole 2D map sampled to at most ``max_size`` pixels a side: (h, w, 4)."""
+def _plane_quicklook(
+    store: OutputStore, reader: Reader | None, *, max_size: int, alpha: float,
+    overviews: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """The whole 2D map sampled to at most ``max_size`` pixels a side: (h, w, 4).
+
+    With ``overviews`` (stored mode levels) the labels come from the coarsest level whose factor divides the
+    sampling step, never from the full-resolution map.
+    """
     h, w = store.shape
     step = max(1, math.ceil(max(h, w) / max_size))
-    band = step * max(1, 512 // step)
-    labels = np.concatenate(
-        [store.read((slice(r0, min(r0 + band, h), step), slice(0, w, step))) for r0 in range(0, h, band)], axis=0
-    )
+    level = 0
+    if overviews is not None:
+        from tiler.io.overviews import level_shapes, read_level
+
+        shapes = level_shapes(store.shape)
+        while level < len(shapes) and step % 2 ** (level + 1) == 0:
+            level += 1
+    if level:
+        factor = 2**level
+        whole = read_level(overviews, level, shapes[level - 1])  # type: ignore[arg-type]
+        labels = whole[:: step // factor, :: step // factor]
+    else:
+        band = step * max(1, 512 // step)
+        labels = np.concatenate(
+            [store.read((slice(r0, min(r0 + band, h), step), slice(0, w, step))) for r0 in range(0, h, band)], axis=0
+        )
     image = reader.read_sampled(step) if reader is not None else None  # overviews / a pyramid level if any
     return _overlay(labels, _palette(store), image, alpha)
 

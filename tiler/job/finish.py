@@ -108,7 +108,7 @@ def drawn_already(task: FinishTask, name: str) -> bool:
     return all(recorded.get(f) == str(p) and records[f].get("settings", {}) == settings for f, p in paths.items())
 
 
-def export_step(task: FinishTask, name: str, parts: tuple[str, ...] = ()) -> StepResult:
+def export_step(task: FinishTask, name: str, parts: tuple[str, ...] = (), overviews: str | None = None) -> StepResult:
     """Write export ``name`` beside the store (or keep the one an earlier finishing drew the same way); record it.
 
     An export already recorded by an earlier run of this store and drawn with the same settings
@@ -116,7 +116,8 @@ def export_step(task: FinishTask, name: str, parts: tuple[str, ...] = ()) -> Ste
     written again has its records retired first (:meth:`~tiler.io.store.OutputStore.retire_exports`), so a step
     killed half-way never keeps a file it was replacing; each file's intent (path and digest) is recorded before
     it is moved into place, so a rerun recognises a file moved but not yet recorded. Every file is recorded with
-    the task's ``job_hash``. ``parts``: the polygon band files of a polygon export (:func:`polygon_band_step`).
+    the task's ``job_hash``. ``parts``: the polygon band files of a polygon export (:func:`polygon_band_step`);
+    ``overviews``: the folder of the map's mode levels (:func:`overview_band_step`).
     """
     from tiler.io.store import OutputStore
 
@@ -131,7 +132,7 @@ def export_step(task: FinishTask, name: str, parts: tuple[str, ...] = ()) -> Ste
         reader = task.plan.input.open()
         try:
             export.write(WriteContext(store, paths, reader, settings, before_move=store.intent_recorder(),
-                                      parts=parts))
+                                      parts=parts, overviews=overviews))
         finally:
             reader.close()
     for role, path in paths.items():  # recorded once the export and its sidecars are all in place
@@ -148,6 +149,35 @@ def polygon_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
     folder = Path(task.plan.store_path) / ".tiler" / "polygons"
     rows = band_rows(task.plan.grid.shape[0], task.cfg.output.chunks[0], BANDS)
     return [((a, b), str(folder / f"rows-{a:09d}-{b:09d}.parquet")) for a, b in rows]
+
+
+def overview_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
+    """The row bands a 2D map's mode overview levels are drawn in, each with the folder its worker writes into.
+
+    Empty for a volume, or a map too small to have levels. Bands start on whole cells of the coarsest level.
+    """
+    from tiler.exports.polygons import BANDS
+    from tiler.io.overviews import band_unit, level_shapes
+    from tiler.io.vector import band_rows
+
+    shape = task.plan.grid.shape
+    levels = level_shapes(shape) if len(shape) == 2 else []
+    if not levels:
+        return []
+    unit = band_unit(task.cfg.output.chunks[0], len(levels))
+    rows = band_rows(shape[0], unit, BANDS)
+    folder = str(Path(task.plan.store_path) / ".tiler" / f"overviews-{len(rows)}x{unit}")
+    return [(band, folder) for band in rows]
+
+
+def overview_band_step(task: FinishTask, rows: tuple[int, int], folder: str) -> StepResult:
+    """Draw every mode overview level of one band of rows into ``folder``: the block step of the COG and quicklook."""
+    from tiler.io.overviews import write_overview_band
+    from tiler.io.store import OutputStore
+
+    t0 = time.perf_counter()
+    write_overview_band(OutputStore.open(task.plan.store_path, mode="r"), folder, rows=rows)
+    return StepResult(f"overviews {rows[0]}:{rows[1]}", {}, time.perf_counter() - t0, worker=_worker())
 
 
 def polygon_band_step(task: FinishTask, rows: tuple[int, int], path: str) -> StepResult:
@@ -213,7 +243,9 @@ def report_step(task: FinishTask, result: SegmentResult) -> StepResult:
         store.record_export(role, result.outputs[role], job_hash=task.job_hash)
     store.mark_complete(result.summary, job_hash=task.job_hash,
                         attrs={"config": task.store_config} if task.store_config else None)
-    shutil.rmtree(Path(task.plan.store_path) / ".tiler" / "polygons", ignore_errors=True)  # drawn into exports
+    state = Path(task.plan.store_path, ".tiler")
+    for drawn in (state / "polygons", *state.glob("overviews-*")):  # the block steps' bands, drawn into the exports
+        shutil.rmtree(drawn, ignore_errors=True)
     outputs = {role: result.outputs[role] for role in ("report_json", "report_md")}
     return StepResult("report", outputs, time.perf_counter() - t0, worker=_worker())
 
@@ -251,6 +283,13 @@ def write_reports(
     write_bytes_atomic(paths["report_md"], ("\n".join(lines) + "\n").encode(), before_move=before_move)
 
 
+def _all_done(group: dict[str, Future[StepResult]], steps: dict[str, Future[StepResult]]) -> bool:
+    """Wait for a block step's bands, add them to ``steps``; whether every band succeeded."""
+    wait(list(group.values()))
+    steps.update(group)
+    return all(f.exception() is None for f in group.values())
+
+
 def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: set[str]) -> SegmentResult:
     """Finish one input on ``finisher``'s workers: exports and score side by side, then the reports and ``complete``.
 
@@ -267,21 +306,25 @@ def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: s
     """
     t0 = time.perf_counter()
     exports = task.cfg.output.exports
-    drawn = [n for n in exports if EXPORTS[n].polygons and not drawn_already(task, n)]
+    levels = overview_bands(task)
+    from_polygons = [n for n in exports if EXPORTS[n].polygons and not drawn_already(task, n)]
+    from_levels = [n for n in exports if EXPORTS[n].overviews and levels and not drawn_already(task, n)]
     steps: dict[str, Future[StepResult]] = {
-        name: finisher.submit(export_step, task, name) for name in exports if name not in drawn
+        name: finisher.submit(export_step, task, name) for name in exports if name not in from_polygons + from_levels
     }
     if task.cfg.scoring.truth is not None:
         steps["score"] = finisher.submit(score_step, task, job.confusion)
-    if drawn:  # the polygons once for every polygon export: bands on as many workers, then each export joins them
-        bands = polygon_bands(task)
-        band_steps = {f"polygons {rows[0]}:{rows[1]}": finisher.submit(polygon_band_step, task, rows, path)
-                      for rows, path in bands}
-        wait(list(band_steps.values()))
-        steps.update(band_steps)
-        if not any(f.exception() is not None for f in band_steps.values()):
-            parts = tuple(path for _, path in bands)
-            steps.update({name: finisher.submit(export_step, task, name, parts) for name in drawn})
+    # the block steps, each once for every export drawn from it: bands of rows on as many workers
+    polygon_parts = polygon_bands(task) if from_polygons else []
+    polygon_steps = {f"polygons {rows[0]}:{rows[1]}": finisher.submit(polygon_band_step, task, rows, path)
+                     for rows, path in polygon_parts}
+    level_steps = {f"overviews {rows[0]}:{rows[1]}": finisher.submit(overview_band_step, task, rows, folder)
+                   for rows, folder in (levels if from_levels else [])}
+    if _all_done(polygon_steps, steps) and from_polygons:
+        parts = tuple(path for _, path in polygon_parts)
+        steps.update({name: finisher.submit(export_step, task, name, parts) for name in from_polygons})
+    if _all_done(level_steps, steps) and from_levels:
+        steps.update({name: finisher.submit(export_step, task, name, (), levels[0][1]) for name in from_levels})
     wait(list(steps.values()))
     errors = [f.exception() for f in steps.values() if f.exception() is not None]
     if errors:
@@ -296,14 +339,15 @@ def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: s
     summary.update(block_timings([r for k, r in job.records.items() if k in ran], summary["blocks_seconds"]))
     summary["finishing"] = {
         name: {"seconds": round(s.seconds, 3), "reused": s.reused, "worker": s.worker}
-        for name, s in done.items() if not name.startswith("polygons ")
+        for name, s in done.items() if " " not in name
     }
-    drew = [s for name, s in done.items() if name.startswith("polygons ")]
-    if drew:  # one line for the shared block step: its seconds summed over the bands, and every worker that ran one
-        summary["finishing"]["polygons"] = {
-            "seconds": round(sum(s.seconds for s in drew), 3), "reused": False, "bands": len(drew),
-            "worker": ", ".join(sorted({s.worker for s in drew})),
-        }
+    for block_step in ("polygons", "overviews"):  # one line each: seconds summed over the bands, every worker
+        drew = [s for name, s in done.items() if name.startswith(block_step + " ")]
+        if drew:
+            summary["finishing"][block_step] = {
+                "seconds": round(sum(s.seconds for s in drew), 3), "reused": False, "bands": len(drew),
+                "worker": ", ".join(sorted({s.worker for s in drew})),
+            }
     summary["finish_seconds"] = round(time.perf_counter() - t0, 3)
     summary["seconds"] = round(summary["blocks_seconds"] + summary["finish_seconds"], 3)
     report = finisher.submit(report_step, task, result).result()
