@@ -163,7 +163,7 @@ def export_cog(
             source_name = stack.enter_context(temporary_dir(out_path.parent, label="cog")) / "labels.tif"
             with rasterio.open(source_name, "w", **profile, compress="lzw") as dst:
                 fill(dst)
-            write_ovr(overviews, store.shape, source_name.with_name(source_name.name + ".ovr"))
+            write_ovr(overviews, store.shape, source_name.with_name(source_name.name + ".ovr"), dtype=labels.dtype)
             copy_options = {"OVERVIEWS": "FORCE_USE_EXISTING"}
         elif labels.nbytes <= COG_IN_MEMORY_BYTES:  # uncompressed in /vsimem: no encode and decode of a temporary
             source = stack.enter_context(MemoryFile())

@@ -113,16 +113,45 @@ def read_level(folder: str | os.PathLike[str], level: int, shape: tuple[int, int
     return np.concatenate(list(level_rows(folder, level, shape)), axis=0)
 
 
-def write_ovr(folder: str | os.PathLike[str], shape: Sequence[int], ovr_path: str | os.PathLike[str]) -> int:
+def _strips(folder: str | os.PathLike[str], level: int, shape: tuple[int, int], rows: int) -> Iterator[np.ndarray]:
+    """Level ``level`` as strips of ``rows`` rows (the last one shorter), read across its band files."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for band in level_rows(folder, level, shape):
+        start = 0
+        while start < band.shape[0]:
+            take = min(rows - held, band.shape[0] - start)
+            pending.append(np.asarray(band[start : start + take]))
+            held, start = held + take, start + take
+            if held == rows:
+                yield np.concatenate(pending, axis=0)
+                pending, held = [], 0
+    if pending:
+        yield np.concatenate(pending, axis=0)
+
+
+def _tiles(folder: str | os.PathLike[str], level: int, shape: tuple[int, int], tile: int) -> Iterator[np.ndarray]:
+    """Level ``level`` as ``tile``² tiles in row-major order (edge tiles padded), as a tiled TIFF page wants them."""
+    for strip in _strips(folder, level, shape, tile):
+        for c in range(0, shape[1], tile):
+            out = np.zeros((tile, tile), dtype=strip.dtype)
+            part = strip[:, c : c + tile]
+            out[: part.shape[0], : part.shape[1]] = part
+            yield out
+
+
+def write_ovr(folder: str | os.PathLike[str], shape: Sequence[int], ovr_path: str | os.PathLike[str],
+              *, dtype: np.dtype | str = "uint8") -> int:
     """Write the levels as a GDAL external overview file (``<source>.ovr``: one tiled TIFF page per level).
 
-    Returns the number of levels written.
+    Streamed tile by tile from the band files: memory holds one strip of 256 rows of a level. Returns the
+    number of levels written.
     """
     import tifffile
 
     shapes = level_shapes(shape)
-    with tifffile.TiffWriter(ovr_path) as tif:
+    with tifffile.TiffWriter(ovr_path, bigtiff=True) as tif:
         for k, level_shape in enumerate(shapes, start=1):
-            tif.write(read_level(folder, k, level_shape), tile=(256, 256), photometric="minisblack",
-                      compression="zlib")
+            tif.write(_tiles(folder, k, level_shape, 256), shape=level_shape, dtype=np.dtype(dtype),
+                      tile=(256, 256), photometric="minisblack", compression="zlib")
     return len(shapes)
