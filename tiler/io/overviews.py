@@ -48,17 +48,28 @@ def level_shapes(shape: Sequence[int], block: int = OVERVIEW_BLOCK) -> list[tupl
 
 
 def mode_2x(labels: np.ndarray, *, nodata: int) -> np.ndarray:
-    """The most frequent valid class of each 2×2 cell of ``labels`` ``(H, W)`` → ``(ceil(H/2), ceil(W/2))``."""
+    """The most frequent valid class of each 2×2 cell of ``labels`` ``(H, W)`` → ``(ceil(H/2), ceil(W/2))``.
+
+    Each of a cell's four values counts the valid values equal to it (six comparisons a cell, no sort); the
+    highest count wins, the smaller class on a tie; a cell with no valid value is nodata.
+    """
     h, w = labels.shape
     padded = np.full((h + h % 2, w + w % 2), nodata, dtype=labels.dtype)
     padded[:h, :w] = labels
-    cells = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).transpose(0, 2, 1, 3)
-    values = np.sort(cells.reshape(*cells.shape[:2], 4), axis=-1)
-    valid = values != nodata
-    counts = ((values[..., :, None] == values[..., None, :]) & valid[..., None, :]).sum(-1)
-    counts = np.where(valid, counts, -1)
-    best = np.take_along_axis(values, counts.argmax(-1)[..., None], -1)[..., 0]  # first maximum: smallest class
-    return np.where(valid.any(-1), best, nodata).astype(labels.dtype)
+    values = [padded[0::2, 0::2], padded[0::2, 1::2], padded[1::2, 0::2], padded[1::2, 1::2]]
+    valid = [v != nodata for v in values]
+    counts = [valid[i].astype(np.uint8) for i in range(4)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            same = (values[i] == values[j]) & valid[i] & valid[j]
+            counts[i] += same
+            counts[j] += same
+    best, best_count = values[0].copy(), counts[0]
+    for value, count in zip(values[1:], counts[1:], strict=True):
+        better = (count > best_count) | ((count == best_count) & (count > 0) & (value < best))
+        best = np.where(better, value, best)
+        best_count = np.where(better, count, best_count)
+    return np.where(best_count > 0, best, nodata).astype(labels.dtype)
 
 
 def band_unit(chunk_rows: int, levels: int) -> int:
