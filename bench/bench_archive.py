@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import driver_command, driver_stats, save, spawn
+from bench.common import add_child_options, driver_command, driver_stats, run_child, save, spawn
 
 CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
 TILE, OVERLAP, BATCH = 256, 32, 8
@@ -211,11 +211,9 @@ def main() -> None:
                         help="run every approach this many times (interleaved) and report the median run")
     parser.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a --set override for the Ray tiler commands only (e.g. engine.cpus_per_actor=0.5)")
-    parser.add_argument("--child")
-    parser.add_argument("--info")
+    add_child_options(parser)
     args = parser.parse_args()
-    if args.child:
-        child(args.child, json.loads(args.info))
+    if run_child(args, child):
         return
     info = prepare(args.scenes, args.size)
     if args.ray_set:

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_model, save, spawn
+from bench.common import add_child_options, cpu_model, run_child, save, spawn
 
 CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
 APPROACHES = ("floor", "tiler-local", "tiler-ray", "monai")
@@ -381,11 +381,9 @@ def main() -> None:
     parser.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a --set override for the tiler-ray command only (e.g. engine.cpus_per_actor=0.5)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds before a tiler command is killed")
-    parser.add_argument("--child")
-    parser.add_argument("--info")
+    add_child_options(parser)
     args = parser.parse_args()
-    if args.child:
-        child(args.child, json.loads(args.info))
+    if run_child(args, child):
         return
     infos = {case: prepare(case, args.size, args.volume) for case in args.cases}
     for info in infos.values():

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.common import PeakMemory, save, spawn
+from bench.common import PeakMemory, add_child_options, run_child, save, spawn
 
 CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -236,11 +236,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--case", choices=list(CASES), default="2d")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--child")
-    parser.add_argument("--info")
+    add_child_options(parser)
     args = parser.parse_args()
-    if args.child:
-        child(args.child, json.loads(args.info))
+    if run_child(args, child):
         return
     info = prepare(args.case, args.quick)
     approaches = ["limit", "project", "peer"]

@@ -9,6 +9,7 @@ import platform
 import resource
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,24 @@ def driver_stats(stats_path: str | os.PathLike[str]) -> dict[str, Any]:
         return dict(json.loads(Path(stats_path).read_text()))
     except (OSError, ValueError):
         return {}
+
+
+def add_child_options(parser: Any) -> None:
+    """The options a bench script passes to itself when it runs one approach in a child process."""
+    parser.add_argument("--child", help=argparse_suppress())
+    parser.add_argument("--info", help=argparse_suppress())
+
+
+def argparse_suppress() -> str:
+    """Hide an option from ``--help`` (it is for the script's own child processes)."""
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def run_child(args: Any, child: Callable[[str, dict[str, Any]], Any]) -> bool:
+    """Run the approach ``args.child`` with ``args.info`` (JSON) when this process is a child; whether it was."""
+    if not args.child:
+        return False
+    child(args.child, json.loads(args.info))
+    return True
