@@ -107,3 +107,11 @@ def test_the_quicklook_reads_a_stored_level_and_never_the_full_map(tmp_path: Pat
     from PIL import Image
 
     assert Image.open(from_levels).size == Image.open(plain).size
+
+
+@pytest.mark.parametrize("step", [2, 3, 7])
+def test_a_sampled_level_reads_every_step_th_row_across_band_boundaries(tmp_path: Path, step: int) -> None:
+    store = _store(tmp_path / "s.zarr", _labels(), chunks=(64, 64))
+    _draw(store, tmp_path / "bands", 5)
+    whole = overviews.read_level(tmp_path / "bands", 1, (650, 550))
+    assert np.array_equal(overviews.read_level(tmp_path / "bands", 1, (650, 550), step=step), whole[::step, ::step])

@@ -626,8 +626,7 @@ def _plane_quicklook(
             level += 1
     if level:
         factor = 2**level
-        whole = read_level(overviews, level, shapes[level - 1])  # type: ignore[arg-type]
-        labels = whole[:: step // factor, :: step // factor]
+        labels = read_level(overviews, level, shapes[level - 1], step=step // factor)  # type: ignore[arg-type]
     else:
         band = step * max(1, 512 // step)
         labels = np.concatenate(

@@ -119,9 +119,19 @@ def level_rows(folder: str | os.PathLike[str], level: int, shape: tuple[int, int
         raise ValueError(f"overview level {level} in {folder} has {seen} rows, not {shape[0]}: a band is missing")
 
 
-def read_level(folder: str | os.PathLike[str], level: int, shape: tuple[int, int]) -> np.ndarray:
-    """Overview ``level`` whole, ``shape`` = its ``(h, w)``."""
-    return np.concatenate(list(level_rows(folder, level, shape)), axis=0)
+def read_level(
+    folder: str | os.PathLike[str], level: int, shape: tuple[int, int], *, step: int = 1
+) -> np.ndarray:
+    """Overview ``level`` (of ``shape``), every ``step``-th row and column: only those rows are read.
+
+    >>> # read_level(folder, 1, (650, 550), step=4).shape == (163, 138)
+    """
+    picked, start = [], 0
+    for band in level_rows(folder, level, shape):
+        first = (-start) % step  # the band's first row on the step grid
+        picked.append(np.asarray(band[first::step, ::step]))
+        start += band.shape[0]
+    return np.concatenate(picked, axis=0)
 
 
 def _strips(folder: str | os.PathLike[str], level: int, shape: tuple[int, int], rows: int) -> Iterator[np.ndarray]:
