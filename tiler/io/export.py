@@ -612,8 +612,8 @@ def _plane_quicklook(
 ) -> np.ndarray:
     """The whole 2D map sampled to at most ``max_size`` pixels a side: (h, w, 4).
 
-    With ``overviews`` (stored mode levels) the labels come from the coarsest level whose factor divides the
-    sampling step, never from the full-resolution map.
+    With ``overviews`` (stored mode levels) the labels come from the coarsest level no coarser than the
+    sampling step (each sampled pixel's level cell), never from the full-resolution map.
     """
     h, w = store.shape
     step = max(1, math.ceil(max(h, w) / max_size))
@@ -622,11 +622,10 @@ def _plane_quicklook(
         from tiler.io.overviews import level_shapes, read_level
 
         shapes = level_shapes(store.shape)
-        while level < len(shapes) and step % 2 ** (level + 1) == 0:
-            level += 1
-    if level:
-        factor = 2**level
-        labels = read_level(overviews, level, shapes[level - 1], step=step // factor)  # type: ignore[arg-type]
+        level = min(len(shapes), step.bit_length() - 1)  # the coarsest level with 2**level <= step
+    if level:  # the level cell holding each sampled pixel: row r*step of the map is row r*step // 2**level there
+        labels = read_level(overviews, level, shapes[level - 1],  # type: ignore[arg-type]
+                            rows=np.arange(0, h, step) >> level, cols=np.arange(0, w, step) >> level)
     else:
         band = step * max(1, 512 // step)
         labels = np.concatenate(

@@ -120,16 +120,16 @@ def level_rows(folder: str | os.PathLike[str], level: int, shape: tuple[int, int
 
 
 def read_level(
-    folder: str | os.PathLike[str], level: int, shape: tuple[int, int], *, step: int = 1
+    folder: str | os.PathLike[str], level: int, shape: tuple[int, int], *,
+    rows: np.ndarray | None = None, cols: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Overview ``level`` (of ``shape``), every ``step``-th row and column: only those rows are read.
-
-    >>> # read_level(folder, 1, (650, 550), step=4).shape == (163, 138)
-    """
+    """Overview ``level`` (of ``shape``), or only its ``rows`` and ``cols`` (sorted indices): only those are read."""
+    wanted = np.arange(shape[0]) if rows is None else np.asarray(rows)
+    columns = np.arange(shape[1]) if cols is None else np.asarray(cols)
     picked, start = [], 0
     for band in level_rows(folder, level, shape):
-        first = (-start) % step  # the band's first row on the step grid
-        picked.append(np.asarray(band[first::step, ::step]))
+        inside = wanted[(wanted >= start) & (wanted < start + band.shape[0])] - start
+        picked.append(np.asarray(band[inside][:, columns]))
         start += band.shape[0]
     return np.concatenate(picked, axis=0)
 
