@@ -1,8 +1,8 @@
-"""What the three polygon exports share: the settings they are drawn with, how a writer is called, and the bands.
+"""What the three polygon exports share: the settings they are drawn with and how a writer is called.
 
-Finishing draws an input's polygons once for all its polygon exports, as :data:`BANDS` bands of rows on as
-many workers (:func:`tiler.io.vector.write_polygon_band`); each export then streams them from the band files,
-joining the pieces that cross band edges (:func:`tiler.io.vector.iter_band_polygons`).
+Finishing draws an input's polygons once for all its polygon exports, in bands of rows on as many workers
+(:data:`tiler.job.finish.BANDS`, :func:`tiler.io.vector.write_polygon_band`); each export then streams them from
+the band files, joining the pieces that cross band edges (:func:`tiler.io.vector.iter_band_polygons`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ SETTINGS = ("min_polygon_pixels", "polygon_classes")
 """``output`` keys every polygon export is drawn with (they enter the config hash)."""
 
 WHY_NOT = "polygons are drawn on 2D label maps: use nifti or ome-zarr"
-
-BANDS = 8
-"""Bands of rows an input's polygons are drawn in, each by its own worker."""
 
 
 def write_with(function: str) -> Callable[[WriteContext], None]:

@@ -16,7 +16,7 @@ import shutil
 import socket
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,9 @@ from tiler.exports import BeforeMove, WriteContext
 from tiler.job.outputs import output_paths, output_stem
 from tiler.job.timings import block_timings
 from tiler.redact import redact
+
+BANDS = 8
+"""Bands of rows a block step (the polygons, the overview levels) is drawn in, each its own step and worker."""
 
 
 @dataclass
@@ -143,7 +146,6 @@ def export_step(task: FinishTask, name: str, parts: tuple[str, ...] = (), overvi
 
 def polygon_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
     """The row bands an input's polygons are drawn in, each with the file its worker writes (inside the store)."""
-    from tiler.exports.polygons import BANDS
     from tiler.io.vector import band_rows
 
     folder = Path(task.plan.store_path) / ".tiler" / "polygons"
@@ -156,7 +158,6 @@ def overview_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
 
     Empty for a volume, or a map too small to have levels. Bands start on whole cells of the coarsest level.
     """
-    from tiler.exports.polygons import BANDS
     from tiler.io.overviews import band_unit, level_shapes
     from tiler.io.vector import band_rows
 
@@ -283,13 +284,6 @@ def write_reports(
     write_bytes_atomic(paths["report_md"], ("\n".join(lines) + "\n").encode(), before_move=before_move)
 
 
-def _all_done(group: dict[str, Future[StepResult]], steps: dict[str, Future[StepResult]]) -> bool:
-    """Wait for a block step's bands, add them to ``steps``; whether every band succeeded."""
-    wait(list(group.values()))
-    steps.update(group)
-    return all(f.exception() is None for f in group.values())
-
-
 def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: set[str]) -> SegmentResult:
     """Finish one input on ``finisher``'s workers: exports and score side by side, then the reports and ``complete``.
 
@@ -320,11 +314,21 @@ def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: s
                      for rows, path in polygon_parts}
     level_steps = {f"overviews {rows[0]}:{rows[1]}": finisher.submit(overview_band_step, task, rows, folder)
                    for rows, folder in (levels if from_levels else [])}
-    if _all_done(polygon_steps, steps) and from_polygons:
-        parts = tuple(path for _, path in polygon_parts)
-        steps.update({name: finisher.submit(export_step, task, name, parts) for name in from_polygons})
-    if _all_done(level_steps, steps) and from_levels:
-        steps.update({name: finisher.submit(export_step, task, name, (), levels[0][1]) for name in from_levels})
+    # each export drawn from a block step starts as soon as that step's bands are all drawn, whichever is first
+    parts = tuple(path for _, path in polygon_parts)
+    folder = levels[0][1] if levels else None
+    waiting = [(polygon_steps, from_polygons, parts, None), (level_steps, from_levels, (), folder)]
+    while waiting:
+        ready = [w for w in waiting if all(f.done() for f in w[0].values())]
+        if not ready:
+            wait([f for group, *_ in waiting for f in group.values()], return_when=FIRST_COMPLETED)
+            continue
+        for entry in ready:
+            waiting.remove(entry)
+            group, names, drawn, where = entry
+            steps.update(group)
+            if all(f.exception() is None for f in group.values()):
+                steps.update({name: finisher.submit(export_step, task, name, drawn, where) for name in names})
     wait(list(steps.values()))
     errors = [f.exception() for f in steps.values() if f.exception() is not None]
     if errors:
