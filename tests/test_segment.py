@@ -238,6 +238,22 @@ def test_inspect_describes_the_image_when_the_checkpoint_is_missing(tmp_path: Pa
         assert info[key].startswith("needs the model, which cannot be loaded") and "model.pt" in info[key]
 
 
+def test_inspect_plans_the_slide_level_the_job_reads_not_level_0(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tiler.geometry import TileGrid
+    from tiler.io.scenes_files import write_slide
+    from tiler.scenes import slide_scene
+
+    slide = tmp_path / "slide.ome.tif"
+    write_slide(slide_scene((640, 576), seed=3, mpp=0.25), slide, tmp_path / "truth.ome.tif", levels=3)
+    config = Path(__file__).parents[1] / "configs" / "slide.yaml"  # mpp: 0.5, the README's slide job
+    assert cli_main(["--json-logs", "inspect", str(slide), "--config", str(config)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["shape"] == [640, 576]  # the file's level 0 ...
+    assert info["job reads"].startswith("(320, 288) x 3 channel(s) at 0.5 mpp")  # ... and the level the job reads
+    grid = TileGrid((320, 288), (256, 256), (32, 32))
+    assert info["tiles"].startswith(f"{len(grid)} ({' x '.join(map(str, grid.counts))})")
+
+
 def test_a_first_run_names_every_missing_file_with_its_key_and_the_fix(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path)
     for name in ("image.tif", "model.pt", "truth.tif"):

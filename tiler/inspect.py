@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tiler.geometry import BlockPartition, PadMode, TileGrid, Window
+from tiler.geometry import Window
 
 
 def _nodata_share(reader: Any, step: int = 2048) -> float | None:
@@ -25,54 +25,51 @@ def _nodata_share(reader: Any, step: int = 2048) -> float | None:
     return invalid / total if total else None
 
 
-def _model_facts(cfg: Any) -> tuple[int, int] | str:
-    """``(classes, parameters)`` of the job's model, or why it cannot be loaded (a missing checkpoint, ...)."""
+def _model_part(cfg: Any) -> tuple[Any, Any]:
+    """``(classes, memory per actor)`` from the job's own plan (:func:`~tiler.segment.build_plan`), or why not."""
     from tiler.errors import TilerError
-    from tiler.labels import check_nodata_label
-    from tiler.model import load_model
-    from tiler.segment import model_ref
+    from tiler.segment import build_plan, model_facts, model_ref
 
-    ref = model_ref(cfg)
     try:
-        loaded = load_model(ref.weights, **dict(ref.load))
+        model_facts(model_ref(cfg))  # loaded once per process and file version: build_plan reuses it
     except TilerError as exc:
-        first = str(exc).splitlines()[0]
-        return f"needs the model, which cannot be loaded: {first}"
-    check_nodata_label(loaded.num_classes, cfg.output.nodata_label, source=ref.weights)
-    return loaded.num_classes, sum(p.numel() for p in loaded.network.parameters())
+        why = f"needs the model, which cannot be loaded: {str(exc).splitlines()[0]}"
+        return why, why
+    try:
+        plan, attrs = build_plan(cfg)
+    except TilerError as exc:
+        why = f"the job would be refused: {str(exc).splitlines()[0]}"
+        return why, why
+    return plan.num_classes, f"{attrs['plan']['memory_per_actor_mb']} MiB"
 
 
-def _plan(reader: Any, config: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """The plan of ``config`` over ``reader``; the parts that need the model say so when it cannot be loaded."""
+def _plan(path: str, config: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The plan of ``config`` over ``path``, read as the job reads it (its level or mpp, bands, mask)."""
     from tiler.config.loading import load_config
-    from tiler.engine.budget import estimate_actor_memory
+    from tiler.segment import plan_geometry, reader_ref
 
-    cfg = load_config(config, [*overrides, f"input.path={reader.path}"])
-    grid = TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode))
-    part = BlockPartition(reader.shape, cfg.tiling.block)
-    skipped = 0
-    full = Window.from_shape(reader.shape)
-    valid = reader.valid_mask(full) if math.prod(reader.shape) <= 64 * 2**20 else None
-    if valid is not None and cfg.engine.skip_empty:
-        for tile in grid:
-            inside = tile.clip(grid.shape)
-            skipped += inside is not None and not bool(valid[inside.slices].any())
-    facts = _model_facts(cfg)
-    classes: Any
-    if isinstance(facts, str):
-        classes = memory = facts
-    else:
-        classes, params = facts
-        total = estimate_actor_memory(
-            grid.tile, part.block, channels=reader.channels, itemsize=reader.dtype.itemsize, classes=classes,
-            parameters=params, batch_size=cfg.model.batch_size, tta_passes=len(cfg.model.tta_flips),
-            shape=reader.shape,
-        ).total
-        memory = f"{total / 2**20:.0f} MiB"
+    cfg = load_config(config, [*overrides, f"input.path={path}"])
+    reader = reader_ref(cfg).open()
+    try:
+        grid, part = plan_geometry(cfg, reader.shape)
+        skipped = 0
+        full = Window.from_shape(reader.shape)
+        valid = reader.valid_mask(full) if math.prod(reader.shape) <= 64 * 2**20 else None
+        if valid is not None and cfg.engine.skip_empty:
+            for tile in grid:
+                inside = tile.clip(grid.shape)
+                skipped += inside is not None and not bool(valid[inside.slices].any())
+        read_as = f"{reader.shape} x {reader.channels} channel(s)"
+        if reader.georef.mpp:
+            read_as += f" at {reader.georef.mpp:g} mpp"
+    finally:
+        reader.close()
+    classes, memory = _model_part(cfg)
     per_block = [len(grid.positions_intersecting(w)) for w in part]
     step = tuple(t - o for t, o in zip(grid.tile, grid.overlap, strict=True))
     return {
-        "tile / overlap": f"{grid.tile} / {grid.overlap} px (step {step})",
+        "job reads": read_as,
+        "tile / overlap": f"{grid.tile} / {grid.overlap} px (step {step}, rule {grid.rule.value})",
         "tiles": f"{len(grid)} ({' x '.join(map(str, grid.counts))})",
         "blocks": f"{len(part)} of {part.block} px ({' x '.join(map(str, part.counts))})",
         "tile runs (per block)": f"{sum(per_block)} (tiles on block borders run once per block they touch)",
@@ -107,7 +104,7 @@ def describe(path: str, *, config: str | None = None, overrides: Sequence[str] =
         info["mpp"] = g.mpp
     share = _nodata_share(reader)
     info["nodata share"] = "no mask" if share is None else f"{share:.1%}"
-    if config is not None:
-        info.update(_plan(reader, config, overrides))
     reader.close()
+    if config is not None:
+        info.update(_plan(path, config, overrides))
     return info

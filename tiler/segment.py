@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from tiler.engine.job import StoreJob
 from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, ReaderRef, block_key
 from tiler.engine.stream import Outcome, Work, run_stream
 from tiler.errors import ConfigError, EngineError, InputError, ModelError
+from tiler.exports import REGISTRY as EXPORTS
 from tiler.geometry import BlockPartition, PadMode, StepRule, TileGrid
 from tiler.job.finish import SegmentResult
 from tiler.job.outputs import RAY_WORKING_COPY, check_output_paths, output_paths
@@ -34,10 +35,13 @@ from tiler.redact import redact, redacted_config_dict
 
 __all__ = [
     "RAY_WORKING_COPY", "Progress", "SegmentJob", "SegmentResult", "build_plan", "check_output_paths",
-    "make_executor", "model_facts", "model_ref", "output_paths", "reader_ref", "run_many", "run_segment",
+    "make_executor", "model_facts", "model_ref", "output_paths", "plan_geometry", "reader_ref", "run_many",
+    "run_segment",
 ]  # fmt: skip
 
-READER_FORMATS = {"auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto"}
+READER_FORMATS = {
+    "auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto", "dicom": "dicom",
+}  # fmt: skip
 MODEL_FORMATS = {
     "auto": "auto", "checkpoint": "project", "state_dict": "state_dict", "monai": "monai", "torchscript": "torchscript",
     "smp": "smp", "onnx": "onnx", "nnunet": "nnunet",
@@ -60,6 +64,8 @@ def reader_ref(cfg: JobConfig) -> ReaderRef:
         # rasterio sets GDAL_CACHEMAX through GDALSetCacheMax64, which needs an int
         "gdal_options": {k: int(v) if v.isdigit() else v for k, v in inp.gdal.env().items()},
     }
+    if inp.series is not None:  # a DICOM folder's series (open_reader refuses it for other formats)
+        options["series"] = inp.series
     return ReaderRef(inp.path, options)
 
 
@@ -112,6 +118,17 @@ def model_facts(model: ModelRef) -> ModelFacts:
     return _facts(model.weights, json.dumps(dict(model.load), sort_keys=True, default=list), size, mtime)
 
 
+def plan_geometry(cfg: JobConfig, shape: Sequence[int]) -> tuple[TileGrid, BlockPartition]:
+    """The tile grid and the block partition of ``cfg`` over an input of spatial ``shape`` (as the job reads it).
+
+    The one rule :func:`build_plan` and ``tiler inspect`` share: tile, overlap, padding and step rule of
+    ``tiling``, blocks of ``tiling.block``.
+    """
+    t = cfg.tiling
+    grid = TileGrid(shape, t.tile, t.overlap, PadMode(t.pad_mode), StepRule(t.rule))
+    return grid, BlockPartition(shape, t.block)
+
+
 def build_plan(
     cfg: JobConfig, facts_from: Callable[[ModelRef], ModelFacts | None] | None = None
 ) -> tuple[Plan, dict[str, Any]]:
@@ -136,6 +153,10 @@ def build_plan(
                 f"input.mask / input.threshold: {mask_problem} ({cfg.input.path}); fix: set input.mask to auto "
                 "(the input's own mask) or none, and input.threshold only for volumes"
             )
+        for name in cfg.output.exports:
+            export_problem = EXPORTS[name].input_problem(reader.format)
+            if export_problem is not None:
+                raise InputError(f"output.exports: {name} for {cfg.input.path}: {export_problem}")
         model = model_ref(cfg)
         facts = (facts_from(model) if facts_from is not None else None) or model_facts(model)
         if facts.in_channels is not None and reader.channels != facts.in_channels:
@@ -171,12 +192,12 @@ def build_plan(
         )
         check_memory(memory, actors=_actors_here(cfg))  # before anything allocates
         check_has_data(reader)
+        grid, partition = plan_geometry(cfg, reader.shape)
         plan = Plan(
             input=ref,
             model=model,
-            grid=TileGrid(reader.shape, cfg.tiling.tile, cfg.tiling.overlap, PadMode(cfg.tiling.pad_mode),
-                          StepRule(cfg.tiling.rule)),
-            partition=BlockPartition(reader.shape, cfg.tiling.block),
+            grid=grid,
+            partition=partition,
             blender=Blender(BlendMode(cfg.tiling.blend), cfg.tiling.sigma_scale),
             num_classes=facts.num_classes,
             store_path=cfg.output.path,
