@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install bytecode demo test lint bench clean
+.PHONY: install bytecode demo test lint bench clean orthanc
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,16 @@ bytecode: $(STAMP)
 demo: bytecode
 	$(VENV)/bin/tiler demo
 
-test: bytecode
+# The tests start a real PACS (Orthanc, with its DICOMweb plugin for STOW-RS) on loopback: Debian's packages.
+ORTHANC_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+orthanc:
+	@if [ ! -x /usr/sbin/Orthanc ] || [ ! -f $(ORTHANC_PLUGIN) ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends orthanc orthanc-dicomweb \
+		|| { echo "error: the tests need Orthanc: install the Debian packages orthanc and orthanc-dicomweb" >&2; exit 1; }; \
+	fi
+
+test: bytecode orthanc
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -130,15 +130,20 @@ def export_settings(cfg: JobConfig, export: str) -> dict[str, Any]:
     quicklook is drawn from the store and the input alone. An export made from a store with the same pixels
     hash and the same settings may be kept when the job is finished again.
     """
-    return cfg.output.model_dump(mode="json", include=set(EXPORTS[export].settings))
+    include: dict[str, Any] = {}
+    for key in EXPORTS[export].settings:  # "dicom.segmentation_type" names a key of a nested section
+        head, _, tail = key.partition(".")
+        include[head] = {**include.get(head, {}), tail: True} if tail else True
+    return cfg.output.model_dump(mode="json", include=include)
 
 
 def _pixels_payload(cfg: JobConfig) -> dict[str, Any]:
     """The hashed payload of :func:`pixels_hash` (the base of :func:`config_hash`'s)."""
     out = cfg.output
+    unset = {"series"} if cfg.input.series is None else set()  # left out unset, so older hashes still match
     return {
         "version": 1,
-        "input": cfg.input.model_dump(mode="json", exclude={"gdal"}),
+        "input": cfg.input.model_dump(mode="json", exclude={"gdal"} | unset),
         "model": _model_part(cfg),
         # the default step rule is left out so that hashes from before the rule existed still match
         "tiling": cfg.tiling.model_dump(mode="json", exclude={"rule"} if cfg.tiling.rule == "overlap" else None),

@@ -32,6 +32,7 @@ from tiler.labels import nodata_label_problem
 from tiler.paths import is_remote
 
 __all__ = [
+    "DicomOutputConfig",
     "EngineConfig",
     "GdalConfig",
     "InputConfig",
@@ -78,7 +79,9 @@ class InputConfig(_Section):
     """The image to segment and how to read it."""
 
     path: Str
-    format: Literal["auto", "geotiff", "nifti", "zarr", "slide"] = "auto"
+    format: Literal["auto", "geotiff", "nifti", "zarr", "slide", "dicom"] = "auto"
+    # DICOM: the SeriesInstanceUID to read when the folder holds several series
+    series: Str | None = None
     bands: tuple[PosInt, ...] | None = None
     channels_from_4d: Bool = False
     level: NonNegInt | None = None
@@ -115,6 +118,15 @@ class InputConfig(_Section):
                     self.threshold,
                     f"is set but mask is {self.mask!r}, which ignores it",
                     "set mask: threshold (or auto), or remove threshold",
+                )
+            )
+        if self.series is not None and self.format not in ("auto", "dicom"):
+            problems.append(
+                (
+                    "series",
+                    self.series,
+                    f"picks a DICOM series but format is {self.format!r}",
+                    "set format: dicom (or auto) for a DICOM folder, or remove series",
                 )
             )
         if self.bands is not None:
@@ -512,6 +524,19 @@ else:
     ExportName = Literal[EXPORT_NAMES]  # the registry's names: pydantic lists them when a value is not one
 
 
+class DicomOutputConfig(_Section):
+    """DICOM outputs: how the ``dicom-seg`` export is encoded, and the PACS it is sent to."""
+
+    # binary: one bit-packed frame per segment and slice (every viewer shows it); labelmap: one frame per slice
+    segmentation_type: Literal["binary", "labelmap"] = "binary"
+    # where to send the SEG once written: a DICOMweb base URL (STOW-RS, e.g. http://pacs:8042/dicom-web) or a
+    # DICOM node host:port (C-STORE); null = keep the file only
+    send: Str | None = None
+    calling_ae: Annotated[str, Strict(), Field(min_length=1, max_length=16)] = "TILER"
+    called_ae: Annotated[str, Strict(), Field(min_length=1, max_length=16)] = "ANY-SCP"
+    timeout_s: Annotated[float, Strict(), Field(gt=0)] = 60.0
+
+
 class OutputConfig(_Section):
     """The zarr v3 output store, its chunk grid and what is written besides labels."""
 
@@ -527,6 +552,7 @@ class OutputConfig(_Section):
     min_polygon_pixels: NonNegInt = 0
     # class names to turn into polygons; null = every class but one named "background"
     polygon_classes: tuple[Str, ...] | None = None
+    dicom: DicomOutputConfig = Field(default_factory=DicomOutputConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,26 @@ from typing import Any
 BeforeMove = Callable[[Path, Path], None]
 """Called as ``before_move(temporary, final)`` once a file is complete, just before it is moved into place."""
 
+Deliver = Callable[["DeliverContext"], "Mapping[str, Any] | None"]
+"""Sends an export somewhere once it is written and recorded; returns what to report (None: nothing to send)."""
+
+
+@dataclass(frozen=True)
+class DeliverContext:
+    """What an export's delivery gets (in the process that finished the export).
+
+    Attributes:
+        store: The :class:`~tiler.io.store.OutputStore`; the delivery records what it sent there.
+        paths: File role → path of the export's files, all written and recorded.
+        output: The job's ``output`` section as a dict (``output.dicom.send`` and the like).
+        job_hash: The config hash of this finishing (the delivery's record carries it).
+    """
+
+    store: Any
+    paths: Mapping[str, Path]
+    output: Mapping[str, Any]
+    job_hash: str
+
 
 @dataclass(frozen=True)
 class WriteContext:
@@ -63,6 +83,10 @@ class ExportFormat:
             several workers (the block step every polygon export shares), before this export's assembly.
         overviews: Drawn (for a 2D map) from its mode overview levels, which finishing draws once per input, band
             by band on several workers, before this export's assembly.
+        inputs: Reader formats (:data:`tiler.io.FORMATS`) it can be drawn for; empty: any input.
+        why_not_input: For an input of another format: what is wrong and the fix (checked before any block runs).
+        deliver: Sends the written export on (e.g. a DICOM SEG to a PACS) and records the delivery, so that a rerun
+            sends only what was not acknowledged; a failed delivery fails the input and keeps the files.
     """
 
     name: str
@@ -73,6 +97,20 @@ class ExportFormat:
     why_not: str = ""
     polygons: bool = False
     overviews: bool = False
+    inputs: frozenset[str] = frozenset()
+    why_not_input: str = ""
+    deliver: Deliver | None = None
+
+    def input_problem(self, reader_format: str) -> str | None:
+        """What is wrong with drawing this export for an input of ``reader_format``, or None when it fits.
+
+        >>> from tiler.exports import get
+        >>> get("cog").input_problem("nifti") is None, get("dicom-seg").input_problem("dicom") is None
+        (True, True)
+        """
+        if not self.inputs or reader_format in self.inputs:
+            return None
+        return self.why_not_input or f"{self.name} is drawn for {', '.join(sorted(self.inputs))} inputs only"
 
     def paths(self, base: Path) -> dict[str, Path]:
         """The export's files beside the output whose stem is ``base`` (``/out/scene`` for ``/out/scene.zarr``).

@@ -71,7 +71,8 @@ def foreground_mask(data: np.ndarray, threshold: float) -> np.ndarray:
 
 
 MASK_OF_FORMAT = {
-    "raster": "nodata", "nifti": "threshold", "zarr": "threshold", "tiff-slide": "tissue", "openslide": "tissue",
+    "raster": "nodata", "nifti": "threshold", "zarr": "threshold", "dicom": "threshold", "tiff-slide": "tissue",
+    "openslide": "tissue",
 }  # fmt: skip
 """The valid-data mask each reader format computes (what ``mask: auto`` means for it)."""
 

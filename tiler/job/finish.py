@@ -27,7 +27,7 @@ from tiler.engine.finishing import Finisher
 from tiler.engine.job import JobResult
 from tiler.engine.plan import Plan
 from tiler.exports import REGISTRY as EXPORTS
-from tiler.exports import BeforeMove, WriteContext
+from tiler.exports import BeforeMove, DeliverContext, WriteContext
 from tiler.job.outputs import output_paths, output_stem
 from tiler.job.timings import block_timings
 from tiler.redact import redact
@@ -80,7 +80,8 @@ class StepResult:
         seconds: Its wall time.
         reused: Whether its files were kept from an earlier finishing (nothing drawn).
         worker: ``pid@host`` of the process that ran it.
-        payload: The scores (for ``score``), else None.
+        payload: The scores (for ``score``); what an export's delivery sent and the answer (for ``dicom-seg``
+            with ``output.dicom.send``); else None.
     """
 
     step: str
@@ -141,7 +142,11 @@ def export_step(task: FinishTask, name: str, parts: tuple[str, ...] = (), overvi
     for role, path in paths.items():  # recorded once the export and its sidecars are all in place
         store.record_export(role, path, job_hash=task.job_hash, settings=settings)
     outputs = {role: str(path) for role, path in paths.items()}
-    return StepResult(name, outputs, time.perf_counter() - t0, reused=reused, worker=_worker())
+    delivered = None
+    if export.deliver is not None:  # sent on only once written and recorded: a failed send keeps the files
+        delivered = export.deliver(DeliverContext(store, paths, task.cfg.output.model_dump(mode="json"), task.job_hash))
+    return StepResult(name, outputs, time.perf_counter() - t0, reused=reused, worker=_worker(),
+                      payload=dict(delivered) if delivered is not None else None)
 
 
 def polygon_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
@@ -342,7 +347,8 @@ def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: s
     summary["blocks_seconds"] = summary["seconds"]
     summary.update(block_timings([r for k, r in job.records.items() if k in ran], summary["blocks_seconds"]))
     summary["finishing"] = {
-        name: {"seconds": round(s.seconds, 3), "reused": s.reused, "worker": s.worker}
+        name: {"seconds": round(s.seconds, 3), "reused": s.reused, "worker": s.worker,
+               **({"delivered": s.payload} if name in EXPORTS and s.payload is not None else {})}
         for name, s in done.items() if " " not in name
     }
     for block_step in ("polygons", "overviews"):  # one line each: seconds summed over the bands, every worker
