@@ -82,6 +82,28 @@ def test_a_user_file_where_an_export_would_go_is_refused_and_kept(tmp_path: Path
     assert mine.read_bytes() == b"my own map"
 
 
+@pytest.mark.parametrize("chart", ["out.scores.confusion.png", "out.scores.per_class.png"])
+def test_a_user_file_where_the_score_charts_would_go_is_refused_and_kept(tmp_path: Path, chart: str) -> None:
+    import rasterio
+
+    cfg = load_config(job(tmp_path))
+    truth = tmp_path / "truth.tif"
+    with rasterio.open(tmp_path / "image.tif") as src:
+        profile = {**src.profile, "count": 1, "nodata": None}
+    with rasterio.open(truth, "w", **profile) as dst:
+        dst.write(np.ones((1, 96, 80), dtype=np.uint8))
+    scored = parse_config({**json.loads(cfg.model_dump_json()), "scoring": {"truth": str(truth)}})
+    mine = tmp_path / chart
+    mine.write_bytes(b"my own chart")
+    with pytest.raises(ConfigError, match=rf"{chart.replace('.', '[.]')} already exists and was not written by"):
+        run_segment(scored, engine="local", quiet=True)
+    assert mine.read_bytes() == b"my own chart"
+    mine.unlink()  # moved away: the job runs, and its charts are its own from then on (a rerun may redraw them)
+    run_segment(scored, engine="local", quiet=True)
+    assert mine.read_bytes().startswith(b"\x89PNG")
+    run_segment(scored, engine="local", quiet=True, overwrite=True)
+
+
 def test_an_output_inside_rays_temporary_working_dir_copy_is_refused(tmp_path: Path) -> None:
     cfg = load_config(job(tmp_path))
     inside = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1" / "out" / "x.zarr"

@@ -208,7 +208,7 @@ def score_step(task: FinishTask, engine_confusion: Any = None) -> StepResult:
     """
     from tiler.io.store import OutputStore
     from tiler.metrics.files import score_paths
-    from tiler.metrics.report import chart_paths, plot_confusion, plot_per_class, write_json
+    from tiler.metrics.report import plot_confusion, plot_per_class, write_json
 
     t0 = time.perf_counter()
     cfg, plan = task.cfg, task.plan
@@ -223,15 +223,18 @@ def score_step(task: FinishTask, engine_confusion: Any = None) -> StepResult:
 
         payload["engine_fwiou"] = scores_from_confusion(engine_confusion, ignored_pixels=0).fwiou
     payload["details"] = details
-    path = output_paths(plan.store_path)["scores_json"]
+    paths = output_paths(plan.store_path)
+    files = {role: paths[role] for role in ("scores_json", "scores_confusion", "scores_per_class")}
     store = OutputStore.open(plan.store_path)
-    store.retire_exports(["scores_json"])
-    write_json(payload, path, before_move=store.intent_recorder())
-    store.record_export("scores_json", path, job_hash=task.job_hash)
-    heatmap, bars = chart_paths(path)
-    plot_confusion(scores, heatmap)
-    plot_per_class(scores, bars)
-    return StepResult("score", {"scores_json": str(path)}, time.perf_counter() - t0, worker=_worker(), payload=payload)
+    store.retire_exports(list(files))
+    recorder = store.intent_recorder()
+    write_json(payload, files["scores_json"], before_move=recorder)
+    plot_confusion(scores, files["scores_confusion"], before_move=recorder)
+    plot_per_class(scores, files["scores_per_class"], before_move=recorder)
+    for role, path in files.items():
+        store.record_export(role, path, job_hash=task.job_hash)
+    outputs = {role: str(path) for role, path in files.items()}
+    return StepResult("score", outputs, time.perf_counter() - t0, worker=_worker(), payload=payload)
 
 
 def report_step(task: FinishTask, result: SegmentResult) -> StepResult:

@@ -135,11 +135,11 @@ def write_json(payload: dict[str, Any], path: str | os.PathLike[str], *, before_
     write_bytes_atomic(path, text.encode(), before_move=before_move)
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> None:
-    """Save a figure as PNG atomically (a temporary name beside it, then renamed)."""
+def _save(fig: Any, path: str | os.PathLike[str], before_move: Any = None) -> None:
+    """Save a figure as PNG atomically (a temporary name beside it, then renamed; ``before_move`` just before)."""
     from tiler.io.atomic import atomic_path
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, what="draw the chart", before_move=before_move) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
 
 
@@ -149,7 +149,7 @@ def chart_paths(json_path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return p.with_name(f"{p.stem}.confusion.png"), p.with_name(f"{p.stem}.per_class.png")
 
 
-def plot_confusion(scores: Scores, path: str | os.PathLike[str]) -> None:
+def plot_confusion(scores: Scores, path: str | os.PathLike[str], *, before_move: Any = None) -> None:
     """Draw the confusion matrix as a heatmap, each truth row normalised to 1 (counts in cells when few)."""
     from matplotlib.figure import Figure  # no pyplot: its global state is not thread-safe (jobs finish on threads)
 
@@ -173,10 +173,10 @@ def plot_confusion(scores: Scores, path: str | os.PathLike[str]) -> None:
             ax.text(j, i, f"{v:,}", ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, before_move)
 
 
-def plot_per_class(scores: Scores, path: str | os.PathLike[str]) -> None:
+def plot_per_class(scores: Scores, path: str | os.PathLike[str], *, before_move: Any = None) -> None:
     """Draw grouped bars per class: IoU, Dice and (when computed) boundary IoU and boundary F1."""
     from matplotlib.figure import Figure  # no pyplot: its global state is not thread-safe (jobs finish on threads)
 
@@ -197,4 +197,4 @@ def plot_per_class(scores: Scores, path: str | os.PathLike[str]) -> None:
     ax.set_title(f"per class  (FWIoU {scores.fwiou:.3f}, mIoU {scores.miou:.3f})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, before_move)
