@@ -59,6 +59,18 @@ def tif_pair(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     return write_tif(tmp_path / "pred.tif", pred), write_tif(tmp_path / "truth.tif", truth), pred, truth
 
 
+def test_tiler_score_uses_the_jobs_boundary_default_not_a_fraction_of_the_diagonal(tmp_path: Path) -> None:
+    from tiler.config.schema import ScoringConfig
+
+    truth = scene((300, 400), 3, seed=0)  # 2 % of this diagonal would be 10 px
+    pred = np.where(np.random.default_rng(1).random(truth.shape) < 0.9, truth, 2).astype(np.uint8)
+    out = tmp_path / "score.json"
+    assert run_cli(["score", str(write_tif(tmp_path / "p.tif", pred)), str(write_tif(tmp_path / "t.tif", truth)),
+                    "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["boundary_width"] == ScoringConfig().boundary_width == 3
+
+
 def test_cli_on_geotiffs_writes_json_with_all_keys_and_two_pngs(tif_pair, tmp_path: Path, capsys) -> None:
     pred_path, truth_path, pred, truth = tif_pair
     out = tmp_path / "out" / "score.json"
@@ -70,7 +82,7 @@ def test_cli_on_geotiffs_writes_json_with_all_keys_and_two_pngs(tif_pair, tmp_pa
     assert report["fwiou"] == pytest.approx(expected.fwiou, abs=1e-12)
     assert report["confusion_matrix"] == expected.confusion_matrix.tolist()
     assert report["ignored_pixels"] == 5 * 120
-    assert report["boundary_width"] == 3  # round(0.02 * 150)
+    assert report["boundary_width"] == 3  # the job's default, scoring.boundary_width
     assert len(report["boundary_iou"]) == 4 and len(report["boundary_f1"]) == 4
     for png in ("score.confusion.png", "score.per_class.png"):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,8 +11,6 @@ from tiler.errors import ScoreError
 if TYPE_CHECKING:  # scoring (dask, scipy, matplotlib) is imported when `tiler score` runs, not to build the parser
     from tiler.metrics.boundary import BoundaryWidth
 
-DEFAULT_BOUNDARY_WIDTH = "0.02"
-
 
 def _incomplete_store(path: str) -> str | None:
     """The tiler output store ``path`` is (or holds, for ``store.zarr/labels``), when it is not complete."""
@@ -73,6 +71,7 @@ def run_score(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> None:
     """Register ``tiler score PRED TRUTH ...`` on an argparse subparsers object."""
     from tiler.cli import add_common_options
+    from tiler.config.schema import ScoringConfig
 
     parser = subparsers.add_parser(
         "score",
@@ -88,9 +87,13 @@ def add_parser(subparsers: Any) -> None:
                         help="number of classes K (default: the store's, else 1 + the largest label)")
     parser.add_argument("--ignore-index", type=int, default=255, metavar="V",
                         help="truth label never scored (default 255)")
-    parser.add_argument("--boundary-width", default=DEFAULT_BOUNDARY_WIDTH, metavar="D",
-                        help="boundary band: a fraction of the image diagonal (0.02, the default) or pixels "
-                        "('5px'); 0 skips the boundary scores")
+    # one default for every score of a store: the job's own (scoring.boundary_width), so `tiler score` and the
+    # job's report give the same boundary IoU
+    width = ScoringConfig.model_fields["boundary_width"].default
+    default = f"{width}px" if isinstance(width, int) else str(width)
+    parser.add_argument("--boundary-width", default=default, metavar="D",
+                        help=f"boundary band: pixels ('5px') or below 1 a fraction of the image diagonal ('0.02'); "
+                        f"default {default}, as a job's scoring.boundary_width; 0 skips the boundary scores")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="write the scores here, and <stem>.confusion.png, <stem>.per_class.png by it")
     parser.add_argument("--allow-incomplete", action="store_true",
