@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from tests.engine.helpers import write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.cli import main as cli_main
 from tiler.config import load_config, parse_config
-from tiler.errors import ConfigError, EngineError, OutputError
+from tiler.errors import ConfigError, EngineError, OutputError, ScoreError
 from tiler.io.lock import lock_path_for
 from tiler.model.checkpoint import save_checkpoint
 from tiler.model.spec import ModelSpec, build_network
@@ -102,6 +103,27 @@ def test_a_user_file_where_the_score_charts_would_go_is_refused_and_kept(tmp_pat
     run_segment(scored, engine="local", quiet=True)
     assert mine.read_bytes().startswith(b"\x89PNG")
     run_segment(scored, engine="local", quiet=True, overwrite=True)
+
+
+@pytest.mark.parametrize("crs", ["EPSG:4326", None], ids=["another-crs", "no-crs"])
+def test_a_truth_off_the_inputs_grid_is_refused_before_any_block_runs(tmp_path: Path, crs: str | None) -> None:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    cfg = load_config(job(tmp_path))
+    truth = tmp_path / "truth.tif"
+    with rasterio.open(tmp_path / "image.tif") as src:
+        profile = {**src.profile, "count": 1, "nodata": None, "crs": crs}
+        if crs is None:
+            profile.pop("transform")
+    with pytest.warns(NotGeoreferencedWarning) if crs is None else contextlib.nullcontext():
+        with rasterio.open(truth, "w", **profile) as dst:
+            dst.write(np.ones((1, 96, 80), dtype=np.uint8))
+    scored = parse_config({**json.loads(cfg.model_dump_json()), "scoring": {"truth": str(truth)}})
+    with pytest.raises(ScoreError, match=rf"truth {truth} has (no CRS|CRS)") as caught:
+        run_segment(scored, engine="local", quiet=True)
+    assert "fix" in str(caught.value) or "first" in str(caught.value)
+    assert not (tmp_path / "out.zarr").exists()  # found before the store was made, not after every block
 
 
 def test_an_output_inside_rays_temporary_working_dir_copy_is_refused(tmp_path: Path) -> None:

@@ -124,9 +124,22 @@ def plan_geometry(cfg: JobConfig, shape: Sequence[int]) -> tuple[TileGrid, Block
     The one rule :func:`build_plan` and ``tiler inspect`` share: tile, overlap, padding and step rule of
     ``tiling``, blocks of ``tiling.block``.
     """
-    t = cfg.tiling
+    t, shape = cfg.tiling, tuple(shape)
     grid = TileGrid(shape, t.tile, t.overlap, PadMode(t.pad_mode), StepRule(t.rule))
     return grid, BlockPartition(shape, t.block)
+
+
+def check_truth(reader: Any, truth: str) -> None:
+    """Raise unless the truth ``truth`` is a label map on the input's grid: shape, CRS, transform or affine.
+
+    Raises:
+        ScoreError: naming both files, the property that differs and the fix.
+        ReadError: the truth cannot be opened.
+    """
+    from tiler.io.labels import open_labels
+    from tiler.metrics._sources import check_compatible
+
+    check_compatible(reader, open_labels(truth))
 
 
 def build_plan(
@@ -192,6 +205,8 @@ def build_plan(
         )
         check_memory(memory, actors=_actors_here(cfg))  # before anything allocates
         check_has_data(reader)
+        if cfg.scoring.truth is not None:  # its grid checked now, not after every block has run
+            check_truth(reader, cfg.scoring.truth)
         grid, partition = plan_geometry(cfg, reader.shape)
         plan = Plan(
             input=ref,

@@ -53,6 +53,14 @@ def check_compatible(pred: LabelSource, truth: LabelSource, *, tolerance: float 
             f"prediction {pred.path} has shape {pred.shape} but truth {truth.path} has shape {truth.shape}; "
             "score a prediction made on the truth's grid (resample one onto the other first)."
         )
+    if pred.georef.crs_wkt and not truth.georef.crs_wkt and truth.georef.kind != "volume":
+        crs = pred.georef.crs_wkt
+        name = crs.split('"')[1] if crs.count('"') >= 2 else crs[:60]
+        raise ScoreError(
+            f"truth {truth.path} has no CRS but prediction {pred.path} is in {name}: tiler cannot tell that they "
+            "cover the same ground; fix: write the truth with the prediction's CRS and transform (e.g. "
+            "`rio edit-info --like PREDICTION TRUTH`), or score a truth made on the prediction's grid."
+        )
     differences, notes = pred.georef.grid_differences(truth.georef, tolerance=tolerance)
     if differences:
         diff = differences[0]
