@@ -13,8 +13,9 @@ EDGE_BYTES = 1 << 20
 def fingerprint(path: str, *, edge_bytes: int = EDGE_BYTES) -> str:
     """Return a cheap identity of an input: sha256 of size, mtime (ns), first and last ``edge_bytes``.
 
-    A directory (e.g. a zarr input) hashes the relative names, sizes and mtimes of its files instead.
-    A remote path (URL, GDAL virtual path) is identified by the path alone.
+    A directory (e.g. a zarr input) hashes the relative names, sizes and mtimes of its files instead, and a DICOM
+    series folder its instances' SOPInstanceUIDs (:func:`tiler.io.dicom.folder_fingerprint`: copies and renamed
+    files keep it). A remote path (URL, GDAL virtual path) is identified by the path alone.
 
     Raises:
         OSError: The path does not exist or cannot be read.
@@ -25,6 +26,11 @@ def fingerprint(path: str, *, edge_bytes: int = EDGE_BYTES) -> str:
         digest.update(b"remote\0" + path.encode())
         return digest.hexdigest()
     if os.path.isdir(path):
+        from tiler.io.dicom import folder_fingerprint, is_dicom_folder
+
+        if is_dicom_folder(path):
+            digest.update(b"dicom\0" + folder_fingerprint(path).encode())
+            return digest.hexdigest()
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
             for name in sorted(filenames):

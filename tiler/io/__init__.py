@@ -18,12 +18,12 @@ from tiler.errors import ReadError
 from tiler.io.base import Georef, Reader, check_exists, check_has_data, is_remote
 from tiler.redact import redact
 
-FORMATS = ("raster", "nifti", "zarr", "tiff-slide", "openslide")
+FORMATS = ("raster", "nifti", "zarr", "dicom", "tiff-slide", "openslide")
 SUPPORTED = (
     "rasters: .tif .tiff .vrt .img .jp2 and anything GDAL opens (format='raster'), "
     "incl. /vsicurl/ and /vsis3/ paths; "
-    "volumes: .nii .nii.gz, .zarr; slides: pyramidal/OME .tif .tiff .ome.tif, and .svs .ndpi .mrxs .scn .vms "
-    ".vmu .bif .svslide"
+    "volumes: .nii .nii.gz, .zarr, DICOM series folders (one series' slice files); "
+    "slides: pyramidal/OME .tif .tiff .ome.tif, and .svs .ndpi .mrxs .scn .vms .vmu .bif .svslide"
 )
 RASTER_SUFFIXES = (
     ".tif",
@@ -88,6 +88,7 @@ def detect_format(path: str) -> str:
     """Return the reader format for ``path`` from its last component's suffix (and zarr metadata, TIFF tags).
 
     Only the last component counts: ``survey.zarr-exports/a.tif`` is a raster, ``scan.zarr`` a zarr store.
+    A folder holding DICOM files is a DICOM series; a single DICOM file is refused (give its folder).
     """
     from tiler.io.slide import OPENSLIDE_SUFFIXES
 
@@ -96,6 +97,11 @@ def detect_format(path: str) -> str:
         return "raster"
     if _zarr_store(path) is not None:
         return "zarr"
+    if os.path.isdir(path):
+        from tiler.io.dicom import is_dicom_folder
+
+        if is_dicom_folder(path):
+            return "dicom"
     if lower.endswith((".nii", ".nii.gz")):
         return "nifti"
     if lower.endswith(OPENSLIDE_SUFFIXES):
@@ -106,6 +112,10 @@ def detect_format(path: str) -> str:
         return "tiff-slide" if _looks_like_slide(path) else "raster"
     if lower.endswith(RASTER_SUFFIXES):
         return "raster"
+    from tiler.io.dicom import DICOM_SUFFIXES, is_dicom_file, single_file_error
+
+    if lower.endswith(DICOM_SUFFIXES) or is_dicom_file(path):
+        raise single_file_error(path)
     raise ReadError(
         redact(f"{path}: unsupported format {Path(lower).suffix or '(no extension)'!r}. Supported: {SUPPORTED}.")
     )
@@ -122,6 +132,7 @@ def open_reader(
     mask: str = "auto",
     threshold: float | None = None,
     gdal_options: Mapping[str, Any] | None = None,
+    series: str | None = None,
 ) -> Reader:
     """Open ``path`` with the reader for its format.
 
@@ -135,6 +146,7 @@ def open_reader(
         mask: ``"auto"`` (each format's natural mask) or ``"none"``.
         threshold: Volume foreground threshold for the valid mask (e.g. -500 HU).
         gdal_options: GDAL configuration options for raster reads.
+        series: SeriesInstanceUID to read from a DICOM folder holding several series.
 
     Returns:
         A :class:`Reader`; pixels are opened lazily.
@@ -161,6 +173,10 @@ def open_reader(
         return NiftiReader(text, channels_from_4d=channels_from_4d, threshold=threshold)
     if fmt == "zarr":
         return ZarrReader(text, threshold=threshold)
+    if fmt == "dicom":
+        from tiler.io.dicom import DicomSeriesReader
+
+        return DicomSeriesReader(text, series=series, threshold=threshold)
     if fmt == "tiff-slide":
         return TiffSlideReader(text, level=level, mpp=mpp, mask=mask)
     return OpenSlideReader(text, level=level, mpp=mpp, mask=mask)
