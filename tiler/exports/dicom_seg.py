@@ -29,8 +29,9 @@ def _write(ctx: WriteContext) -> None:
 
     export_dicom_seg(
         ctx.store, ctx.path, sources=ctx.reader.source_datasets(),
-        segmentation_type=ctx.settings["dicom"]["segmentation_type"], model=_model_name(ctx.store),
-        before_move=ctx.before_move,
+        segmentation_type=ctx.settings["dicom"]["segmentation_type"], algorithm=_model_name(ctx.store),
+        # the store's pixels hash names the model's weights and everything else that decides the labels
+        algorithm_version=f"tiler {ctx.store.pixels_hash}", before_move=ctx.before_move,
     )
 
 
