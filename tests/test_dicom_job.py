@@ -144,6 +144,7 @@ def test_a_rerun_sends_nothing_again(dicom_job: dict[str, Any], orthanc: Orthanc
     assert orthanc_get(orthanc, "/statistics")["CountInstances"] == stats
     found = orthanc_get(orthanc, f"/dicom-web/studies/{seg.StudyInstanceUID}/series?Modality=SEG")
     assert len(found) == 1
+    assert cli_main(["--quiet", "verify", str(dicom_job["out"])]) == 0  # the send's record is one verify accepts
 
 
 def test_a_failed_send_fails_the_input_keeps_the_seg_and_a_rerun_sends_only_the_seg(
