@@ -263,3 +263,45 @@ def test_geojson_from_band_files_equals_the_geojson_drawn_in_one_pass(tmp_path):
         return (feature["properties"]["class_id"], round(p.area, 3), tuple(round(b, 3) for b in p.bounds))
 
     assert sorted(map(key, banded)) == sorted(map(key, whole)) and len(whole) > 20
+
+
+def _speckled(shape=(200, 240), spacing=4):
+    """One forest region holding a water speck every ``spacing`` pixels: hundreds of holes in one polygon."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[10:-10, 10:-10] = 1
+    labels[12:-12:spacing, 12:-12:spacing] = 2
+    return labels
+
+
+def test_a_region_with_too_many_holes_is_written_as_pieces_gdal_opens_that_tile_it_exactly(
+    tmp_path, monkeypatch
+) -> None:
+    import pyogrio
+    import shapely
+
+    labels = _speckled()
+    store = _store(tmp_path / "s.zarr", labels)
+    (forest,) = [p for k, p in _whole(labels, [1])]
+    assert len(forest.interiors) > 2000  # the oracle: one polygon, thousands of holes
+    monkeypatch.setattr(vector, "MAX_HOLES", 100)
+    monkeypatch.setattr(vector, "MAX_VERTICES", 5000)
+    path = export_geojson(store, tmp_path / "f.geojson", classes=["forest"])
+    frame = pyogrio.read_dataframe(path)  # GDAL's own reader
+    pieces = list(frame.geometry)
+    assert len(pieces) > 1 and frame["class_name"].eq("forest").all()
+    assert all(len(p.interiors) <= 100 and shapely.get_num_coordinates(p) <= 5000 for p in pieces)
+    # the pieces tile the region: same area, same shape, pixel counts adding up
+    world = shapely.affinity.affine_transform(forest, [10.0, 0.0, 0.0, -10.0, 500000.0, 4100000.0])
+    assert shapely.union_all(pieces).symmetric_difference(world).area == pytest.approx(0, abs=1e-6)
+    assert frame["pixels"].sum() == pytest.approx(forest.area)
+
+
+def test_holes_below_min_polygon_pixels_are_filled_not_kept_as_rings(tmp_path) -> None:
+    labels = _speckled(spacing=6)
+    labels[60:70, 60:70] = 2  # one big lake stays a hole
+    store = _store(tmp_path / "s.zarr", labels)
+    path = export_geojson(store, tmp_path / "f.geojson", classes=["forest"], min_pixels=4)
+    features = json.loads(path.read_text())["features"]
+    (forest,) = [shape(f["geometry"]) for f in features]
+    assert len(forest.interiors) == 1  # the 1-pixel specks are filled; the 100-pixel lake is a hole
+    assert forest.area == pytest.approx((180 * 220 - 100) * 100.0)  # 10 m pixels

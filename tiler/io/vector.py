@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 
 VECTOR_BLOCK = 2048
 PARQUET_BATCH = 4096
+MAX_HOLES = 1000
+"""Most holes one written feature has: a region with more is written as several features (:func:`bounded`)."""
+MAX_VERTICES = 100_000
+"""Most vertices one written feature has (GDAL refuses a GeoJSON object past its size limit; QGIS slows down)."""
 
 
 @dataclass
@@ -202,6 +206,65 @@ def _dissolve(polygons: list[Polygon]) -> Iterator[Polygon]:
             yield group[0]
         else:
             yield from _pieces(shapely.unary_union(group))
+
+
+# -- features GDAL and QGIS open: holes and vertices bounded per feature --------------------------------------
+def _complexity(poly: Polygon) -> tuple[int, int]:
+    import shapely
+
+    return len(poly.interiors), int(shapely.get_num_coordinates(poly))
+
+
+def subdivide(poly: Polygon, *, max_holes: int = MAX_HOLES, max_vertices: int = MAX_VERTICES) -> Iterator[Polygon]:
+    """``poly`` as pieces with at most ``max_holes`` holes and ``max_vertices`` vertices each.
+
+    PostGIS's ``ST_Subdivide`` rule: cut in two across the longer side of its bounds (on a whole pixel, ``poly``
+    being in pixel coordinates) until each piece fits. The pieces tile ``poly`` exactly (their union is ``poly``,
+    they overlap only on the cut lines), so areas and pixel counts add up. A polygon within both limits is yielded
+    as it is.
+    """
+    import shapely
+    from shapely.geometry import box
+
+    holes, vertices = _complexity(poly)
+    if holes <= max_holes and vertices <= max_vertices:
+        yield poly
+        return
+    minx, miny, maxx, maxy = poly.bounds
+    if max(maxx - minx, maxy - miny) < 2:
+        yield poly  # a pixel: nothing left to cut
+        return
+    if maxx - minx >= maxy - miny:
+        cut = float(np.floor((minx + maxx) / 2))
+        halves = (box(minx, miny, cut, maxy), box(cut, miny, maxx, maxy))
+    else:
+        cut = float(np.floor((miny + maxy) / 2))
+        halves = (box(minx, miny, maxx, cut), box(minx, cut, maxx, maxy))
+    for half in halves:
+        for piece in _pieces(shapely.intersection(poly, half)):
+            yield from subdivide(piece, max_holes=max_holes, max_vertices=max_vertices)
+
+
+def bounded(
+    polygons: Iterable[tuple[int, Polygon]], *, min_hole_pixels: float = 0
+) -> Iterator[tuple[int, Polygon]]:
+    """The features to write for ``polygons``: no hole below ``min_hole_pixels``, no feature past the limits.
+
+    Holes smaller than ``min_hole_pixels`` are filled, then each region with more than :data:`MAX_HOLES` holes or
+    :data:`MAX_VERTICES` vertices is cut into pieces that have fewer (:func:`subdivide`). A hole is a region of
+    other classes; one below ``output.min_polygon_pixels`` is a region the export leaves out anyway, so it is
+    filled rather than kept as a ring. A slide's stroma can otherwise hold hundreds of thousands of holes in one
+    feature, which GDAL refuses to open ("GeoJSON object too complex") and QGIS cannot draw.
+    """
+    from shapely.geometry import Polygon
+
+    for k, poly in polygons:
+        if min_hole_pixels > 0 and poly.interiors:
+            kept = [ring for ring in poly.interiors if Polygon(ring).area >= min_hole_pixels]
+            if len(kept) != len(poly.interiors):
+                poly = Polygon(poly.exterior, kept)
+        for piece in subdivide(poly, max_holes=MAX_HOLES, max_vertices=MAX_VERTICES):
+            yield k, piece
 
 
 # -- bands: the polygons drawn by several workers, joined by a small step ------------------------------------
@@ -365,6 +428,7 @@ def export_geojson(
         header["crs"] = crs
     if polygons is None:
         polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
+    polygons = bounded(polygons, min_hole_pixels=min_pixels)
     with atomic_file(out_path, "w", before_move=before_move) as f:
         f.write(json.dumps(header)[:-1] + ', "features": [\n')
         for n, (k, poly) in enumerate(polygons):
@@ -424,6 +488,7 @@ def export_geoparquet(
     schema = pa.schema(fields, metadata={b"geo": json.dumps(geo).encode()})
     if polygons is None:
         polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
+    polygons = bounded(polygons, min_hole_pixels=min_pixels)
     with (
         atomic_path(out_path, what="write the GeoParquet", before_move=before_move) as tmp,
         pq.ParquetWriter(tmp, schema) as writer,
@@ -492,6 +557,7 @@ def export_qupath(
     names, colors = store.class_names, store.class_colors
     if polygons is None:
         polygons = iter_polygons(store, select_classes(store, classes), min_pixels=min_pixels, stats=stats)
+    polygons = bounded(polygons, min_hole_pixels=min_pixels)
     from shapely import affinity
 
     with atomic_file(out_path, "w", before_move=before_move) as f:
