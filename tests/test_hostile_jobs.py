@@ -138,3 +138,23 @@ def test_nan_free_labels_from_the_job(tmp_path: Path) -> None:
     labels = zarr.open_group(result.store, mode="r")["labels"][...]
     assert np.isfinite(probs).all()
     assert (labels[10, 5:15] == 255).all() and (labels[11] < 4).all()
+
+
+def test_an_input_that_overflows_the_model_fails_the_job_instead_of_writing_meaningless_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import rasterio
+
+    config = job(tmp_path)
+    huge = tmp_path / "huge.tif"
+    data = np.random.default_rng(0).random((3, 64, 64)) * 1e300  # finite float64, beyond float32
+    with rasterio.open(huge, "w", driver="GTiff", width=64, height=64, count=3, dtype="float64", crs="EPSG:32633",
+                       transform=rasterio.transform.from_origin(0, 64, 1, 1)) as dst:
+        dst.write(data)
+    rc = cli_main(["--quiet", "run", str(config), "--engine", "local", "--set", f"input.path={huge}",
+                   "--set", "output.exports=[]"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert str(huge) in err and "not finite" in err and "fix:" in err
+    store = tmp_path / "out.zarr"
+    assert not (store.exists() and zarr.open_group(str(store), mode="r").attrs.get("complete", False))

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tiler.errors import GeometryError
+from tiler.errors import GeometryError, ModelError
 from tiler.geometry import Window
 from tiler.labels import labels_dtype
 
@@ -304,6 +304,12 @@ class TorchBlockAccumulator:
         dtype = labels_dtype(self.num_classes, nodata_label)
         label_dtype = torch.uint8 if dtype == np.uint8 else torch.int32
         self._staging = None
+        if not bool(torch.isfinite(self.sums).all()):  # an argmax over NaN or inf is a label that means nothing
+            raise ModelError(
+                f"the model's outputs are not finite (NaN or inf) in block {self.block}: its labels would mean "
+                "nothing; fix: check the input's values there (float values beyond float32's range, about 3.4e38, "
+                "or NaN/inf that are not the input's nodata) and model.normalization, or the model itself"
+            )
         covered = self.weights > 0
         gaps = not bool(covered.all())  # usually every pixel is covered: skip the fills (one sync on CUDA)
         kept = None

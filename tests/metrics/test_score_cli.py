@@ -246,3 +246,20 @@ def test_score_json_and_ledger_share_one_sanitiser(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "s.json").read_text()) == {"fwiou": 0.25, "per_class_iou": [0.5, None],
                                                              "cm": [[1, 0], [0, 1]]}
     assert ledger.json_safe is archive_report.json_safe is json_safe
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["nan-undeclared", "nan-is-nodata"])
+def test_a_truth_with_nan_is_refused_unless_nan_is_its_nodata(tmp_path: Path, capsys, declared: bool) -> None:
+    truth = scene((64, 64), 2, seed=0).astype(np.float32)
+    truth[5:10, 5:10] = np.nan
+    path = tmp_path / "t.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=1, dtype="float32", crs="EPSG:32618",
+                       transform=TRANSFORM, nodata=float("nan") if declared else None) as dst:
+        dst.write(truth, 1)
+    pred = write_tif(tmp_path / "p.tif", np.nan_to_num(truth, nan=0).astype(np.uint8))
+    out = tmp_path / "s.json"
+    rc = run_cli(["score", str(pred), str(path), "--num-classes", "2", "--json", str(out)])
+    if declared:  # the file says NaN means "no truth": those pixels are ignored, the rest scored
+        assert rc == 0 and json.loads(out.read_text())["ignored_pixels"] == 25
+    else:  # a NaN is no class: never counted as class 0
+        assert rc == 2 and "[nan]" in capsys.readouterr().err and not out.exists()

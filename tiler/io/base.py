@@ -320,6 +320,17 @@ class Reader(abc.ABC):
         self._check_window(window)
         return finite_pixels(self._read_raw(window), self.fill)[0]
 
+    def read_stored(self, window: Window) -> np.ndarray:
+        """Pixels of ``window`` as the file stores them: NaN and ±Inf kept (a label map's values, never replaced).
+
+        :meth:`read` gives the model finite pixels; a label map read for scoring must not turn a NaN into a class.
+
+        Returns:
+            Array (C, *window.shape) of :attr:`dtype`; outside the image :attr:`fill`.
+        """
+        self._check_window(window)
+        return self._read_raw(window)
+
     def read_sampled(self, step: int) -> np.ndarray:
         """The whole 2D image sampled every ``step`` pixels, for previews (the quicklook).
 

@@ -71,8 +71,8 @@ class LabelSource:
             assert self._opener is not None
             handle = self._local.handle = self._opener()
         try:
-            if self.kind in ("raster", "nifti"):
-                return np.asarray(handle.read(window)[0])
+            if self.kind in ("raster", "nifti"):  # as stored: a NaN label is an error to report, not class 0
+                return np.asarray(handle.read_stored(window)[0])
             return np.asarray(handle[window.slices])
         except Exception as exc:  # noqa: BLE001 - any library failure names the file and window
             raise ReadError(

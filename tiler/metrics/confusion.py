@@ -110,7 +110,10 @@ class LabelRangeError(ScoreError):
 
 def _out_of_range_error(role: str, values: np.ndarray, rules: LabelRules) -> LabelRangeError:
     """Build the error for label values outside ``[0, K)`` at scored pixels, naming them and the fix."""
-    shown = sorted({float(v) if not float(v).is_integer() else int(v) for v in values[:20]})
+    nan = values.dtype.kind == "f" and bool(np.isnan(values).any())
+    numbers = values[~np.isnan(values)] if nan else values
+    shown = sorted({float(v) if not float(v).is_integer() else int(v) for v in numbers[:20]})
+    shown += [float("nan")] if nan else []  # once: NaN equals nothing, so a set keeps every one
     top = max((int(v) for v in values if np.isfinite(v) and v >= 0), default=-1)
     if role == "prediction":
         hint = (
