@@ -158,3 +158,20 @@ def test_an_input_that_overflows_the_model_fails_the_job_instead_of_writing_mean
     assert str(huge) in err and "not finite" in err and "fix:" in err
     store = tmp_path / "out.zarr"
     assert not (store.exists() and zarr.open_group(str(store), mode="r").attrs.get("complete", False))
+
+
+def test_a_2d_multiband_model_on_a_volume_is_told_its_dimensionality_not_to_pick_bands(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from tests.engine.helpers import write_model
+    from tiler.errors import ModelError
+
+    volume = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((24, 24, 12), np.float32), np.eye(4)), str(volume))
+    cfg = parse_config({
+        "input": {"path": str(volume)}, "model": {"weights": str(write_model(tmp_path / "m.pt", in_channels=4))},
+        "tiling": {"tile": [8, 16, 16], "overlap": [2, 4, 4], "block": [12, 24, 24]},
+        "output": {"path": str(tmp_path / "o.zarr"), "chunks": [6, 12, 12]},
+    })
+    with pytest.raises(ModelError, match=r"is 2D but .*ct\.nii\.gz has spatial shape \(12, 24, 24\); use a 3D model"):
+        run_segment(cfg, engine="local", quiet=True)

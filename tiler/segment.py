@@ -172,16 +172,16 @@ def build_plan(
                 raise InputError(f"output.exports: {name} for {cfg.input.path}: {export_problem}")
         model = model_ref(cfg)
         facts = (facts_from(model) if facts_from is not None else None) or model_facts(model)
+        if facts.spatial_dims is not None and facts.spatial_dims != len(reader.shape):
+            raise ModelError(
+                f"model {cfg.model.weights} is {facts.spatial_dims}D but {cfg.input.path} has spatial shape "
+                f"{reader.shape}; use a {len(reader.shape)}D model."
+            )
         if facts.in_channels is not None and reader.channels != facts.in_channels:
             raise InputError(
                 f"{cfg.input.path} gives {reader.channels} channel(s) but the model {cfg.model.weights} expects "
                 f"{facts.in_channels}; select the bands it was trained on with input.bands (e.g. "
                 f"{list(range(1, facts.in_channels + 1))})."
-            )
-        if facts.spatial_dims is not None and facts.spatial_dims != len(reader.shape):
-            raise ModelError(
-                f"model {cfg.model.weights} is {facts.spatial_dims}D but {cfg.input.path} has spatial shape "
-                f"{reader.shape}; use a {len(reader.shape)}D model."
             )
         if len(cfg.tiling.tile) != len(reader.shape):
             raise InputError(
