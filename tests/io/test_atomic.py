@@ -144,3 +144,8 @@ def test_os_errors_name_the_path_the_error_and_the_fix(tmp_path, code, fix):
     assert len(str(err).splitlines()) == 1
     with pytest.raises(OutputError, match=fix):
         raise err
+
+
+def test_an_output_under_proc_is_not_called_a_full_disk():
+    err = output_error("/proc/tiler-out/x.zarr", OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    assert "virtual file system" in str(err) and "disk is full" not in str(err)

@@ -67,9 +67,11 @@ def output_error(path: str | os.PathLike[str], exc: BaseException, *, what: str 
     called nearly full whatever the error says.
     """
     code = exc.errno if isinstance(exc, OSError) else None  # GDAL errors carry CPL numbers, not errno
-    free = _free_bytes(Path(path).parent)
+    free, total = _free_bytes(Path(path).parent)
     shown = f"{free / 2**20:.1f} MiB" if free is not None else "unknown"
-    if code in _NO_SPACE or (free is not None and free < LOW_SPACE):
+    if total == 0:  # /proc, /sys and the like have no size: nothing is full, nothing can be stored there
+        fix = "it lies on a virtual file system (like /proc or /sys) that holds no files: choose a folder on a disk"
+    elif code in _NO_SPACE or (free is not None and free < LOW_SPACE):
         fix = f"the disk is full or nearly full ({shown} free): free space or choose an output folder with room"
     elif code in _NO_ACCESS:
         fix = "choose a writable output folder or fix its permissions"
@@ -79,14 +81,18 @@ def output_error(path: str | os.PathLike[str], exc: BaseException, *, what: str 
     return OutputError(f"cannot {what} {path}: {text}; {fix}.")
 
 
-def _free_bytes(folder: Path) -> int | None:
-    """Free bytes under ``folder`` (or its nearest existing parent), None when unknown."""
+def _free_bytes(folder: Path) -> tuple[int | None, int | None]:
+    """Free and total bytes of the file system under ``folder`` (or its nearest existing parent); None when unknown.
+
+    A total of 0 is a virtual file system (procfs, sysfs), not a full disk.
+    """
     for candidate in (folder, *folder.parents):
         try:
-            return int(shutil.disk_usage(candidate).free)
+            usage = shutil.disk_usage(candidate)
         except OSError:
             continue
-    return None
+        return int(usage.free), int(usage.total)
+    return None, None
 
 
 def _remove(path: Path) -> None:
