@@ -119,3 +119,26 @@ def test_quiet_run_on_ray_prints_nothing(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Token authentication" not in run.stderr
     assert run.stdout == "" and run.stderr == ""
+
+
+def test_a_dashboard_address_as_ray_address_gets_one_line_with_the_fix(tmp_path: Path) -> None:
+    import socket
+
+    data = {
+        "input": {"path": str(write_raster(tmp_path / "image.tif", shape=(64, 64)))},
+        "model": {"weights": str(write_model(tmp_path / "model.pt")), "threads": 1},
+        "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
+        "output": {"path": str(tmp_path / "out.zarr"), "chunks": [32, 32]},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    with socket.socket() as dashboard:  # something answers there, as a dashboard would
+        dashboard.bind(("127.0.0.1", 0))
+        dashboard.listen()
+        address = f"http://127.0.0.1:{dashboard.getsockname()[1]}"
+        env = {**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": str(REPO)}
+        run = subprocess.run([sys.executable, "-m", "tiler.cli", "--quiet", "run", str(tmp_path / "job.yaml")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0] and "ray job submit" in lines[0] and "Traceback" not in run.stderr
+    assert not (tmp_path / "out.zarr").exists()

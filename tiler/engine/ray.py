@@ -157,16 +157,25 @@ def _connect(address: str | None) -> None:
     if address is None or address == "local":
         _start_local()
         return
+    if address.startswith(("http://", "https://")):
+        raise EngineError(
+            f"engine.address / RAY_ADDRESS {address!r} is a dashboard / job API address (the one `ray job submit` "
+            "takes), not a cluster a driver joins; fix: submit the job with `ray job submit --address "
+            f"{address} -- tiler run ...`, or join the cluster at its GCS address (head:6379, or 'auto' on a node)"
+        )
     _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and the fix
+        # the fix names the environment variable and its value in words: the redactor masks KEY=value for AUTH keys
         hint = ""
         if "auth" in str(exc).lower() or os.environ.get("RAY_AUTH_MODE") != "token":
-            hint = " (a cluster started with `ray start` wants RAY_AUTH_MODE=token in the client's environment)"
+            hint = " (a cluster started with token authentication wants the client's RAY_AUTH_MODE set to token)"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise EngineError(
-            f"engine.address / RAY_ADDRESS {address!r}: cannot join the cluster: {str(exc).splitlines()[0]}{hint}; "
-            "fix: export RAY_AUTH_MODE=token, check the address, or unset it for an embedded local Ray"
+            f"engine.address / RAY_ADDRESS {address!r}: cannot join the cluster: {first}{hint}; fix: set the "
+            "environment variable RAY_AUTH_MODE to token (and RAY_AUTH_TOKEN or the token file), check the address, "
+            "or unset it for an embedded local Ray"
         ) from None
 
 
