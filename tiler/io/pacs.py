@@ -99,7 +99,8 @@ def parse_target(target: str) -> Target:
             longer than 16 characters, another URL scheme).
     """
     text = str(target).strip()
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    head, sep, _ = text.partition("://")
+    scheme = head.lower() if sep else ""
     if scheme in ("http", "https"):
         return _parse_dicomweb(text)
     if scheme not in ("", "dicom"):
