@@ -263,3 +263,27 @@ def test_a_truth_with_nan_is_refused_unless_nan_is_its_nodata(tmp_path: Path, ca
         assert rc == 0 and json.loads(out.read_text())["ignored_pixels"] == 25
     else:  # a NaN is no class: never counted as class 0
         assert rc == 2 and "[nan]" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["cog", "nifti"])
+def test_scoring_an_exported_file_keeps_its_class_names_and_leaves_background_out_of_the_foreground(
+    tmp_path: Path, kind: str
+) -> None:
+    from tiler.io.export import aux_path, label_table_paths, write_class_table_aux, write_itksnap_labels
+
+    names, colors = ["background", "forest", "water"], [[0, 0, 0], [30, 140, 40], [20, 80, 220]]
+    truth = scene((48, 64), 3, seed=0)
+    pred = np.where(np.random.default_rng(1).random(truth.shape) < 0.9, truth, 2).astype(np.uint8)
+    if kind == "cog":
+        pred_path, truth_path = write_tif(tmp_path / "x.cog.tif", pred), write_tif(tmp_path / "t.tif", truth)
+        write_class_table_aux(aux_path(pred_path), names, colors)  # what export_cog writes beside the COG
+    else:
+        pred_path, truth_path = tmp_path / "x.nii.gz", tmp_path / "t.nii.gz"
+        nib.save(nib.Nifti1Image(pred.T[..., None], np.eye(4)), str(pred_path))
+        nib.save(nib.Nifti1Image(truth.T[..., None], np.eye(4)), str(truth_path))
+        write_itksnap_labels(label_table_paths(pred_path)["itksnap"], names, colors, nodata_label=255)
+    out = tmp_path / "s.json"
+    assert run_cli(["score", str(pred_path), str(truth_path), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["class_names"] == names and report["num_classes"] == 3
+    assert report["foreground_classes"] == [1, 2]  # "background" (class 0) is not foreground

@@ -93,6 +93,38 @@ class LabelSource:
         return self.read(Window(tuple(starts), tuple(stops)))
 
 
+def sidecar_class_names(path: str, kind: str) -> list[str] | None:
+    """The class names a label file carries beside it, as tiler's exports (and GDAL, 3D Slicer, ITK-SNAP) write them.
+
+    A raster: the band's GDAL category names in ``<file>.aux.xml`` (what ``gdalinfo`` and QGIS show). A NIfTI: the
+    ITK-SNAP label description ``<stem>.itksnap.txt``, whose labels ``0 .. n-1`` are the classes (a nodata row
+    past them is not a class). None when there is no such file or it names no class.
+    """
+    import re
+    import xml.etree.ElementTree as ET
+
+    from tiler.io.export import aux_path, label_table_paths
+
+    try:
+        if kind == "raster":
+            root = ET.parse(aux_path(path)).getroot()
+            band = next((b for b in root.iter("PAMRasterBand") if b.get("band") == "1"), None)
+            categories = band.find("CategoryNames") if band is not None else None
+            names = [c.text or "" for c in categories.iter("Category")] if categories is not None else []
+        else:
+            found: dict[int, str] = {}
+            for line in label_table_paths(path)["itksnap"].read_text(encoding="utf-8").splitlines():
+                row = re.match(r'\s*(\d+)\s.*"(.*)"\s*$', line)
+                if row and not line.lstrip().startswith("#"):
+                    found[int(row.group(1))] = row.group(2)
+            names = []
+            while len(names) in found:  # labels 0, 1, ... in a row: the classes
+                names.append(found[len(names)])
+    except (OSError, ET.ParseError, UnicodeDecodeError):
+        return None
+    return names or None
+
+
 def _open_with_reader(path: str, kind: str) -> LabelSource:
     """Open a GeoTIFF / NIfTI label map with :func:`tiler.io.open_reader` (one reader copy per thread)."""
     from tiler.io import open_reader
@@ -116,8 +148,9 @@ def _open_with_reader(path: str, kind: str) -> LabelSource:
     def opener() -> Any:
         return copy.copy(reader)  # a reader copy drops the handle and re-opens it in this thread
 
+    names = sidecar_class_names(path, kind)  # an exported COG or NIfTI keeps its class names beside it
     return LabelSource(path, kind, shape, np.dtype(reader.dtype), reader.nodata, reader.georef, block,
-                       _opener=opener)  # fmt: skip
+                       class_names=names, num_classes=len(names) if names else None, _opener=opener)  # fmt: skip
 
 
 def _georef(attrs: dict[str, Any]) -> Georef:

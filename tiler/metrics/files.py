@@ -70,7 +70,7 @@ def score_paths(
     t, p = as_dask(truth, pred)
     started = time.perf_counter()
     if num_classes is None:
-        num_classes = _stored_num_classes(pred) or infer_num_classes(
+        num_classes = _stored_num_classes(pred) or _stored_num_classes(truth) or infer_num_classes(
             t, p, ignore_index=ignore_index, truth_nodata=truth.nodata, pred_nodata=pred.nodata
         )
     rules: dict[str, Any] = {"num_classes": num_classes, "ignore_index": ignore_index,
@@ -84,7 +84,8 @@ def score_paths(
     if boundary_width is not None and counts.scored > 0:
         width = boundary_width.pixels(truth.shape)
         boundary = boundary_counts_chunked(t, p, width=width, **rules)
-    names = pred.class_names if pred.class_names and len(pred.class_names) == num_classes else None
+    # the prediction's names, else the truth's (an exported COG or NIfTI carries them beside it)
+    names = next((n for n in (pred.class_names, truth.class_names) if n and len(n) == num_classes), None)
     scores = scores_from_confusion(
         counts.confusion, class_names=names, ignored_pixels=counts.ignored, boundary=boundary,
         boundary_width=width,
@@ -106,6 +107,5 @@ def score_paths(
 
 
 def _stored_num_classes(source: LabelSource) -> int | None:
-    if source.kind != "store":
-        return None
+    """``K`` a label map declares: a store's own, or its class names' (a COG's categories, a NIfTI's label table)."""
     return source.num_classes or (len(source.class_names) if source.class_names else None)
