@@ -16,12 +16,15 @@ Rules decided here, stated once:
 
 * **Inputs.** ``input.path`` is a glob, resolved against the config file's directory; or
   ``archive.manifest`` names a text file with one input per line (blank lines and ``#`` comments
-  skipped; relative lines resolved against the manifest's directory). Exactly one of the two. Matches
-  inside ``archive.root`` and truth files of other matched inputs are left out. An empty match is a
-  :class:`~tiler.errors.ConfigError` (a mistyped glob must not look like a quiet night).
+  skipped; relative lines resolved against the manifest's directory), read line by line and de-duplicated in
+  one pass (the first mention wins). Exactly one of the two. Matches inside ``archive.root`` and truth files
+  of other matched inputs are left out. An empty match is a :class:`~tiler.errors.ConfigError` (a mistyped
+  glob must not look like a quiet night).
 * **Outputs.** Each input gets the store ``<root>/<stem>/<stem>.zarr`` (its exports land beside it);
   the stem is the file name without its suffix (``.nii.gz``, ``.ome.tif`` and ``.ome.zarr`` count as
-  one suffix). Two inputs with the same stem are a ConfigError. ``output.path`` must not be written.
+  one suffix). Inputs that share a stem fail, each with one line naming the others; the rest run.
+  ``output.path`` must not be written. A root keeps one config's outputs per input: two archive configs
+  sharing a root replace each other's stores (each run says so and names the fix, a root per config).
 * **Truth.** ``scoring.truth`` may use ``{stem}`` and ``{name}`` (the input's file name); a relative
   result is resolved against the input's directory. ``archive.missing_truth`` says whether an input
   whose truth file is missing fails (``fail``, the default) or runs unscored (``unscored``).
@@ -40,9 +43,10 @@ Rules decided here, stated once:
   host and pid alive, or started less than ``archive.stale_after_hours`` ago on another host) is
   left to it, so two overlapping runs never compute one input twice. Claims are made in
   ``BEGIN IMMEDIATE`` transactions with a busy timeout (rollback journal, not WAL, so the root may be
-  on a network file system). A retry of the same key, or a new key with the same input fingerprint and
-  pixels hash as the last attempt at the store, resumes the store from its block records; any other
-  key overwrites the store.
+  on a network file system). A claim resumes the store from its block records when the store holds the
+  job's pixels and the last attempt at it with those pixels had the same input fingerprint; otherwise an
+  existing store is overwritten. A ledger that cannot serve (another tool's file, a damaged row, read-only)
+  is refused before anything is written to it, with one line naming the file and the fix.
 * **Streaming.** One pool of model workers serves the whole run (started once): inputs are claimed
   and planned a few at a time just ahead of it (:func:`tiler.segment.run_many`), their blocks keep
   every worker busy across file boundaries, and each input is finished (exports, scores, report,
@@ -50,9 +54,12 @@ Rules decided here, stated once:
   a single-input ``tiler run`` whatever the interleaving.
 * **Failures.** Every input is attempted: a :class:`~tiler.errors.TilerError` or any other exception
   is recorded with its message (naming the input) and the run moves on. The run's exit code is 0
-  when nothing failed, 1 when some input failed, 2 when the archive itself cannot start (bad config).
+  when nothing failed, 1 when some input failed, 2 when the archive itself cannot start (bad config),
+  130/143 when it was stopped (Ctrl-C/SIGTERM). ``--quiet`` still prints one line per failed input.
 * **Reports.** ``report-<UTC time>.json``/``.md`` and ``latest.json``/``.md`` in the root list every
-  input of the run as done, skipped or failed, with scores and errors.
+  input of the run as done, skipped, failed (its job raised) or interrupted (the run was stopped while it
+  ran or before it started: the next run does it), with scores and errors. The progress bar counts inputs;
+  its total is every input of the run from the start.
 """
 
 from tiler.archive.cli import add_parser, main, run_from_args

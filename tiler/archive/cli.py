@@ -27,19 +27,20 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """Run an archive from parsed arguments; return 0 (nothing failed) or 1 (some input failed).
 
-    Errors that stop the whole archive are raised (:func:`tiler.cli.main` turns them into exit codes: 2 for a
-    bad config, 1 for a run that failed).
+    With ``--quiet`` nothing is printed but the failures: one line per failed input on stderr, naming it and its
+    error (without it, each was printed as it ended, above the progress bar). Errors that stop the whole archive
+    are raised (:func:`tiler.cli.main` turns them into exit codes: 2 for a bad config, 1 for a run that failed).
     """
+    quiet = bool(getattr(args, "quiet", False))
     archive = load_archive(args.config, args.overrides)
-    report = run_archive(archive, engine=args.engine, quiet=bool(getattr(args, "quiet", False)))
-    c = report.counts
+    report = run_archive(archive, engine=args.engine, quiet=quiet)
+    if quiet:
+        for line in report.failure_lines():
+            print(f"tiler archive: failed: {line}", file=sys.stderr)
     if getattr(args, "json_logs", False):
-        print(json.dumps({"event": "done", **c, "report": f"{report.root}/latest.json"}))
-    elif not getattr(args, "quiet", False):
-        print(
-            f"{c['done']} done, {c['skipped']} skipped, {c['failed']} failed of {c['total']} inputs; "
-            f"report: {report.root}/latest.md"
-        )
+        print(json.dumps({"event": "done", **report.counts, "report": f"{report.root}/latest.json"}))
+    elif not quiet:
+        print(f"{report.summary()}; report: {report.root}/latest.md")
     return report.exit_code
 
 

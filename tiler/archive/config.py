@@ -8,7 +8,7 @@ import glob
 import json
 import os
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -49,7 +49,7 @@ _SECTION_FIXES = {
 
 def input_stem(path: str) -> str:
     """Return the name an input's outputs take: its file name without the suffix (``a.nii.gz`` → ``a``)."""
-    name = Path(path.rstrip("/")).name
+    name = os.path.basename(path.rstrip("/"))  # what Path(path).name gives, without parsing the whole path
     for suffix in _DOUBLE_SUFFIXES:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
@@ -106,7 +106,7 @@ class ArchiveConfig:
         pattern = self.truth_pattern
         if pattern is None:
             return None
-        values = {"stem": input_stem(input_path), "name": Path(input_path).name}
+        values = {"stem": input_stem(input_path), "name": os.path.basename(input_path.rstrip("/"))}
         # only plain {stem} / {name} fields get here (_check_truth_pattern): no format specs, conversions or nesting
         text = "".join(
             literal + (values[field] if field is not None else "")
@@ -118,18 +118,23 @@ class ArchiveConfig:
         return os.path.normpath(os.path.join(os.path.dirname(input_path), text))
 
     def inputs(self) -> list[str]:
-        """Return the inputs of this archive, absolute and in a stable (sorted or manifest) order.
+        """Return the inputs of this archive, absolute, each once, in a stable (sorted or manifest) order.
+
+        A manifest is read line by line and de-duplicated in one pass (first mention wins): a 100,000-line
+        manifest is listed in well under a second. The list itself is kept (a path string per input): the run
+        needs every input before the first starts, for its total, the truth files to leave out and the stems
+        two inputs share (:func:`shared_stems`; those inputs fail alone, when the run reaches them).
 
         Raises:
-            ConfigError: The manifest cannot be read, nothing matched, or two inputs share a stem.
+            ConfigError: The manifest cannot be read, or nothing matched.
 
         """
         if self.archive.manifest is not None:
-            found = _read_manifest(self.archive.manifest)
+            found = unique(manifest_entries(self.archive.manifest))
             where = f"archive.manifest {self.archive.manifest}"
         else:
             pattern = str(self.template["input"]["path"])
-            found = sorted(os.path.abspath(p) for p in expand_glob(pattern))
+            found = sorted(unique(os.path.abspath(p) for p in expand_glob(pattern)))
             where = f"input.path {pattern!r}"
         root = os.path.abspath(self.root)
         found = [p for p in found if os.path.commonpath([root, os.path.abspath(p)]) != root]
@@ -140,18 +145,18 @@ class ArchiveConfig:
                 f"{self.source}: {where} lists no inputs (outputs under archive.root and truth files are "
                 "left out); fix: check the glob or manifest and that the files exist"
             )
-        by_stem: dict[str, list[str]] = {}
-        for p in inputs:
-            by_stem.setdefault(input_stem(p), []).append(p)
-        clashes = {s: ps for s, ps in by_stem.items() if len(ps) > 1}
-        if clashes:
-            stem, paths = next(iter(clashes.items()))
-            raise ConfigError(
-                f"{self.source}: {where}: {len(clashes)} stem(s) are shared by several inputs, which would "
-                f"write the same store (e.g. {stem!r}: {', '.join(paths)}); fix: rename the files, or split "
-                "them into archives with different archive.root"
-            )
         return inputs
+
+    def stem_clash(self, input_path: str, others: Sequence[str]) -> ConfigError:
+        """The error of an input whose stem other inputs share: they would all write one store.
+
+        Only these inputs fail (each with this one line); the rest of the archive runs.
+        """
+        return ConfigError(
+            f"{input_path}: has the stem {input_stem(input_path)!r} like {', '.join(others)}, so both would write "
+            f"{self.store_path(input_path)}; fix: rename one of the files, or list them in archives with different "
+            "archive.root"
+        )
 
     def job_for(self, input_path: str) -> JobConfig:
         """Return the JobConfig of one input (its path, its store and its truth file filled in).
@@ -213,26 +218,51 @@ def expand_glob(pattern: str) -> list[str]:
     return found
 
 
-def _read_manifest(path: str) -> list[str]:
+def unique(paths: Iterable[str]) -> list[str]:
+    """The paths in order, each once (its first mention wins): one dict insert per path, O(n).
+
+    >>> unique(["/a.tif", "/b.tif", "/a.tif"])
+    ['/a.tif', '/b.tif']
+    """
+    return list(dict.fromkeys(paths))
+
+
+def shared_stems(inputs: Iterable[str]) -> dict[str, list[str]]:
+    """Each input whose stem another input has too → those other inputs (in input order); O(n).
+
+    >>> shared_stems(["/x/a.tif", "/y/a.tif", "/x/b.tif"])
+    {'/x/a.tif': ['/y/a.tif'], '/y/a.tif': ['/x/a.tif']}
+    """
+    by_stem: dict[str, list[str]] = {}
+    for path in inputs:
+        by_stem.setdefault(input_stem(path), []).append(path)
+    return {p: [q for q in paths if q != p] for paths in by_stem.values() if len(paths) > 1 for p in paths}
+
+
+def manifest_entries(path: str) -> Iterator[str]:
+    """Yield each input a manifest lists, as its lines are read (blank lines and ``#`` comments skipped).
+
+    A relative line is resolved against the manifest's folder; ``~`` is expanded; local paths are normalised, so
+    two spellings of one file are one entry for :func:`unique`. Duplicates are yielded as they come.
+
+    Raises:
+        ConfigError: The manifest cannot be read (missing, a folder, not UTF-8 text).
+    """
+    base = os.path.dirname(path)
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                text = os.path.expanduser(text)
+                full = text if is_remote(text) or os.path.isabs(text) else os.path.join(base, text)
+                yield full if is_remote(full) else os.path.normpath(full)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"archive.manifest: {path} cannot be read ({exc}); fix: point it at a text file with one "
             "input path per line"
         ) from None
-    base = os.path.dirname(path)
-    out: list[str] = []
-    for line in lines:
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        text = os.path.expanduser(text)
-        full = text if is_remote(text) or os.path.isabs(text) else os.path.join(base, text)
-        full = full if is_remote(full) else os.path.normpath(full)
-        if full not in out:
-            out.append(full)
-    return out
 
 
 def _resolve_local(value: Any, base: Path) -> Any:

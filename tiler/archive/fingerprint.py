@@ -11,7 +11,10 @@ EDGE_BYTES = 1 << 20
 
 
 def fingerprint(path: str, *, edge_bytes: int = EDGE_BYTES) -> str:
-    """Return a cheap identity of an input: sha256 of size, mtime (ns), first and last ``edge_bytes``.
+    """Return a cheap identity of an input: sha256 of size, mtime and ctime (ns), first and last ``edge_bytes``.
+
+    The ctime is what ``cp -p``, ``rsync -t`` and ``touch -r`` cannot set back: a file rewritten in place with its
+    size and mtime restored is a new input. (Moving or chmod-ing a file changes its ctime too: it is run once more.)
 
     A directory (e.g. a zarr input) hashes the relative names, sizes and mtimes of its files instead, and a DICOM
     series folder its instances' SOPInstanceUIDs (:func:`tiler.io.dicom.folder_fingerprint`: copies and renamed
@@ -21,7 +24,7 @@ def fingerprint(path: str, *, edge_bytes: int = EDGE_BYTES) -> str:
         OSError: The path does not exist or cannot be read.
 
     """
-    digest = hashlib.sha256(b"tiler-fingerprint-v1\0")
+    digest = hashlib.sha256(b"tiler-fingerprint-v2\0")
     if is_remote(path):
         digest.update(b"remote\0" + path.encode())
         return digest.hexdigest()
@@ -36,10 +39,11 @@ def fingerprint(path: str, *, edge_bytes: int = EDGE_BYTES) -> str:
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
                 st = os.stat(full)
-                digest.update(f"{os.path.relpath(full, path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+                name = os.path.relpath(full, path)
+                digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
         return digest.hexdigest()
     st = os.stat(path)
-    digest.update(f"file\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    digest.update(f"file\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
     with open(path, "rb") as fh:
         digest.update(fh.read(edge_bytes))
         if st.st_size > edge_bytes:

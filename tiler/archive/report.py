@@ -9,16 +9,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from tiler.errors import OutputError
 from tiler.jsonsafe import json_safe
+
+Status = Literal["done", "skipped", "failed", "interrupted"]
+"""An input's outcome in one run: computed now, skipped, failed (its job raised an error), or interrupted (the
+run was stopped while it ran or before it started: it is neither done nor at fault, and the next run does it)."""
+
+STATUSES: tuple[Status, ...] = ("done", "skipped", "failed", "interrupted")
 
 
 @dataclass
 class ArchiveItem:
-    """What a run did with one input: ``done`` (computed now), ``skipped`` or ``failed``."""
+    """What a run did with one input: ``done`` (computed now), ``skipped``, ``failed`` or ``interrupted``.
+
+    ``reason`` says why an input was skipped or interrupted; ``error`` why it failed.
+    """
 
     input: str
     stem: str
-    status: Literal["done", "skipped", "failed"]
+    status: Status
     store: str | None = None
     reason: str | None = None
     error: str | None = None
@@ -79,14 +89,47 @@ class ArchiveReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Inputs per outcome, and the total."""
-        out = {s: sum(1 for i in self.items if i.status == s) for s in ("done", "skipped", "failed")}
+        """Inputs per outcome, and the total: done, skipped, failed, then interrupted only when the run was stopped.
+
+        >>> r = ArchiveReport("a.yaml", "out", "local", "2024-01-01T00:00:00+00:00")
+        >>> r.items = [ArchiveItem("a.tif", "a", "done"), ArchiveItem("b.tif", "b", "interrupted")]
+        >>> r.counts
+        {'done': 1, 'skipped': 0, 'failed': 0, 'interrupted': 1, 'total': 2}
+        """
+        out: dict[str, int] = {s: sum(1 for i in self.items if i.status == s) for s in STATUSES}
+        if not out["interrupted"]:
+            del out["interrupted"]  # a run that was not stopped reports the three outcomes it always had
         return {**out, "total": len(self.items)}
 
     @property
     def exit_code(self) -> int:
-        """0 when no input failed, 1 otherwise."""
-        return 1 if self.counts["failed"] else 0
+        """0 when every input was done or skipped; 1 when one failed or was interrupted (the run is not whole)."""
+        c = self.counts
+        return 1 if c["failed"] or c.get("interrupted") else 0
+
+    def summary(self) -> str:
+        """One line: the count of each outcome (interrupted only when the run was stopped) of all inputs.
+
+        >>> r = ArchiveReport("a.yaml", "out", "local", "2024-01-01T00:00:00+00:00")
+        >>> r.items = [ArchiveItem("a.tif", "a", "done"), ArchiveItem("b.tif", "b", "interrupted")]
+        >>> r.summary()
+        '1 done, 0 skipped, 0 failed, 1 interrupted of 2 inputs'
+        """
+        return f"{self._outcomes()} of {self.counts['total']} inputs"
+
+    def _outcomes(self) -> str:
+        c = self.counts
+        return ", ".join(f"{c[s]} {s}" for s in STATUSES if s in c)
+
+    def failure_lines(self) -> list[str]:
+        """One line per failed input, naming it and its error (what ``--quiet`` still prints)."""
+        lines = []
+        for item in self.items:
+            if item.status != "failed":
+                continue
+            text = " ".join(part.strip() for part in (item.error or "failed").splitlines() if part.strip())
+            lines.append(text if item.input in text else f"{item.input}: {text}")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON report as a mapping."""
@@ -110,7 +153,7 @@ class ArchiveReport:
             f"- root: `{self.root}`",
             f"- engine: {self.engine}, {self.seconds:.1f} s",
             "",
-            f"**{c['done']} done, {c['skipped']} skipped, {c['failed']} failed** of {c['total']} inputs.",
+            f"**{self._outcomes()}** of {c['total']} inputs.",
         ]
         t = run_timings(self.items, self.seconds)
         if t["stages"]:
@@ -119,6 +162,7 @@ class ArchiveReport:
                       "(seconds, summed over workers): " + ", ".join(f"{k} {v}" for k, v in t["stages"].items()) + "."]
         sections = (
             ("failed", "Failed", ("input", "attempts", "error")),
+            ("interrupted", "Interrupted", ("input", "reason")),
             ("done", "Done", ("input", "fwiou", "miou", "seconds", "store")),
             ("skipped", "Skipped", ("input", "fwiou", "miou", "reason")),
         )
@@ -131,7 +175,11 @@ class ArchiveReport:
         return "\n".join(lines) + "\n"
 
     def write(self, root: Path) -> list[str]:
-        """Write ``report-<time>.json/.md`` and ``latest.json/.md`` into ``root``; return the paths."""
+        """Write ``report-<time>.json/.md`` and ``latest.json/.md`` into ``root``; return the paths.
+
+        Raises:
+            OutputError: A report file cannot be written (one line naming it and the fix).
+        """
         stamp = datetime.fromisoformat(self.started_at).strftime("%Y%m%dT%H%M%S.%fZ")
         texts = {"json": json.dumps(self.to_dict(), indent=2) + "\n", "md": self.to_markdown()}
         files: list[str] = []
@@ -139,8 +187,14 @@ class ArchiveReport:
             for name in (f"report-{stamp}.{ext}", f"latest.{ext}"):
                 path = root / name
                 tmp = root / f".{name}.{os.getpid()}.tmp"
-                tmp.write_text(text, encoding="utf-8")
-                os.replace(tmp, path)
+                try:
+                    tmp.write_text(text, encoding="utf-8")
+                    os.replace(tmp, path)
+                except OSError as exc:
+                    raise OutputError(
+                        f"{path}: the archive report cannot be written ({exc}); fix: make archive.root {root} a "
+                        "writable folder"
+                    ) from None
                 files.append(str(path))
         self.files = files
         return files

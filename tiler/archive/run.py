@@ -7,15 +7,22 @@ import os
 import time
 from collections.abc import Iterator
 
-from tiler.archive.config import ArchiveConfig, input_stem
+from tiler.archive.config import ArchiveConfig, input_stem, shared_stems
 from tiler.archive.fingerprint import fingerprint, missing_fingerprint
 from tiler.archive.ledger import LEDGER_NAME, Ledger, now
+from tiler.archive.progress import ArchiveProgress
 from tiler.archive.report import ArchiveItem, ArchiveReport, timings_of
 from tiler.config.identity import config_hash, pixels_hash
 from tiler.errors import ConfigError, TilerError
-from tiler.io.store import finished_job_hash
+from tiler.io.store import OutputStore, finished_job_hash
 from tiler.redact import redact
-from tiler.segment import Progress, SegmentJob, run_many
+from tiler.segment import SegmentJob, run_many
+
+SHARED_ROOT_FIX = (
+    "an archive.root keeps one config's outputs per input, so archive configs sharing a root replace each other's "
+    "outputs on every run; fix: give each config its own archive.root (e.g. --set archive.root=<folder>)"
+)
+"""What to do when two archive configs write one root (said when a run replaces another config's store)."""
 
 
 def _error_text(exc: BaseException, input_path: str) -> str:
@@ -23,6 +30,21 @@ def _error_text(exc: BaseException, input_path: str) -> str:
     if input_path not in text:
         text = f"{input_path}: {text}"
     return redact(text)
+
+
+def _stopped(exc: BaseException) -> str:
+    """How a run stopped, for the inputs it left: ``interrupted (Terminated)``, ``stopped (EngineError)``."""
+    return f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'stopped'} ({type(exc).__name__})"
+
+
+def _holds_pixels(store: str, pixels: str, job_hash: str) -> bool | None:
+    """Whether the tiler store at ``store`` holds the pixels of a job (None: no store there, or not a readable one)."""
+    if not OutputStore.is_tiler_store(store):
+        return None
+    try:
+        return OutputStore.open(store, mode="r").holds_pixels_of(pixels, job_hash)
+    except (TilerError, OSError, ValueError):  # damaged: the job itself says so when it opens the store
+        return None
 
 
 def _describe(item: ArchiveItem) -> str:
@@ -38,16 +60,20 @@ def _describe(item: ArchiveItem) -> str:
 class _Run:
     """One archive run's bookkeeping: the ledger, the report, the claimed inputs still running, the log."""
 
-    def __init__(self, archive: ArchiveConfig, ledger: Ledger, report: ArchiveReport, progress: Progress) -> None:
+    def __init__(
+        self, archive: ArchiveConfig, ledger: Ledger, report: ArchiveReport, progress: ArchiveProgress
+    ) -> None:
         self.archive = archive
         self.ledger = ledger
         self.report = report
         self.progress = progress
         self.total = 0
+        self.shared: dict[str, list[str]] = {}  # input -> the other inputs with its stem (they fail alone)
         self.running: dict[int, ArchiveItem] = {}
 
     def ended(self, item: ArchiveItem) -> None:
         self.report.items.append(item)
+        self.progress.item_ended(item.status)
         self.progress.write(f"[{len(self.report.items)}/{self.total}] {item.input}: {_describe(item)}")
 
     def fail(self, item: ArchiveItem, error: str) -> None:
@@ -69,6 +95,8 @@ class _Run:
                 self.fail(item, redact(reason))
                 continue
             try:
+                if input_path in self.shared:
+                    raise self.archive.stem_clash(input_path, self.shared[input_path])
                 item.store = self.archive.store_path(input_path)
                 cfg = self.archive.job_for(input_path)
                 item.config_hash, pixels = config_hash(cfg), pixels_hash(cfg)
@@ -79,11 +107,10 @@ class _Run:
             gone: list[str] = []
             claim = self.ledger.claim(
                 item.fingerprint, item.config_hash, input_path=item.input, store_path=item.store, pixels_hash=pixels,
+                store_holds_pixels=functools.partial(_holds_pixels, item.store, pixels, item.config_hash),
                 still_done=functools.partial(self._still_done, item, gone),
             )
             item.attempts = claim.row.attempts
-            if gone and claim.state == "claimed":
-                self.progress.write(f"{item.input}: done before, but {gone[0]}; doing it again")
             if claim.state != "claimed":
                 item.status, item.scores, item.outputs = "skipped", claim.row.scores, claim.row.outputs
                 item.reason = (
@@ -93,9 +120,24 @@ class _Run:
                 )
                 self.ended(item)
                 continue
+            self._claimed(item, resume=claim.resume, gone=gone)
             job = SegmentJob(cfg, overwrite=not claim.resume and os.path.exists(item.store))
             self.running[id(job)] = item
             yield job
+
+    def _claimed(self, item: ArchiveItem, *, resume: bool, gone: list[str]) -> None:
+        """Say why a claimed input runs again when its store says why: done before, or another config's store.
+
+        A store finished for another config is kept on the item (``reason``): a failure then names the fix.
+        """
+        other = finished_job_hash(str(item.store))
+        if other is not None and other != item.config_hash:
+            item.reason = f"its store {item.store} held the result of config {other}"
+            how = "finishing it again" if resume else "computing it anew"
+            lead = "done before, but " if gone else ""
+            self.progress.write(f"{item.input}: {lead}{item.reason}; {how} for this config ({SHARED_ROOT_FIX})")
+        elif gone:
+            self.progress.write(f"{item.input}: done before, but {gone[0]}; doing it again")
 
     @staticmethod
     def _still_done(item: ArchiveItem, gone: list[str], _row: object) -> bool:
@@ -116,6 +158,8 @@ class _Run:
         assert item.fingerprint is not None and item.config_hash is not None
         if error is not None:
             item.error = _error_text(error, item.input)
+            if item.reason is not None:  # it failed while taking over another config's store
+                item.error = f"{item.error} (note: {item.reason}: {SHARED_ROOT_FIX})"
             self.ledger.finish(item.fingerprint, item.config_hash, status="failed", error=item.error)
         else:
             item.status = "done"
@@ -128,14 +172,32 @@ class _Run:
             )
         self.ended(item)
 
-    def interrupted(self, exc: BaseException) -> None:
-        """Inputs still running when the run was stopped: failed (retried by the next run, which resumes them)."""
+    def interrupted(self, exc: BaseException, inputs: list[str]) -> None:
+        """Report every input the stopped run did not end as ``interrupted``, not failed: it is not at fault.
+
+        Those it was running keep a ``failed`` ledger row saying they were interrupted (the next run claims them
+        again and resumes their stores; the ledger has no other state for that); those it never started are
+        not in the ledger at all.
+        """
+        how = _stopped(exc)
         for item in self.running.values():
-            item.error = f"{item.input}: interrupted ({type(exc).__name__}); rerun to resume"
+            item.status, item.reason = "interrupted", f"{how} while running; rerun to resume"
             assert item.fingerprint is not None and item.config_hash is not None
-            self.ledger.finish(item.fingerprint, item.config_hash, status="failed", error=item.error)
+            try:
+                self.ledger.finish(
+                    item.fingerprint, item.config_hash, status="failed", error=f"{item.input}: {item.reason}"
+                )
+            except TilerError:  # the ledger itself stopped the run: the error that did is the one to show
+                pass
             self.report.items.append(item)
         self.running.clear()
+        ended = {item.input for item in self.report.items}
+        for input_path in inputs:
+            name = redact(input_path)
+            if name not in ended:
+                self.report.items.append(ArchiveItem(
+                    input=name, stem=input_stem(input_path), status="interrupted", reason=f"not started: the run {how}"
+                ))
 
 
 def run_archive(
@@ -159,7 +221,9 @@ def run_archive(
 
     Raises:
         ConfigError: The inputs cannot be listed (see :meth:`ArchiveConfig.inputs`).
-        OutputError: The root or the ledger cannot be written.
+        OutputError: The root or the ledger cannot be written, or the ledger is damaged (nothing is changed).
+        KeyboardInterrupt: The run was stopped; the report, written first, lists the inputs it did not end as
+            ``interrupted``.
     """
     if engine not in ("ray", "local"):
         raise ConfigError(f"engine: {engine!r} is not an engine; fix: use ray or local")
@@ -171,9 +235,10 @@ def run_archive(
         busy_timeout_s=archive.archive.busy_timeout_s,
         stale_after_hours=archive.archive.stale_after_hours,
     )
-    progress = Progress(quiet)
+    progress = ArchiveProgress(len(inputs), quiet=quiet)
     run = _Run(archive, ledger, report, progress)
     run.total = len(inputs)
+    run.shared = shared_stems(inputs)
     try:
         outcomes = run_many(
             run.jobs(inputs), engine=engine, progress=progress, lookahead=lookahead, finishers=finishers
@@ -181,7 +246,7 @@ def run_archive(
         for outcome in outcomes:
             run.record(outcome.job, seconds=outcome.seconds, error=outcome.error, result=outcome.result)  # type: ignore[arg-type]
     except BaseException as exc:
-        run.interrupted(exc)
+        run.interrupted(exc, inputs)
         raise
     finally:
         progress.close()

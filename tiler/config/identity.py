@@ -16,7 +16,8 @@ rewrites the reports and marks the store complete again, without running the mod
 Covered by the pixels hash:
 
 * ``input``: the path and every reading option (bands, level/mpp, mask, threshold, ...).
-* ``model``: the weights' *content* (sha256 of a local file, else its path), spec, normalisation,
+* ``model``: the weights' *content* (sha256 of a local file, else its path; for a package folder and for
+  an ONNX graph's external data, the sha256 of every file the model reads: see below), spec, normalisation,
   precision, test-time flips, nnU-Net and ONNX settings, class names and class colours (the store keeps
   the names and colours in its attributes, which every export reads).
 * ``tiling``: all of it (the block too: resume records are per block).
@@ -52,6 +53,14 @@ hashed payload only when set away from their defaults, so a config that leaves t
 hash it always had and its stores and ledger rows stay valid. For such a config (no exports, no truth)
 the two hashes are equal: the config hash is the pixels hash's payload with the finishing keys added to
 it, never a second hash over the first.
+
+The weights' content, stated once (:func:`weights_identity`): a single model file is ``{"sha256": ...}``, as
+it always was; an ONNX graph with external data adds ``"files": {location: sha256}``; a package folder is
+``{"files": {relative path: sha256}}`` over the files its source reads (a MONAI bundle's config, metadata
+and weights; an smp folder's ``config.json`` and ``model.safetensors``; an nnU-Net folder's plans, dataset
+and chosen folds' checkpoints: :func:`tiler.model.sources.manifest.model_files`), so a folder retrained in
+place, or an external data file rewritten, changes the pixels hash. A remote model, or a folder of no known
+kind, is identified by its path. Every sha256 is cached by (path, size, mtime).
 """
 
 from __future__ import annotations
@@ -60,13 +69,14 @@ import functools
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import Any
 
-from tiler.config.schema import JobConfig
+from tiler.config.schema import JobConfig, ModelConfig
 from tiler.exports import REGISTRY as EXPORTS
 from tiler.paths import is_remote
 
-__all__ = ["config_hash", "export_settings", "pixels_hash"]
+__all__ = ["config_hash", "export_settings", "pixels_hash", "weights_identity"]
 
 
 def _file_sha256(path: str) -> str | None:
@@ -80,7 +90,7 @@ def _file_sha256(path: str) -> str | None:
     return _sha256_cached(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -152,14 +162,40 @@ def _pixels_payload(cfg: JobConfig) -> dict[str, Any]:
     }
 
 
+def weights_identity(model: ModelConfig) -> dict[str, Any]:
+    """The identity of the weights' content: ``{"sha256": ...}``, ``{"files": {...}}`` or ``{"path": ...}``.
+
+    See the module docstring. A single file without external data keeps the identity it always had.
+    """
+    if is_remote(model.weights):
+        return {"path": model.weights}
+    from tiler.model.sources.manifest import model_files
+
+    nnunet = model.nnunet
+    files = model_files(
+        model.weights, format=model.format,
+        nnunet_folds=[str(f) for f in nnunet.folds] if nnunet is not None and nnunet.folds is not None else None,
+        nnunet_checkpoint=nnunet.checkpoint if nnunet is not None else "checkpoint_final.pth",
+    )  # fmt: skip
+    digests = {f: _file_sha256(str(f)) for f in files or ()}
+    root = Path(model.weights)
+    if not files or any(d is None for d in digests.values()):
+        return {"path": model.weights}
+    if root.is_file():
+        part: dict[str, Any] = {"sha256": digests[files[0]]}
+        if len(files) > 1:  # an ONNX graph's external data, by the location the graph gives
+            part["files"] = {Path(os.path.relpath(f, root.parent)).as_posix(): digests[f] for f in files[1:]}
+        return part
+    return {"files": {f.relative_to(root).as_posix(): digests[f] for f in files}}
+
+
 def _model_part(cfg: JobConfig) -> dict[str, Any]:
     """The model keys of the identity; onnx settings, class names and colours only when given."""
     model = cfg.model
-    sha = _file_sha256(model.weights)
     part = {
         **model.model_dump(mode="json", include={"spec", "normalization", "precision", "tta_flips"}),
         **({"nnunet": model.nnunet.model_dump(mode="json")} if model.nnunet is not None else {}),
-        "weights": {"sha256": sha} if sha is not None else {"path": model.weights},
+        "weights": weights_identity(model),
     }
     onnx = model.onnx.model_dump(mode="json", exclude_none=True) if model.onnx is not None else {}
     if onnx:  # an empty section means the file's own metadata, as no section does

@@ -15,6 +15,10 @@ The estimate, stated once (``tiler inspect`` prints it, the job checks it before
 
 Blocks are clipped to the image (a block larger than the image allocates only the image); tiles are not
 (an image smaller than a tile is padded up to it).
+
+The memory available is the smaller of the machine's (psutil) and the container's (its cgroup's limit less its
+usage: cgroup v2 ``memory.max``, cgroup v1 ``memory.limit_in_bytes`` as a fallback; read by
+:mod:`tiler.model.memory`, whose ``CGROUP_FILES`` a test may point elsewhere).
 """
 
 from __future__ import annotations
@@ -22,15 +26,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tiler.errors import ConfigError
+from tiler.model.memory import Available
+from tiler.model.memory import available_memory as _available
 
-__all__ = ["PROCESS_BASELINE", "MemoryEstimate", "available_memory", "check_memory", "estimate_actor_memory"]
+__all__ = [
+    "MAX_IN_FLIGHT", "PROCESS_BASELINE", "MemoryEstimate", "available_memory", "check_in_flight", "check_memory",
+    "estimate_actor_memory", "memory_available",
+]  # fmt: skip
 
 PROCESS_BASELINE = 350 * 2**20
 """What an actor process holds before any block: Python, torch, GDAL and Ray's worker (measured ~300-400 MB)."""
 ACTIVATION_FACTOR = 8
 """Network activations per batch, as a multiple of the batch's input and output (rough, U-Net sized)."""
+MAX_IN_FLIGHT = 256
+"""Most block calls one actor may queue (``engine.max_in_flight``): Ray runs each on its own thread."""
+THREAD_STACK = 8 * 2**20
+"""Stack one thread of an actor may take (Linux's default, 8 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -126,33 +140,78 @@ def estimate_actor_memory(
     )
 
 
-def available_memory() -> int:
-    """Bytes of memory this machine can give a new process now (``psutil.virtual_memory().available``)."""
-    import psutil
+def memory_available(cgroup_files: Sequence[Path] | None = None) -> Available:
+    """The memory a new process can take now: the smaller of the machine's and its container's, with the limit.
 
-    return int(psutil.virtual_memory().available)
+    Args:
+        cgroup_files: The container's limit files to read (default :data:`tiler.model.memory.CGROUP_FILES`).
+    """
+    return _available(cgroup_files)
 
 
-def check_memory(estimate: MemoryEstimate, available_bytes: int | None = None, *, actors: int = 1) -> None:
+def available_memory(cgroup_files: Sequence[Path] | None = None) -> int:
+    """Bytes of memory a new process can take now: the smaller of the machine's and the container's."""
+    return memory_available(cgroup_files).bytes
+
+
+def check_memory(
+    estimate: MemoryEstimate,
+    available_bytes: int | None = None,
+    *,
+    actors: int = 1,
+    cgroup_files: Sequence[Path] | None = None,
+) -> None:
     """Raise ConfigError when ``actors`` actors of ``estimate`` would not fit in the available memory.
 
     Args:
         estimate: From :func:`estimate_actor_memory`.
-        available_bytes: Memory available to the job; default :func:`available_memory` of this machine.
+        available_bytes: Memory available to the job; default :func:`memory_available`: the smaller of this
+            machine's and its container's.
         actors: Actors sharing that memory (the pool size on one machine).
+        cgroup_files: The container's limit files (default :data:`tiler.model.memory.CGROUP_FILES`).
 
     """
-    available = available_memory() if available_bytes is None else int(available_bytes)
+    found = memory_available(cgroup_files) if available_bytes is None else None
+    available = found.bytes if found is not None else int(available_bytes or 0)
     need = estimate.total * max(1, actors)
     if need <= available:
         return
     gib = 2**30
+    where = found.describe() if found is not None else f"{available / gib:.1f} GiB is available"
     per_actor = f"{estimate.total / gib:.1f} GiB per actor" + (f" x {actors} actors" if actors > 1 else "")
     raise ConfigError(
         f"the job needs about {per_actor} ({need / gib:.1f} GiB: tiling.tile={list(estimate.tile)} with a batch of "
         f"{estimate.batch_size} takes {estimate.batch / gib:.1f} GiB, tiling.block={list(estimate.block)} takes "
-        f"{(estimate.accumulator + estimate.inputs) / gib:.1f} GiB) but {available / gib:.1f} GiB is available; "
+        f"{(estimate.accumulator + estimate.inputs) / gib:.1f} GiB) but {where}; "
         f"fix: lower tiling.tile (e.g. [512, 512]), tiling.block or model.batch_size"
         + (", or engine.actors" if actors > 1 else "")
+        + (", or raise the container's memory limit" if found is not None and found.by_container else "")
         + "."
+    )
+
+
+def check_in_flight(max_in_flight: int, *, depth: int = 0) -> None:
+    """Raise ConfigError when ``engine.max_in_flight`` asks an actor to queue more block calls than it can hold.
+
+    Each queued call is a thread of the actor (Ray's ``max_concurrency``), with its stack, waiting for the
+    pipeline's stages: more than the pipeline's ``depth`` (readers + 1 + writers) makes nothing faster, and a
+    number past :data:`MAX_IN_FLIGHT` threads kills the actor before it has loaded its model.
+
+    Args:
+        max_in_flight: ``engine.max_in_flight``.
+        depth: The pipeline's depth (:attr:`tiler.engine.executor.Stages.depth`), named in the message.
+
+    >>> check_in_flight(4, depth=3)
+    """
+    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+        raise ConfigError(f"engine.max_in_flight={max_in_flight!r} must be a whole number >= 1; fix: use 2")
+    if max_in_flight <= MAX_IN_FLIGHT:
+        return
+    stacks = max_in_flight * THREAD_STACK
+    raise ConfigError(
+        f"engine.max_in_flight={max_in_flight} asks each actor for {max_in_flight:,} threads (up to "
+        f"{stacks / 2**30:,.1f} GiB of thread stacks), more than the {MAX_IN_FLIGHT} tiler allows: the actor would die "
+        f"before loading its model; fix: set engine.max_in_flight to at most {MAX_IN_FLIGHT} (the default, 2, "
+        "already keeps every stage busy: an actor queues at least readers + 1 + writers blocks"
+        + (f", {depth} here)" if depth else ")")
     )

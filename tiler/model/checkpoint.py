@@ -12,7 +12,9 @@ Three file formats are read here:
   by :func:`save_torchscript`). A TorchScript file is a serialized program: loading it runs the code
   it was compiled from, so give only TorchScript files you trust.
 
-Pickles are always loaded with ``weights_only=True``: a checkpoint never runs code when loaded.
+Pickles are always loaded with ``weights_only=True``: a checkpoint never runs code when loaded. A file
+that is not a ``torch.save`` file at all (an image, a text, a config) is named for what it is before
+``torch.load`` sees it (:func:`tiler.model.sources.detect.check_weights_file`).
 """
 
 from __future__ import annotations
@@ -96,31 +98,48 @@ def _is_colors(colors: Any) -> bool:
     )  # fmt: skip
 
 
-def _names_colors(
-    spec: ModelSpec | None,
-    names: Sequence[str] | None,
-    colors: Sequence[Sequence[int]] | None,
-) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+def check_names_colors(names: Any, colors: Any, *, source: str | None = None) -> None:
+    """Raise ModelError, naming ``source``, unless ``names`` is a list of strings and ``colors`` of RGB triples.
+
+    Either may be None (not given).
+    """
+    where = f"{source}: " if source else ""
     if names is not None and (
         isinstance(names, str | bytes)
         or not isinstance(names, Sequence)
         or not all(isinstance(s, str | int) and not isinstance(s, bool) for s in names)
     ):
-        raise ModelError(f"class_names={names!r} must be a list of strings, one per class; fix the stored names.")
+        raise ModelError(
+            f"{where}class_names={names!r} must be a list of strings, one per class; fix the stored names."
+        )
     if colors is not None and not _is_colors(colors):
         raise ModelError(
-            f"class_colors={colors!r} must be a list of [r, g, b] triples of whole numbers 0..255, one per class."
+            f"{where}class_colors={colors!r} must be a list of [r, g, b] triples of whole numbers 0..255, one per "
+            "class."
         )
+
+
+def _names_colors(
+    spec: ModelSpec | None,
+    names: Sequence[str] | None,
+    colors: Sequence[Sequence[int]] | None,
+    *,
+    source: str | None = None,
+) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    check_names_colors(names, colors, source=source)
+    where = f"{source}: " if source else ""
     n = spec.out_channels if spec is not None else (len(names) if names else 0)
     out_names = tuple(str(s) for s in names) if names else tuple(f"class_{i}" for i in range(n))
     if spec is not None and len(out_names) != spec.out_channels:
         raise ModelError(
-            f"class_names={list(out_names)} has {len(out_names)} names but the model predicts "
+            f"{where}class_names={list(out_names)} has {len(out_names)} names but the model predicts "
             f"{spec.out_channels} classes; give one name per output channel."
         )
     out_colors = tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors) if colors else default_colors(len(out_names))
     if len(out_colors) != len(out_names):
-        raise ModelError(f"class_colors has {len(out_colors)} colours for {len(out_names)} classes; give one each.")
+        raise ModelError(
+            f"{where}class_colors has {len(out_colors)} colours for {len(out_names)} classes; give one each."
+        )
     return out_names, out_colors
 
 
@@ -246,6 +265,9 @@ def check_archive_size(path: Path) -> None:
 
 
 def _safe_load(path: Path) -> Any:
+    from tiler.model.sources.detect import check_weights_file
+
+    check_weights_file(path)
     check_archive_size(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -312,13 +334,16 @@ def _strip_prefix(state: Mapping[str, Any], expected: Mapping[str, Any]) -> dict
     return dict(state)
 
 
-def _network_from_state(state: Mapping[str, Any], spec: ModelSpec, path: Path) -> torch.nn.Module:
+def _network_from_state(
+    state: Mapping[str, Any], spec: ModelSpec, path: Path, *, source: str | None = None
+) -> torch.nn.Module:
+    """The network of ``spec`` with the weights ``state`` read from ``path`` (``source``: where the spec came from)."""
     if not isinstance(state, Mapping):
         raise ModelError(
             f"checkpoint {path}: state_dict is a {type(state).__name__}, not a mapping of tensor names to "
             "tensors; save model.state_dict()."
         )
-    network = build_network(spec)
+    network = build_network(spec, source=source or f"checkpoint {path} spec")
     state = _strip_prefix(state, network.state_dict())
     check_state(
         state, network, path=path, built=f"model built from the spec {spec.architecture} with args={spec.args}",
@@ -342,7 +367,7 @@ def _load_project(path: Path, data: Mapping[str, Any]) -> LoadedModel:
     norm = Normalization.from_dict(
         data.get("normalization") or {"kind": "none"}, source=f"checkpoint {path} normalization"
     )
-    names, colors = _names_colors(spec, data.get("class_names"), data.get("class_colors"))
+    names, colors = _names_colors(spec, data.get("class_names"), data.get("class_colors"), source=f"checkpoint {path}")
     network = _network_from_state(data["state_dict"], spec, path)
     return LoadedModel(network, spec, norm, names, colors, path, "project")
 
@@ -435,9 +460,13 @@ def load_model(
         module, meta = _load_torchscript(p)
         file_spec = ModelSpec.from_dict(meta["spec"], source=f"{p} {_TS_META}") if meta.get("spec") else None
         use_spec = spec or file_spec
-        norm = normalization or Normalization.from_dict(meta.get("normalization") or {"kind": "none"})
+        norm = normalization or Normalization.from_dict(
+            meta.get("normalization") or {"kind": "none"}, source=f"{p} {_TS_META} normalization"
+        )
+        check_names_colors(meta.get("class_names"), meta.get("class_colors"), source=f"{p} {_TS_META}")
         names, colors = _names_colors(
-            use_spec, class_names or meta.get("class_names"), class_colors or meta.get("class_colors")
+            use_spec, class_names or meta.get("class_names"), class_colors or meta.get("class_colors"),
+            source=f"TorchScript file {p}",
         )
         return LoadedModel(module, use_spec, norm, names, colors, p, "torchscript")
 
@@ -458,7 +487,7 @@ def load_model(
             loaded.normalization = normalization
         if class_names is not None or class_colors is not None:
             loaded.class_names, loaded.class_colors = _names_colors(
-                loaded.spec, class_names or loaded.class_names, class_colors
+                loaded.spec, class_names or loaded.class_names, class_colors, source=f"checkpoint {p}"
             )
         return loaded
     if format == "project":
@@ -471,7 +500,7 @@ def load_model(
             "config)."
         )
     network = _network_from_state(state, spec, p)
-    names, colors = _names_colors(spec, class_names, class_colors)
+    names, colors = _names_colors(spec, class_names, class_colors, source=f"checkpoint {p}")
     return LoadedModel(network, spec, normalization or Normalization(), names, colors, p, "state_dict")
 
 

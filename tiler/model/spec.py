@@ -16,10 +16,11 @@ from monai.networks import nets
 from monai.utils import OptionalImportError
 
 from tiler.errors import ModelError
+from tiler.model.memory import check_network_size
 
 __all__ = [
     "ARCHITECTURES", "MAX_CHANNELS", "MAX_CLASSES", "MAX_PARAMETERS", "MONAI_ALIASES", "ModelSpec", "build_network",
-    "default_args", "resolve_architecture",
+    "check_size", "default_args", "resolve_architecture",
 ]  # fmt: skip
 
 MAX_CHANNELS = 4096
@@ -253,11 +254,39 @@ class ModelSpec:
         return 32
 
 
-def build_network(spec: ModelSpec) -> torch.nn.Module:
-    """Instantiate the MONAI network a spec describes (weights freshly initialised).
+def check_size(spec: ModelSpec, *, source: str = "model spec") -> None:
+    """Refuse a spec whose network would not fit, before anything is allocated (counted on the meta device).
 
     Raises:
-        ModelError: When MONAI refuses the arguments; the message names them.
+        ModelError: More than :data:`MAX_PARAMETERS` parameters, or more than the memory this machine and its
+            container give (:func:`tiler.model.memory.check_network_size`), naming ``source`` and the argument.
+
+    """
+    cls = ARCHITECTURES[spec.architecture]
+    params = _parameter_count(cls, spec)
+    if params is None:
+        return
+    if params > MAX_PARAMETERS:
+        raise ModelError(
+            f"{source}: MONAI {spec.architecture} with in_channels={spec.in_channels}, "
+            f"out_channels={spec.out_channels}, args={dict(spec.args)} has {params:,} parameters, more than "
+            f"{MAX_PARAMETERS:,} ({MAX_PARAMETERS * 4 / 2**30:.0f} GiB of float32); it was not built. Fix the spec's "
+            "channel widths."
+        )
+    shape = {"in_channels": spec.in_channels, "out_channels": spec.out_channels}
+    check_network_size(params, source=source, args={**shape, **dict(spec.args)})
+
+
+def build_network(spec: ModelSpec, *, source: str = "model spec") -> torch.nn.Module:
+    """Instantiate the MONAI network a spec describes (weights freshly initialised).
+
+    Args:
+        spec: The network.
+        source: Where the spec came from, for messages (``"checkpoint /m/unet.pt spec"``).
+
+    Raises:
+        ModelError: When the network would not fit in memory or MONAI refuses the arguments; the message names
+            them.
 
     """
     cls = ARCHITECTURES[spec.architecture]
@@ -265,16 +294,10 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
     downloading = [k for k in _DOWNLOADING_ARGS if kwargs.get(k)]
     if downloading:
         raise ModelError(
-            f"model args {downloading[0]}={kwargs[downloading[0]]!r} would download weights for MONAI "
+            f"{source}: model args {downloading[0]}={kwargs[downloading[0]]!r} would download weights for MONAI "
             f"{spec.architecture}; tiler takes the weights from the model file only. Remove it (or set it false)."
         )
-    params = _parameter_count(cls, spec)
-    if params is not None and params > MAX_PARAMETERS:
-        raise ModelError(
-            f"MONAI {spec.architecture} with in_channels={spec.in_channels}, out_channels={spec.out_channels}, "
-            f"args={kwargs} has {params:,} parameters, more than {MAX_PARAMETERS:,} ({MAX_PARAMETERS * 4 / 2**30:.0f} "
-            f"GiB of float32); it was not built. Fix the spec's channel widths."
-        )
+    check_size(spec, source=source)
     try:
         return cls(
             spatial_dims=spec.spatial_dims,
@@ -284,12 +307,13 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
         )
     except OptionalImportError as err:
         raise ModelError(
-            f"MONAI {spec.architecture} needs an optional package that is not installed: "
+            f"{source}: MONAI {spec.architecture} needs an optional package that is not installed: "
             f"{str(err).splitlines()[0]} "
             f"Install it (e.g. `pip install einops` for SwinUNETR) or choose UNet/BasicUNet/DynUNet."
         ) from err
-    except (TypeError, ValueError, AssertionError, NotImplementedError, RuntimeError) as err:
+    except (TypeError, ValueError, AssertionError, NotImplementedError, RuntimeError, AttributeError, KeyError,
+            MemoryError) as err:  # fmt: skip
         raise ModelError(
-            f"MONAI {spec.architecture} refused args={kwargs} for spatial_dims={spec.spatial_dims}: {err}. "
+            f"{source}: MONAI {spec.architecture} refused args={kwargs} for spatial_dims={spec.spatial_dims}: {err}. "
             f"Fix the model args (see monai.networks.nets.{spec.architecture})."
         ) from err

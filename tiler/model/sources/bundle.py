@@ -12,6 +12,11 @@ From the package it also takes, when present:
 * the intensity window of a ``ScaleIntensityRange(d)`` transform with literal arguments in
   ``preprocessing``; any other intensity transform there is refused unless the config gives
   ``model.normalization``, since tiler would silently skip it.
+
+A YAML config is read by the job files' loader (:func:`tiler.config.safe_yaml.load_yaml`: unique keys,
+aliases bounded, self-referencing anchors refused), and any config nesting deeper than
+:data:`tiler.model.sources.files.MAX_DEPTH` is refused; the network's size is checked before its
+weights are read (:func:`tiler.model.spec.check_size`).
 """
 
 from __future__ import annotations
@@ -22,18 +27,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import yaml
-
-from tiler.errors import ModelError, ReadError
+from tiler.config.safe_yaml import load_yaml
+from tiler.errors import ConfigError, ModelError, ReadError
 from tiler.model.checkpoint import LoadedModel, _names_colors, _network_from_state
 from tiler.model.normalize import Normalization
-from tiler.model.sources.detect import BUNDLE_CONFIGS, bundle_config
-from tiler.model.sources.files import read_json, read_state, state_of
-from tiler.model.spec import ARCHITECTURES, ModelSpec, resolve_architecture
+from tiler.model.sources.detect import BUNDLE_CONFIGS, BUNDLE_WEIGHTS, bundle_config
+from tiler.model.sources.files import check_depth, read_json, read_state, state_of
+from tiler.model.spec import ARCHITECTURES, ModelSpec, check_size, resolve_architecture
 
 __all__ = ["WEIGHTS", "class_names", "load_bundle", "network_spec", "normalization", "read_config"]
 
-WEIGHTS = ("models/model.safetensors", "models/model.pt")
+WEIGHTS = BUNDLE_WEIGHTS
 _MARKS = {
     "$": "a '$' string is a Python expression that MONAI evaluates",
     "@": "an '@' string is a reference that MONAI's config parser resolves (and may run)",
@@ -50,14 +54,25 @@ _INTENSITY = re.compile(r"Intensity|Normaliz|HistogramNorm")
 
 
 def read_config(path: Path) -> Mapping[str, Any]:
-    """The bundle config as plain data (JSON, or YAML through the safe loader)."""
+    """The bundle config as plain data: JSON, or YAML through the job files' loader (unique keys, bounded aliases).
+
+    Raises:
+        ReadError: The file cannot be read or parsed.
+        ModelError: A YAML alias bomb or self-referencing anchor, or a document that is not a mapping.
+
+    """
     if path.suffix == ".json":
         data = read_json(path, what="bundle config")
     else:
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as err:
-            raise ReadError(f"bundle config {path} could not be read as YAML ({err}).") from err
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ReadError(f"bundle config {path} could not be read ({err}); give the bundle folder.") from err
+        try:
+            data = load_yaml(text, f"bundle config {path}")
+        except ConfigError as err:
+            raise ModelError(str(err)) from None
+        check_depth(data, path, what="bundle config")
     if not isinstance(data, Mapping):
         raise ModelError(f"bundle config {path} holds a {type(data).__name__}, not a mapping of entries.")
     return data
@@ -209,10 +224,28 @@ def class_names(folder: Path, out_channels: int) -> tuple[str, ...] | None:
     if not path.is_file():
         return None
     meta = read_json(path, what="bundle metadata")
-    outputs = meta.get("network_data_format", {}).get("outputs", {}) if isinstance(meta, Mapping) else {}
-    for output in outputs.values() if isinstance(outputs, Mapping) else ():
+    if not isinstance(meta, Mapping):
+        raise ModelError(f"bundle metadata {path} holds a {type(meta).__name__}, not a mapping; fix or remove it.")
+    found: Any = meta
+    for key in ("network_data_format", "outputs"):
+        found = found.get(key, {})
+        if not isinstance(found, Mapping):
+            raise ModelError(
+                f"bundle metadata {path}: {key} is {found!r}, not a mapping; MONAI writes "
+                '"network_data_format": {"outputs": {"pred": {"channel_def": {"0": "background", ...}}}}. Fix or '
+                "remove it (or give model.class_names)."
+            )
+    for name, output in found.items():
         channels = output.get("channel_def") if isinstance(output, Mapping) else None
-        by_index = {str(k): str(v) for k, v in channels.items()} if isinstance(channels, Mapping) else {}
+        if not isinstance(channels, Mapping):
+            continue
+        for k, v in channels.items():
+            if isinstance(v, bool) or not isinstance(v, str | int):
+                raise ModelError(
+                    f"bundle metadata {path}: network_data_format.outputs.{name}.channel_def[{k!r}] is {v!r}, not a "
+                    "class name; give each channel's name as a string (or give model.class_names)."
+                )
+        by_index = {str(k): str(v) for k, v in channels.items()}
         if set(by_index) == {str(i) for i in range(out_channels)}:
             return tuple(by_index[str(i)] for i in range(out_channels))
     return None
@@ -252,9 +285,11 @@ def load_bundle(
     config = read_config(config_path)
     source = f"bundle config {config_path}"
     use_spec = spec if spec is not None else network_spec(config, source=source)
+    built_from = f"{source} network_def" if spec is None else "model.spec"
+    check_size(use_spec, source=built_from)  # before the weights are read or anything allocated
     norm = normalization_override or normalization(config, source=source) or Normalization()
     names = class_names_override or class_names(folder, use_spec.out_channels)
     weights = _weights(folder)
-    network = _network_from_state(state_of(read_state(weights), weights), use_spec, weights)
-    out_names, colors = _names_colors(use_spec, names, class_colors)
+    network = _network_from_state(state_of(read_state(weights), weights), use_spec, weights, source=built_from)
+    out_names, colors = _names_colors(use_spec, names, class_colors, source=f"MONAI bundle {folder}")
     return LoadedModel(network, use_spec, norm, out_names, colors, folder, "bundle")

@@ -12,7 +12,7 @@ import torch
 from tiler.errors import ModelError, ReadError
 from tiler.model.checkpoint import _safe_load, check_state
 
-__all__ = ["load_state", "read_json", "read_state", "state_of"]
+__all__ = ["MAX_DEPTH", "check_depth", "load_state", "read_json", "read_state", "state_of"]
 
 
 def read_json(path: Path, *, what: str) -> Any:
@@ -27,9 +27,46 @@ def read_json(path: Path, *, what: str) -> Any:
     except OSError as err:
         raise ReadError(f"{what} {path} could not be read ({err}); give the package folder it belongs to.") from err
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ReadError(f"{what} {path} is not valid JSON ({err}); the package is damaged or of another kind.") from err
+    except RecursionError:  # the parser's own nesting limit
+        raise ReadError(_too_deep(path, what)) from None
+    check_depth(data, path, what=what)
+    return data
+
+
+MAX_DEPTH = 64
+"""Most levels of nesting a package's config may have (MONAI bundles and nnU-Net plans use about 8)."""
+
+
+def _too_deep(path: Path, what: str) -> str:
+    return (
+        f"{what} {path} nests lists or mappings more than {MAX_DEPTH} levels deep; a real config nests a few levels. "
+        "Fix: give the package's own config."
+    )
+
+
+def check_depth(data: Any, path: Path, *, what: str) -> None:
+    """Raise ReadError when ``data`` nests lists or mappings more than :data:`MAX_DEPTH` levels.
+
+    Counted without recursion, every YAML alias at its full depth (an object reached twice is measured once).
+    """
+    heights: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        value, done = stack.pop()
+        if not isinstance(value, Mapping | list | tuple) or (id(value) in heights and not done):
+            continue
+        children = [c for c in (value.values() if isinstance(value, Mapping) else value)
+                    if isinstance(c, Mapping | list | tuple)]  # fmt: skip
+        if done:
+            heights[id(value)] = 1 + max((heights[id(c)] for c in children), default=0)
+            if heights[id(value)] > MAX_DEPTH:
+                raise ReadError(_too_deep(path, what))
+            continue
+        stack.append((value, True))
+        stack.extend((c, False) for c in children if id(c) not in heights)
 
 
 def read_state(path: Path) -> Any:

@@ -74,7 +74,14 @@ class OnnxOptions:
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ModelError(f"{source} has unknown onnx key(s) {unknown}; valid keys are {sorted(valid)}.")
-        return cls(**dict(data))
+        for key in ("input_name", "output_name"):
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ModelError(f"{source}: onnx {key}={value!r} is not a name; give the graph's {key[:-5]} name.")
+        try:
+            return cls(**dict(data))
+        except ModelError as err:
+            raise ModelError(f"{source}: {err}") from None
 
 
 def _ort() -> Any:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from tiler.errors import ModelError
+from tiler.model.checkpoint import check_names_colors
 from tiler.palette import default_colors as _default_colors
 
 __all__ = ["TwoClassLogits", "as_logits", "class_labels"]
@@ -20,6 +21,7 @@ def class_labels(
     model: str,
 ) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
     """One name and one RGB colour per class: the given ones (checked), else ``class_i`` and the default palette."""
+    check_names_colors(names, colors, source=model)
     out_names = tuple(str(n) for n in names) if names else tuple(f"class_{i}" for i in range(classes))
     if len(out_names) != classes:
         raise ModelError(

@@ -3,10 +3,12 @@
 ``model.save_pretrained(folder)`` writes ``config.json`` (the constructor's keyword arguments plus
 ``"_model_class": "Unet"``) and ``model.safetensors``. tiler reads the config as JSON, builds the class
 only when ``_model_class`` is one of smp's own architectures (checked against :data:`ARCHITECTURES`
-before smp is imported, and against ``smp.__all__`` after), forces ``encoder_weights`` to None so that
-nothing is downloaded and ``activation`` to None so that the network returns logits, then loads the
-safetensors weights strictly. A one-class (sigmoid) model becomes two classes, background and
-foreground. smp's config records no normalisation or class names: give them in the tiler config.
+before smp is imported, and against ``smp.__all__`` after) and every name-valued argument is a string,
+forces ``encoder_weights`` to None so that nothing is downloaded and ``activation`` to None so that the
+network returns logits, counts its parameters on the ``meta`` device and refuses a network that would not
+fit in memory (:mod:`tiler.model.memory`), then builds it and loads the safetensors weights strictly. A
+one-class (sigmoid) model becomes two classes, background and foreground. smp's config records no
+normalisation or class names: give them in the tiler config.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from tiler.errors import ModelError, ReadError
 from tiler.model.checkpoint import LoadedModel
+from tiler.model.memory import check_network_size
 from tiler.model.normalize import Normalization
 from tiler.model.sources.detect import SMP_FILES
 from tiler.model.sources.files import load_state, read_json, read_state
@@ -37,6 +40,11 @@ ARCHITECTURES = (
 
 # Arguments tiler sets itself: weights come from the folder, probabilities from the runner's softmax.
 _FORCED: dict[str, Any] = {"encoder_weights": None, "activation": None}
+# Arguments smp looks a class or layer up by (a name, or null), with an example each.
+_NAMES: dict[str, str] = {
+    "encoder_name": "resnet34", "decoder_attention_type": "scse", "decoder_interpolation": "nearest",
+    "decoder_merge_policy": "add", "decoder_readout": "cat",
+}  # fmt: skip
 
 
 def read_config(folder: Path) -> tuple[str, dict[str, Any]]:
@@ -61,6 +69,13 @@ def read_config(folder: Path) -> tuple[str, dict[str, Any]]:
             f"smp config {path}: _model_class is {name!r}, refused: tiler builds only smp's own architectures "
             f"{list(ARCHITECTURES)}. Nothing else named in a config is built."
         )
+    for key in _NAMES:
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ModelError(
+                f"smp config {path}: {key} is {value!r}, a {type(value).__name__} where smp expects a name (e.g. "
+                f"{_NAMES[key]!r}); re-save the model with model.save_pretrained(folder)."
+            )
     return name, {k: v for k, v in data.items() if not k.startswith("_")}
 
 
@@ -115,14 +130,27 @@ def import_smp() -> ModuleType:
     return smp
 
 
+def _check_size(cls: type[torch.nn.Module], kwargs: Mapping[str, Any], path: Path) -> None:
+    """Refuse a config whose network would not fit in memory, counted on the meta device (nothing allocated)."""
+    try:
+        with torch.device("meta"):
+            network = cls(**{**kwargs, **_FORCED})
+    except Exception:  # noqa: BLE001 - the real build reports what the arguments got wrong
+        return
+    params = sum(p.numel() for p in network.parameters())
+    check_network_size(params, source=f"smp config {path}", args=kwargs)
+
+
 def _build(name: str, kwargs: Mapping[str, Any], path: Path) -> torch.nn.Module:
     smp = import_smp()
     cls = getattr(smp, name) if name in getattr(smp, "__all__", ()) else None
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise ModelError(f"smp config {path}: {name!r} is not an architecture of this smp ({smp.__version__}).")
+    _check_size(cls, kwargs, path)
     try:
         return cls(**{**kwargs, **_FORCED})  # type: ignore[no-any-return]
-    except (TypeError, ValueError, KeyError) as err:
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, IndexError, RuntimeError,
+            MemoryError) as err:  # fmt: skip
         raise ModelError(
             f"smp {name} refused the arguments of {path} ({type(err).__name__}: {err}); the config was written by "
             "another smp version or edited. Re-save it with model.save_pretrained(folder)."
@@ -152,8 +180,8 @@ def load_smp(
     weights = folder / SMP_FILES[1]
     if not weights.is_file():
         raise ReadError(f"smp folder {folder} has no {SMP_FILES[1]}; save the model with model.save_pretrained.")
+    network = _build(name, kwargs, folder / SMP_FILES[0])  # its size checked before anything is allocated
     state = read_state(weights)
-    network = _build(name, kwargs, folder / SMP_FILES[0])
     built = f"smp {name} built from {folder / SMP_FILES[0]}"
     network = load_state(network, state, path=weights, built=built)
     classes = int(kwargs.get("classes", 1))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tiler.errors import ModelError, ReadError
-from tiler.model.sources.detect import fold_dirs, is_nnunet_folder
+from tiler.model.sources.detect import fold_checkpoints, fold_dirs, is_nnunet_folder
 from tiler.model.sources.files import read_json
 
 __all__ = ["AVERAGES", "CHECKPOINT", "NnunetSettings", "ResultsFolder", "fold_dirs", "is_nnunet_folder"]
@@ -275,18 +275,16 @@ class ResultsFolder:
     def _folds(self) -> tuple[Path, ...]:
         name = self.settings.checkpoint
         if self.settings.folds is None:
-            found = [f for f in fold_dirs(self.folder) if f.name != "fold_all" and (f / name).is_file()]
-            if not found and (self.folder / "fold_all" / name).is_file():
-                found = [self.folder / "fold_all"]
+            found = fold_checkpoints(self.folder, None, name)
             if not found:
                 raise ModelError(
                     f"nnU-Net folder {self.folder} has no fold_<k>/{name}; train a fold, or set "
                     "model.nnunet.checkpoint (e.g. checkpoint_best.pth)."
                 )
-            return tuple(f / name for f in found)
+            return tuple(found)
         paths = []
-        for fold in self.settings.folds:
-            path = self.folder / f"fold_{fold}" / name
+        for fold, path in zip(self.settings.folds, fold_checkpoints(self.folder, self.settings.folds, name),
+                              strict=True):  # fmt: skip
             if not path.is_file():
                 present = [f.name[5:] for f in fold_dirs(self.folder) if (f / name).is_file()]
                 raise ReadError(

@@ -13,7 +13,7 @@ from tiler.model.sources.files import load_state
 from tiler.model.sources.nnunet.ensemble import NnunetEnsemble
 from tiler.model.sources.nnunet.folder import NnunetSettings, ResultsFolder
 from tiler.model.sources.nnunet.intensity import normalization as plans_normalization
-from tiler.model.sources.nnunet.network import build_network
+from tiler.model.sources.nnunet.network import build_network, check_size
 from tiler.model.sources.nnunet.weights import read_checkpoint
 from tiler.model.sources.outputs import class_labels
 
@@ -48,6 +48,8 @@ def load_nnunet(
     settings = results.settings
     channels = len(results.channel_names)
     labels = results.labels
+    check_size(results.architecture, in_channels=channels, classes=len(labels), patch=results.patch_size,
+               source=results.source, folds=len(results.folds))  # fmt: skip
     networks = []
     mirror_axes: tuple[int, ...] | None = None
     for i, path in enumerate(results.folds):

@@ -5,12 +5,17 @@ importable name a plans file gives is imported and called. tiler builds only the
 ``dynamic_network_architectures`` U-Nets of :data:`NETWORKS`; each ``_kw_requires_import`` value must be one
 of the torch layers (or residual blocks) of :data:`LAYERS`; every other keyword argument is taken as the
 JSON literal it is. Anything else is refused, naming the key.
+
+Before anything is allocated, :func:`check_size` counts the network's parameters on the ``meta`` device and
+one patch's feature maps from the declared ``features_per_stage`` and ``strides``, and refuses what would
+not fit in this machine's (and its container's) memory, naming the plans file, the key and its value.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -18,8 +23,9 @@ import torch
 from torch import nn
 
 from tiler.errors import ModelError
+from tiler.model.memory import check_network_size
 
-__all__ = ["LAYERS", "NETWORKS", "build_network", "layer_names", "network_class"]
+__all__ = ["LAYERS", "MAX_DEPTH", "NETWORKS", "build_network", "check_size", "layer_names", "network_class"]
 
 NETWORKS = ("PlainConvUNet", "ResidualEncoderUNet", "ResidualUNet")
 """The ``dynamic_network_architectures.architectures.unet`` classes tiler builds (nnU-Net's U-Nets)."""
@@ -36,6 +42,12 @@ LAYERS: tuple[type[nn.Module], ...] = (
     nn.LeakyReLU, nn.ReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
 )  # fmt: skip
 """The torch layers a plans file may name in ``_kw_requires_import`` (conv, norm, dropout and nonlinearity ops)."""
+
+MAX_DEPTH = 64
+"""Most stages, and most convolutions or blocks per stage, an architecture may ask for (nnU-Net plans use <= 8)."""
+_DEPTH_KEYS = ("n_stages", "n_conv_per_stage", "n_conv_per_stage_decoder", "n_blocks_per_stage")
+ACTIVATION_COPIES = 3
+"""Feature maps of a stage held at once during inference: its skip connection, its input and its output."""
 
 
 def _import_dna() -> Any:
@@ -93,6 +105,9 @@ def _kwargs(arch: Mapping[str, Any], cls: type[nn.Module], source: str) -> dict[
     if not isinstance(imports, list | tuple) or not all(isinstance(k, str) for k in imports):
         raise ModelError(f"{source}: architecture._kw_requires_import is {imports!r}; give a list of argument names.")
     out = dict(kwargs)
+    for key in _DEPTH_KEYS:
+        if key in out:
+            _check_depth(key, out[key], source)
     names = layer_names()
     for key in imports:
         if key not in out:
@@ -100,7 +115,7 @@ def _kwargs(arch: Mapping[str, Any], cls: type[nn.Module], source: str) -> dict[
         value = out[key]
         if value is None:
             continue
-        if value not in names:
+        if not isinstance(value, str) or value not in names:
             raise ModelError(
                 f"{source}: architecture.arch_kwargs.{key} is {value!r}, refused: tiler imports only these layers "
                 f"by name: {sorted(n for n in names if not n.startswith('torch.nn.modules'))}."
@@ -118,6 +133,93 @@ def _kwargs(arch: Mapping[str, Any], cls: type[nn.Module], source: str) -> dict[
             raise ModelError(f"{source}: architecture.arch_kwargs sets {key!r}; nnU-Net takes it from dataset.json.")
     out["deep_supervision"] = False  # as nnU-Net's predictor builds it: the full-resolution output only
     return out
+
+
+def _check_depth(key: str, value: Any, source: str) -> None:
+    """Refuse a stage or convolution count that is not a whole number (or list of them) in ``1..MAX_DEPTH``."""
+    items = value if isinstance(value, list) else [value]
+    if not items or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DEPTH for v in items):
+        raise ModelError(
+            f"{source}: architecture.arch_kwargs.{key} is {value!r}; give a whole number (or a list of them) from 1 "
+            f"to {MAX_DEPTH}, as the plans nnU-Net wrote (a real network has at most 8 stages)."
+        )
+
+
+def _per_axis(value: Any, ndim: int) -> list[int] | None:
+    """``value`` (an int, or a list of ``ndim`` ints) as a list of ``ndim`` positive ints, or None."""
+    items = [value] * ndim if isinstance(value, int) else value
+    if not isinstance(items, list) or len(items) != ndim:
+        return None
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+        return None
+    return items
+
+
+def activation_bytes(kwargs: Mapping[str, Any], patch: Sequence[int]) -> int:
+    """Bytes of one patch's float32 feature maps, ``3 · 4 · Σ_s features_s · Π(patch / cumulative stride_s)``.
+
+    Counts :data:`ACTIVATION_COPIES` maps per stage (skip connection, input, output). Returns 0 when the
+    arguments are not the plain lists this needs (the build then reports them).
+
+    >>> activation_bytes({"n_stages": 2, "features_per_stage": [8, 16], "strides": [1, 2]}, (32, 32))
+    147456
+    """
+    n = kwargs.get("n_stages")
+    features = kwargs.get("features_per_stage")
+    strides = kwargs.get("strides")
+    if isinstance(features, int) and isinstance(n, int):
+        features = [features] * n
+    if not (isinstance(features, list) and isinstance(strides, list) and len(features) == len(strides)):
+        return 0
+    size = [int(p) for p in patch]
+    total = 0
+    for f, stride in zip(features, strides, strict=True):
+        axes = _per_axis(stride, len(size))
+        if axes is None or isinstance(f, bool) or not isinstance(f, int):
+            return 0
+        size = [max(1, -(-a // s)) for a, s in zip(size, axes, strict=True)]
+        total += f * math.prod(size)
+    return ACTIVATION_COPIES * 4 * total
+
+
+def _parameter_count(cls: type[nn.Module], kwargs: Mapping[str, Any], in_channels: int, classes: int) -> int | None:
+    """Parameters of the network built on the meta device (nothing allocated); None when it cannot be built so."""
+    try:
+        with torch.device("meta"):
+            network = cls(input_channels=in_channels, num_classes=classes, **kwargs)
+    except Exception:  # noqa: BLE001 - the real build reports what the arguments got wrong
+        return None
+    return sum(p.numel() for p in network.parameters())
+
+
+def check_size(
+    arch: Mapping[str, Any], *, in_channels: int, classes: int, patch: Sequence[int], source: str, folds: int = 1
+) -> None:
+    """Refuse a configuration whose network, or one patch's activations, would not fit in memory (nothing built).
+
+    Args:
+        arch: The configuration's ``architecture`` entry.
+        in_channels: Input channels.
+        classes: Output classes.
+        patch: The configuration's ``patch_size`` (the tile).
+        source: Where ``arch`` came from, for messages.
+        folds: Networks the ensemble holds (one per fold).
+
+    Raises:
+        ModelError: Naming the plans file, the argument holding the largest size and its value.
+
+    """
+    cls = network_class(arch.get("network_class_name"), source=source)
+    kwargs = _kwargs(arch, cls, source)
+    params = _parameter_count(cls, kwargs, in_channels, classes)
+    activations = activation_bytes(kwargs, patch)
+    if params is None and not activations:
+        return
+    declared = arch.get("arch_kwargs")
+    args = {f"architecture.arch_kwargs.{k}": v for k, v in declared.items()} if isinstance(declared, Mapping) else {}
+    if activations:
+        args["patch_size"] = [int(v) for v in patch]
+    check_network_size(params or 0, source=source, args=args, activations=activations, networks=folds)
 
 
 def build_network(arch: Mapping[str, Any], *, in_channels: int, classes: int, source: str) -> nn.Module:
@@ -141,7 +243,8 @@ def build_network(arch: Mapping[str, Any], *, in_channels: int, classes: int, so
     try:
         with torch.random.fork_rng():  # the weights are overwritten; keep the caller's random stream untouched
             network = cls(input_channels=in_channels, num_classes=classes, **kwargs)
-    except (TypeError, ValueError, AssertionError, KeyError, IndexError) as err:
+    except (TypeError, ValueError, AssertionError, KeyError, IndexError, AttributeError, RuntimeError,
+            MemoryError) as err:  # fmt: skip
         raise ModelError(
             f"{source}: {cls.__name__} refused the plans' arch_kwargs ({type(err).__name__}: {err}); the plans were "
             "edited or written for another dynamic_network_architectures version."

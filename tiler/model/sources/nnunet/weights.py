@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from tiler.errors import ModelError, ReadError
+from tiler.model.checkpoint import check_archive_size
+from tiler.model.sources.detect import check_weights_file
 
 __all__ = ["NUMPY_SCALARS", "Checkpoint", "read_checkpoint"]
 
@@ -172,6 +174,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
             key), or lacks ``network_weights``.
 
     """
+    if path.is_file():
+        check_weights_file(path, what="nnU-Net checkpoint")
+        check_archive_size(path)
     try:
         # safe_globals is process-wide state: two threads loading at once (the driver plans an input while the
         # in-process worker loads the model) would end each other's allow-list; one load at a time
