@@ -467,7 +467,8 @@ def test_an_added_export_finishes_the_store_again_without_running_a_block(tmp_pa
     assert cli_main(["--json-logs", "run", str(config), "--engine", "local", "--set", "output.exports=[cog]"]) == 0
     done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert done["summary"]["blocks_run"] == 0 and block_state(store) == blocks
-    assert set(done["outputs"]) == {"cog", "cog_aux", "scores_json", "report_json", "report_md"}
+    assert set(done["outputs"]) == {"cog", "cog_aux", "scores_json", "scores_confusion", "scores_per_class",
+                                    "report_json", "report_md"}
     assert (tmp_path / "out.geojson").is_file() and (tmp_path / "out.quicklook.png").is_file()
     assert "geojson" not in json.loads((tmp_path / "out.report.json").read_text())["outputs"]
     verified = verify_store(store)

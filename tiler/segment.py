@@ -102,20 +102,36 @@ def model_ref(cfg: JobConfig) -> ModelRef:
 
 
 @functools.lru_cache(maxsize=8)
-def _facts(weights: str, load: str, size: int, mtime_ns: int) -> ModelFacts:
+def _facts(weights: str, load: str, versions: tuple[tuple[str, int, int], ...]) -> ModelFacts:
     from tiler.model import load_model
 
     return ModelFacts.of(load_model(weights, **json.loads(load)))
 
 
-def model_facts(model: ModelRef) -> ModelFacts:
-    """Load ``model`` once per process (per file version) and keep what planning needs."""
+def _versions(weights: str, load: dict[str, Any]) -> tuple[tuple[str, int, int], ...]:
+    """``(file, size, mtime)`` of every file the model reads (a folder's weights and configs, an ONNX's data)."""
+    from tiler.model.sources.manifest import model_files
+
+    nnunet = load.get("nnunet") or {}
     try:
-        st = os.stat(model.weights)
-        size, mtime = st.st_size, st.st_mtime_ns
-    except OSError:
-        size, mtime = -1, -1  # load_model names the missing file
-    return _facts(model.weights, json.dumps(dict(model.load), sort_keys=True, default=list), size, mtime)
+        files = model_files(weights, format=str(load.get("format", "auto")), nnunet_folds=nnunet.get("folds"),
+                            nnunet_checkpoint=nnunet.get("checkpoint") or "checkpoint_final.pth")
+    except Exception:  # noqa: BLE001 - an unreadable package: load_model names what is wrong with it
+        files = None
+    out = []
+    for path in files or [Path(weights)]:
+        try:
+            st = os.stat(path)
+            out.append((str(path), st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((str(path), -1, -1))  # load_model names the missing file
+    return tuple(out)
+
+
+def model_facts(model: ModelRef) -> ModelFacts:
+    """Load ``model`` once per process (per version of every file it reads) and keep what planning needs."""
+    load = dict(model.load)
+    return _facts(model.weights, json.dumps(load, sort_keys=True, default=list), _versions(model.weights, load))
 
 
 def plan_geometry(cfg: JobConfig, shape: Sequence[int]) -> tuple[TileGrid, BlockPartition]:
@@ -152,7 +168,7 @@ def build_plan(
     it anyway: the driver then never imports torch), else the model is loaded here once per process and
     file version (:func:`model_facts`).
     """
-    from tiler.engine.budget import check_memory, estimate_actor_memory
+    from tiler.engine.budget import check_in_flight, check_memory, estimate_actor_memory
     from tiler.io import check_has_data
     from tiler.io.masks import mask_kind_problem
     from tiler.labels import check_nodata_label
@@ -197,6 +213,7 @@ def build_plan(
                 f"{facts.num_classes}, or null to score the model's classes"
             )
         stages = Stages.sized(cfg.engine.readers, cfg.engine.writers, cpus=cfg.engine.cpus_per_actor)
+        check_in_flight(cfg.engine.max_in_flight, depth=stages.depth)  # each queued call is an actor thread
         memory = estimate_actor_memory(
             cfg.tiling.tile, cfg.tiling.block, channels=reader.channels, itemsize=reader.dtype.itemsize,
             classes=facts.num_classes, parameters=facts.parameters, batch_size=cfg.model.batch_size,

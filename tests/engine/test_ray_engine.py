@@ -281,7 +281,7 @@ def test_the_pool_reports_the_model_facts_and_a_model_that_cannot_load_fails_onc
     ray_session, scene, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     from tiler.engine.plan import ModelFacts, ModelRef
-    from tiler.errors import ModelError
+    from tiler.errors import ReadError
     from tiler.model import load_model
 
     _, weights = scene
@@ -292,16 +292,16 @@ def test_the_pool_reports_the_model_facts_and_a_model_that_cannot_load_fails_onc
         pool.close()
 
     bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint at all" * 10)
-    with pytest.raises(ModelError) as local:
+    bad.write_bytes(b"not a checkpoint at all" * 10)  # text: refused as "not a model file" before torch.load
+    with pytest.raises(ReadError) as local:
         load_model(str(bad))
     pool = RayExecutor(RayOptions(actors=1, max_restarts=3))
     try:
-        with pytest.raises(ModelError) as remote:
+        with pytest.raises(ReadError) as remote:
             pool.facts(ModelRef(str(bad)))
         assert str(remote.value) == str(local.value)
         (pid,) = pool.pids()  # alive: the load error is kept, not a crash to restart
-        with pytest.raises(ModelError):
+        with pytest.raises(ReadError):
             pool.facts(ModelRef(str(bad)))
         assert pool.pids() == [pid]
     finally:

@@ -161,14 +161,22 @@ def prepare_block(
 
 
 def iter_batches(prepared: PreparedBlock, grid: TileGrid, batch_size: int) -> Iterator[tuple[list[Shape], np.ndarray]]:
-    """Tiles of a prepared block as batches ``(N, C_in, *tile)``, in global order."""
+    """Tiles of a prepared block as batches ``(batch_size, C_in, *tile)``, in global order: ``(positions, batch)``.
+
+    Every batch has exactly ``batch_size`` rows: a block's last batch is padded with copies of its last tile
+    (their outputs are dropped). A network's arithmetic depends on the batch size it runs at (another kernel
+    blocking, another rounding), never on the other tiles in the batch, so a tile's probabilities are the same
+    bits in whatever block, pool or engine it lands: the output is partition invariant for a given
+    ``model.batch_size`` (another batch size may round probabilities differently, about 1e-6).
+    """
     assert prepared.pixels is not None and prepared.region is not None
     channels = prepared.pixels.shape[0]
     for i in range(0, len(prepared.positions), batch_size):
         chunk = prepared.positions[i : i + batch_size]
-        batch = np.empty((len(chunk), channels, *grid.tile), dtype=prepared.pixels.dtype)
+        batch = np.empty((batch_size, channels, *grid.tile), dtype=prepared.pixels.dtype)
         for j, pos in enumerate(chunk):
             batch[j] = prepared.pixels[(slice(None), *grid.window(pos).relative_to(prepared.region).slices)]
+        batch[len(chunk):] = batch[len(chunk) - 1]
         yield chunk, batch
 
 
@@ -275,6 +283,7 @@ def infer_block(
             got = time.perf_counter()
             stats.infer_seconds += got - waiting
             chunk = chunks[done]
+            probs = probs[: len(chunk)]  # the rows padding the block's last batch are dropped
             windows = [grid.window(pos) for pos in chunk]
             weights = [blender.weights_on(grid, pos, device) for pos in chunk]
             acc.add_batch(windows, probs, weights, overwrite=owned)
