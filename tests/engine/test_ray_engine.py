@@ -360,3 +360,30 @@ def test_a_late_failure_of_a_dead_actor_never_kills_its_replacement(
         assert again.error is None and again.record is not None
     finally:
         pool.close()
+
+
+def test_an_input_that_kills_its_actor_fails_alone_and_the_input_sharing_its_actor_completes(
+    ray_session, scene, reference, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    import dataclasses
+
+    from tests.engine.poison import PoisonRef
+    from tiler.engine.job import StoreJob, _PlanJob
+    from tiler.engine.stream import run_stream
+
+    image, weights = scene
+    good = make_plan(image, weights, tmp_path / "good.zarr", block=64)
+    # one block: it goes out first, beside the good input's first blocks on the same actors
+    poison = dataclasses.replace(make_plan(image, weights, tmp_path / "poison.zarr", block=224),
+                                 input=PoisonRef(str(image)))
+    jobs = [_PlanJob(StoreJob(plan, chunks=CHUNKS, pixels_hash="h")) for plan in (poison, good)]
+    pool = RayExecutor(RayOptions(actors=2, max_in_flight=2, max_restarts=1, max_task_retries=1))
+    try:
+        outcomes = {o.job.name: o for o in run_stream(jobs, pool)}
+    finally:
+        pool.close()
+    failed = outcomes[str(tmp_path / "poison.zarr")]
+    assert failed.error is not None and "killed its model worker" in str(failed.error)
+    assert outcomes[str(tmp_path / "good.zarr")].error is None  # its blocks shared the dying actors, and went on
+    labels, probs = outputs(tmp_path / "good.zarr")
+    assert np.array_equal(labels, reference[0])

@@ -15,6 +15,7 @@ import signal
 import socket
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ class RayOptions:
         max_in_flight: Blocks queued on one actor at least (backpressure); the actor takes more when its
             pipeline needs them (``readers + 1 + writers``); 1 runs one block at a time, stages in turn.
         max_restarts: Actor restarts after its process dies.
-        max_task_retries: Retries of a block call whose actor died.
+        max_task_retries: Runs of a block alone on an actor after its actor died (see :class:`RayExecutor`); a
+            block that kills its actor while running alone that many times fails, and only it.
         readers: Reader threads per actor (None: one per ``cpus_per_actor``, see
             :meth:`~tiler.engine.executor.Stages.sized`).
         writers: Writer threads per actor (None: one).
@@ -272,7 +274,8 @@ class RayExecutor:
         self.model: ModelRef | None = None
         self._actors: list[Any] = []
         self._busy: list[int] = []
-        self._refs: dict[Any, tuple[int, Any, Any, Plan, Shape]] = {}  # ref -> slot, actor, token, plan, position
+        self._refs: dict[Any, _Call] = {}
+        self._suspects: deque[_Call] = deque()  # blocks whose actor died: each runs again alone
         self._starting = threading.RLock()  # the planning thread may ask for facts while the driver starts the pool
         self._facts: Any = None  # the pool model's facts call, pending or answered
         self._facts_actor: Any = None  # the actor that call went to
@@ -284,12 +287,14 @@ class RayExecutor:
         return self.options.depth
 
     def slots(self) -> int:
-        """Free block slots over all actors (0 before :meth:`start`)."""
+        """Free block slots over all actors (0 before :meth:`start`, and while a suspect waits for an idle actor)."""
+        if self._suspects:
+            return 0  # actors drain, so that each suspect gets one to itself
         return sum(self.depth - busy for busy in self._busy)
 
     def in_flight(self) -> int:
-        """Blocks submitted and not yet returned."""
-        return len(self._refs)
+        """Blocks submitted and not yet returned (suspects waiting to run again included)."""
+        return len(self._refs) + len(self._suspects)
 
     def start(self, model: ModelRef, *, hint: int | None = None) -> None:
         """Start the pool for ``model`` (replacing a pool of another model, which must be idle)."""
@@ -311,7 +316,7 @@ class RayExecutor:
             num_cpus=options.cpus_per_actor,
             num_gpus=options.gpus_per_actor,
             max_restarts=options.max_restarts,
-            max_task_retries=options.max_task_retries,
+            max_task_retries=0,  # a block whose actor died runs again alone (RayExecutor.wait), never beside others
             max_concurrency=self.depth,
         )
         threads = options.threads or max(1, int(options.cpus_per_actor))
@@ -359,10 +364,17 @@ class RayExecutor:
         i = min(range(len(self._actors)), key=lambda k: self._busy[k])
         self._busy[i] += 1
         actor = self._actors[i]
-        self._refs[actor.run.remote(plan, position)] = (i, actor, token, plan, position)
+        self._refs[actor.run.remote(plan, position)] = _Call(token, plan, position, i, actor)
 
     def wait(self, timeout: float | None = None) -> list[Done]:
-        """Blocks that finished within ``timeout`` seconds (all that are ready, at least one unless it ran out)."""
+        """Blocks that finished within ``timeout`` seconds (all that are ready; possibly none).
+
+        A block whose actor died is not failed: every block in flight on that actor is a suspect, and each runs
+        again alone on an idle actor (:meth:`_run_suspects`). A block that kills its actor while running alone is
+        the cause, and fails with that (after ``max_task_retries`` runs alone); the innocent blocks that shared its
+        actor finish, so a poison input fails alone.
+        """
+        self._run_suspects()
         if not self._refs:
             return []
         ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=timeout)
@@ -371,17 +383,42 @@ class RayExecutor:
             ready = list(dict.fromkeys([*ready, *more]))
         out = []
         for ref in ready:
-            i, actor, token, plan, position = self._refs.pop(ref)
-            self._busy[i] -= 1
+            call = self._refs.pop(ref)
+            self._busy[call.slot] -= self.depth if call.alone else 1
             try:
-                out.append(Done(token, plan, position, record=ray.get(ref)))
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
-                error = block_failure(plan, position, _cause(exc))
+                out.append(Done(call.token, call.plan, call.position, record=ray.get(ref)))
+            except ray.exceptions.RayActorError as exc:
+                self._replace(call.slot, call.actor)
+                if call.alone >= self.options.max_task_retries:
+                    cause = (
+                        f"it killed its model worker {call.alone} time(s) running alone on it "
+                        f"({str(exc).splitlines()[0]}): this block is the cause (other blocks that shared its worker "
+                        "ran again alone and went on); check this part of the input (a decoder crash, a memory "
+                        "blow-up), or raise engine.max_task_retries for a transient fault"
+                    )
+                    error = block_failure(call.plan, call.position, cause)
+                    error.__cause__ = exc
+                    out.append(Done(call.token, call.plan, call.position, error=error))
+                else:
+                    self._suspects.append(call)
+            except ray.exceptions.RayTaskError as exc:
+                error = block_failure(call.plan, call.position, _cause(exc))
                 error.__cause__ = exc
-                out.append(Done(token, plan, position, error=error))
-                if isinstance(exc, ray.exceptions.RayActorError):
-                    self._replace(i, actor)
+                out.append(Done(call.token, call.plan, call.position, error=error))
+        self._run_suspects()
         return out
+
+    def _run_suspects(self) -> None:
+        """Start each suspect block alone on an idle actor (one with nothing in flight), while there is one."""
+        while self._suspects:
+            idle = next((i for i, busy in enumerate(self._busy) if busy == 0), None)
+            if idle is None:
+                return
+            call = self._suspects.popleft()
+            self._busy[idle] = self.depth  # no other block goes to this actor while the suspect runs
+            actor = self._actors[idle]
+            ref = actor.run.remote(call.plan, call.position)
+            self._refs[ref] = _Call(call.token, call.plan, call.position, idle, actor, alone=call.alone + 1)
 
     def _replace(self, i: int, dead: Any) -> None:
         """Swap the permanently dead actor ``dead`` at slot ``i`` for a new one (its own restarts ran out).
@@ -399,7 +436,7 @@ class RayExecutor:
         options = self.options
         actor_cls: Any = ray.remote(ModelActor).options(  # type: ignore[attr-defined]
             num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor, max_restarts=options.max_restarts,
-            max_task_retries=options.max_task_retries, max_concurrency=self.depth,
+            max_task_retries=0, max_concurrency=self.depth,
         )
         threads = options.threads or max(1, int(options.cpus_per_actor))
         self._actors[i] = actor_cls.remote(self.model, threads, options.stages)
@@ -439,6 +476,7 @@ class RayExecutor:
             except Exception:  # noqa: BLE001 - best effort: the actors are killed next anyway
                 pass
         self._refs.clear()
+        self._suspects.clear()
         for actor in self._actors:
             ray.kill(actor)
         self._actors, self._busy, self.model = [], [], None
@@ -447,6 +485,22 @@ class RayExecutor:
     def close(self) -> None:
         """Kill the pool; blocks in flight are abandoned."""
         self._kill()
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A block call on the pool.
+
+    Who asked (``token``), the block, the actor slot and handle it went to, and how many times it has run alone
+    since its actor died beside other blocks (0: an ordinary call among others).
+    """
+
+    token: Any
+    plan: Plan
+    position: Shape
+    slot: int
+    actor: Any
+    alone: int = 0
 
 
 class RayFinisher:
