@@ -389,7 +389,8 @@ class RayExecutor:
                 out.append(Done(call.token, call.plan, call.position, record=ray.get(ref)))
             except ray.exceptions.RayActorError as exc:
                 self._replace(call.slot, call.actor)
-                if call.alone >= self.options.max_task_retries:
+                limit = self.options.max_task_retries
+                if 0 <= limit <= call.alone:  # -1: no limit
                     cause = (
                         f"it killed its model worker {call.alone} time(s) running alone on it "
                         f"({str(exc).splitlines()[0]}): this block is the cause (other blocks that shared its worker "
