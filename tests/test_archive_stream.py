@@ -21,7 +21,8 @@ from tests.shared_data import SHARED_DATA
 from tiler.archive import Ledger, input_stem, load_archive, run_archive
 from tiler.config import parse_config
 from tiler.engine.plan import BlockRecord
-from tiler.segment import Progress, SegmentJob, run_many, run_segment
+from tiler.job.progress import Progress
+from tiler.segment import SegmentJob, run_many, run_segment
 
 SHAPES = {"a": (96, 80), "b": (128, 64), "c": (64, 160)}
 REPO = Path(__file__).resolve().parents[1]

@@ -314,8 +314,8 @@ def test_percentiles_are_refused_where_clip_values_are_meant(given: dict[str, An
 
 
 def test_percentile_clip_values_reach_the_model_as_pixel_values() -> None:
+    from tiler.job.refs import model_ref
     from tiler.model.normalize import Normalization
-    from tiler.segment import model_ref
 
     norm = {"kind": "percentile", "clip_low": [100.0, 0.0], "clip_high": [300.0, 1000.0]}
     load = model_ref(parse_config(job(model={"normalization": norm}))).load

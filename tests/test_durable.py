@@ -24,9 +24,10 @@ from tiler.cli import main as cli_main
 from tiler.config import load_config, parse_config
 from tiler.errors import ConfigError, EngineError, OutputError, ScoreError
 from tiler.io.lock import lock_path_for
+from tiler.job.outputs import check_output_paths
 from tiler.model.checkpoint import save_checkpoint
 from tiler.model.spec import ModelSpec, build_network
-from tiler.segment import check_output_paths, run_segment
+from tiler.segment import run_segment
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,9 +26,10 @@ def _nodata_share(reader: Any, step: int = 2048) -> float | None:
 
 
 def _model_part(cfg: Any) -> tuple[Any, Any]:
-    """``(classes, memory per actor)`` from the job's own plan (:func:`~tiler.segment.build_plan`), or why not."""
+    """``(classes, memory per actor)`` from the job's own plan (:func:`~tiler.job.plan.build_plan`), or why not."""
     from tiler.errors import TilerError
-    from tiler.segment import build_plan, model_facts, model_ref
+    from tiler.job.plan import build_plan
+    from tiler.job.refs import model_facts, model_ref
 
     try:
         model_facts(model_ref(cfg))  # loaded once per process and file version: build_plan reuses it
@@ -46,7 +47,8 @@ def _model_part(cfg: Any) -> tuple[Any, Any]:
 def _plan(path: str, config: str, overrides: Sequence[str]) -> dict[str, Any]:
     """The plan of ``config`` over ``path``, read as the job reads it (its level or mpp, bands, mask)."""
     from tiler.config.loading import load_config
-    from tiler.segment import plan_geometry, reader_ref
+    from tiler.job.plan import plan_geometry
+    from tiler.job.refs import reader_ref
 
     cfg = load_config(config, [*overrides, f"input.path={path}"])
     reader = reader_ref(cfg).open()

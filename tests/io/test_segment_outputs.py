@@ -14,7 +14,8 @@ from shapely.geometry import shape
 from tests.engine.helpers import write_model, write_raster
 from tiler.config import load_config
 from tiler.io.store import OutputStore
-from tiler.segment import output_paths, run_segment
+from tiler.job.outputs import output_paths
+from tiler.segment import run_segment
 
 
 def _config(root: Path, exports: list[str], **output: object) -> Path:

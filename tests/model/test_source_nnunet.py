@@ -473,7 +473,7 @@ def test_inputs_nnunet_would_treat_differently_are_refused_before_anything_runs(
     root: Path, tmp_path: Path, setup: dict[str, Any], error: type[Exception], match: str
 ) -> None:
     from tiler.config import load_config
-    from tiler.segment import model_ref
+    from tiler.job.refs import model_ref
 
     folder = folder_of(root, "3d_fullres")
     volume = ct_volume()

@@ -9,11 +9,11 @@ from typing import Any
 
 from tiler.engine.plan import BlockRecord
 from tiler.engine.stream import Work
-from tiler.segment import Progress
+from tiler.job.progress import Progress
 
 
 class ArchiveProgress(Progress):
-    """A :class:`~tiler.segment.Progress` whose bar counts inputs, not blocks.
+    """A :class:`~tiler.job.progress.Progress` whose bar counts inputs, not blocks.
 
     The total is the number of inputs the archive lists, set before the first one is planned (the archive knows
     it; the blocks of inputs not planned yet are unknown, so a bar over blocks would read ``9/9 100%`` with 2 of
