@@ -82,6 +82,16 @@ def _sum_confusion(records: Mapping[str, BlockRecord], scoring_key: str | None) 
     return np.sum(matrices, axis=0)
 
 
+def _record_fields_problem(record: Mapping[str, Any]) -> str | None:
+    """Why a block record cannot be read as a :class:`BlockRecord` (a field missing or of another type), or None."""
+    try:
+        BlockRecord.from_json(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        return f"its fields cannot be read ({what})"
+    return None
+
+
 class StoreJob:
     """The store side of one plan: :meth:`open` before any block runs, :meth:`result` after the last one.
 
@@ -116,10 +126,13 @@ class StoreJob:
         self.t0 = 0.0
 
     def open(self) -> Work:
-        """Create or resume the store under the job lock; return the blocks without a record.
+        """Create or resume the store under the job lock; return the blocks without a record it can trust.
 
         A store complete under another config hash (the same pixels, another finishing) is no longer
-        complete from here on: the flag is cleared before any block, export or report is touched.
+        complete from here on: the flag is cleared before any block, export or report is touched. Block
+        records are checked as ``tiler verify`` checks them (:meth:`~tiler.io.store.OutputStore.audit_blocks`
+        under this plan's partition, and readable as :class:`BlockRecord`); those that fail are forgotten
+        (with the exports drawn from them and the ``complete`` flag) and their blocks run again.
         """
         from tiler.io.store import OutputStore, acquire_store_lock
 
@@ -133,21 +146,28 @@ class StoreJob:
             plan.store_path, shape=plan.grid.shape, num_classes=plan.num_classes, chunks=self.chunks,
             nodata_label=plan.nodata_label, probabilities=plan.probabilities, attrs=self.attrs,
             pixels_hash=self.pixels_hash, job_hash=self.job_hash, overwrite=self.overwrite,
+            block=plan.partition.block,
         )
-        if self.store.complete and self.store.job_hash != self.job_hash:
+        if self.store.complete_flag and self.store.job_hash != self.job_hash:
+            self.refinishing = self.store.job_hash is not None  # None: a flag over missing blocks, not a finishing
             self.store.clear_complete()
-            self.refinishing = True
-        broken = self.store.check_blocks()  # recorded blocks whose chunks are gone: recomputed, never trusted
-        if broken:
+        # what `tiler verify` checks of blocks, checked here too: a block whose record is unreadable, does not
+        # match its place in this plan's partition, or vouches for chunk files that are gone or not the ones it
+        # wrote (another block's valid chunk swapped in) is recomputed, never trusted
+        untrusted = self.store.audit_blocks(block=plan.partition.block, check=_record_fields_problem)
+        if untrusted:
+            first = min(untrusted)
             warnings.warn(
-                f"{plan.store_path}: {len(broken)} recorded block(s) lost chunk files (first: {broken[0]}); "
-                "they are computed again",
+                f"{plan.store_path}: {len(untrusted)} recorded block(s) cannot be trusted (first: {first}: "
+                f"{untrusted[first]}); they are computed again",
                 stacklevel=2,
             )
-            self.store.invalidate_blocks(broken)
+            self.store.invalidate_blocks(sorted(untrusted))
         done = self.store.block_records()
         positions = plan.positions()
         pending = [p for p in positions if block_key(p) not in done]
+        if pending and self.store.complete_flag:  # a flag over blocks still to run (set by hand): not believed
+            self.store.clear_complete()
         self.blocks_run = len(pending)
         return Work(plan, pending, len(positions))
 
@@ -158,7 +178,15 @@ class StoreJob:
             EngineError: A block has no record, or every tile was skipped (nothing to segment).
         """
         plan = self.plan
-        records = {key: BlockRecord.from_json(rec) for key, rec in self.store.block_records().items()}
+        records: dict[str, BlockRecord] = {}
+        for key, rec in self.store.block_records().items():
+            problem = _record_fields_problem(rec)
+            if problem is not None:
+                raise EngineError(
+                    f"block record {key} of {plan.store_path} is unreadable after the run ({problem}); the output "
+                    f"is not marked complete. Run the job again to recompute it."
+                )
+            records[key] = BlockRecord.from_json(rec)
         positions = plan.positions()
         missing = [block_key(p) for p in positions if block_key(p) not in records]
         if missing:

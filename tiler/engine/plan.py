@@ -229,7 +229,7 @@ class BlockRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BlockRecord:
-        """Read a record written by :meth:`to_json` (the store's ``key``, ``chunks``, ``labels_digest`` ignored).
+        """Read a record written by :meth:`to_json` (the store's ``key``, ``chunks`` and digests ignored).
 
         Raises:
             KeyError, TypeError, ValueError: The record lacks a window or tile counts, or holds non-numbers.

@@ -5,7 +5,8 @@ Layout of ``<parent>/``::
     .<name>.lock                  the job lock (exclusive create), holding owner, pid, host, time; taken with
                                   :func:`store_lock` before the store exists and held until exports are done
     <name>/zarr.json              group attributes: ``tiler_store`` marker, georef, class names/colours,
-                                  ``pixels_hash`` (what the arrays hold), version, and, once finished,
+                                  ``pixels_hash`` (what the arrays hold), ``block_shape`` (the partition the
+                                  block records follow), version, and, once finished,
                                   ``complete`` with ``job_hash`` (the config hash of the finishing that wrote
                                   the exports and reports) and that finishing's ``config`` (rewritten atomically)
     <name>/labels/                uint8, or uint16 when a class or the nodata label passes 255 (*shape), fill
@@ -14,8 +15,8 @@ Layout of ``<parent>/``::
     <name>/x, y (, z)             pixel-centre coordinates per spatial axis (CRS units for rasters, µm for
                                   slides, mm for volumes), and ``spatial_ref`` (CRS WKT and GDAL GeoTransform)
                                   for georeferenced rasters: what xarray and rioxarray read
-    <name>/.tiler/blocks/<key>.json   one record per finished block: its window, the chunk files it wrote and a
-                                  digest of its labels (atomic JSON)
+    <name>/.tiler/blocks/<key>.json   one record per finished block: its window, the chunk files it wrote, the
+                                  digest of each of those files and a digest of its labels (atomic JSON)
     <name>/.tiler/exports/<n>.json    one record per finished export: its path, the ``job_hash`` of the finishing
                                   that last listed it, the ``settings`` it was drawn with (polygon settings),
                                   the ``digest`` of its content and the ``pid`` and ``host`` that recorded it
@@ -24,14 +25,17 @@ Layout of ``<parent>/``::
                                   removed once the export is recorded: a job killed in between still knows
                                   the file as its own (:meth:`OutputStore.wrote`)
 
-The store proves itself: every chunk carries a crc32c checksum (a flipped bit is an error on read, never a
-wrong pixel), every chunk a block covers is written even when it holds only the fill value (so a missing chunk
-file always means a lost chunk), and :meth:`OutputStore.check_blocks` finds recorded blocks whose chunks are
-gone. The whole group is built under a temporary name and renamed into place, so a store either exists with
-all its metadata or not at all. Block records are separate files because zarr attribute updates from several
-processes would race. The ``complete`` attribute is written last, by :meth:`OutputStore.mark_complete`, and
-cleared first, by :meth:`OutputStore.clear_complete`, when a job with the same pixels but another finishing
-(exports, scores) finishes the store again.
+The store proves itself: every chunk carries a crc32c checksum (a flipped bit is an error on read, never a wrong
+pixel), every chunk a block covers is written even when it holds only the fill value (so a missing chunk file always
+means a lost chunk), and :meth:`OutputStore.check_blocks` finds recorded blocks whose chunks are gone, and
+:meth:`OutputStore.audit_blocks` also those whose chunk files are not the ones they wrote (a valid chunk of another
+block swapped in) or whose record does not match its block. ``complete`` is believed only while every block of the
+partition has a sound record (:attr:`OutputStore.complete`), and metadata declaring shapes no job writes is refused
+on open (:func:`check_store_metadata`). The whole group is built under a temporary name and renamed into place, so a
+store either exists with all its metadata or not at all. Block records are separate files because zarr attribute
+updates from several processes would race. The ``complete`` attribute is written last, by
+:meth:`OutputStore.mark_complete`, and cleared first, by :meth:`OutputStore.clear_complete`, when a job with the
+same pixels but another finishing (exports, scores) finishes the store again.
 (zarr 3.1's LocalStore itself writes each chunk file to a temporary name and renames it, so a killed block
 write leaves whole chunks, old or new; the block has no record yet and is recomputed.)
 """
@@ -40,12 +44,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
+import stat
 import time
 import warnings
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,7 +63,7 @@ import zarr.codecs
 
 import tiler
 from tiler.errors import GeometryError, OutputError
-from tiler.geometry import Window
+from tiler.geometry import BlockPartition, Window
 from tiler.io.atomic import (
     atomic_dir,
     clean_temporaries,
@@ -74,7 +81,8 @@ if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
 
 __all__ = [
-    "IntentRecorder", "OutputStore", "StoreWarning", "labels_digest", "lock_path_for", "pid_alive", "store_lock",
+    "IntentRecorder", "OutputStore", "StoreWarning", "check_store_metadata", "chunk_file_digest", "labels_digest",
+    "lock_path_for", "pid_alive", "store_lock",
 ]
 
 PROBABILITY_DTYPES = {"float16": np.float16, "uint8": np.uint8, "float32": np.float32}
@@ -82,6 +90,19 @@ STATE_DIR = ".tiler"
 STORE_MARKER = "tiler_store"
 STORE_FORMAT = 1
 _ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
+MAX_STORED_FILES = 10**8
+"""Most chunk (shard) files one array of a store may declare: more is metadata no real store has."""
+MAX_UNIT_BYTES = 2**34
+"""Largest decoded chunk (shard) one array of a store may declare, in bytes: verify reads one at a time."""
+BLOCK_SHAPE = "block_shape"
+"""Group attribute: the block shape of the partition the store's block records follow."""
+RECORD_FIELDS: dict[str, str] = {
+    "tiles_run": "int", "tiles_skipped": "int", "pid": "int", "class_counts": "ints", "confusion": "int rows",
+    "started_at": "number", "finished_at": "number", "read_seconds": "number", "infer_seconds": "number",
+    "stitch_seconds": "number", "write_seconds": "number", "assemble_seconds": "number", "idle_seconds": "number",
+    "wait_seconds": "number",
+}  # fmt: skip
+"""The type of each field a block record may carry besides its window, chunks and digests."""
 
 
 class StoreWarning(UserWarning):
@@ -110,23 +131,153 @@ def _read_json(path: Path) -> Any:
         return json.loads(f.read())
 
 
+def _ints(value: Any) -> tuple[int, ...] | None:
+    """``value`` as whole numbers of at least 1 (JSON integers, never booleans or floats), else None."""
+    if not isinstance(value, list) or not all(type(v) is int and v >= 1 for v in value):
+        return None
+    return tuple(value)
+
+
+def _bad_metadata(file: Path, field: str, value: Any, why: str) -> OutputError:
+    """The one-line OutputError for a metadata ``field`` of ``file`` holding ``value`` (shortened), with the fix."""
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    return OutputError(
+        f"{file}: {field}={shown} {why}; the store's metadata is damaged or was edited by hand. Fix: rerun the job "
+        "with --overwrite to rebuild the store (or restore that file from a backup)."
+    )
+
+
+def _array_geometry(file: Path) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The shape and stored-file shape (the shard when sharded, else the chunk) an array's ``zarr.json`` declares.
+
+    None when there is no such file (zarr names what is missing). What no real store declares is refused before
+    zarr allocates anything or anyone walks the chunk grid: shapes and chunk shapes that are not whole numbers of
+    at least 1, more than :data:`MAX_STORED_FILES` chunk files, a chunk over :data:`MAX_UNIT_BYTES` decoded.
+
+    Raises:
+        OutputError: one line naming ``file``, the field, its value and the fix.
+
+    """
+    try:
+        meta = _read_json(file)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise _bad_metadata(file, "contents", str(exc), "cannot be read as JSON") from None
+    if not isinstance(meta, dict):
+        raise _bad_metadata(file, "contents", meta, "is not a JSON object")
+    shape = _ints(meta.get("shape"))
+    if shape is None or not 1 <= len(shape) <= 4:
+        raise _bad_metadata(file, "shape", meta.get("shape"), "must be 1 to 4 whole numbers, each at least 1")
+    grid = meta.get("chunk_grid")
+    config = grid.get("configuration") if isinstance(grid, dict) else None
+    raw = config.get("chunk_shape") if isinstance(config, dict) else None
+    unit = _ints(raw)
+    if unit is None or len(unit) != len(shape):
+        raise _bad_metadata(file, "chunk_grid.configuration.chunk_shape", raw,
+                            f"must be {len(shape)} whole numbers of at least 1 (one per axis of shape {list(shape)})")
+    codecs = meta.get("codecs")
+    for codec in codecs if isinstance(codecs, list) else []:
+        if isinstance(codec, dict) and codec.get("name") == "sharding_indexed":
+            sharding = codec.get("configuration")
+            inner_raw = sharding.get("chunk_shape") if isinstance(sharding, dict) else None
+            inner = _ints(inner_raw)
+            if inner is None or len(inner) != len(unit) or any(u % c for u, c in zip(unit, inner, strict=True)):
+                raise _bad_metadata(file, "sharding_indexed chunk_shape", inner_raw,
+                                    f"must be whole numbers of at least 1 dividing the shard shape {list(unit)}")
+            if math.prod(u // c for u, c in zip(unit, inner, strict=True)) > 2**20:
+                raise _bad_metadata(file, "sharding_indexed chunk_shape", inner_raw,
+                                    f"cuts each shard {list(unit)} into more than 2**20 chunks")
+    files = math.prod(-(-n // u) for n, u in zip(shape, unit, strict=True))
+    if files > MAX_STORED_FILES:
+        raise _bad_metadata(file, "shape", list(shape), f"with chunks {list(unit)} makes {files:.3g} chunk files "
+                            f"(a store holds at most {MAX_STORED_FILES:.0e})")
+    try:
+        itemsize = np.dtype(str(meta.get("data_type"))).itemsize
+    except TypeError:
+        itemsize = 8
+    size = math.prod(unit) * itemsize
+    if size > MAX_UNIT_BYTES:
+        raise _bad_metadata(file, "chunk_grid.configuration.chunk_shape", list(unit),
+                            f"makes chunks of {size:.3g} bytes (at most {MAX_UNIT_BYTES / 2**30:.0f} GiB)")
+    return shape, unit
+
+
+def check_store_metadata(path: str | os.PathLike[str]) -> None:
+    """Refuse a store whose metadata no job writes, before zarr or anything else reads its arrays.
+
+    Checks the labels' and probabilities' ``zarr.json`` (see :func:`_array_geometry`), that the probabilities are
+    ``(K, *shape)`` chunked ``(K, *chunks)`` like the labels, and the group's ``num_classes``, ``nodata_label``
+    and ``block_shape``.
+
+    Raises:
+        OutputError: one line naming the file, the field, its value and the fix.
+
+    """
+    path = Path(path)
+    labels_file, probs_file = path / "labels" / "zarr.json", path / "probabilities" / "zarr.json"
+    labels = _array_geometry(labels_file)
+    if labels is None:
+        return
+    shape, unit = labels
+    if len(shape) not in (2, 3):
+        raise _bad_metadata(labels_file, "shape", list(shape), "must have 2 or 3 axes (an image or a volume)")
+    probs = _array_geometry(probs_file)
+    if probs is not None and (probs[0][1:] != shape or probs[1][1:] != unit or probs[1][0] != probs[0][0]):
+        raise _bad_metadata(probs_file, "shape", [list(probs[0]), list(probs[1])],
+                            f"must be (K, *{list(shape)}) chunked (K, *{list(unit)}) like the labels")
+    try:
+        meta = _read_json(path / "zarr.json")
+    except (OSError, ValueError):
+        return  # is_tiler_store has refused it already
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    attrs = attrs if isinstance(attrs, dict) else {}
+    for key, low in (("num_classes", 1), ("nodata_label", 0)):
+        value = attrs.get(key)
+        if value is not None and (type(value) is not int or not low <= value <= 65535):
+            raise _bad_metadata(path / "zarr.json", f"attributes.{key}", value,
+                                f"must be a whole number from {low} to 65535")
+    block = attrs.get(BLOCK_SHAPE)
+    if block is not None and (_ints(block) is None or len(block) != len(shape)):
+        raise _bad_metadata(path / "zarr.json", f"attributes.{BLOCK_SHAPE}", block,
+                            f"must be {len(shape)} whole numbers, each at least 1 (the job's tiling.block)")
+
+
 def finished_job_hash(path: str | os.PathLike[str]) -> str | None:
     """The config hash of the job that finished the store at ``path``; None if it is not complete (or absent).
 
-    Reads only the group's ``zarr.json`` (cheap enough to check every input an archive skips as done). A
-    complete store from before the pixels/config split answers with its legacy ``config_hash``.
+    Reads the group's and the labels' ``zarr.json`` and lists the block records' folder (cheap enough to check
+    every input an archive skips as done): a ``complete`` flag over a block with no record file (set by hand on a
+    partial store) is not believed. A complete store from before the pixels/config split answers with its legacy
+    ``config_hash``.
     """
     try:
         meta = _read_json(Path(path) / "zarr.json")
     except (OSError, ValueError):
         return None
     attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
-    if not isinstance(attrs, dict) or not attrs.get("complete", False):
+    if not isinstance(attrs, dict) or not attrs.get("complete", False) or not _every_block_listed(Path(path), attrs):
         return None
     job = attrs.get("job_hash")
     if job is None and attrs.get("pixels_hash") is None:
         job = attrs.get("config_hash")
     return str(job) if job is not None else None
+
+
+def _every_block_listed(path: Path, attrs: Mapping[str, Any]) -> bool:
+    """Whether every block of the store's partition has a record file (names only); True when it keeps none."""
+    block = _ints(attrs.get(BLOCK_SHAPE))
+    if block is None:
+        return True
+    try:
+        geometry = _array_geometry(path / "labels" / "zarr.json")
+        names = set(os.listdir(path / STATE_DIR / "blocks"))
+    except (OutputError, OSError):
+        return False
+    if geometry is None or len(geometry[0]) != len(block):
+        return False
+    partition = BlockPartition(geometry[0], block)
+    return all(f"{'_'.join(map(str, p))}.json" in names for p in partition.positions())
 
 
 def labels_digest(labels: np.ndarray, dtype: np.dtype | str) -> str:
@@ -192,6 +343,7 @@ class OutputStore:
         job_hash: str | None = None,
         overwrite: bool = False,
         shards: Sequence[int] | None = None,
+        block: Sequence[int] | None = None,
     ) -> OutputStore:
         """Create the store, or re-open it for resume when it holds the same pixels (:meth:`holds_pixels_of`).
 
@@ -217,6 +369,9 @@ class OutputStore:
             overwrite: Replace an existing tiler store (never anything else: a folder that is not a tiler store
                 is refused whatever this says).
             shards: Optional shard shape per spatial axis (a multiple of ``chunks``).
+            block: The block shape of the job's partition (``tiling.block``), kept as ``block_shape`` (also when an
+                existing store is resumed) so :meth:`audit_blocks`, :meth:`incomplete_reason` and ``tiler verify``
+                know which window each block record must cover.
 
         Raises:
             OutputError: unwritable path, a path holding something that is not a tiler store, a store holding
@@ -229,6 +384,9 @@ class OutputStore:
         chunks = tuple(int(c) for c in chunks)
         if len(chunks) != len(shape):
             raise OutputError(f"chunks={chunks} must have one value per axis of shape={shape} (output {path}).")
+        if block is not None and (len(tuple(block)) != len(shape) or any(int(b) < 1 for b in block)):
+            raise OutputError(f"block={tuple(block)} must have one value of at least 1 per axis of shape={shape} "
+                              f"(output {path}).")
         if probabilities is not None and probabilities not in PROBABILITY_DTYPES:
             raise OutputError(
                 f"probabilities={probabilities!r} for output {path}; use None or one of {sorted(PROBABILITY_DTYPES)}."
@@ -248,6 +406,8 @@ class OutputStore:
                 if existing._attr("pixels_hash") is None:  # a store from before the split: name its two hashes
                     finished = existing.job_hash
                     existing._update_attrs({"pixels_hash": pixels_hash, **({"job_hash": finished} if finished else {})})
+                if block is not None and existing._attr(BLOCK_SHAPE) != [int(b) for b in block]:
+                    existing._update_attrs({BLOCK_SHAPE: [int(b) for b in block]})
                 return existing
             check_not_locked(path)
             replace = True
@@ -266,6 +426,7 @@ class OutputStore:
             nodata_label=int(nodata_label),
             tiler_version=tiler.__version__,
             complete=False,
+            **({BLOCK_SHAPE: [int(b) for b in block]} if block is not None else {}),
         )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +445,8 @@ class OutputStore:
         """Open an existing store (``mode="r"`` for read-only consumers such as exports).
 
         Raises:
-            OutputError: ``path`` is missing or is not a tiler store.
+            OutputError: ``path`` is missing or is not a tiler store, or its metadata declares shapes no job writes
+                (:func:`check_store_metadata`).
 
         """
         path = Path(path)
@@ -292,6 +454,7 @@ class OutputStore:
             raise OutputError(f"output store {path} does not exist; run the job that writes it first.")
         if not cls.is_tiler_store(path):
             raise cls._not_a_store(path)
+        check_store_metadata(path)  # before zarr allocates anything or anyone walks the chunk grid
         try:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
             if "labels" not in group:
@@ -382,13 +545,26 @@ class OutputStore:
         return legacy is not None and str(legacy) in (pixels_hash, job_hash)
 
     @property
-    def complete(self) -> bool:
-        """Whether :meth:`mark_complete` has run (read from disk, not from this object's copy)."""
+    def complete_flag(self) -> bool:
+        """Whether the ``complete`` flag is set in zarr.json (read from disk); believe :attr:`complete` instead.
+
+        The flag is what :meth:`mark_complete` wrote, or someone by hand.
+        """
         try:
             meta = _read_json(self.path / "zarr.json")
         except (OSError, ValueError):
             return False
-        return bool(meta.get("attributes", {}).get("complete", False)) if isinstance(meta, dict) else False
+        attrs = meta.get("attributes") if isinstance(meta, dict) else None
+        return isinstance(attrs, dict) and attrs.get("complete") is True
+
+    @property
+    def complete(self) -> bool:
+        """Whether the store is finished: the ``complete`` flag is set and every block has a sound record.
+
+        A flag over missing blocks (set by hand, or left by a tool that edited the store) is not believed:
+        see :meth:`incomplete_reason`. Reads the block records (small JSON files), never a chunk.
+        """
+        return self.complete_flag and self.incomplete_reason() is None
 
     @property
     def has_checksums(self) -> bool:
@@ -480,7 +656,7 @@ class OutputStore:
         slices = selection.slices if isinstance(selection, Window) else tuple(selection)
         full = (slice(None), *slices) if array == "probabilities" else slices
         bounds = _bounds(slices, self.shape)
-        if self.has_checksums and self.complete:
+        if self.has_checksums and self.complete_flag:
             missing = self.missing_chunk_files(self.chunk_keys(bounds, array=array))
             if missing:
                 raise self.corrupt_chunk_error(missing[0], "the chunk file is missing")
@@ -588,7 +764,9 @@ class OutputStore:
         """Record a finished block (one JSON file per block, atomic; safe from many processes).
 
         With a ``window`` (or ``start``/``stop`` in ``record``) the record also keeps ``chunks``, the chunk files
-        the block wrote (paths relative to the store, e.g. ``labels/c/0/1``), and ``labels_digest`` (see
+        the block wrote (paths relative to the store, e.g. ``labels/c/0/1``), ``chunk_digests``, the digest of
+        each of those files as it is on disk now (:func:`chunk_file_digest`; labels and probabilities alike, so a
+        chunk swapped for another block's valid chunk is found), and ``labels_digest`` (see
         :func:`labels_digest`) of ``labels``, of this process's last :meth:`write_block` of that window, or else
         of the labels read back from the store.
         """
@@ -603,6 +781,9 @@ class OutputStore:
                 payload["labels_digest"] = labels_digest(labels, self.labels.dtype)
             else:
                 payload["labels_digest"] = cached or self.stored_digest(window)
+            payload["chunk_digests"] = {
+                key: digest for key in payload["chunks"] if (digest := chunk_file_digest(self.path / key)) is not None
+            }
         try:
             self._blocks_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -612,12 +793,15 @@ class OutputStore:
     def block_records(self) -> dict[str, dict[str, Any]]:
         """Every readable block record, by key.
 
-        A record file that is truncated or not a JSON object is skipped with a :class:`StoreWarning` naming the
-        file: that block counts as not done, so a rerun recomputes it.
+        A record file that is truncated, not a JSON object, or names another block than its file name is skipped
+        with a :class:`StoreWarning` naming the file: that block counts as not done, so a rerun recomputes it.
         """
         return {str(rec.pop("key")): rec for rec in self._read_records(self._blocks_dir, "block")}
 
-    def _read_records(self, folder: Path, kind: str) -> list[dict[str, Any]]:
+    def _read_records(
+        self, folder: Path, kind: str, *, unreadable: list[tuple[Path, str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The readable records in ``folder``; each unreadable one is warned about, or added to ``unreadable``."""
         out: list[dict[str, Any]] = []
         if not folder.is_dir():
             return out
@@ -628,12 +812,18 @@ class OutputStore:
                 rec = _read_json(file)
                 if not isinstance(rec, dict):
                     raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+                key = rec.get("key", file.stem)
+                if kind == "block" and (not isinstance(key, str) or _safe_key(key) != file.stem):
+                    raise ValueError(f"it names block {key!r}, not {file.stem!r}")
             except (OSError, ValueError) as exc:
                 message = (
                     f"{kind} record {file} is unreadable ({exc}); that {kind} counts as not done and a rerun "
                     f"redoes it."
                 )
-                warnings.warn(StoreWarning(message, file), stacklevel=3)
+                if unreadable is None:
+                    warnings.warn(StoreWarning(message, file), stacklevel=3)
+                else:
+                    unreadable.append((file, message))
                 continue
             rec.setdefault("key", file.stem)
             out.append(rec)
@@ -654,25 +844,195 @@ class OutputStore:
         """
         return sorted(key for key, rec in self.block_records().items() if self.missing_chunks(rec))
 
+    # -- trusting block records ------------------------------------------------------------------------
+    def block_record_file(self, key: str) -> Path:
+        """The file of block ``key``'s record (its file-safe name under ``.tiler/blocks/``)."""
+        return self._blocks_dir / f"{_safe_key(key)}.json"
+
+    def _quiet_block_records(self) -> tuple[dict[str, dict[str, Any]], list[tuple[Path, str]]]:
+        """The readable block records by key, and ``(file, message)`` of each unreadable one; never warns."""
+        unreadable: list[tuple[Path, str]] = []
+        recs = self._read_records(self._blocks_dir, "block", unreadable=unreadable)
+        return {str(rec.pop("key")): rec for rec in recs}, unreadable
+
+    def block_shape(self, records: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[int, ...] | None:
+        """The block shape of the partition the block records follow: ``block_shape`` as the job kept it.
+
+        A store from before it was kept has it inferred from its records' windows (per axis, the block most of
+        them agree on); None when no record tells (none, or none with a window and a block key).
+        ``records``: what :meth:`block_records` returned, when the caller has read them.
+        """
+        recorded = _ints(self._attr(BLOCK_SHAPE))
+        if recorded is not None and len(recorded) == len(self.shape):
+            return recorded
+        return _infer_block(self.shape, self._quiet_block_records()[0] if records is None else records)
+
+    def record_problem(
+        self, key: str, record: Mapping[str, Any], *, block: Sequence[int] | None = None
+    ) -> str | None:
+        """Why block record ``key`` cannot be trusted as it reads (no chunk is opened); None when it is sound.
+
+        A sound record has a window (``start``/``stop``, one whole number per axis) inside the store on its chunk
+        grid, and, when the partition's ``block`` shape is given, exactly the window of block ``key`` under it; its
+        ``chunks`` are that window's chunk files, its ``chunk_digests`` name some of them, its ``labels_digest`` is
+        a string, and each field of :data:`RECORD_FIELDS` it has is of its type. A record with no window is
+        sound only while the partition is unknown (stores written by hand or by older tilers).
+
+        >>> # store.record_problem("0_1", {"start": [0, 0], "stop": [64, 64]}, block=(64, 64))
+        >>> # "its window start=(0, 0) stop=(64, 64) is not block 0_1's (start=(0, 64) stop=(64, 128) ...)"
+        """
+        shape = self.shape
+        start, stop = record.get("start"), record.get("stop")
+        if start is None and stop is None:
+            return None if block is None else "it names no window (start/stop)"
+        if not (isinstance(start, list) and isinstance(stop, list) and _is(start, "ints") and _is(stop, "ints")
+                and len(start) == len(stop) == len(shape)):
+            return f"start={_short(start)} stop={_short(stop)} must be {len(shape)} whole numbers each"
+        try:
+            window = Window(tuple(start), tuple(stop))
+        except GeometryError as exc:
+            return str(exc)
+        if not Window.from_shape(shape).contains(window):
+            return f"its window start={window.start} stop={window.stop} lies outside the store's shape {shape}"
+        unit = self.write_unit
+        if any(a % u or (b % u and b != n) for a, b, u, n in zip(window.start, window.stop, unit, shape, strict=True)):
+            return f"its window start={window.start} stop={window.stop} is not on the chunk grid {unit}"
+        if block is not None:
+            partition = BlockPartition(shape, tuple(block))
+            position = _position_of(key, len(shape))
+            if position is None or any(p >= c for p, c in zip(position, partition.counts, strict=True)):
+                return f"{key!r} is not a block of the partition into blocks of {partition.block}"
+            expected = partition.window(position)
+            if expected != window:
+                return (
+                    f"its window start={window.start} stop={window.stop} is not block {key}'s (start="
+                    f"{expected.start} stop={expected.stop} for blocks of {partition.block})"
+                )
+        return self._fields_problem(record, window)
+
+    def _fields_problem(self, record: Mapping[str, Any], window: Window) -> str | None:
+        """Why the chunk list, digests or typed fields of a record over ``window`` cannot be trusted, or None."""
+        chunks = record.get("chunks")
+        expected = self._block_chunk_keys(window)
+        if chunks is not None and chunks != expected:
+            return f"chunks={_short(chunks)} are not the chunk files of its window ({_short(expected)})"
+        digests = record.get("chunk_digests")
+        if digests is not None and not (
+            isinstance(digests, dict) and all(k in expected and isinstance(v, str) for k, v in digests.items())
+        ):
+            return f"chunk_digests={_short(digests)} must map chunk files of its window to digests"
+        if "labels_digest" in record and not isinstance(record["labels_digest"], str):
+            return f"labels_digest={_short(record['labels_digest'])} must be a digest string"
+        for name, kind in RECORD_FIELDS.items():
+            if name in record and not _is(record[name], kind):
+                return f"{name}={_short(record[name])} must be {_KINDS[kind]}"
+        return None
+
+    def changed_chunks(self, record: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """``(chunk, digest now, digest kept)`` of each chunk file whose bytes differ from the record's digest.
+
+        Reads every file the record's ``chunk_digests`` name (no decoding); a missing file is left to
+        :meth:`missing_chunks`. Call it on sound records only (:meth:`record_problem`).
+        """
+        digests = record.get("chunk_digests")
+        out = []
+        for key, kept in digests.items() if isinstance(digests, dict) else ():
+            found = chunk_file_digest(self.path / str(key))
+            if found is not None and found != kept:
+                out.append((str(key), found, str(kept)))
+        return out
+
+    def audit_blocks(
+        self, *, block: Sequence[int] | None = None, check: Callable[[Mapping[str, Any]], str | None] | None = None
+    ) -> dict[str, str]:
+        """Every block whose record cannot be trusted, with why: what ``tiler verify`` checks of blocks, never warning.
+
+        Unreadable record files (by their file name), records that are not sound (:meth:`record_problem` under
+        ``block``, default :meth:`block_shape`; then ``check``, the caller's own test of a record's fields, giving
+        why or None), chunk files missing, chunk files whose bytes differ from the record's ``chunk_digests``
+        (:meth:`changed_chunks`: a chunk swapped for another block's valid one, or rewritten), and, for records
+        from before chunk digests, labels whose digest differs from ``labels_digest`` (decoded). Reads every chunk
+        file a record vouches for. Hand the keys to :meth:`invalidate_blocks` so a rerun recomputes them.
+        """
+        records, unreadable = self._quiet_block_records()
+        bad = {file.stem: message for file, message in unreadable}
+        block = tuple(block) if block is not None else self.block_shape(records)
+        for key, rec in records.items():
+            why = self.record_problem(key, rec, block=block) or (check(rec) if check else None)
+            why = why or self._chunks_problem(rec)
+            if why:
+                bad[key] = why
+        return bad
+
+    def _chunks_problem(self, record: Mapping[str, Any]) -> str | None:
+        """Why the chunks a sound record vouches for are not the ones it wrote, or None."""
+        missing = self.missing_chunks(record)
+        if missing:
+            return f"lost chunk files ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+        changed = self.changed_chunks(record)
+        if changed:
+            chunk, found, kept = changed[0]
+            return f"chunk file {chunk} hashes to {found}, its record kept {kept} (swapped or rewritten since)"
+        window, kept_labels = _window_of(record), record.get("labels_digest")
+        if "chunk_digests" in record or window is None or not isinstance(kept_labels, str):
+            return None
+        try:
+            stored = self.stored_digest(window)
+        except OutputError as exc:
+            return str(exc)
+        return None if stored == kept_labels else f"its labels hash to {stored}, its record kept {kept_labels}"
+
+    def incomplete_reason(self, records: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+        """Why the block records do not make up the whole output; None when every block has a sound record.
+
+        Every block of the partition (:meth:`block_shape`) needs a sound record (:meth:`record_problem`; no chunk
+        is read). A store whose partition is unknown is judged by its summary's ``blocks_total`` against its
+        readable records; one with neither (written by hand, or by an older tiler) cannot be judged: None.
+        ``records``: what :meth:`block_records` returned, when the caller has read them.
+        """
+        if records is None:
+            records = self._quiet_block_records()[0]
+        block = self.block_shape(records)
+        if block is None:
+            summary = self._attr("summary")
+            total = summary.get("blocks_total") if isinstance(summary, dict) else None
+            if type(total) is int and total != len(records):
+                return f"its summary counts {total} blocks but {len(records)} block record(s) are readable"
+            return None
+        partition = BlockPartition(self.shape, block)
+        sound = {key for key, rec in records.items() if self.record_problem(key, rec, block=block) is None}
+        missing = [key for key in ("_".join(map(str, p)) for p in partition.positions()) if key not in sound]
+        if not missing:
+            return None
+        return (
+            f"{len(missing)} of its {len(partition)} blocks (blocks of {partition.block}) have no sound record "
+            f"(first: {missing[0]})"
+        )
+
     def invalidate_blocks(self, keys: Sequence[str]) -> int:
         """Forget blocks so a rerun (``tiler run`` with the same config) recomputes them.
 
-        Deletes their records and every export record (the exports were made from the old pixels) and clears
-        ``complete``. Returns the number of records deleted.
+        Clears ``complete`` first, retires every export record (:meth:`retire_exports`: the exports were made from
+        the old pixels, so none vouches for its file any more, yet each file stays the store's to replace, so the
+        rerun writes it again instead of refusing it as someone else's), deletes unreadable export records and
+        export intents, then deletes the blocks' records. Returns the number of records deleted.
         """
         keys = list(keys)
         if not keys:
             return 0
+        self.clear_complete()
+        broken: list[tuple[Path, str]] = []
+        exports = self._read_records(self._exports_dir, "export", unreadable=broken)
+        self.retire_exports([str(rec["key"]) for rec in exports])
+        for file, _ in broken:
+            file.unlink(missing_ok=True)
+        self.clear_export_intents()
         removed = 0
         for key in keys:
             file = self._blocks_dir / f"{_safe_key(key)}.json"
             if file.exists():
                 file.unlink()
                 removed += 1
-        for file in self._exports_dir.glob("*.json") if self._exports_dir.is_dir() else []:
-            file.unlink(missing_ok=True)
-        self.clear_export_intents()
-        self.clear_complete()
         return removed
 
     # -- exports and completion ------------------------------------------------------------------------
@@ -692,6 +1052,10 @@ class OutputStore:
             job_hash: The config hash of the finishing that lists it among its outputs.
             settings: What the file was drawn with besides the store (:func:`tiler.config.identity.export_settings`);
                 a later finishing keeps the file only under the same settings.
+
+        The record keeps the ``digest`` of the file (:func:`~tiler.io.atomic.content_digest`): its intent's (the
+        complete temporary the writer moved into place), else the one the standing record of the same file keeps,
+        else the file's as it is now; so ``tiler verify`` and :meth:`export_intact` find a file changed since.
         """
         try:
             self._exports_dir.mkdir(parents=True, exist_ok=True)
@@ -704,6 +1068,11 @@ class OutputStore:
         if settings:
             payload["settings"] = dict(settings)
         digest = self._known_digest(name, final)
+        if digest is None and os.path.lexists(final):
+            try:
+                digest = _cached_digest(final)
+            except OSError:
+                digest = None  # unreadable now: no record vouches for it, so verify and a rerun redo it
         if digest is not None:
             payload["digest"] = digest
         write_json_atomic(self._exports_dir / f"{_safe_key(name)}.json", payload)
@@ -803,15 +1172,31 @@ class OutputStore:
         return {str(rec.pop("key")): rec for rec in self._read_records(self._exports_dir, "export")}
 
     def exports_done(self, records: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
-        """Recorded exports whose file is still in place (records being replaced left out): name -> absolute path.
+        """Recorded exports whose file is still in place as recorded (:meth:`export_intact`): name -> absolute path.
 
         ``records``: what :meth:`export_records` returned, when the caller has already read them.
         """
-        return {
-            name: rec["path"]
-            for name, rec in (self.export_records() if records is None else records).items()
-            if isinstance(rec.get("path"), str) and os.path.lexists(rec["path"]) and not rec.get("replacing")
-        }
+        records = self.export_records() if records is None else records
+        return {name: rec["path"] for name, rec in records.items() if self.export_intact(name, records)}
+
+    def export_intact(self, name: str, records: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+        """Whether export ``name``'s file is in place with the content its record vouches for: a rerun may keep it.
+
+        No for a record being replaced (:meth:`retire_exports`), one without a ``digest``, a file that is gone,
+        and a file whose digest differs from the record's (truncated or changed since: a rerun writes it again).
+        Each file's digest is computed once per process and file version (same size, times and inode).
+        ``records``: what :meth:`export_records` returned, when the caller has already read them.
+        """
+        rec = (self.export_records() if records is None else records).get(name)
+        if rec is None or rec.get("replacing") or not isinstance(rec.get("digest"), str):
+            return False
+        path = rec.get("path")
+        if not isinstance(path, str) or not os.path.lexists(path):
+            return False
+        try:
+            return _cached_digest(path) == rec["digest"]
+        except OSError:
+            return False
 
     def mark_complete(
         self, summary: Mapping[str, Any], *, job_hash: str | None = None, attrs: Mapping[str, Any] | None = None
@@ -827,7 +1212,8 @@ class OutputStore:
             attrs: Other attributes of this finishing written in the same rewrite (its redacted ``config``).
 
         Raises:
-            OutputError: a recorded block's chunk file is missing (the store would claim pixels it lacks).
+            OutputError: a recorded block's chunk file is missing, or (in a store that keeps its ``block_shape``) a
+                block of the partition has no sound record: the store would claim pixels it lacks.
 
         """
         broken = self.check_blocks()
@@ -835,6 +1221,11 @@ class OutputStore:
             raise OutputError(
                 f"output store {self.path} cannot be marked complete: {len(broken)} recorded block(s) have chunk "
                 f"files missing (first: {broken[0]}). Rerun the job to recompute them."
+            )
+        missing = self.incomplete_reason() if _ints(self._attr(BLOCK_SHAPE)) is not None else None
+        if missing:
+            raise OutputError(
+                f"output store {self.path} cannot be marked complete: {missing}. Rerun the job to compute them."
             )
         finishing = {**dict(attrs or {}), "summary": dict(summary), "job_hash": job_hash or self.pixels_hash}
         self._update_attrs({**finishing, "complete": True})
@@ -845,7 +1236,7 @@ class OutputStore:
         Call before anything beside the store changes (a finishing with other exports or scores), so a job
         killed half-way leaves a store that does not look finished.
         """
-        if self.complete or self._attr("job_hash") is not None:
+        if self.complete_flag or self._attr("job_hash") is not None:
             self._update_attrs({"complete": False}, remove=("job_hash",))
 
     # -- job lock --------------------------------------------------------------------------------------
@@ -865,7 +1256,7 @@ class OutputStore:
     def __repr__(self) -> str:
         return (
             f"OutputStore({str(self.path)!r}, shape={self.shape}, chunks={self.chunks}, "
-            f"complete={self.complete})"
+            f"complete={self.complete_flag})"
         )
 
 
@@ -927,6 +1318,30 @@ def _build_group(
         arr[...] = values
     for sub in ("blocks", "exports"):
         (root / STATE_DIR / sub).mkdir(parents=True, exist_ok=True)
+
+
+_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+
+
+def _cached_digest(path: str) -> str:
+    """:func:`~tiler.io.atomic.content_digest` of ``path``, computed once per process for a file's version.
+
+    A file's version is its path, device, inode, size and modification and change times (the change time cannot
+    be set back by hand); a folder is digested every time.
+
+    Raises:
+        OSError: ``path`` cannot be read.
+    """
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        return content_digest(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        if len(_DIGESTS) > 256:
+            _DIGESTS.clear()
+        digest = _DIGESTS[key] = content_digest(path)
+    return digest
 
 
 def _writer() -> dict[str, Any]:
@@ -1023,6 +1438,72 @@ def _window_of(record: Mapping[str, Any]) -> Window | None:
         return Window(tuple(int(a) for a in start), tuple(int(b) for b in stop))
     except (TypeError, ValueError):
         return None
+
+
+_KINDS = {
+    "int": "a whole number", "number": "a number", "ints": "a list of whole numbers",
+    "int rows": "a list of lists of whole numbers",
+}
+
+
+def _is(value: Any, kind: str) -> bool:
+    """Whether the JSON ``value`` is of ``kind`` (a key of ``_KINDS``); never a boolean for a number."""
+    if kind == "int":
+        return type(value) is int
+    if kind == "number":
+        return type(value) in (int, float)
+    if kind == "ints":
+        return isinstance(value, list) and all(type(v) is int for v in value)
+    return isinstance(value, list) and all(_is(row, "ints") for row in value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _position_of(key: str, ndim: int) -> tuple[int, ...] | None:
+    """The per-axis position a block key names (``"1_2"`` -> ``(1, 2)``), or None when it names none."""
+    parts = key.split("_")
+    if len(parts) != ndim or not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def _infer_block(shape: Sequence[int], records: Mapping[str, Mapping[str, Any]]) -> tuple[int, ...] | None:
+    """The block shape most records agree on per axis (block ``p`` starts at ``p * block``), or None."""
+    votes: list[Counter[int]] = [Counter() for _ in shape]
+    for key, rec in records.items():
+        position, window = _position_of(key, len(shape)), _window_of(rec)
+        if position is None or window is None or window.ndim != len(shape):
+            continue
+        for axis, (p, a, b, n) in enumerate(zip(position, window.start, window.stop, shape, strict=True)):
+            if p > 0 and a > 0 and a % p == 0:
+                votes[axis][a // p] += 1
+            elif p == 0 and a == 0:
+                votes[axis][min(b, n)] += 1
+    if not all(votes):
+        return None
+    return tuple(v.most_common(1)[0][0] for v in votes)
+
+
+def chunk_file_digest(path: str | os.PathLike[str]) -> str | None:
+    """The digest a block record keeps of a chunk file: crc32 of its bytes as stored; None when there is no file.
+
+    The bytes as stored (compressed, with their checksum), so two chunks differ whenever their pixels do, and a
+    chunk file swapped for another block's (valid, checksummed) one is told apart without decoding it. A file
+    that cannot be read gets a digest no record keeps (``unreadable: ...``).
+    """
+    crc = 0
+    try:
+        with open(path, "rb") as f:
+            while data := f.read(1 << 20):
+                crc = zlib.crc32(data, crc)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    return f"crc32:{crc:08x}"
 
 
 def _bounds(slices: Sequence[slice], shape: Sequence[int]) -> Window:

@@ -2,7 +2,13 @@
 
 :func:`verify_store` reads every stored chunk (shard) of every array one at a time (memory bounded by one
 chunk), so a checksum failure, a truncated file or a missing chunk is found and named together with the block
-that wrote it. Bad blocks are listed in :attr:`VerifyReport.bad_blocks`; hand them to
+that wrote it. Each block record must be sound (:meth:`OutputStore.record_problem
+<tiler.io.store.OutputStore.record_problem>`: readable fields of their types, the window of its block under the
+store's partition), and the chunk files it vouches for must be the ones it wrote: the digest of each (labels and
+probabilities alike) and of its labels must be those it recorded, so a valid chunk of another block swapped in is
+found. ``complete`` over a block with no sound record is a problem, not a finished store. The store's metadata is
+checked before anything is read (:func:`~tiler.io.store.check_store_metadata`). Bad blocks are listed in
+:attr:`VerifyReport.bad_blocks`; hand them to
 :meth:`OutputStore.invalidate_blocks <tiler.io.store.OutputStore.invalidate_blocks>` and rerun the job with the
 same config to recompute exactly those blocks.
 
@@ -10,8 +16,11 @@ The report names the store's two hashes: ``pixels_hash`` (what its arrays hold) 
 ``job_hash`` (the config hash of the finishing that wrote its exports and reports). Exports recorded by
 an earlier finishing and not listed by the last one are noted, never counted as problems. An export file
 whose content no longer has the digest the store recorded for it (in its export record, or in the intent written
-just before a killed job moved it into place) is a ``changed-export``: someone replaced it, so a rerun will not
-touch it until it is moved away. An intent whose file still matches is noted: the rerun records it.
+just before a killed job moved it into place) is a ``changed-export``; a recorded one is written again by a rerun
+(:meth:`OutputStore.export_intact <tiler.io.store.OutputStore.export_intact>`), while a file only an intent names
+is someone else's and is never touched until it is moved away. A recorded export without a digest cannot be checked
+(``unchecked-export``) and is written again by a rerun too. An intent whose file still matches is noted: the rerun
+records it.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ class Problem:
 
     Attributes:
         kind: ``missing-chunk``, ``corrupt-chunk``, ``bad-record``, ``digest-mismatch``, ``incomplete-complete``,
-            ``missing-export`` or ``changed-export``.
+            ``missing-export``, ``changed-export`` or ``unchecked-export``.
         where: The chunk (``labels/c/0/1``), record file or export it concerns, relative to the store when inside it.
         block: Key of the block that owns it, when known.
         detail: What was found.
@@ -124,7 +133,8 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     """Check every chunk, block record and the ``complete`` flag of the store at ``path``.
 
     Raises:
-        OutputError: ``path`` is not a tiler store (:meth:`OutputStore.is_tiler_store`).
+        OutputError: ``path`` is not a tiler store (:meth:`OutputStore.is_tiler_store`), or its metadata declares
+            shapes no job writes (one line naming the file, the value and the fix).
 
     """
     path = Path(path)
@@ -134,14 +144,17 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
             f"job wrote (its `output.store`)."
         )
     store = OutputStore.open(path, mode="r")
-    report = VerifyReport(store=str(path), complete=store.complete, pixels_hash=store.pixels_hash,
+    flagged = store.complete_flag
+    report = VerifyReport(store=str(path), complete=flagged, pixels_hash=store.pixels_hash,
                           job_hash=store.job_hash)
-    records = _read_records(store, report)
+    records = _sound_records(store, _read_records(store, report), report)
+    incomplete = store.incomplete_reason(records) if flagged else None
+    report.complete = flagged and incomplete is None
     owner = _chunk_owners(store, records)
     for name in store.arrays():
         _check_chunks(store, name, owner, report)
     _check_digests(store, records, report)
-    _check_complete(store, records, report)
+    _check_complete(store, records, incomplete, report)
     _check_intents(store, report)
     _note_leftovers(store, report)
     return report
@@ -167,6 +180,23 @@ def _add_bad_records(
             report.problems.append(Problem("bad-record", where, block, str(w.message)))
 
 
+def _sound_records(
+    store: OutputStore, records: Mapping[str, dict[str, Any]], report: VerifyReport
+) -> dict[str, dict[str, Any]]:
+    """The records that can be trusted as they read; a ``bad-record`` problem for each other one."""
+    block = store.block_shape(records)
+    sound: dict[str, dict[str, Any]] = {}
+    for key, rec in records.items():
+        why = store.record_problem(key, rec, block=block)
+        if why is None:
+            sound[key] = rec
+            continue
+        where = str(store.block_record_file(key).relative_to(store.path))
+        detail = f"the record cannot be trusted: {why}; a rerun redoes the block"
+        report.problems.append(Problem("bad-record", where, key, detail))
+    return sound
+
+
 def _chunk_owners(store: OutputStore, records: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     owner: dict[str, str] = {}
     for key, rec in records.items():
@@ -186,7 +216,7 @@ def _check_chunks(store: OutputStore, name: str, owner: Mapping[str, str], repor
     for key, window in store.chunk_grid(name):
         block = owner.get(key)
         if not (store.path / key).is_file():
-            if block is not None or (store.complete and store.has_checksums):
+            if block is not None or (report.complete and store.has_checksums):
                 why = "recorded as written by its block" if block else "the store is marked complete"
                 report.problems.append(Problem("missing-chunk", key, block, f"the chunk file is missing ({why})"))
             else:
@@ -203,45 +233,59 @@ def _check_chunks(store: OutputStore, name: str, owner: Mapping[str, str], repor
 
 
 def _check_digests(store: OutputStore, records: Mapping[str, Mapping[str, Any]], report: VerifyReport) -> None:
-    """Compare each record's labels digest with the labels stored in its window (blocks already bad are skipped)."""
+    """Compare each record's digests with what is stored: its labels, then each chunk file (bad blocks skipped).
+
+    A labels mismatch is one problem for the block; its labels chunk files are then not named again.
+    """
     bad = set(report.bad_blocks)
     for key, rec in records.items():
-        digest, window = rec.get("labels_digest"), store.record_window(rec)
-        if key in bad or not digest or window is None:
+        if key in bad:
             continue
-        try:
-            stored = store.stored_digest(window)
-        except OutputError as exc:
-            report.problems.append(Problem("corrupt-chunk", f"labels in {window}", key, str(exc)))
-            continue
-        if stored != digest:
-            report.problems.append(
-                Problem(
-                    "digest-mismatch",
-                    f"labels in start={window.start} stop={window.stop}",
-                    key,
-                    f"the stored labels hash to {stored}, the block recorded {digest}",
-                )
+        labels_bad = _check_labels_digest(store, key, rec, report)
+        for chunk, found, kept in store.changed_chunks(rec):
+            if labels_bad and chunk.startswith("labels/"):
+                continue
+            detail = (
+                f"the chunk file hashes to {found}, the block recorded {kept}: another chunk (another block's?) was "
+                f"put in its place or it was rewritten since"
             )
+            report.problems.append(Problem("digest-mismatch", chunk, key, detail))
 
 
-def _check_complete(store: OutputStore, records: Mapping[str, Mapping[str, Any]], report: VerifyReport) -> None:
-    if not store.complete:
+def _check_labels_digest(store: OutputStore, key: str, rec: Mapping[str, Any], report: VerifyReport) -> bool:
+    """Add a problem when the labels in the record's window do not have its ``labels_digest``; True if added."""
+    digest, window = rec.get("labels_digest"), store.record_window(rec)
+    if not digest or window is None:
+        return False
+    try:
+        stored = store.stored_digest(window)
+    except OutputError as exc:
+        report.problems.append(Problem("corrupt-chunk", f"labels in {window}", key, str(exc)))
+        return True
+    if stored == digest:
+        return False
+    where = f"labels in start={window.start} stop={window.stop}"
+    report.problems.append(
+        Problem("digest-mismatch", where, key, f"the stored labels hash to {stored}, the block recorded {digest}")
+    )
+    return True
+
+
+def _check_complete(
+    store: OutputStore, records: Mapping[str, Mapping[str, Any]], incomplete: str | None, report: VerifyReport
+) -> None:
+    """The ``complete`` flag against the blocks (``incomplete``: :meth:`OutputStore.incomplete_reason`); exports."""
+    if not store.complete_flag:
         report.notes.append(
             f"not complete: {len(records)} block record(s); rerun `tiler run` with the same config to finish."
         )
         return
-    summary = store.attrs.get("summary") or {}
-    total = summary.get("blocks_total") if isinstance(summary, dict) else None
-    if isinstance(total, int) and total != len(records):
-        report.problems.append(
-            Problem(
-                "incomplete-complete",
-                "zarr.json",
-                None,
-                f"marked complete with {total} blocks but {len(records)} block record(s) are readable",
-            )
+    if incomplete is not None:
+        detail = (
+            f"marked complete but {incomplete}: the flag is not believed; rerun `tiler run` with the same config to "
+            f"compute them"
         )
+        report.problems.append(Problem("incomplete-complete", "zarr.json", None, detail))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StoreWarning)
         exports = store.export_records()
@@ -262,21 +306,31 @@ def _check_complete(store: OutputStore, records: Mapping[str, Mapping[str, Any]]
             detail = f"export {name!r} is recorded as done; its file is gone"
             report.problems.append(Problem("missing-export", where, None, detail))
         elif isinstance(rec.get("digest"), str):
-            _check_export_digest(where, rec["digest"], f"export {name!r} was recorded", report)
+            rewrite = "rerun `tiler run` with the same config to write it again (the rerun replaces it)"
+            _check_export_digest(where, rec["digest"], f"export {name!r} was recorded", report, fix=rewrite)
+        else:
+            detail = (
+                f"export {name!r} is recorded without a digest, so its content cannot be checked; rerun `tiler run` "
+                f"with the same config to write it again"
+            )
+            report.problems.append(Problem("unchecked-export", where, None, detail))
 
 
-def _check_export_digest(where: str, recorded: str, what: str, report: VerifyReport) -> bool:
-    """Add a ``changed-export`` problem when the file at ``where`` no longer has digest ``recorded``; True if it has."""
+def _check_export_digest(
+    where: str, recorded: str, what: str, report: VerifyReport, *, fix: str = ""
+) -> bool:
+    """Add a ``changed-export`` problem when the file at ``where`` no longer has digest ``recorded``; True if it has.
+
+    ``fix``: what to do about it (default: the file is someone else's, move it away and rerun).
+    """
     try:
         found = content_digest(where)
     except OSError as exc:
         found = f"unreadable ({exc})"
     if found == recorded:
         return True
-    detail = (
-        f"{what} with digest {recorded} but the file there now is {found}: someone replaced it. Move it away "
-        f"and rerun the job to write it again."
-    )
+    fix = fix or "someone replaced it. Move it away and rerun the job to write it again"
+    detail = f"{what} with digest {recorded} but the file there now is {found}: {fix}."
     report.problems.append(Problem("changed-export", where, None, detail))
     return False
 
