@@ -44,6 +44,7 @@ test: bytecode orthanc
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tiler pipelines tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: bytecode
 	$(PY) -m bench.run_all

@@ -11,7 +11,18 @@ archive cannot start (bad config). See :mod:`tiler.archive` for the config, ledg
 
 from __future__ import annotations
 
-from tiler.archive import main
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tiler archive`` with these arguments (``--quiet`` and ``--json-logs`` may come anywhere)."""
+    from tiler.cli import main as cli_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    front = [a for a in args if a in ("--quiet", "--json-logs")]
+    return cli_main([*front, "archive", *(a for a in args if a not in front)])
+
 
 if __name__ == "__main__":
     from tiler.cli import exit_process

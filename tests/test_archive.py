@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -19,17 +18,11 @@ import yaml
 import zarr
 from rasterio.transform import from_origin
 
+from pipelines.archive import main
 from tests.engine.helpers import write_model, write_raster
 from tests.shared_data import SHARED_DATA
-from tiler.archive import (
-    Ledger,
-    add_parser,
-    fingerprint,
-    input_stem,
-    load_archive,
-    main,
-    run_archive,
-)
+from tiler.archive import Ledger, fingerprint, input_stem, load_archive, run_archive
+from tiler.cli import build_parser
 from tiler.errors import ConfigError, OutputError
 from tiler.metrics import confusion_matrix, scores_from_confusion
 
@@ -310,9 +303,7 @@ def test_a_manifest_lists_inputs_and_a_missing_one_fails_alone(archive_dir: Path
 
 def test_the_cli_returns_1_when_a_file_failed_and_0_when_none(archive_dir: Path) -> None:
     config = str(archive_dir / "archive.yaml")
-    parser = argparse.ArgumentParser(prog="tiler")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["archive", config, "--engine", "local", "--quiet"])
+    args = build_parser().parse_args(["archive", config, "--engine", "local", "--quiet"])
     assert args.func(args) == 1
     (archive_dir / "scenes" / "c.tif").unlink()
     assert main([config, "--engine", "local", "--quiet"]) == 0

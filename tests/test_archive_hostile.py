@@ -18,9 +18,10 @@ import pytest
 import yaml
 
 import tiler.archive.ledger as ledger_module
+from pipelines.archive import main
 from tests.engine.helpers import write_model, write_raster
 from tests.test_archive import CORRUPT, SHAPE, by_stem, rows, write_config, write_truth
-from tiler.archive import Ledger, fingerprint, load_archive, main, run_archive
+from tiler.archive import Ledger, fingerprint, load_archive, run_archive
 from tiler.archive.report import ArchiveReport
 from tiler.engine.stream import Outcome
 from tiler.errors import InputError

@@ -176,18 +176,30 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tiler`` argument parser with every subcommand."""
-    from tiler.archive import add_parser as add_archive
-    from tiler.metrics.cli import add_parser as add_score
-    from tiler.train import add_parser as add_train
+    from tiler import train
+    from tiler.archive import cli as archive
+    from tiler.metrics import cli as score
 
     parser = argparse.ArgumentParser(
         prog="tiler", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_inspect, add_score, add_train, _add_demo, add_archive, _add_verify):
+    for add in (_add_run, _add_inspect, _command(score), _command(train), _add_demo, _command(archive), _add_verify):
         add(sub)
     return parser
+
+
+def _command(module: Any) -> Any:
+    """The registration of a subcommand module (``NAME``, ``HELP``, ``DESCRIPTION``, ``configure``, ``run``)."""
+
+    def add(sub: Any) -> None:
+        parser = sub.add_parser(module.NAME, help=module.HELP, description=module.DESCRIPTION)
+        module.configure(parser)
+        add_common_options(parser)  # --quiet, --json-logs after the command too
+        parser.set_defaults(func=module.run)
+
+    return add
 
 
 class Terminated(KeyboardInterrupt):

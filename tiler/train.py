@@ -17,7 +17,7 @@ from tiler.errors import ConfigError
 if TYPE_CHECKING:
     from tiler.model.train import TrainConfig
 
-__all__ = ["add_parser", "load_train_config", "run_train"]
+__all__ = ["DESCRIPTION", "HELP", "NAME", "configure", "load_train_config", "run", "run_train"]
 
 
 def load_train_config(source: str) -> TrainConfig:
@@ -36,7 +36,7 @@ def load_train_config(source: str) -> TrainConfig:
             f"train config {source!r} is neither a domain ({', '.join(DOMAINS)}) nor an existing YAML file; "
             f"fix: give one of {', '.join(DOMAINS)}, or the path of a YAML file of TrainConfig fields."
         )
-    from tiler.config.safe_yaml import load_yaml
+    from tiler.yamlsafe import load_yaml
 
     data: Any = load_yaml(path.read_text(encoding="utf-8"), f"train config {path}")
     return TrainConfig.from_mapping(data or {}, source=f"train config {path}")
@@ -63,20 +63,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``tiler train CONFIG [--out PATH] [--steps N] ...`` on an argparse subparsers object."""
-    from tiler.cli import add_common_options
+NAME = "train"
+HELP = "train a demo model (satellite or slide 2D, CT 3D) on generated scenes"
+DESCRIPTION = (
+    "Train a small MONAI U-Net on generated scenes and write a tiler checkpoint (normalisation, class "
+    "names and colours stored in it). CONFIG is a domain preset (satellite, ct, slide) or a YAML file of "
+    "TrainConfig fields (domain, out, scene_shape, crop, steps, batch_size, lr, channels, strides, ...). "
+    "Prints a JSON summary on stdout."
+)
 
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "train",
-        help="train a demo model (satellite or slide 2D, CT 3D) on generated scenes",
-        description=(
-            "Train a small MONAI U-Net on generated scenes and write a tiler checkpoint (normalisation, class "
-            "names and colours stored in it). CONFIG is a domain preset (satellite, ct, slide) or a YAML file of "
-            "TrainConfig fields (domain, out, scene_shape, crop, steps, batch_size, lr, channels, strides, ...). "
-            "Prints a JSON summary on stdout."
-        ),
-    )
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``tiler train``'s arguments to its parser (:mod:`tiler.cli` adds the common options and registers it)."""
     parser.add_argument("config", metavar="CONFIG",
                         help="a preset ('satellite', 'ct', 'slide') or a YAML file of TrainConfig fields")
     parser.add_argument("--out", metavar="PATH", help="checkpoint path to write (overrides the config's out)")
@@ -85,6 +83,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads while training (overrides the config)")
     parser.add_argument("--log-every", type=int, default=25, metavar="N",
                         help="print the mean loss every N steps (default 25; 0 or --quiet: never)")
-    add_common_options(parser)  # --quiet, --json-logs after the command too
-    parser.set_defaults(func=run_train)
-    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle ``tiler train`` (see :func:`run_train`)."""
+    return run_train(args)

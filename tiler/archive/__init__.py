@@ -62,7 +62,7 @@ Rules decided here, stated once:
   its total is every input of the run from the start.
 """
 
-from tiler.archive.cli import add_parser, main, run_from_args
+from tiler.archive.cli import run_from_args
 from tiler.archive.config import ArchiveConfig, ArchiveSection, input_stem, load_archive
 from tiler.archive.fingerprint import fingerprint
 from tiler.archive.ledger import LEDGER_NAME, Claim, Ledger, LedgerRow
@@ -78,11 +78,9 @@ __all__ = [
     "Claim",
     "Ledger",
     "LedgerRow",
-    "add_parser",
     "fingerprint",
     "input_stem",
     "load_archive",
-    "main",
     "run_archive",
     "run_from_args",
 ]

@@ -1,12 +1,14 @@
-"""``tiler archive`` and ``python -m pipelines.archive``: load an archive file, run it, report, exit code."""
+"""``tiler archive``: load an archive file, run it, report, exit code (``python -m pipelines.archive`` runs it too).
+
+Like every subcommand module: ``NAME``, ``HELP``, ``DESCRIPTION``, :func:`configure` and :func:`run`;
+:mod:`tiler.cli` registers it (this module never imports the CLI).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 from tiler.archive.config import load_archive
 from tiler.archive.run import run_archive
@@ -44,26 +46,19 @@ def run_from_args(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``tiler archive CONFIG`` on argparse subparsers (its ``func`` returns the exit code)."""
-    from tiler.cli import add_common_options
+NAME = "archive"
+HELP = "segment every input of an archive, skipping those already done (SQLite ledger)"
+DESCRIPTION = (
+    "Apply one job template to every input of a glob or manifest; reruns process only new, changed or failed "
+    "inputs. Exit code: 0 nothing failed, 1 some input failed, 2 bad config."
+)
 
-    parser = subparsers.add_parser(
-        "archive",
-        help="segment every input of an archive, skipping those already done (SQLite ledger)",
-        description="Apply one job template to every input of a glob or manifest; reruns process only new, "
-        "changed or failed inputs. Exit code: 0 nothing failed, 1 some input failed, 2 bad config.",
-    )
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``tiler archive``'s arguments to its parser (:mod:`tiler.cli` adds the common options and registers it)."""
     _add_arguments(parser)
-    add_common_options(parser)  # --quiet, --json-logs after the command too
-    parser.set_defaults(func=run_from_args)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m pipelines.archive``: ``tiler archive`` with these arguments."""
-    from tiler.cli import main as cli_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    front = [a for a in args if a in ("--quiet", "--json-logs")]  # global flags may come anywhere here
-    return cli_main([*front, "archive", *(a for a in args if a not in front)])
+def run(args: argparse.Namespace) -> int:
+    """Handle ``tiler archive`` (see :func:`run_from_args`)."""
+    return run_from_args(args)

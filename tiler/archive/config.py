@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from tiler.config.loading import parse_config
 from tiler.config.overrides import apply_overrides
-from tiler.config.safe_yaml import load_yaml
 from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError
 from tiler.paths import is_remote
+from tiler.yamlsafe import load_yaml
 
 _TRUTH_FIELDS = ("stem", "name")
 _DOUBLE_SUFFIXES = (".nii.gz", ".ome.tiff", ".ome.tif", ".ome.zarr")

@@ -31,7 +31,7 @@ the dotted key, the bad value and the fix.
 
 The package, one concept a module (imports only go down this list): :mod:`~tiler.config.problems`
 (what a validator reports), :mod:`~tiler.config.fields` (strict field types, per-axis defaults),
-:mod:`~tiler.config.safe_yaml` (reading and writing YAML safely), :mod:`~tiler.config.schema` (the
+:mod:`~tiler.yamlsafe` (reading and writing YAML safely), :mod:`~tiler.config.schema` (the
 sections and :class:`JobConfig`), :mod:`~tiler.config.messages` (validation errors as one line each),
 :mod:`~tiler.config.files` (paths resolved, files checked), :mod:`~tiler.config.overrides` (``--set``),
 :mod:`~tiler.config.loading` (file or mapping → :class:`JobConfig`) and :mod:`~tiler.config.identity`
@@ -42,7 +42,6 @@ from tiler.config.files import check_files, missing_files
 from tiler.config.identity import config_hash, pixels_hash
 from tiler.config.loading import dump_config, load_config, parse_config
 from tiler.config.overrides import apply_overrides
-from tiler.config.safe_yaml import MAX_YAML_NODES, load_yaml
 from tiler.config.schema import (
     EngineConfig,
     GdalConfig,
@@ -58,6 +57,7 @@ from tiler.config.schema import (
     ScoringConfig,
     TilingConfig,
 )
+from tiler.yamlsafe import MAX_YAML_NODES, load_yaml
 
 __all__ = [
     "MAX_YAML_NODES",

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from tiler.config.files import resolve_paths
 from tiler.config.messages import show, validation_error
 from tiler.config.overrides import apply_overrides
-from tiler.config.safe_yaml import load_yaml
 from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError
+from tiler.yamlsafe import load_yaml
 
 
 def parse_config(

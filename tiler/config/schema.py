@@ -25,11 +25,12 @@ from tiler.config.fields import (
     broadcast,
 )
 from tiler.config.problems import Problem, Problems, raise_if
-from tiler.config.safe_yaml import dump_yaml
 from tiler.exports import NAMES as EXPORT_NAMES
 from tiler.exports import REGISTRY as EXPORTS
 from tiler.labels import nodata_label_problem
+from tiler.metrics.boundary import DEFAULT_WIDTH_PIXELS
 from tiler.paths import is_remote
+from tiler.yamlsafe import dump_yaml
 
 __all__ = [
     "DicomOutputConfig",
@@ -578,9 +579,9 @@ class ScoringConfig(_Section):
 
     truth: Str | None = None
     ignore_index: Int | None = 255
-    # 3 pixels: the band where blurred edges and tile seams show; a fraction of a large image's diagonal is
-    # so wide that boundary IoU becomes plain IoU
-    boundary_width: BoundaryWidth = 3
+    # 3 pixels (tiler score's default too): a fraction of a large image's diagonal is so wide that boundary IoU
+    # becomes plain IoU
+    boundary_width: BoundaryWidth = DEFAULT_WIDTH_PIXELS
     num_classes: Annotated[int, Strict(), Field(ge=2)] | None = None
 
     def boundary(self) -> Any:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tiler.engine.executor import Stages
 from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan, block_key
+from tiler.engine.stages import Stages
 from tiler.engine.work import BlockStats, Predict, PreparedBlock, assemble_block, infer_block, prepare_block
 from tiler.errors import EngineError, InputError
 from tiler.geometry import Shape, Window

@@ -33,6 +33,10 @@ from tiler.errors import ScoreError
 from tiler.geometry import Window
 from tiler.metrics.confusion import LabelRules, label_codes
 
+DEFAULT_WIDTH_PIXELS = 3
+"""The boundary band of every score by default (a job's ``scoring.boundary_width``, ``tiler score``): 3 pixels, the
+band where blurred edges and tile seams show."""
+
 
 class WidthUnit(enum.StrEnum):
     """The unit of a boundary width: pixels, or a fraction of the image diagonal."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tiler.errors import ScoreError
 
@@ -68,19 +68,18 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register ``tiler score PRED TRUTH ...`` on an argparse subparsers object."""
-    from tiler.cli import add_common_options
-    from tiler.config.schema import ScoringConfig
+NAME = "score"
+HELP = "score a prediction against its truth (FWIoU, IoU, Dice, boundary IoU/F1)"
+DESCRIPTION = (
+    "Score a label map against its truth, chunk by chunk (never loading either whole). PRED and "
+    "TRUTH may be GeoTIFF, NIfTI, a zarr array or the engine's output store, on the same grid."
+)
 
-    parser = subparsers.add_parser(
-        "score",
-        help="score a prediction against its truth (FWIoU, IoU, Dice, boundary IoU/F1)",
-        description=(
-            "Score a label map against its truth, chunk by chunk (never loading either whole). PRED and "
-            "TRUTH may be GeoTIFF, NIfTI, a zarr array or the engine's output store, on the same grid."
-        ),
-    )
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``tiler score``'s arguments to its parser (:mod:`tiler.cli` adds the common options and registers it)."""
+    from tiler.metrics.boundary import DEFAULT_WIDTH_PIXELS
+
     parser.add_argument("pred", metavar="PRED", help="predicted labels")
     parser.add_argument("truth", metavar="TRUTH", help="ground-truth labels")
     parser.add_argument("--num-classes", type=int, default=None, metavar="N",
@@ -89,8 +88,7 @@ def add_parser(subparsers: Any) -> None:
                         help="truth label never scored (default 255)")
     # one default for every score of a store: the job's own (scoring.boundary_width), so `tiler score` and the
     # job's report give the same boundary IoU
-    width = ScoringConfig.model_fields["boundary_width"].default
-    default = f"{width}px" if isinstance(width, int) else str(width)
+    default = f"{DEFAULT_WIDTH_PIXELS}px"
     parser.add_argument("--boundary-width", default=default, metavar="D",
                         help=f"boundary band: pixels ('5px') or below 1 a fraction of the image diagonal ('0.02'); "
                         f"default {default}, as a job's scoring.boundary_width; 0 skips the boundary scores")
@@ -98,5 +96,8 @@ def add_parser(subparsers: Any) -> None:
                         help="write the scores here, and <stem>.confusion.png, <stem>.per_class.png by it")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="score a tiler store that is not complete (missing blocks count as unscored nodata)")
-    add_common_options(parser)  # --quiet, --json-logs after the command too
-    parser.set_defaults(func=run_score)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle ``tiler score`` (see :func:`run_score`)."""
+    return run_score(args)

@@ -13,7 +13,7 @@ From the package it also takes, when present:
   ``preprocessing``; any other intensity transform there is refused unless the config gives
   ``model.normalization``, since tiler would silently skip it.
 
-A YAML config is read by the job files' loader (:func:`tiler.config.safe_yaml.load_yaml`: unique keys,
+A YAML config is read by the job files' loader (:func:`tiler.yamlsafe.load_yaml`: unique keys,
 aliases bounded, self-referencing anchors refused), and any config nesting deeper than
 :data:`tiler.model.sources.files.MAX_DEPTH` is refused; the network's size is checked before its
 weights are read (:func:`tiler.model.spec.check_size`).
@@ -27,13 +27,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from tiler.config.safe_yaml import load_yaml
 from tiler.errors import ConfigError, ModelError, ReadError
 from tiler.model.checkpoint import LoadedModel, _names_colors, _network_from_state
 from tiler.model.normalize import Normalization
 from tiler.model.sources.detect import BUNDLE_CONFIGS, BUNDLE_WEIGHTS, bundle_config
 from tiler.model.sources.files import check_depth, read_json, read_state, state_of
 from tiler.model.spec import ARCHITECTURES, ModelSpec, check_size, resolve_architecture
+from tiler.yamlsafe import load_yaml
 
 __all__ = ["WEIGHTS", "class_names", "load_bundle", "network_spec", "normalization", "read_config"]
 

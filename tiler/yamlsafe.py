@@ -1,4 +1,7 @@
-"""Safe YAML for config files: unique keys and bounded alias expansion on reading, flow-style lists on writing."""
+"""Safe YAML for every YAML file tiler reads (jobs, archives, MONAI bundles).
+
+Unique keys and bounded alias expansion on reading, flow-style lists on writing.
+"""
 
 from __future__ import annotations
 
