@@ -203,6 +203,16 @@ def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path) -> None:
             time.sleep(2)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         assert "succeeded" in (run.stdout + run.stderr).lower()
+        # a client without the token is told so in one line (not 40 warnings while ray.init retries)
+        unauthenticated = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+        refused = subprocess.run(
+            [str(VENV_BIN / "tiler"), "--quiet", "run", str(config), "--set", f"engine.address=127.0.0.1:{port}",
+             "--set", f"output.path={tmp_path / 'refused.zarr'}"],
+            env=unauthenticated, capture_output=True, text=True, timeout=120,
+        )
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode != 0 and len(lines) == 1, refused.stderr[-3000:]
+        assert "RAY_AUTH_MODE to token" in lines[0] and "***" not in lines[0]
     finally:
         head.terminate()  # stops only this head (never `ray stop`, which would kill the test session's Ray)
         try:

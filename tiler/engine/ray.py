@@ -93,6 +93,40 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def _check_authenticated(address: str) -> None:
+    """Raise EngineError at once when the cluster at ``host:port`` refuses this client's token (or its lack of one).
+
+    ``ray.init`` retries an unauthenticated connection for about 40 s, printing a warning a second; one GCS client
+    answers in milliseconds. Ray's C++ warning of that one attempt is kept off stderr.
+    """
+    target = address.split("://", 1)[-1].rstrip("/")
+    if not target.rpartition(":")[2].isdigit():
+        return  # "auto" and other forms are Ray's to resolve
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:  # another Ray: ray.init reports it, slowly
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                GcsClient(address=target)
+            finally:
+                os.dup2(saved, 2)
+    except ray.exceptions.AuthenticationError as exc:
+        mode = os.environ.get("RAY_AUTH_MODE") or "unset"
+        raise EngineError(
+            f"engine.address / RAY_ADDRESS {address!r}: the cluster refused this client's authentication token "
+            f"({str(exc).split('.')[0]}; RAY_AUTH_MODE is {mode}); fix: set the environment variable RAY_AUTH_MODE to "
+            "token, with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+        ) from None
+    except Exception:  # noqa: BLE001 - anything else is for ray.init to report
+        return
+    finally:
+        os.close(saved)
+
+
 class _DropTokenNotice(logging.Filter):
     """Drops Ray's "Token authentication is enabled for this Ray cluster" notice (a logging warning of ray.init).
 
@@ -166,6 +200,7 @@ def _connect(address: str | None) -> None:
             f"{address} -- tiler run ...`, or join the cluster at its GCS address (head:6379, or 'auto' on a node)"
         )
     _check_reachable(address)
+    _check_authenticated(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and the fix
