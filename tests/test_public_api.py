@@ -25,8 +25,15 @@ def test_importing_tiler_loads_no_heavy_library() -> None:
 
 @pytest.mark.parametrize("name", sorted(set(tiler.__all__) - {"__version__"}))
 def test_every_public_name_resolves(name: str) -> None:
-    assert getattr(tiler, name) is not None
+    from tiler import _LAZY
+
+    value = getattr(tiler, name)
     assert name in dir(tiler)
+    if name in _LAZY:  # the very object of the module the name is documented to come from
+        module, _, attr = _LAZY[name].partition(":")
+        assert value is getattr(importlib.import_module(module), attr or name)
+    else:  # the error classes, imported eagerly
+        assert value is getattr(importlib.import_module("tiler.errors"), name)
 
 
 def test_public_names_are_the_library_objects() -> None:

@@ -57,6 +57,10 @@ _LAZY: dict[str, str] = {
     "load_model": "tiler.model.checkpoint",
     "TileRunner": "tiler.model.runner",
     "Normalization": "tiler.model.normalize",
+    "JobConfig": "tiler.config.schema",
+    "SegmentResult": "tiler.job.finish",
+    "Scores": "tiler.metrics.scores",
+    "run_in_memory": "tiler.engine.local",
 }
 
 __all__ = [
@@ -68,13 +72,16 @@ __all__ = [
     "EngineError",
     "GeometryError",
     "InputError",
+    "JobConfig",
     "ModelError",
     "Normalization",
     "OutputError",
     "OutputStore",
     "ReadError",
     "ScoreError",
+    "Scores",
     "SegmentJob",
+    "SegmentResult",
     "TileGrid",
     "TileRunner",
     "TilerError",
@@ -87,6 +94,7 @@ __all__ = [
     "open_reader",
     "run",
     "run_archive",
+    "run_in_memory",
     "run_many",
     "run_segment",
     "score",
@@ -101,11 +109,15 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from tiler.archive.run import run_archive
     from tiler.blend import Blender, BlendMode
     from tiler.config.loading import load_config
+    from tiler.config.schema import JobConfig
+    from tiler.engine.local import run_in_memory
     from tiler.geometry import BlockPartition, TileGrid, Window
     from tiler.io import open_reader
     from tiler.io.labels import open_labels
     from tiler.io.store import OutputStore
+    from tiler.job.finish import SegmentResult
     from tiler.metrics.files import score_paths as score
+    from tiler.metrics.scores import Scores
     from tiler.model.checkpoint import load_model
     from tiler.model.normalize import Normalization
     from tiler.model.runner import TileRunner

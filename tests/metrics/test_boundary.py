@@ -85,6 +85,9 @@ def test_boundary_iou_is_between_zero_and_one_and_drops_with_shift() -> None:
     iou_far = boundary_counts(truth, far, num_classes=3, width=2).iou()
     for a, b in zip(iou_near, iou_far, strict=True):
         assert a is not None and b is not None and 0.0 <= b < a <= 1.0
+    assert boundary_counts(truth, truth, num_classes=3, width=2).iou() == [1.0, 1.0, 1.0]  # the bounds are met
+    swapped = np.where(truth == 0, 1, np.where(truth == 1, 0, truth))  # classes 0 and 1 trade places
+    assert boundary_counts(truth, swapped, num_classes=3, width=2).iou()[:2] == [0.0, 0.0]
 
 
 @pytest.mark.parametrize(

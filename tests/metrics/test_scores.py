@@ -98,6 +98,11 @@ def test_class_names_must_match_k() -> None:
         scores_from_confusion(CM, class_names=["a", "b"])
 
 
-def test_scores_are_finite_floats() -> None:
-    s = scores_from_confusion(CM)
-    assert all(math.isfinite(v) for v in (s.fwiou, s.miou, s.dice, s.pixel_accuracy, s.mean_class_accuracy))
+def test_dice_and_accuracies_by_hand() -> None:
+    s = scores_from_confusion(CM)  # rows 4, 5, 5 (truth); columns 4, 6, 4 (prediction); 14 pixels
+    assert s.per_class_dice == pytest.approx((6 / 8, 8 / 11, 6 / 9), abs=1e-12)  # 2 TP / (row + column)
+    assert s.dice == pytest.approx((6 / 8 + 8 / 11 + 6 / 9) / 3, abs=1e-12)
+    assert s.per_class_accuracy == pytest.approx((3 / 4, 4 / 5, 3 / 5), abs=1e-12)  # TP / row
+    assert s.mean_class_accuracy == pytest.approx((3 / 4 + 4 / 5 + 3 / 5) / 3, abs=1e-12)
+    assert s.pixel_accuracy == pytest.approx(10 / 14, abs=1e-12)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in (s.fwiou, s.miou, s.dice))

@@ -103,7 +103,7 @@ def _check_authenticated(address: str) -> None:
     if not target.rpartition(":")[2].isdigit():
         return  # "auto" and other forms are Ray's to resolve
     try:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
     except ImportError:  # another Ray: ray.init reports it, slowly
         return
     saved = os.dup(2)
