@@ -74,7 +74,7 @@ def _add_inspect(sub: Any) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from tiler.inspect import describe
+    from tiler.describe import describe
 
     info = describe(args.input, config=args.config, overrides=args.overrides)
     if args.json_logs:

@@ -1,4 +1,7 @@
-"""``tiler inspect``: what an input is, and what a job over it would do and cost."""
+"""``tiler inspect``: what an input is, and what a job over it would do and cost.
+
+Named ``describe`` so as not to shadow the standard library's ``inspect``.
+"""
 
 from __future__ import annotations
 
