@@ -33,7 +33,7 @@ def _outputs(net: torch.nn.Module) -> torch.Tensor:
 
 
 def _save(kind: str, net: torch.nn.Module, path: Path) -> dict:
-    if kind == "project":
+    if kind == "checkpoint":
         save_checkpoint(path, net, spec=SPEC, normalization=NORM, class_names=NAMES)
         return {}
     if kind == "state_dict":
@@ -46,7 +46,7 @@ def _save(kind: str, net: torch.nn.Module, path: Path) -> dict:
     return {}
 
 
-@pytest.mark.parametrize("kind", ["project", "state_dict", "wrapped_state_dict", "torchscript"])
+@pytest.mark.parametrize("kind", ["checkpoint", "state_dict", "wrapped_state_dict", "torchscript"])
 def test_round_trip_gives_identical_outputs(kind, trained, tmp_path):
     path = tmp_path / f"m-{kind}.pt"
     kwargs = _save(kind, trained, path)
@@ -54,7 +54,7 @@ def test_round_trip_gives_identical_outputs(kind, trained, tmp_path):
     assert torch.equal(_outputs(loaded.network), _outputs(trained))
     assert loaded.spec == SPEC
     assert loaded.format == kind.replace("wrapped_", "")
-    if kind in ("project", "torchscript"):
+    if kind in ("checkpoint", "torchscript"):
         assert loaded.normalization == NORM and loaded.class_names == NAMES
     else:
         assert loaded.normalization.kind == "none" and loaded.class_names == (
@@ -135,3 +135,17 @@ def test_wrong_number_of_class_names_is_refused(trained, tmp_path):
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ModelError, match=r"format='keras' is unknown"):
         load_model(tmp_path / "m.h5", format="keras")
+
+
+def test_each_override_replaces_only_its_own_stored_field(trained, tmp_path):
+    colors = [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
+    path = save_checkpoint(tmp_path / "m.pt", trained, spec=SPEC, normalization=NORM, class_names=NAMES,
+                           class_colors=colors)  # fmt: skip
+    renamed = load_model(path, class_names=["w", "x", "y", "z"])
+    assert renamed.class_names == ("w", "x", "y", "z") and renamed.class_colors == tuple(map(tuple, colors))
+    assert renamed.normalization == NORM
+    recoloured = load_model(path, class_colors=[[0, 0, 0]] * 4, normalization={"kind": "none"})
+    assert recoloured.class_names == NAMES and recoloured.class_colors == ((0, 0, 0),) * 4
+    assert recoloured.normalization.kind == "none"
+    with pytest.raises(ModelError, match=r"m\.pt: class_names=\[.a.\] has 1 names but the model predicts 4"):
+        load_model(path, class_names=["a"])

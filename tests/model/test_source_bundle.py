@@ -104,7 +104,7 @@ def test_bundle_runs_through_tiler_like_monai_sliding_window(tmp_path: Path) -> 
 def test_bundle_package_metadata_and_overrides(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path, inference_config())
     loaded = load_model(bundle)
-    assert loaded.format == "bundle" and loaded.spec is not None and loaded.spec.architecture == "UNet"
+    assert loaded.format == "monai" and loaded.spec is not None and loaded.spec.architecture == "UNet"
     assert loaded.class_names == ("background", "liver", "tumour")
     # ScaleIntensityRanged(a_min=-200, a_max=300, 0..1, clip) as tiler's fixed window
     assert loaded.normalization == Normalization("window", mean=(-200.0,), std=(500.0,), window=(-200.0, 300.0))
@@ -217,4 +217,4 @@ def test_untranslatable_preprocessing_is_refused_unless_normalization_is_given(t
     bundle = write_bundle(tmp_path, config)
     with pytest.raises(ModelError, match=r"preprocessing applies \['NormalizeIntensityd'\].*set model\.normalization"):
         load_model(bundle)
-    assert load_model(bundle, normalization=Normalization("meanstd", mean=(0.0,), std=(1.0,))).format == "bundle"
+    assert load_model(bundle, normalization=Normalization("meanstd", mean=(0.0,), std=(1.0,))).format == "monai"

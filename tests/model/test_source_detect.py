@@ -45,12 +45,12 @@ def make(root: Path, kind: str) -> Path:
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
-        pytest.param("bundle", "bundle", id="bundle-folder"),
+        pytest.param("bundle", "monai", id="bundle-folder"),
         pytest.param("smp", "smp", id="smp-folder"),
         pytest.param("onnx", "onnx", id="onnx-file"),
-        pytest.param("safetensors", "safetensors", id="safetensors-file"),
+        pytest.param("safetensors", "state_dict", id="safetensors-file"),
         pytest.param("torchscript", "torchscript", id="torchscript-zip"),
-        pytest.param("pickle", "pickle", id="torch-save"),
+        pytest.param("pickle", "checkpoint", id="torch-save"),
     ],
 )
 def test_detect_source(tmp_path: Path, kind: str, expected: str) -> None:
@@ -78,9 +78,25 @@ def test_formats_that_do_not_fit_the_path_are_refused(
 
 def test_both_kinds_load_when_the_format_is_named(tmp_path: Path) -> None:
     folder = make(tmp_path, "both")
-    assert resolve_source(folder, "monai") == "bundle" and resolve_source(folder, "smp") == "smp"
+    assert resolve_source(folder, "monai") == "monai" and resolve_source(folder, "smp") == "smp"
     with pytest.raises(ReadError, match=r"does not exist"):
         resolve_source(tmp_path / "nothing", "auto")
+
+
+@pytest.mark.parametrize("kind", ["bundle", "smp", "onnx", "safetensors", "torchscript", "pickle"])
+def test_the_detector_the_loader_and_the_config_use_one_vocabulary(tmp_path: Path, kind: str) -> None:
+    from typing import get_args
+
+    from tiler.config.schema import ModelConfig
+    from tiler.model.load import FORMATS, SOURCES
+
+    assert FORMATS == get_args(ModelConfig.model_fields["format"].annotation)
+    path = make(tmp_path, kind)
+    assert detect_source(path) in SOURCES and resolve_source(path, "auto") == detect_source(path)
+
+
+def test_a_monai_state_dict_file_is_read_by_the_state_dict_source(tmp_path: Path) -> None:
+    assert resolve_source(make(tmp_path, "pickle"), "monai") == "state_dict"
 
 
 BASE = {"input": {"path": "a.tif"}, "output": {"path": "o.zarr"}}

@@ -18,14 +18,10 @@ from tiler.engine.executor import Executor
 from tiler.engine.plan import ModelFacts, ModelRef, ReaderRef
 from tiler.errors import ConfigError
 
-__all__ = ["MODEL_FORMATS", "READER_FORMATS", "make_executor", "model_facts", "model_ref", "reader_ref"]
+__all__ = ["READER_FORMATS", "make_executor", "model_facts", "model_ref", "reader_ref"]
 
 READER_FORMATS = {
     "auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto", "dicom": "dicom",
-}  # fmt: skip
-MODEL_FORMATS = {
-    "auto": "auto", "checkpoint": "project", "state_dict": "state_dict", "monai": "monai", "torchscript": "torchscript",
-    "smp": "smp", "onnx": "onnx", "nnunet": "nnunet",
 }  # fmt: skip
 
 
@@ -53,7 +49,7 @@ def reader_ref(cfg: JobConfig) -> ReaderRef:
 def model_ref(cfg: JobConfig) -> ModelRef:
     """The model of ``cfg`` as a picklable reference (loaded in each worker)."""
     m = cfg.model
-    load: dict[str, Any] = {"format": MODEL_FORMATS[m.format]}
+    load: dict[str, Any] = {"format": m.format}  # model.format names a source of load_model (tiler.model.load)
     if m.spec is not None:
         load["spec"] = m.spec.model_dump(mode="json")
     if m.normalization is not None:

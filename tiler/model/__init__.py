@@ -1,4 +1,8 @@
-"""The model layer: specs, normalisation, checkpoints and the tile runner (torch and MONAI only).
+"""The model layer: specs, normalisation, model sources, checkpoints and the tile runner (torch and MONAI only).
+
+Imports go down: the leaves (:mod:`.loaded`, :mod:`.weights`, :mod:`.spec`, :mod:`.normalize`, :mod:`.memory`),
+then :mod:`.sources` (one module per format), then :mod:`.load` (``load_model`` and its ``SOURCES`` table) and
+:mod:`.checkpoint` (saving); :mod:`.runner` needs only :mod:`.loaded`.
 
 The names are imported lazily (PEP 562): ``import tiler.model.sources.detect`` or
 ``tiler.model.normalize`` does not pay for torch and MONAI, which a driver that only plans never needs.
@@ -14,8 +18,9 @@ _LAZY: dict[str, str] = {
     "ARCHITECTURES": "tiler.model.spec",
     "ModelSpec": "tiler.model.spec",
     "build_network": "tiler.model.spec",
-    "LoadedModel": "tiler.model.checkpoint",
-    "load_model": "tiler.model.checkpoint",
+    "LoadedModel": "tiler.model.loaded",
+    "SOURCES": "tiler.model.load",
+    "load_model": "tiler.model.load",
     "save_checkpoint": "tiler.model.checkpoint",
     "save_torchscript": "tiler.model.checkpoint",
     "Normalization": "tiler.model.normalize",
@@ -27,6 +32,7 @@ __all__ = [
     "LoadedModel",
     "ModelSpec",
     "Normalization",
+    "SOURCES",
     "TileRunner",
     "build_network",
     "load_model",
@@ -39,7 +45,9 @@ __getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 if TYPE_CHECKING:
-    from tiler.model.checkpoint import LoadedModel, load_model, save_checkpoint, save_torchscript
+    from tiler.model.checkpoint import save_checkpoint, save_torchscript
+    from tiler.model.load import SOURCES, load_model
+    from tiler.model.loaded import LoadedModel
     from tiler.model.normalize import Normalization
     from tiler.model.runner import TileRunner
     from tiler.model.spec import ARCHITECTURES, ModelSpec, build_network

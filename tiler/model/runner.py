@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tiler.errors import ModelError
-from tiler.model.checkpoint import LoadedModel
+from tiler.model.loaded import LoadedModel
 
 __all__ = ["MEMORY_FORMATS", "PRECISIONS", "HostBatch", "TileRunner", "resolve_device"]
 

@@ -23,19 +23,24 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from tiler.errors import ConfigError, ModelError, ReadError
-from tiler.model.checkpoint import LoadedModel, _names_colors, _network_from_state
+from tiler.model.loaded import Opened, names_colors
 from tiler.model.normalize import Normalization
 from tiler.model.sources.detect import BUNDLE_CONFIGS, BUNDLE_WEIGHTS, bundle_config
 from tiler.model.sources.files import check_depth, read_json, read_state, state_of
 from tiler.model.spec import ARCHITECTURES, ModelSpec, check_size, resolve_architecture
+from tiler.model.weights import network_from_state
 from tiler.yamlsafe import load_yaml
 
-__all__ = ["WEIGHTS", "class_names", "load_bundle", "network_spec", "normalization", "read_config"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["WEIGHTS", "class_names", "network_spec", "normalization", "open_bundle", "read_config"]
 
 WEIGHTS = BUNDLE_WEIGHTS
 _MARKS = {
@@ -258,25 +263,22 @@ def _weights(folder: Path) -> Path:
     raise ReadError(f"MONAI bundle {folder} has no weights ({' or '.join(WEIGHTS)}); add the trained state dict.")
 
 
-def load_bundle(
-    folder: Path,
-    *,
-    spec: ModelSpec | None = None,
-    normalization_override: Normalization | None = None,
-    class_names_override: Sequence[str] | None = None,
-    class_colors: Sequence[Sequence[int]] | None = None,
-) -> LoadedModel:
-    """Build a bundle's network from its literal ``network_def`` and load ``models/model.pt`` (weights only).
+def open_bundle(
+    folder: Path, *, spec: ModelSpec | None, settings: Mapping[str, Any] | None = None, asked: str = "monai"
+) -> Opened:
+    """Open a bundle: the network of its literal ``network_def`` (or ``spec``), its weights read when it is built.
+
+    Its preprocessing (:func:`normalization`) and ``metadata.json`` class names (:func:`class_names`) are read
+    only when the caller gives none, before the weights (``models/model.pt`` weights-only, or safetensors).
 
     Args:
         folder: The bundle folder (holding ``configs/inference.json``).
         spec: Build this network instead of ``network_def`` (which is then not read).
-        normalization_override: Use this instead of the bundle's preprocessing.
-        class_names_override: Use these instead of ``metadata.json``'s channel names.
-        class_colors: One RGB colour per class.
+        settings: Unused (a bundle has no settings of its own).
+        asked: The ``model.format`` asked for.
 
     Returns:
-        The loaded model, format ``"bundle"``.
+        The opened bundle, format ``"monai"``.
 
     """
     config_path = bundle_config(folder)
@@ -287,9 +289,13 @@ def load_bundle(
     use_spec = spec if spec is not None else network_spec(config, source=source)
     built_from = f"{source} network_def" if spec is None else "model.spec"
     check_size(use_spec, source=built_from)  # before the weights are read or anything allocated
-    norm = normalization_override or normalization(config, source=source) or Normalization()
-    names = class_names_override or class_names(folder, use_spec.out_channels)
-    weights = _weights(folder)
-    network = _network_from_state(state_of(read_state(weights), weights), use_spec, weights, source=built_from)
-    out_names, colors = _names_colors(use_spec, names, class_colors, source=f"MONAI bundle {folder}")
-    return LoadedModel(network, use_spec, norm, out_names, colors, folder, "bundle")
+
+    def network() -> torch.nn.Module:
+        weights = _weights(folder)
+        return network_from_state(state_of(read_state(weights), weights), use_spec, weights, source=built_from)
+
+    return Opened(
+        "monai", use_spec, network, partial(names_colors, use_spec, source=f"MONAI bundle {folder}"),
+        normalization=lambda: normalization(config, source=source),
+        class_names=lambda: class_names(folder, use_spec.out_channels),
+    )  # fmt: skip

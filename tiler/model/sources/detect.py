@@ -1,4 +1,9 @@
-"""Format detection: which model source reads a path, decided from file names and magic bytes (nothing is loaded)."""
+"""Format detection: which model source reads a path, decided from file and folder names (nothing is loaded).
+
+Both functions answer with a source's name, the ``model.format`` that reads the path (the keys of
+:data:`tiler.model.load.SOURCES`): ``checkpoint``, ``state_dict``, ``monai``, ``torchscript``, ``smp``, ``onnx``,
+``nnunet``. Whether a file is a model file at all is :func:`tiler.model.weights.check_weights_file`.
+"""
 
 from __future__ import annotations
 
@@ -8,95 +13,15 @@ from pathlib import Path
 
 from tiler.errors import ModelError, ReadError
 
-__all__ = ["BUNDLE_CONFIGS", "BUNDLE_WEIGHTS", "NNUNET_FILES", "SMP_FILES", "check_weights_file", "detect_source",
-           "fold_checkpoints", "fold_dirs", "is_nnunet_folder", "not_weights", "resolve_source"]
+__all__ = ["BUNDLE_CONFIGS", "BUNDLE_WEIGHTS", "FOLDER_SOURCES", "NNUNET_FILES", "SMP_FILES", "detect_source",
+           "fold_checkpoints", "fold_dirs", "is_nnunet_folder", "resolve_source"]
 
 BUNDLE_CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
 BUNDLE_WEIGHTS = ("models/model.safetensors", "models/model.pt")
 SMP_FILES = ("config.json", "model.safetensors")
 NNUNET_FILES = ("plans.json", "dataset.json", "fold_<k>/*.pth")
-
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"II*\x00", "a TIFF image (a GeoTIFF, a slide or a scan)"),
-    (b"MM\x00*", "a TIFF image (a GeoTIFF, a slide or a scan)"),
-    (b"II+\x00", "a BigTIFF image"),
-    (b"MM\x00+", "a BigTIFF image"),
-    (b"\x89PNG", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"\x1f\x8b", "a gzip-compressed file (a .nii.gz volume?)"),
-    (b"\x93NUMPY", "a NumPy array (.npy)"),
-    (b"\x89HDF", "an HDF5 file (a Keras .h5 model is not a PyTorch model)"),
-    (b"DICM", "a DICOM file"),
-    (b"%PDF", "a PDF document"),
-)
-"""Leading bytes of files that are often given as a model by mistake, and what they are."""
-_FIX = (
-    "give model.weights the model itself: a .pt/.pth checkpoint (torch.save), a TorchScript file, a .safetensors "
-    "or .onnx file, or a MONAI bundle, smp or nnU-Net folder"
-)
-
-
-def _is_text(head: bytes) -> bool:
-    """Whether ``head`` reads as text (UTF-8 without control bytes other than whitespace)."""
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as err:  # a multi-byte character cut at the end of the head still counts as text
-        if err.start < len(head) - 3:
-            return False
-        text = head[: err.start].decode("utf-8")
-    return all(c.isprintable() or c in "\t\r\n\f" for c in text)
-
-
-def not_weights(path: Path) -> str | None:
-    """What ``path`` is when it certainly is not a ``torch.save`` file (read from its first bytes), else None.
-
-    A ``torch.save`` file is a zip archive (holding ``data.pkl``) or, in the legacy format, a pickle that
-    starts with the protocol byte ``0x80``; anything else is named from its magic bytes (TIFF, PNG, gzip,
-    NumPy, HDF5, DICOM at offset 128, NIfTI at offset 344, safetensors), as JSON or text, or as unknown bytes.
-    """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except OSError:
-        return None  # torch.load names the problem
-    if not head:
-        return "an empty file"
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return None
-        return None if any(n.endswith("data.pkl") for n in names) else "a zip archive holding no data.pkl"
-    if head[:1] == b"\x80":
-        return None
-    if head[128:132] == b"DICM":
-        return "a DICOM file"
-    if head[344:348] in (b"n+1\x00", b"ni1\x00"):
-        return "a NIfTI image"
-    for magic, what in _MAGIC:
-        if head.startswith(magic):
-            return what
-    if len(head) > 9 and head[8:10] in (b'{"', b"{'") and int.from_bytes(head[:8], "little") < 100 * 2**20:
-        return "a safetensors file (name it *.safetensors)"
-    if _is_text(head):
-        stripped = head.lstrip()
-        if stripped[:1] in (b"{", b"["):
-            return "a JSON text file (a config, not the weights)"
-        return "a text file"
-    return f"binary data of another kind (it starts with the bytes {head[:8]!r})"
-
-
-def check_weights_file(path: Path, *, what: str = "checkpoint") -> None:
-    """Refuse, before ``torch.load``, a file that is not a ``torch.save`` file, saying what it is instead.
-
-    Raises:
-        ReadError: ``"checkpoint scene.tif could not be read: it is not a model file but a TIFF image ...; fix: ..."``.
-
-    """
-    found = not_weights(path)
-    if found is not None:
-        raise ReadError(f"{what} {path} could not be read: it is not a model file but {found}; fix: {_FIX}.")
+FOLDER_SOURCES = ("monai", "smp", "nnunet")
+"""The sources that read a folder (a MONAI bundle, an smp ``save_pretrained`` folder, an nnU-Net results folder)."""
 
 
 def is_torchscript(path: Path) -> bool:
@@ -151,31 +76,31 @@ def is_nnunet_folder(folder: Path) -> bool:
 
 
 def detect_source(path: Path) -> str:
-    """Name the source that reads ``path``.
+    """Name the source that reads ``path`` under ``model.format: auto``.
 
     Returns:
-        ``"bundle"`` (a folder with ``configs/inference.json``), ``"smp"`` (a folder with ``config.json``
-        and ``model.safetensors``), ``"nnunet"`` (a folder with ``plans.json``, ``dataset.json`` and
-        ``fold_<k>/*.pth``), ``"onnx"`` (``*.onnx``), ``"torchscript"`` (a TorchScript archive),
-        ``"safetensors"`` (``*.safetensors``: a state dict) or ``"pickle"`` (a ``torch.save`` file: a
-        tiler checkpoint or a state dict).
+        ``"monai"`` (a MONAI bundle: a folder with ``configs/inference.json``), ``"smp"`` (a folder with
+        ``config.json`` and ``model.safetensors``), ``"nnunet"`` (a folder with ``plans.json``, ``dataset.json`` and
+        ``fold_<k>/*.pth``), ``"onnx"`` (``*.onnx``), ``"torchscript"`` (a TorchScript archive), ``"state_dict"``
+        (``*.safetensors``) or ``"checkpoint"`` (any other file: a ``torch.save`` file, a tiler checkpoint or a
+        plain state dict, which the checkpoint source tells apart when it reads it).
 
     Raises:
         ReadError: Nothing exists at ``path``.
-        ModelError: A folder that is neither kind, or both.
+        ModelError: A folder that is neither kind, or several.
 
     """
     if path.is_dir():
         kinds = {
-            "bundle": (bundle_config(path) is not None, f"a MONAI bundle ({BUNDLE_CONFIGS[0]})", "monai"),
-            "smp": (is_smp_folder(path), f"an smp folder ({' + '.join(SMP_FILES)})", "smp"),
-            "nnunet": (is_nnunet_folder(path), f"an nnU-Net results folder ({' + '.join(NNUNET_FILES)})", "nnunet"),
+            "monai": (bundle_config(path) is not None, f"a MONAI bundle ({BUNDLE_CONFIGS[0]})"),
+            "smp": (is_smp_folder(path), f"an smp folder ({' + '.join(SMP_FILES)})"),
+            "nnunet": (is_nnunet_folder(path), f"an nnU-Net results folder ({' + '.join(NNUNET_FILES)})"),
         }
-        found = [k for k, (hit, _, _) in kinds.items() if hit]
+        found = [k for k, (hit, _) in kinds.items() if hit]
         if len(found) > 1:
             raise ModelError(
                 f"model folder {path} is both {' and '.join(kinds[k][1] for k in found)}; set model.format to one of "
-                f"{[kinds[k][2] for k in found]}."
+                f"{found}."
             )
         if found:
             return found[0]
@@ -192,18 +117,20 @@ def detect_source(path: Path) -> str:
     if suffix == ".onnx":
         return "onnx"
     if suffix == ".safetensors":
-        return "safetensors"
+        return "state_dict"
     if is_torchscript(path):
         return "torchscript"
-    return "pickle"
+    return "checkpoint"
 
 
 def resolve_source(path: Path, format: str) -> str:
     """The source that reads ``path`` under ``model.format``: detected for ``auto``, checked otherwise.
 
+    A named format is its own source, except ``monai`` for a file: a MONAI network's plain state dict, read by
+    ``state_dict``.
+
     Returns:
-        ``"bundle"``, ``"smp"``, ``"nnunet"``, ``"onnx"``, ``"torchscript"``, or ``"tensors"`` (a tiler checkpoint or a
-        state dict in a ``torch.save`` or safetensors file).
+        ``"checkpoint"``, ``"state_dict"``, ``"monai"``, ``"torchscript"``, ``"smp"``, ``"onnx"`` or ``"nnunet"``.
 
     Raises:
         ReadError: Nothing exists at ``path``, or a file format needs a file and got a folder.
@@ -215,12 +142,11 @@ def resolve_source(path: Path, format: str) -> str:
             f"checkpoint {path} does not exist (or is not a file); give the path of a model file or folder."
         )
     if format == "auto":
-        found = detect_source(path)
-        return "tensors" if found in ("pickle", "safetensors") else found
+        return detect_source(path)
     if format == "monai" and path.is_dir():
         if bundle_config(path) is None:
             raise ModelError(f"model.format='monai' but {path} is not a MONAI bundle (no {BUNDLE_CONFIGS[0]}).")
-        return "bundle"
+        return "monai"
     if format == "smp" and not (path.is_dir() and is_smp_folder(path)):
         raise ModelError(
             f"model.format='smp' but {path} is not a folder with {' + '.join(SMP_FILES)}; give the folder "
@@ -240,4 +166,4 @@ def resolve_source(path: Path, format: str) -> str:
             f"checkpoint {path} is a folder; model.format={format!r} reads one file. Give the file, or use "
             "model.format: auto for a MONAI bundle, smp or nnU-Net folder."
         )
-    return "torchscript" if format == "torchscript" else "tensors"
+    return "state_dict" if format == "monai" else format

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from tiler.errors import ModelError, ReadError
-from tiler.model.checkpoint import _safe_load, check_state
+from tiler.model.weights import check_state, safe_load
 
 __all__ = ["MAX_DEPTH", "check_depth", "load_state", "read_json", "read_state", "state_of"]
 
@@ -79,7 +79,7 @@ def read_state(path: Path) -> Any:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as err:
             raise ReadError(f"weights {path} are not a readable safetensors file ({err}).") from err
-    return _safe_load(path)
+    return safe_load(path)
 
 
 def state_of(data: Any, path: Path) -> Mapping[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from tiler.errors import TilerError
 from tiler.model.sources.detect import (
     BUNDLE_WEIGHTS,
+    FOLDER_SOURCES,
     SMP_FILES,
     bundle_config,
     detect_source,
@@ -34,7 +35,6 @@ __all__ = ["external_data", "model_files"]
 
 _LOCATION = re.compile(rb"\x0a\x08location\x12")
 """An ONNX ``StringStringEntryProto`` whose key (field 1) is ``location``, followed by its value (field 2)."""
-_FOLDER_FORMATS = {"monai": "bundle", "smp": "smp", "nnunet": "nnunet"}
 
 
 def _varint(data: bytes | mmap.mmap, at: int) -> tuple[int, int]:
@@ -112,11 +112,11 @@ def model_files(
     if not p.is_dir():
         return None
     try:
-        kind = _FOLDER_FORMATS.get(format) or detect_source(p)
+        kind = format if format in FOLDER_SOURCES else detect_source(p)
     except TilerError:
         return None  # neither kind, or both: loading the model names the problem
     files: list[Path | None]
-    if kind == "bundle":
+    if kind == "monai":
         weights = next((p / w for w in BUNDLE_WEIGHTS if (p / w).is_file()), None)
         files = [bundle_config(p), p / "configs" / "metadata.json", weights]
     elif kind == "smp":

@@ -20,17 +20,20 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from tiler.errors import ModelError, ReadError
-from tiler.model.checkpoint import LoadedModel
+from tiler.model.loaded import Labels, Opened, class_labels
 from tiler.model.normalize import Normalization
-from tiler.model.sources.outputs import as_logits, class_labels
+from tiler.model.sources.outputs import as_logits
 
-__all__ = ["LAYOUTS", "OUTPUTS", "OnnxNetwork", "OnnxOptions", "load_onnx", "metadata_entry"]
+if TYPE_CHECKING:
+    from tiler.model.spec import ModelSpec
+
+__all__ = ["LAYOUTS", "OUTPUTS", "OnnxNetwork", "OnnxOptions", "metadata_entry", "open_onnx"]
 
 LAYOUTS = ("channels_first", "channels_last")
 OUTPUTS = ("logits", "probabilities")
@@ -214,35 +217,32 @@ def _pick(items: Sequence[Any], name: str | None, what: str, path: Path) -> Any:
     raise ModelError(f"ONNX model {path} has no {what} {name!r}; its {what}s are {[i.name for i in items]}.")
 
 
-def load_onnx(
-    path: Path,
-    *,
-    options: Mapping[str, Any] | None = None,
-    normalization: Normalization | None = None,
-    class_names: Sequence[str] | None = None,
-    class_colors: Sequence[Sequence[int]] | None = None,
-) -> LoadedModel:
-    """Open an ONNX model and wrap it as the network of a loaded model.
+def open_onnx(
+    path: Path, *, spec: ModelSpec | None, settings: Mapping[str, Any] | None = None, asked: str = "onnx"
+) -> Opened:
+    """Open an ONNX model and wrap it as a network, with the ``tiler`` entry of its metadata as what it stores.
 
     Args:
         path: The ``.onnx`` file.
-        options: :class:`OnnxOptions` fields (the config's ``model.onnx``); they override the file's
+        spec: Must be None: the graph is the network.
+        settings: :class:`OnnxOptions` fields (the config's ``model.onnx``); they override the file's
             ``tiler`` metadata entry.
-        normalization: Overrides the file's metadata normalisation (default none).
-        class_names: Overrides the file's metadata class names (needed when the class axis is dynamic).
-        class_colors: Overrides the file's metadata colours.
+        asked: The ``model.format`` asked for.
 
     Returns:
-        The loaded model, format ``"onnx"`` (no MONAI spec).
+        The opened model, format ``"onnx"`` (no MONAI spec). Its class count comes from the output's class axis,
+        else from the class names (the caller's, else the metadata's).
 
     """
+    if spec is not None:
+        raise ModelError(f"model {path} is onnx: it carries its own network, so a model spec does not apply.")
     ort = _ort()
     probe = ort.SessionOptions()
     probe.intra_op_num_threads = 1
     session = open_session(path, probe, ["CPUExecutionProvider"])
     meta = _metadata(session, path)
     layout: dict[str, Any] = {k: meta[k] for k in (f.name for f in fields(OnnxOptions)) if k in meta}
-    opts = OnnxOptions.from_dict({**layout, **dict(options or {})}, source=f"ONNX model {path}")
+    opts = OnnxOptions.from_dict({**layout, **dict(settings or {})}, source=f"ONNX model {path}")
     inp = _pick(session.get_inputs(), opts.input_name, "input", path)
     out = _pick(session.get_outputs(), opts.output_name, "output", path)
     if inp.type not in _DTYPES:
@@ -251,24 +251,31 @@ def load_onnx(
     if len(shape) not in (4, 5):
         raise ModelError(f"ONNX model {path}: input {inp.name!r} has shape {inp.shape}; give a 2D or 3D image model.")
     axis_dim = out.shape[opts.class_axis] if -len(out.shape) <= opts.class_axis < len(out.shape) else "missing"
-    names = class_names or meta.get("class_names")
-    if isinstance(axis_dim, int):
-        classes = 2 if axis_dim == 1 else axis_dim
-    elif names:
-        classes = len(names)
-    else:
-        raise ModelError(
-            f"ONNX model {path}: output {out.name!r} has shape {out.shape}, so class_axis={opts.class_axis} does not "
-            "give the number of classes; set model.class_names (one per class) or model.onnx.class_axis."
-        )
-    norm = normalization
-    if norm is None and meta.get("normalization"):
-        norm = Normalization.from_dict(meta["normalization"], source=f"ONNX model {path} metadata")
-    labels = class_labels(classes, names, class_colors or meta.get("class_colors"), model=f"ONNX model {path}")
+
+    def labels(names: Any, colors: Any) -> Labels:
+        if isinstance(axis_dim, int):
+            classes = 2 if axis_dim == 1 else axis_dim
+        elif names:
+            classes = len(names)
+        else:
+            raise ModelError(
+                f"ONNX model {path}: output {out.name!r} has shape {out.shape}, so class_axis={opts.class_axis} does "
+                "not give the number of classes; set model.class_names (one per class) or model.onnx.class_axis."
+            )
+        return class_labels(classes, names, colors, model=f"ONNX model {path}")
+
+    def normalization() -> Normalization | None:
+        if not meta.get("normalization"):
+            return None
+        return Normalization.from_dict(meta["normalization"], source=f"ONNX model {path} metadata")
+
     network = OnnxNetwork(
         path, opts, input_name=inp.name, input_shape=shape, input_dtype=_DTYPES[inp.type], output_name=out.name
-    )
-    return LoadedModel(network.eval(), None, norm or Normalization(), *labels, path, "onnx")
+    ).eval()
+    return Opened(
+        "onnx", None, lambda: network, labels, normalization=normalization,
+        class_names=lambda: meta.get("class_names"), class_colors=meta.get("class_colors"),
+    )  # fmt: skip
 
 
 def metadata_entry(

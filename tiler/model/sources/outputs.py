@@ -1,37 +1,13 @@
-"""Model outputs: a network's output as the ``(N, K, *S)`` logits the runner softmaxes, and the class labels."""
+"""Model outputs: a network's output as the ``(N, K, *S)`` logits the runner softmaxes.
+
+The class names and colours of a network without a spec are :func:`tiler.model.loaded.class_labels`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from tiler.errors import ModelError
-from tiler.model.checkpoint import check_names_colors
-from tiler.palette import default_colors as _default_colors
-
-__all__ = ["TwoClassLogits", "as_logits", "class_labels"]
-
-
-def class_labels(
-    classes: int,
-    names: Sequence[str] | None,
-    colors: Sequence[Sequence[int]] | None,
-    *,
-    model: str,
-) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
-    """One name and one RGB colour per class: the given ones (checked), else ``class_i`` and the default palette."""
-    check_names_colors(names, colors, source=model)
-    out_names = tuple(str(n) for n in names) if names else tuple(f"class_{i}" for i in range(classes))
-    if len(out_names) != classes:
-        raise ModelError(
-            f"class_names={list(out_names)} has {len(out_names)} names but {model} predicts {classes} classes; "
-            "give one name per class."
-        )
-    out_colors = tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors) if colors else _default_colors(classes)
-    if len(out_colors) != classes:
-        raise ModelError(f"class_colors has {len(out_colors)} colours for {classes} classes; give one each.")
-    return out_names, out_colors
+__all__ = ["TwoClassLogits", "as_logits"]
 
 
 def as_logits(y: torch.Tensor, *, probabilities: bool) -> torch.Tensor:

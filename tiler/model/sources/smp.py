@@ -15,22 +15,25 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tiler.errors import ModelError, ReadError
-from tiler.model.checkpoint import LoadedModel
+from tiler.model.loaded import Opened, class_labels
 from tiler.model.memory import check_network_size
-from tiler.model.normalize import Normalization
 from tiler.model.sources.detect import SMP_FILES
 from tiler.model.sources.files import load_state, read_json, read_state
-from tiler.model.sources.outputs import TwoClassLogits, class_labels
+from tiler.model.sources.outputs import TwoClassLogits
 
-__all__ = ["ARCHITECTURES", "load_smp", "read_config"]
+if TYPE_CHECKING:
+    from tiler.model.spec import ModelSpec
+
+__all__ = ["ARCHITECTURES", "open_smp", "read_config"]
 
 ARCHITECTURES = (
     "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "PAN", "UPerNet",
@@ -157,25 +160,23 @@ def _build(name: str, kwargs: Mapping[str, Any], path: Path) -> torch.nn.Module:
         ) from err
 
 
-def load_smp(
-    folder: Path,
-    *,
-    normalization: Normalization | None = None,
-    class_names: Sequence[str] | None = None,
-    class_colors: Sequence[Sequence[int]] | None = None,
-) -> LoadedModel:
+def open_smp(
+    folder: Path, *, spec: ModelSpec | None, settings: Mapping[str, Any] | None = None, asked: str = "smp"
+) -> Opened:
     """Build an smp model from a ``save_pretrained`` folder and load its safetensors weights.
 
     Args:
         folder: The folder holding ``config.json`` and ``model.safetensors``.
-        normalization: How raw pixels are normalised (smp's config does not record it).
-        class_names: One name per class (two for a one-channel model).
-        class_colors: One RGB colour per class.
+        spec: Must be None: the config gives the network.
+        settings: Unused (smp's config records no normalisation or class names: give them in tiler's config).
+        asked: The ``model.format`` asked for.
 
     Returns:
-        The loaded model, format ``"smp"`` (no MONAI spec).
+        The opened model, format ``"smp"`` (no MONAI spec; two classes for a one-channel model).
 
     """
+    if spec is not None:
+        raise ModelError(f"model {folder} is smp: it carries its own network, so a model spec does not apply.")
     name, kwargs = read_config(folder)
     weights = folder / SMP_FILES[1]
     if not weights.is_file():
@@ -188,5 +189,4 @@ def load_smp(
     if classes == 1:
         network = TwoClassLogits(network).eval()
         classes = 2
-    names, colors = class_labels(classes, class_names, class_colors, model=built)
-    return LoadedModel(network, None, normalization or Normalization(), names, colors, folder, "smp")
+    return Opened("smp", None, lambda: network, partial(class_labels, classes, model=built))

@@ -6,7 +6,7 @@
 * :mod:`.ensemble` — transpose, 2D slicing, mirroring and folds of one tile as a torch module;
 * :mod:`.intensity` — nnU-Net's normalisation schemes in tiler's terms, and the pass over an input they need;
 * :mod:`.job` — an input checked against the configuration (tiling, spacing, cropping) before a job runs;
-* :mod:`.loader` — all of it as a :class:`~tiler.model.checkpoint.LoadedModel`.
+* :mod:`.loader` — all of it as a :class:`~tiler.model.loaded.Opened`.
 
 The sliding-window step rule and the gaussian are tiler's own options (``tiling.rule: nnunet``,
 ``tiling.blend: nnunet``: :func:`tiler.geometry.axis_starts`, :mod:`tiler.blend`).
@@ -15,7 +15,7 @@ The sliding-window step rule and the gaussian are tiler's own options (``tiling.
 from tiler.model.sources.nnunet.folder import NnunetSettings, ResultsFolder, is_nnunet_folder
 from tiler.model.sources.nnunet.intensity import ImageFacts, measure
 from tiler.model.sources.nnunet.job import expected_tiling, job_options
-from tiler.model.sources.nnunet.loader import load_nnunet
+from tiler.model.sources.nnunet.loader import open_nnunet
 
 __all__ = [
     "ImageFacts",
@@ -24,6 +24,6 @@ __all__ = [
     "expected_tiling",
     "is_nnunet_folder",
     "job_options",
-    "load_nnunet",
     "measure",
+    "open_nnunet",
 ]

@@ -34,8 +34,7 @@ import numpy as np
 import torch
 
 from tiler.errors import ModelError, ReadError
-from tiler.model.checkpoint import check_archive_size
-from tiler.model.sources.detect import check_weights_file
+from tiler.model.weights import check_archive_size, check_weights_file
 
 __all__ = ["NUMPY_SCALARS", "Checkpoint", "read_checkpoint"]
 
