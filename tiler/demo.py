@@ -60,7 +60,7 @@ def _model(domain: str, models: Path, quiet: bool) -> Path:
             _say(quiet, f"reusing model {path}")
             return path
         _say(quiet, f"retraining {path}: {why}")
-    _say(quiet, f"training the {domain} demo model ({cfg.steps} steps, about a minute on 2 CPU cores) → {path}")
+    _say(quiet, f"training the {domain} demo model ({cfg.steps} steps: a minute or two on 2 CPU cores) → {path}")
     result = train(cfg, log_every=0 if quiet else 50)
     _say(quiet, f"trained in {result.seconds:.0f} s, final loss {result.losses[-1]:.3f}")
     return path

@@ -137,7 +137,9 @@ def _named_death(future: Future[T]) -> Future[T]:
         except BrokenProcessPool as exc:
             out.set_exception(EngineError(
                 f"a finishing worker process died ({exc}); the input is not marked complete: rerun to finish it "
-                "(its blocks are kept), and check the machine's memory if it happens again"
+                "(its blocks are kept). If it happens again: from a Python script, call tiler under "
+                "`if __name__ == \"__main__\":` (worker processes import the script again, as multiprocessing "
+                "does), else check the machine's memory"
             ))
         except BaseException as exc:  # noqa: BLE001 - the step's own error, handed over as it is
             out.set_exception(exc)
