@@ -30,7 +30,6 @@ def _config(root: Path, exports: list[str], **output: object) -> Path:
     return path
 
 
-@pytest.mark.filterwarnings("ignore:Object at .tiler is not recognized")
 def test_a_run_without_truth_reports_class_areas_and_writes_every_export(tmp_path):
     import geopandas as gpd
 

@@ -1,6 +1,9 @@
-"""The output store opened as xarray/rioxarray users open zarr: dimension names, coordinates and the CRS."""
+"""The output store opened as xarray/rioxarray users open zarr: dimension names, coordinates, the CRS, nodata."""
 
 from __future__ import annotations
+
+import json
+import warnings
 
 import numpy as np
 import pytest
@@ -13,11 +16,9 @@ from tiler.io.base import Georef
 from tiler.io.scenes_files import write_satellite
 from tiler.io.store import TRANSFORM_ORDER, OutputStore
 
-pytestmark = pytest.mark.filterwarnings("ignore:Object at .tiler is not recognized")
 
-
-def _open(path):
-    return xr.open_zarr(path, consolidated=False)
+def _open(path, **kwargs):
+    return xr.open_zarr(path, **kwargs)
 
 
 def test_raster_store_gives_xarray_the_inputs_crs_and_pixel_centres(tmp_path, stand_in):
@@ -40,7 +41,10 @@ def test_raster_store_gives_xarray_the_inputs_crs_and_pixel_centres(tmp_path, st
         assert np.allclose(ds["x"].values, xs) and np.allclose(ds["y"].values, ys)
         assert ds["labels"].rio.crs == src.crs == ds.rio.crs
         assert ds["labels"].rio.transform() == src.transform
-    assert np.array_equal(ds["labels"].values, labels)
+    raw = _open(store.path, mask_and_scale=False)["labels"]
+    assert raw.dtype == np.uint8 and np.array_equal(raw.values, labels)
+    masked = np.where(labels == store.nodata_label, np.nan, labels)  # labels' _FillValue: nodata masked by default
+    assert np.array_equal(ds["labels"].values, masked, equal_nan=True) and np.isnan(masked).any()
     assert "spatial_ref" in ds["labels"].coords
     assert store.attrs["georef_transform_order"] == TRANSFORM_ORDER
     a, b, c, d, e, f = store.georef.transform
@@ -73,3 +77,40 @@ def test_a_store_without_georeferencing_has_positions_only(tmp_path):
     store = OutputStore.create(tmp_path / "s.zarr", shape=(20, 30), num_classes=2, chunks=(20, 30), pixels_hash="c")
     ds = _open(store.path)
     assert ds["labels"].dims == ("y", "x") and not ds.coords  # nothing claimed that is not known
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "nodata_label", "dtype"),
+    [
+        pytest.param(3, 255, np.uint8, id="uint8-255"),
+        pytest.param(3, 0, np.uint8, id="uint8-0"),
+        pytest.param(300, 1000, np.uint16, id="uint16-1000"),
+    ],
+)
+def test_open_zarr_gives_no_warning_and_rio_nodata_is_the_nodata_label(tmp_path, num_classes, nodata_label, dtype):
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    store = OutputStore.create(
+        tmp_path / "s.zarr", shape=(40, 60), num_classes=num_classes, chunks=(20, 30), pixels_hash="c",
+        nodata_label=nodata_label, probabilities="float16", attrs={"georef": Georef(kind="slide", mpp=0.5)},
+    )
+    store.record_block("0_0", {"tiles_run": 1}, Window((0, 0), (20, 30)))  # the .tiler folder is there, not zarr's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the consolidated-metadata RuntimeWarning, zarr's ".tiler" warning: none
+        ds = xr.open_zarr(store.path)
+        raw = xr.open_zarr(store.path, mask_and_scale=False)
+    assert raw["labels"].dtype == dtype and raw["labels"].rio.nodata == nodata_label == store.nodata_label
+    assert ds["labels"].rio.encoded_nodata == nodata_label and np.isnan(ds["labels"].rio.nodata)
+    assert np.isnan(ds["labels"].values).all()  # nothing written yet: every pixel is nodata
+    assert "_FillValue" not in raw["probabilities"].attrs  # a probability of 0 is not nodata
+    labels_meta = json.loads((store.path / "labels" / "zarr.json").read_text())
+    assert labels_meta["fill_value"] == labels_meta["attributes"]["_FillValue"] == nodata_label  # one nodata value
+
+
+def test_the_consolidated_metadata_is_the_arrays_own_and_survives_attribute_rewrites(tmp_path):
+    store = OutputStore.create(tmp_path / "s.zarr", shape=(20, 30), num_classes=2, chunks=(20, 30), pixels_hash="c")
+    store.mark_complete({"blocks_total": 0})
+    meta = json.loads((store.path / "zarr.json").read_text())
+    consolidated = meta["consolidated_metadata"]["metadata"]
+    assert meta["attributes"]["complete"] is True and sorted(consolidated) == ["labels"]
+    assert consolidated["labels"] == json.loads((store.path / "labels" / "zarr.json").read_text())

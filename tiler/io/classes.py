@@ -6,8 +6,9 @@ Rules stated once:
   foreground. Scores average over the foreground classes beside the all-class means, and polygon exports
   leave the background class out unless asked for it by name.
 * **Areas.** Per-class pixel counts come from the block records (each block worker counts its labels while
-  writing them, so no second pass over the pixels); a record written before blocks carried counts is
-  recounted from the store, that block only. A pixel's size in real units follows from the georeferencing:
+  writing them, so no second pass over the pixels), read as :class:`~tiler.io.store.StoredBlock`; a record
+  written before blocks carried counts is recounted from the store, that block only. A pixel's size in real
+  units follows from the georeferencing:
 
   ======================== ==================================================== ===========
   output                   one pixel                                            reported in
@@ -38,7 +39,7 @@ from tiler.geometry import Window
 from tiler.io.base import Georef
 
 if TYPE_CHECKING:
-    from tiler.io.store import OutputStore
+    from tiler.io.store import OutputStore, StoredBlock
 
 BACKGROUND_NAME = "background"
 WGS84_A = 6_378_137.0
@@ -135,36 +136,36 @@ def pixel_measure(georef: Georef) -> PixelMeasure:
 
 
 # -- per-class counts and areas ----------------------------------------------------------------------------
-def _record_counts(store: OutputStore, record: Mapping[str, Any], window: Window) -> tuple[np.ndarray, bool]:
-    """The class counts of one block record, recounted from the store when the record has none."""
+def _record_counts(store: OutputStore, record: StoredBlock, window: Window) -> tuple[np.ndarray, bool]:
+    """The class counts ``(K,)`` of one block record, recounted from the store when the record has none."""
     k = store.num_classes
-    counts = record.get("class_counts")
-    if isinstance(counts, list) and len(counts) == k:
+    counts = record.class_counts
+    if counts is not None and len(counts) == k:
         return np.asarray(counts, dtype=np.int64), False
     labels = store.read(window)
     return np.bincount(labels.ravel(), minlength=k)[:k].astype(np.int64), True
 
 
-def class_areas(store: OutputStore, records: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def class_areas(store: OutputStore, records: Mapping[str, StoredBlock] | None = None) -> dict[str, Any]:
     """Pixels and area per class of a finished store, summed from its block records.
 
     Args:
         store: The output store.
-        records: Its block records (default: read from the store).
+        records: Its sound block records, typed (default: :meth:`OutputStore.stored_blocks`).
 
     Returns:
         JSON-ready ``{"unit": ..., "note": ..., "units": [...], "classes": [{"class", "name", "pixels",
         <unit>: area, ...}], "nodata_pixels", "total_pixels", "blocks_recounted"}``.
 
     """
-    records = store.block_records() if records is None else records
+    records = store.stored_blocks() if records is None else records
     measure = pixel_measure(store.georef)
     k = store.num_classes
     pixels = np.zeros(k, dtype=np.int64)
     area = np.zeros(k, dtype=np.float64)
     covered = recounted = 0
     for record in records.values():
-        window = store.record_window(record)
+        window = record.window
         if window is None:
             continue
         counts, again = _record_counts(store, record, window)

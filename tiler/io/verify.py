@@ -2,9 +2,9 @@
 
 :func:`verify_store` reads every stored chunk (shard) of every array one at a time (memory bounded by one
 chunk), so a checksum failure, a truncated file or a missing chunk is found and named together with the block
-that wrote it. Each block record must be sound (:meth:`OutputStore.record_problem
-<tiler.io.store.OutputStore.record_problem>`: readable fields of their types, the window of its block under the
-store's partition), and the chunk files it vouches for must be the ones it wrote: the digest of each (labels and
+that wrote it. Each block record must be sound (read as a :class:`~tiler.io.store.StoredBlock` and checked by
+:func:`~tiler.io.store.check_block`: fields of their types, the window of its block under the store's
+partition), and the chunk files it vouches for must be the ones it wrote: the digest of each (labels and
 probabilities alike) and of its labels must be those it recorded, so a valid chunk of another block swapped in is
 found. ``complete`` over a block with no sound record is a problem, not a finished store. The store's metadata is
 checked before anything is read (:func:`~tiler.io.store.check_store_metadata`). Bad blocks are listed in
@@ -34,7 +34,7 @@ from typing import Any
 
 from tiler.errors import OutputError
 from tiler.io.atomic import TMP_PREFIX, content_digest
-from tiler.io.store import OutputStore, StoreWarning
+from tiler.io.store import OutputStore, RecordError, StoredBlock, StoreWarning, check_block
 
 __all__ = ["Problem", "VerifyReport", "verify_store"]
 
@@ -182,30 +182,29 @@ def _add_bad_records(
 
 def _sound_records(
     store: OutputStore, records: Mapping[str, dict[str, Any]], report: VerifyReport
-) -> dict[str, dict[str, Any]]:
-    """The records that can be trusted as they read; a ``bad-record`` problem for each other one."""
+) -> dict[str, StoredBlock]:
+    """The records that can be trusted as they read, typed; a ``bad-record`` problem for each other one."""
     block = store.block_shape(records)
-    sound: dict[str, dict[str, Any]] = {}
+    sound: dict[str, StoredBlock] = {}
     for key, rec in records.items():
-        why = store.record_problem(key, rec, block=block)
-        if why is None:
-            sound[key] = rec
-            continue
-        where = str(store.block_record_file(key).relative_to(store.path))
-        detail = f"the record cannot be trusted: {why}; a rerun redoes the block"
-        report.problems.append(Problem("bad-record", where, key, detail))
+        try:
+            sound[key] = check_block(key, rec, store.grid, block=block)
+        except RecordError as exc:
+            where = str(store.block_record_file(key).relative_to(store.path))
+            detail = f"the record cannot be trusted: {exc}; a rerun redoes the block"
+            report.problems.append(Problem("bad-record", where, key, detail))
     return sound
 
 
-def _chunk_owners(store: OutputStore, records: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+def _chunk_owners(store: OutputStore, records: Mapping[str, StoredBlock]) -> dict[str, str]:
+    """The block that wrote each chunk file, by the records' chunk lists (or their windows' files)."""
     owner: dict[str, str] = {}
     for key, rec in records.items():
-        chunks = rec.get("chunks")
-        if not isinstance(chunks, list):
-            window = store.record_window(rec)
-            chunks = [c for n in store.arrays() for c in store.chunk_keys(window, array=n)] if window else []
+        chunks = rec.chunks
+        if chunks is None:
+            chunks = tuple(store.grid.chunk_keys(rec.window)) if rec.window is not None else ()
         for chunk in chunks:
-            owner[str(chunk)] = key
+            owner[chunk] = key
     return owner
 
 
@@ -232,7 +231,7 @@ def _check_chunks(store: OutputStore, name: str, owner: Mapping[str, str], repor
         report.notes.append(f"{pending} {name} chunk(s) not written yet (no block record covers them).")
 
 
-def _check_digests(store: OutputStore, records: Mapping[str, Mapping[str, Any]], report: VerifyReport) -> None:
+def _check_digests(store: OutputStore, records: Mapping[str, StoredBlock], report: VerifyReport) -> None:
     """Compare each record's digests with what is stored: its labels, then each chunk file (bad blocks skipped).
 
     A labels mismatch is one problem for the block; its labels chunk files are then not named again.
@@ -252,9 +251,9 @@ def _check_digests(store: OutputStore, records: Mapping[str, Mapping[str, Any]],
             report.problems.append(Problem("digest-mismatch", chunk, key, detail))
 
 
-def _check_labels_digest(store: OutputStore, key: str, rec: Mapping[str, Any], report: VerifyReport) -> bool:
+def _check_labels_digest(store: OutputStore, key: str, rec: StoredBlock, report: VerifyReport) -> bool:
     """Add a problem when the labels in the record's window do not have its ``labels_digest``; True if added."""
-    digest, window = rec.get("labels_digest"), store.record_window(rec)
+    digest, window = rec.labels_digest, rec.window
     if not digest or window is None:
         return False
     try:
@@ -272,7 +271,7 @@ def _check_labels_digest(store: OutputStore, key: str, rec: Mapping[str, Any], r
 
 
 def _check_complete(
-    store: OutputStore, records: Mapping[str, Mapping[str, Any]], incomplete: str | None, report: VerifyReport
+    store: OutputStore, records: Mapping[str, StoredBlock], incomplete: str | None, report: VerifyReport
 ) -> None:
     """The ``complete`` flag against the blocks (``incomplete``: :meth:`OutputStore.incomplete_reason`); exports."""
     if not store.complete_flag:
@@ -290,24 +289,24 @@ def _check_complete(
         warnings.simplefilter("always", StoreWarning)
         exports = store.export_records()
     _add_bad_records(store, caught, report, blocks=False)
-    earlier = sorted(
-        n for n, rec in exports.items() if rec.get("replacing") or rec.get("job_hash", store.job_hash) != store.job_hash
-    )
+    job_hash = store.job_hash
+    typed = store.exports.typed(exports)
+    earlier = sorted(n for n, rec in typed.items() if rec.replacing or (rec.job_hash or job_hash) != job_hash)
     if earlier:
         report.notes.append(
             f"{len(earlier)} export(s) recorded by an earlier finishing, not outputs of the last one (job hash "
-            f"{store.job_hash}): {', '.join(earlier)}; left on disk, never replaced without a record."
+            f"{job_hash}): {', '.join(earlier)}; left on disk, never replaced without a record."
         )
-    for name, rec in sorted(exports.items()):
+    for name, rec in sorted(typed.items()):
         if name in earlier:
             continue
-        where = str(rec.get("path"))
+        where = str(rec.path)
         if not os.path.lexists(where):
             detail = f"export {name!r} is recorded as done; its file is gone"
             report.problems.append(Problem("missing-export", where, None, detail))
-        elif isinstance(rec.get("digest"), str):
+        elif rec.digest is not None:
             rewrite = "rerun `tiler run` with the same config to write it again (the rerun replaces it)"
-            _check_export_digest(where, rec["digest"], f"export {name!r} was recorded", report, fix=rewrite)
+            _check_export_digest(where, rec.digest, f"export {name!r} was recorded", report, fix=rewrite)
         else:
             detail = (
                 f"export {name!r} is recorded without a digest, so its content cannot be checked; rerun `tiler run` "
