@@ -43,14 +43,7 @@ class ArchiveProgress(Progress):
         """
         self.blocks_planned += len(work.pending)
         self._postfix()
-        describe = getattr(job, "describe", None)
-        if describe is not None:
-            self.write(describe(work))
-        if getattr(getattr(job, "store_job", None), "refinishing", False):
-            self.write(f"{job.name}: the store holds these pixels, finished with other exports or scoring: "
-                       f"finishing it again ({len(work.pending)} of {work.total} blocks to run)")
-        elif len(work.pending) < work.total:
-            self.write(f"{job.name}: resuming, {work.total - len(work.pending)} of {work.total} blocks already done")
+        self.announce(job, work)
 
     def record(self, job: Any, record: BlockRecord) -> None:
         """Count a finished block (tiles, pixels, idle time) in the postfix; the bar moves per input, not here."""

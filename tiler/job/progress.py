@@ -37,6 +37,10 @@ class Progress:
             self.bar = tqdm(total=0, unit="block", file=sys.stderr, desc="blocks", dynamic_ncols=True)
         self.bar.total += len(work.pending)
         self.bar.refresh()
+        self.announce(job, work)
+
+    def announce(self, job: Any, work: Work) -> None:
+        """Say what an opened input asks (its size, blocks, memory) and whether it resumes or is finished again."""
         describe = getattr(job, "describe", None)
         if describe is not None:
             self.write(describe(work))
