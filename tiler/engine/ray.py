@@ -1,23 +1,20 @@
 """The Ray executor: a pool of model actors that lives for the whole run and takes blocks of any input.
 
-The only module that imports ray. Each actor holds one :class:`~tiler.engine.worker.ModelWorker`
-(model loaded once, in its constructor, a few inputs kept open) and runs as many block calls on threads
-as its pipeline needs to keep every stage busy (readers, the model, writers: see
-:class:`~tiler.engine.executor.Stages`), so reading and writing other blocks overlap inference. Blocks go to
-the least busy actor with a free slot; an actor that dies is restarted by Ray and its calls retried.
+With :mod:`~tiler.engine.ray_connect` (joining or starting Ray) and :mod:`~tiler.engine.ray_finish`
+(finishing steps as Ray tasks), whose public names it re-exports, the only modules that import ray.
+
+Each actor holds one :class:`~tiler.engine.worker.ModelWorker` (model loaded once, in its constructor, a few
+inputs kept open) and runs as many block calls on threads as its pipeline needs to keep every stage busy (readers,
+the model, writers: see :class:`~tiler.engine.executor.Stages`), so reading and writing other blocks overlap
+inference. Blocks go to the least busy actor with a free slot; an actor that dies is restarted by Ray and its calls
+retried.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import socket
-import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +23,21 @@ import ray.exceptions
 
 from tiler.engine.executor import Done, Stages, block_failure
 from tiler.engine.plan import BlockRecord, ModelFacts, ModelRef, Plan
+from tiler.engine.ray_connect import CONNECT_TIMEOUT_S, connect, stop_embedded
+from tiler.engine.ray_finish import RayFinisher, cause_of
 from tiler.errors import ConfigError, EngineError
 from tiler.geometry import Shape
 
-CONNECT_TIMEOUT_S = 15.0
-"""How long to wait for a cluster's address to accept a connection before giving up."""
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "ModelActor",
+    "RayExecutor",
+    "RayFinisher",
+    "RayOptions",
+    "connect",
+    "pool_size",
+    "stop_embedded",
+]
 
 
 @dataclass(frozen=True)
@@ -77,143 +84,6 @@ class RayOptions:
             return 1
         return max(self.max_in_flight, self.stages.depth)
 
-
-def _check_reachable(address: str) -> None:
-    """Raise EngineError within :data:`CONNECT_TIMEOUT_S` when ``host:port`` accepts no connection."""
-    target = address.split("://", 1)[-1].rstrip("/")
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        return  # "auto" and other forms are Ray's to resolve
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise EngineError(
-            f"engine.address / RAY_ADDRESS {address!r}: nothing answers there ({exc}); fix: start the cluster "
-            "(ray start --head), correct the address, or unset it to use an embedded local Ray"
-        ) from None
-
-
-def _check_authenticated(address: str) -> None:
-    """Raise EngineError at once when the cluster at ``host:port`` refuses this client's token (or its lack of one).
-
-    ``ray.init`` retries an unauthenticated connection for about 40 s, printing a warning a second; one GCS client
-    answers in milliseconds. Ray's C++ warning of that one attempt is kept off stderr.
-    """
-    target = address.split("://", 1)[-1].rstrip("/")
-    if not target.rpartition(":")[2].isdigit():
-        return  # "auto" and other forms are Ray's to resolve
-    try:
-        from ray._raylet import GcsClient  # type: ignore[attr-defined]
-    except ImportError:  # another Ray: ray.init reports it, slowly
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            try:
-                GcsClient(address=target)
-            finally:
-                os.dup2(saved, 2)
-    except ray.exceptions.AuthenticationError as exc:
-        mode = os.environ.get("RAY_AUTH_MODE") or "unset"
-        raise EngineError(
-            f"engine.address / RAY_ADDRESS {address!r}: the cluster refused this client's authentication token "
-            f"({str(exc).split('.')[0]}; RAY_AUTH_MODE is {mode}); fix: set the environment variable RAY_AUTH_MODE to "
-            "token, with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
-        ) from None
-    except Exception:  # noqa: BLE001 - anything else is for ray.init to report
-        return
-    finally:
-        os.close(saved)
-
-
-class _DropTokenNotice(logging.Filter):
-    """Drops Ray's "Token authentication is enabled for this Ray cluster" notice (a logging warning of ray.init).
-
-    Ray prints it whenever it starts a cluster; for tiler's private embedded one it says nothing the user can act
-    on, and it broke into the progress bar (even with --quiet).
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled")
-
-
-_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-_STARTED_HERE = False  # whether this process started the embedded Ray it is connected to
-
-
-def _start_local() -> None:
-    """Start a private embedded Ray: dashboard off, node address on loopback, session folder for this user only."""
-    global _STARTED_HERE
-    notices = logging.getLogger(_TOKEN_NOTICE_LOGGER)
-    if not any(isinstance(f, _DropTokenNotice) for f in notices.filters):
-        notices.addFilter(_DropTokenNotice())
-    root = tempfile.mkdtemp(prefix="tiler-ray-")
-    ray.init(
-        address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-        _node_ip_address="127.0.0.1", _temp_dir=root,
-    )
-    os.chmod(root, 0o700)  # ray makes its temp root world-writable; nobody else needs to enter it
-    _STARTED_HERE = True
-
-
-def stop_embedded() -> None:
-    """Shut down the embedded Ray this process started (a joined cluster is left alone).
-
-    The command-line entry points call it before the process exits: ``ray.shutdown`` from there takes
-    about half the time the interpreter's exit handler does.
-    """
-    global _STARTED_HERE
-    if _STARTED_HERE and ray.is_initialized():
-        ray.shutdown()
-    _STARTED_HERE = False
-
-
-def connect(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's cluster), else start a private local one.
-
-    Raises:
-        EngineError: The address does not answer, or refuses us (token authentication).
-    """
-    if ray.is_initialized():
-        return
-    keep = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-    try:
-        _connect(address)
-    finally:
-        if keep is not None:  # ray.init installs its own SIGTERM handler; the caller's (tiler's CLI) wins
-            signal.signal(signal.SIGTERM, keep)
-
-
-def _connect(address: str | None) -> None:
-    if address is None:
-        address = os.environ.get("RAY_ADDRESS") or None
-    if address is None or address == "local":
-        _start_local()
-        return
-    if address.startswith(("http://", "https://")):
-        raise EngineError(
-            f"engine.address / RAY_ADDRESS {address!r} is a dashboard / job API address (the one `ray job submit` "
-            "takes), not a cluster a driver joins; fix: submit the job with `ray job submit --address "
-            f"{address} -- tiler run ...`, or join the cluster at its GCS address (head:6379, or 'auto' on a node)"
-        )
-    _check_reachable(address)
-    _check_authenticated(address)
-    try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and the fix
-        # the fix names the environment variable and its value in words: the redactor masks KEY=value for AUTH keys
-        hint = ""
-        if "auth" in str(exc).lower() or os.environ.get("RAY_AUTH_MODE") != "token":
-            hint = " (a cluster started with token authentication wants the client's RAY_AUTH_MODE set to token)"
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise EngineError(
-            f"engine.address / RAY_ADDRESS {address!r}: cannot join the cluster: {first}{hint}; fix: set the "
-            "environment variable RAY_AUTH_MODE to token (and RAY_AUTH_TOKEN or the token file), check the address, "
-            "or unset it for an embedded local Ray"
-        ) from None
 
 
 def pool_size(options: RayOptions) -> int:
@@ -281,20 +151,6 @@ class ModelActor:
     def run(self, plan: Plan, position: Shape) -> BlockRecord:
         """Read, infer, write and record one block."""
         return self._loaded().run(plan, position)  # type: ignore[no-any-return]
-
-
-def _cause(exc: BaseException) -> BaseException | str:
-    if isinstance(exc, ray.exceptions.RayActorError):
-        return (
-            f"its actor died more often than engine.max_restarts allows ({str(exc).splitlines()[0]}); raise "
-            "engine.max_restarts or check the workers' memory; the output is not marked complete, rerun to resume"
-        )
-    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
-        cause = exc.cause
-        from tiler.errors import TilerError
-
-        return cause if isinstance(cause, TilerError) else f"{type(cause).__name__}: {cause}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class RayExecutor:
@@ -383,14 +239,14 @@ class RayExecutor:
 
             if isinstance(exc.cause, TilerError):
                 raise exc.cause from None
-            raise EngineError(f"the model actor could not load {model.weights}: {_cause(exc)}") from exc
+            raise EngineError(f"the model actor could not load {model.weights}: {cause_of(exc)}") from exc
         except ray.exceptions.RayActorError as exc:
             with self._starting:
                 if self._facts is call:  # its restarts ran out: the next caller asks a new actor
                     self._facts = None
                     if self._actors:
                         self._replace(0, asked)
-            raise EngineError(f"the model actor died while loading {model.weights}: {_cause(exc)}") from exc
+            raise EngineError(f"the model actor died while loading {model.weights}: {cause_of(exc)}") from exc
 
     def submit(self, token: Any, plan: Plan, position: Shape) -> None:
         """Send one block to the least busy actor with a free slot."""
@@ -438,7 +294,7 @@ class RayExecutor:
                 else:
                     self._suspects.append(call)
             except ray.exceptions.RayTaskError as exc:
-                error = block_failure(call.plan, call.position, _cause(exc))
+                error = block_failure(call.plan, call.position, cause_of(exc))
                 error.__cause__ = exc
                 out.append(Done(call.token, call.plan, call.position, error=error))
         self._run_suspects()
@@ -537,52 +393,3 @@ class _Call:
     slot: int
     actor: Any
     alone: int = 0
-
-
-class RayFinisher:
-    """Finishing steps as Ray tasks (:class:`~tiler.engine.finishing.Finisher`): the driver only holds their refs.
-
-    A step whose worker dies is retried by Ray (a step rewrites whole files and records, so running it twice is
-    harmless); its error comes back as the step's own :class:`~tiler.errors.TilerError`.
-
-    Args:
-        placement: The Ray options of each step (``num_cpus``, a scheduling strategy), or a function giving
-            them when a step is submitted.
-    """
-
-    def __init__(self, *, placement: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None) -> None:
-        self.placement = placement if placement is not None else {"num_cpus": 1}
-
-    def submit(self, fn: Any, /, *args: Any) -> Future[Any]:
-        """Run ``fn(*args)`` as a Ray task."""
-        options = self.placement() if callable(self.placement) else self.placement
-        return _step_future(ray.remote(fn).options(max_retries=2, **options).remote(*args))
-
-    def warm(self) -> None:
-        """Start a Ray worker importing the finishing modules where steps will run; later steps reuse it."""
-        from tiler.engine.finishing import warm_up
-
-        options = self.placement() if callable(self.placement) else self.placement
-        ray.remote(warm_up).options(**options).remote()
-
-    def close(self) -> None:
-        """Nothing to stop: the steps' workers belong to Ray."""
-
-
-def _step_future(ref: Any) -> Future[Any]:
-    """A future of ``ref``'s value whose error is the step's own (a TilerError), not Ray's wrapper."""
-    out: Future[Any] = Future()
-
-    def settle(done: Future[Any]) -> None:
-        try:
-            out.set_result(done.result())
-        except ray.exceptions.RayTaskError as exc:
-            cause = _cause(exc)
-            error = cause if isinstance(cause, BaseException) else EngineError(f"a finishing step failed: {cause}")
-            out.set_exception(error)
-        except ray.exceptions.RayError as exc:
-            lost = str(exc).splitlines()[0]
-            out.set_exception(EngineError(f"a finishing step's worker was lost ({lost}); rerun the job to finish it"))
-
-    ref.future().add_done_callback(settle)
-    return out
