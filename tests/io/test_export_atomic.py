@@ -16,7 +16,7 @@ from tests.io.array_reader import ArrayReader
 from tests.io.small_disk import small_disk
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition
-from tiler.io import export
+from tiler.io import export, ome_zarr
 from tiler.io.atomic import TMP_PREFIX, host_tag
 from tiler.io.export import export_cog, export_nifti, export_ome_zarr, write_quicklook
 from tiler.io.store import OutputStore
@@ -118,7 +118,7 @@ def test_ome_zarr_killed_mid_build_keeps_the_previous_export(tmp_path, store2d, 
     def die(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(export, "_write_pyramid", die)
+    monkeypatch.setattr(ome_zarr, "_write_pyramid", die)
     with pytest.raises(Killed):
         export_ome_zarr(store2d, out / "pred.ome.zarr", reader=_reader(store2d))
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before

@@ -18,7 +18,7 @@ from shapely.geometry import shape
 from tests.io.array_reader import ArrayReader
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition
-from tiler.io import vector
+from tiler.io import polygons, vector
 from tiler.io.base import Georef
 from tiler.io.store import OutputStore
 from tiler.io.vector import VectorStats, export_geojson, export_geoparquet, export_qupath, iter_polygons
@@ -97,7 +97,7 @@ def test_only_border_polygons_of_the_current_block_row_are_kept(tmp_path):
 def test_geojson_in_the_raster_crs_with_areas_matching_the_label_map(tmp_path, monkeypatch):
     import geopandas as gpd
 
-    monkeypatch.setattr(vector, "VECTOR_BLOCK", 64)
+    monkeypatch.setattr(polygons, "VECTOR_BLOCK", 64)
     labels = _labels()
     store = _store(tmp_path / "s.zarr", labels)
     out = export_geojson(store, tmp_path / "p.geojson", classes=["forest", "water"])
@@ -120,7 +120,7 @@ def test_geoparquet_reads_back_with_its_crs(tmp_path, monkeypatch):
     import geopandas as gpd
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr(vector, "VECTOR_BLOCK", 64)
+    monkeypatch.setattr(polygons, "VECTOR_BLOCK", 64)
     monkeypatch.setattr(vector, "PARQUET_BATCH", 50)  # several row groups
     labels = _labels()
     store = _store(tmp_path / "s.zarr", labels)
@@ -231,7 +231,7 @@ def test_qupath_annotations_in_level0_pixels(tmp_path, pyramid):
 )
 def test_polygons_drawn_band_by_band_by_several_workers_equal_the_whole_raster_polygons(tmp_path, monkeypatch,
                                                                                        bands, min_pixels):
-    monkeypatch.setattr(vector, "VECTOR_BLOCK", 64)
+    monkeypatch.setattr(polygons, "VECTOR_BLOCK", 64)
     labels = _labels()
     store = _store(tmp_path / "s.zarr", labels)
     rows = vector.band_rows(labels.shape[0], 32, bands)
@@ -283,8 +283,8 @@ def test_a_region_with_too_many_holes_is_written_as_pieces_gdal_opens_that_tile_
     store = _store(tmp_path / "s.zarr", labels)
     (forest,) = [p for k, p in _whole(labels, [1])]
     assert len(forest.interiors) > 2000  # the oracle: one polygon, thousands of holes
-    monkeypatch.setattr(vector, "MAX_HOLES", 100)
-    monkeypatch.setattr(vector, "MAX_VERTICES", 5000)
+    monkeypatch.setattr(polygons, "MAX_HOLES", 100)
+    monkeypatch.setattr(polygons, "MAX_VERTICES", 5000)
     path = export_geojson(store, tmp_path / "f.geojson", classes=["forest"])
     frame = pyogrio.read_dataframe(path)  # GDAL's own reader
     pieces = list(frame.geometry)

@@ -6,9 +6,9 @@ from tiler.exports.base import ExportFormat, WriteContext
 
 
 def _write(ctx: WriteContext) -> None:
-    from tiler.io import export
+    from tiler.io import ome_zarr
 
-    export.export_ome_zarr(ctx.store, ctx.path, reader=ctx.reader, before_move=ctx.before_move)
+    ome_zarr.export_ome_zarr(ctx.store, ctx.path, reader=ctx.reader, before_move=ctx.before_move)
 
 
 FORMAT = ExportFormat(name="ome-zarr", dims=frozenset({2, 3}), files={"ome-zarr": ".ome.zarr"}, write=_write)

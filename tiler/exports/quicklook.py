@@ -6,9 +6,11 @@ from tiler.exports.base import ExportFormat, WriteContext
 
 
 def _write(ctx: WriteContext) -> None:
-    from tiler.io import export
+    from tiler.io import quicklook
 
-    export.write_quicklook(ctx.store, ctx.path, reader=ctx.reader, before_move=ctx.before_move, overviews=ctx.overviews)
+    quicklook.write_quicklook(
+        ctx.store, ctx.path, reader=ctx.reader, before_move=ctx.before_move, overviews=ctx.overviews
+    )
 
 
 FORMAT = ExportFormat(
