@@ -1,6 +1,6 @@
 """Training entry point: ``python -m pipelines.train satellite|ct|slide|CONFIG.yaml [--out PATH] [--steps N]``.
 
-A thin wrapper of ``tiler train`` (:mod:`tiler.train`): the same options and exit codes.
+A thin wrapper of ``tiler train`` (:mod:`tiler.model.cli`): the same options and exit codes.
 """
 
 from __future__ import annotations

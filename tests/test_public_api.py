@@ -48,7 +48,7 @@ def test_public_names_are_the_library_objects() -> None:
 
 DOCUMENTED = [
     "tiler.geometry", "tiler.blend", "tiler.stitch", "tiler.paths", "tiler.palette", "tiler.jsonsafe",
-    "tiler.errors", "tiler.io.base", "tiler.engine.plan", "tiler.labels",
+    "tiler.errors", "tiler.io.base", "tiler.engine.plan", "tiler.label_rules",
 ]  # fmt: skip
 
 

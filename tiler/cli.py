@@ -176,9 +176,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tiler`` argument parser with every subcommand."""
-    from tiler import train
     from tiler.archive import cli as archive
     from tiler.metrics import cli as score
+    from tiler.model import cli as train
 
     parser = argparse.ArgumentParser(
         prog="tiler", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter

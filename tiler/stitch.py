@@ -38,7 +38,7 @@ import torch
 
 from tiler.errors import GeometryError, ModelError
 from tiler.geometry import Window
-from tiler.labels import labels_dtype
+from tiler.label_rules import labels_dtype
 
 
 class ProbabilityDType(str, enum.Enum):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tiler.errors import ModelError
-from tiler.labels import check_nodata_label
+from tiler.label_rules import check_nodata_label
 from tiler.model import spec as spec_module
 from tiler.model.checkpoint import load_model, save_checkpoint
 from tiler.model.normalize import Normalization

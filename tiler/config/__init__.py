@@ -33,8 +33,8 @@ The package, one concept a module (imports only go down this list): :mod:`~tiler
 (what a validator reports), :mod:`~tiler.config.fields` (strict field types, per-axis defaults),
 :mod:`~tiler.yamlsafe` (reading and writing YAML safely), :mod:`~tiler.config.sections` (the input,
 tiling, engine, output and scoring sections), :mod:`~tiler.config.model_section` (the model section),
-:mod:`~tiler.config.schema` (:class:`JobConfig` joining them), :mod:`~tiler.config.messages` (validation errors as one line each),
-:mod:`~tiler.config.files` (paths resolved, files checked), :mod:`~tiler.config.overrides` (``--set``),
+:mod:`~tiler.config.schema` (:class:`JobConfig` joining them), :mod:`~tiler.config.messages` (validation
+errors as one line each), :mod:`~tiler.config.files` (paths resolved, files checked), :mod:`~tiler.config.overrides` (``--set``),
 :mod:`~tiler.config.loading` (file or mapping → :class:`JobConfig`) and :mod:`~tiler.config.identity`
 (:func:`pixels_hash`, :func:`config_hash`).
 """

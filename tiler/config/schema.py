@@ -35,7 +35,7 @@ from tiler.config.sections import (
     _Section,
 )
 from tiler.exports import REGISTRY as EXPORTS
-from tiler.labels import nodata_label_problem
+from tiler.label_rules import nodata_label_problem
 from tiler.yamlsafe import dump_yaml
 
 __all__ = [

@@ -64,7 +64,7 @@ def build_plan(
     from tiler.engine.budget import check_in_flight, check_memory, estimate_actor_memory
     from tiler.io import check_has_data
     from tiler.io.masks import mask_kind_problem
-    from tiler.labels import check_nodata_label
+    from tiler.label_rules import check_nodata_label
 
     ref = reader_ref(cfg)
     reader = ref.open()

@@ -25,7 +25,7 @@ from tiler.io.base import Georef
 from tiler.io.store.chunks import ARRAY_CONFIG, chunk_codecs
 from tiler.io.store.coords import TRANSFORM_ORDER, coordinate_arrays, data_var_attrs, dim_names
 from tiler.io.store.layout import BLOCK_SHAPE, STATE_DIR, STORE_FORMAT, STORE_MARKER, read_json
-from tiler.labels import labels_dtype
+from tiler.label_rules import labels_dtype
 
 __all__ = ["PROBABILITY_DTYPES", "build_group", "check_create_args", "consolidate_metadata", "new_store"]
 

@@ -97,7 +97,7 @@ class OutputStore:
             num_classes: Number of classes K.
             chunks: Chunk shape per spatial axis.
             nodata_label: Label of pixels with no prediction (the labels' fill value). The labels' dtype is
-                :func:`tiler.labels.labels_dtype` of ``num_classes`` and this label: uint8 when every class and
+                :func:`tiler.label_rules.labels_dtype` of ``num_classes`` and this label: uint8 when every class and
                 the nodata label fit in a byte, else uint16.
             probabilities: None (no probabilities), ``"float16"``, ``"uint8"`` (x255) or ``"float32"``.
             attrs: Extra group attributes: ``georef`` (a :class:`Georef` or its attrs), ``class_names``,
