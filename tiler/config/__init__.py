@@ -34,9 +34,9 @@ The package, one concept a module (imports only go down this list): :mod:`~tiler
 :mod:`~tiler.yamlsafe` (reading and writing YAML safely), :mod:`~tiler.config.sections` (the input,
 tiling, engine, output and scoring sections), :mod:`~tiler.config.model_section` (the model section),
 :mod:`~tiler.config.schema` (:class:`JobConfig` joining them), :mod:`~tiler.config.messages` (validation
-errors as one line each), :mod:`~tiler.config.files` (paths resolved, files checked), :mod:`~tiler.config.overrides` (``--set``),
-:mod:`~tiler.config.loading` (file or mapping → :class:`JobConfig`) and :mod:`~tiler.config.identity`
-(:func:`pixels_hash`, :func:`config_hash`).
+errors as one line each), :mod:`~tiler.config.files` (paths resolved, files checked),
+:mod:`~tiler.config.overrides` (``--set``), :mod:`~tiler.config.loading` (file or mapping →
+:class:`JobConfig`) and :mod:`~tiler.config.identity` (:func:`pixels_hash`, :func:`config_hash`).
 """
 
 from tiler.config.files import check_files, missing_files
