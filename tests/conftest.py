@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +88,42 @@ def finish_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     from tiler.engine.executor import LocalExecutor
 
     monkeypatch.setattr(LocalExecutor, "finisher", lambda self, workers: ThreadFinisher(workers))
+
+
+@pytest.fixture(scope="session")
+def copy_finished_job() -> Callable[[Path, Path], Path]:
+    """``copy(src, dst)``: the job folder ``src`` (its stores and the files beside them) copied into ``dst``, as if
+    the job had run there; returns ``dst``.
+
+    For a test that changes or reruns a job another fixture already ran (copy first: that fixture's folder stays as
+    it was for the tests after). Files are copied byte for byte with their times, so the digests a store keeps of
+    its exports still vouch for them; a store names those files (and a killed job's intents theirs) by absolute
+    path, so in the copy's stores the paths under ``src`` are renamed under ``dst``, as a run there would have
+    written them. Inputs outside ``src`` (a module's shared scene and model) are named as they were.
+    """
+    import json
+    import os
+    import shutil
+
+    from tiler.io.store.exports import write_intent
+
+    def copy(src: Path, dst: Path) -> Path:
+        src, dst = Path(src).resolve(), Path(dst).resolve()
+        shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+        old, new = f"{src}{os.sep}", f"{dst}{os.sep}"
+        for store in (state.parent for state in dst.rglob(".tiler") if (state / "blocks").is_dir()):
+            intents = store / ".tiler" / "intents"
+            for meta in [store / "zarr.json", *(store / ".tiler").rglob("*.json")]:
+                if meta.parent == intents or not meta.is_file():
+                    continue
+                text = meta.read_text()
+                if old in text:
+                    meta.write_text(text.replace(old, new))
+            for intent in sorted(intents.glob("*.json")):  # named by a hash of the path: written again under dst
+                record = json.loads(intent.read_text())
+                if str(record["path"]).startswith(old):
+                    intent.unlink()
+                    write_intent(store, new + str(record["path"])[len(old):], record["digest"])
+        return dst
+
+    return copy

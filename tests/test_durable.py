@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -32,18 +33,40 @@ from tiler.segment import run_segment
 REPO = Path(__file__).resolve().parents[1]
 
 
-def job(root: Path, **output: object) -> Path:
-    """A small 2D job (one 96×80 scene, 64-px blocks, COG export) written to ``root/job.yaml``."""
-    image = write_raster(root / "image.tif", (96, 80))
+def job(root: Path, inputs: tuple[Path, Path], **output: object) -> Path:
+    """A small 2D job (one 96×80 scene, 64-px blocks, COG export) written to ``root/job.yaml``.
+
+    It reads ``inputs``: the scene and the model (:func:`write_inputs`), which may lie outside ``root``.
+    """
+    image, model = inputs
     data = {
         "input": {"path": str(image)},
-        "model": {"weights": str(write_model(root / "model.pt")), "batch_size": 1, "threads": 1},
+        "model": {"weights": str(model), "batch_size": 1, "threads": 1},
         "tiling": {"tile": 32, "overlap": 8, "block": 32},
         "output": {"path": str(root / "out.zarr"), "chunks": 32, "exports": ["cog"], **output},
     }
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def write_inputs(root: Path) -> tuple[Path, Path]:
+    """The 96×80 scene and the tiny model's checkpoint, written into ``root``."""
+    return write_raster(root / "image.tif", (96, 80)), write_model(root / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The module's scene and model, written once; tests only read them (their outputs go to their own folder)."""
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, inputs: tuple[Path, Path]) -> Path:
+    """The folder of :func:`job` on the module's inputs, run to the end; a test that changes it copies it first."""
+    root = tmp_path_factory.mktemp("finished")
+    run_segment(load_config(job(root, inputs)), engine="local", quiet=True)
+    return root
 
 
 def complete(store: Path) -> bool:
@@ -75,8 +98,8 @@ def test_a_nifti_export_that_would_replace_its_input_scan_is_refused_and_the_sca
     assert not (folder / "vol.zarr").exists()
 
 
-def test_a_user_file_where_an_export_would_go_is_refused_and_kept(tmp_path: Path) -> None:
-    cfg = load_config(job(tmp_path))
+def test_a_user_file_where_an_export_would_go_is_refused_and_kept(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
+    cfg = load_config(job(tmp_path, inputs))
     mine = tmp_path / "out.cog.tif"
     mine.write_bytes(b"my own map")
     with pytest.raises(ConfigError, match=r"out\.cog\.tif already exists and was not written by the store"):
@@ -85,12 +108,14 @@ def test_a_user_file_where_an_export_would_go_is_refused_and_kept(tmp_path: Path
 
 
 @pytest.mark.parametrize("chart", ["out.scores.confusion.png", "out.scores.per_class.png"])
-def test_a_user_file_where_the_score_charts_would_go_is_refused_and_kept(tmp_path: Path, chart: str) -> None:
+def test_a_user_file_where_the_score_charts_would_go_is_refused_and_kept(
+    tmp_path: Path, inputs: tuple[Path, Path], chart: str
+) -> None:
     import rasterio
 
-    cfg = load_config(job(tmp_path))
+    cfg = load_config(job(tmp_path, inputs))
     truth = tmp_path / "truth.tif"
-    with rasterio.open(tmp_path / "image.tif") as src:
+    with rasterio.open(inputs[0]) as src:
         profile = {**src.profile, "count": 1, "nodata": None}
     with rasterio.open(truth, "w", **profile) as dst:
         dst.write(np.ones((1, 96, 80), dtype=np.uint8))
@@ -107,13 +132,15 @@ def test_a_user_file_where_the_score_charts_would_go_is_refused_and_kept(tmp_pat
 
 
 @pytest.mark.parametrize("crs", ["EPSG:4326", None], ids=["another-crs", "no-crs"])
-def test_a_truth_off_the_inputs_grid_is_refused_before_any_block_runs(tmp_path: Path, crs: str | None) -> None:
+def test_a_truth_off_the_inputs_grid_is_refused_before_any_block_runs(
+    tmp_path: Path, inputs: tuple[Path, Path], crs: str | None
+) -> None:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    cfg = load_config(job(tmp_path))
+    cfg = load_config(job(tmp_path, inputs))
     truth = tmp_path / "truth.tif"
-    with rasterio.open(tmp_path / "image.tif") as src:
+    with rasterio.open(inputs[0]) as src:
         profile = {**src.profile, "count": 1, "nodata": None, "crs": crs}
         if crs is None:
             profile.pop("transform")
@@ -127,8 +154,8 @@ def test_a_truth_off_the_inputs_grid_is_refused_before_any_block_runs(tmp_path: 
     assert not (tmp_path / "out.zarr").exists()  # found before the store was made, not after every block
 
 
-def test_an_output_inside_rays_temporary_working_dir_copy_is_refused(tmp_path: Path) -> None:
-    cfg = load_config(job(tmp_path))
+def test_an_output_inside_rays_temporary_working_dir_copy_is_refused(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
+    cfg = load_config(job(tmp_path, inputs))
     inside = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1" / "out" / "x.zarr"
     moved = parse_config({**json.loads(cfg.model_dump_json()), "output": {"path": str(inside), "chunks": 32}})
     with pytest.raises(ConfigError, match="temporary copy of `ray job submit --working-dir`"):
@@ -136,9 +163,11 @@ def test_an_output_inside_rays_temporary_working_dir_copy_is_refused(tmp_path: P
 
 
 @pytest.mark.parametrize("export", ["nifti"])
-def test_exports_that_do_not_fit_the_dimensionality_are_refused_at_load(tmp_path: Path, export: str) -> None:
+def test_exports_that_do_not_fit_the_dimensionality_are_refused_at_load(
+    tmp_path: Path, inputs: tuple[Path, Path], export: str
+) -> None:
     with pytest.raises(ConfigError, match=rf"output\.exports.*{export} on a 2D job"):
-        load_config(job(tmp_path, exports=[export]))
+        load_config(job(tmp_path, inputs, exports=[export]))
 
 
 @pytest.mark.parametrize("export", ["cog", "geojson", "geoparquet", "qupath"])
@@ -150,11 +179,11 @@ def test_2d_exports_on_a_3d_job_are_refused_at_load(export: str) -> None:
 
 
 def test_complete_comes_only_after_the_exports_and_a_rerun_redoes_only_the_exports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish_in_this_process: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish_in_this_process: None, inputs: tuple[Path, Path]
 ) -> None:
     import tiler.io.export as export
 
-    cfg = load_config(job(tmp_path))
+    cfg = load_config(job(tmp_path, inputs))
     store = tmp_path / "out.zarr"
     seen: list[bool] = []
 
@@ -177,10 +206,13 @@ def test_complete_comes_only_after_the_exports_and_a_rerun_redoes_only_the_expor
     assert complete(store) and Path(result.outputs["cog"]).is_file()
 
 
-def test_a_deleted_chunk_is_found_and_its_block_recomputed_by_the_rerun(tmp_path: Path) -> None:
-    cfg = load_config(job(tmp_path))
+def test_a_deleted_chunk_is_found_and_its_block_recomputed_by_the_rerun(
+    tmp_path: Path, inputs: tuple[Path, Path], finished: Path, copy_finished_job: Callable[[Path, Path], Path]
+) -> None:
+    copy_finished_job(finished, tmp_path)  # this job, finished
+    cfg = load_config(job(tmp_path, inputs))
     store = tmp_path / "out.zarr"
-    run_segment(cfg, engine="local", quiet=True)
+    assert complete(store)
     labels = zarr.open_group(str(store), mode="r")["labels"][...]
     chunk = store / "labels" / "c" / "1" / "1"
     assert chunk.is_file()
@@ -192,8 +224,10 @@ def test_a_deleted_chunk_is_found_and_its_block_recomputed_by_the_rerun(tmp_path
     assert np.array_equal(zarr.open_group(str(store), mode="r")["labels"][...], labels)
 
 
-def test_sigterm_stops_with_143_and_one_line_releases_the_lock_and_the_rerun_resumes(tmp_path: Path) -> None:
-    config = job(tmp_path, exports=[])
+def test_sigterm_stops_with_143_and_one_line_releases_the_lock_and_the_rerun_resumes(
+    tmp_path: Path, inputs: tuple[Path, Path]
+) -> None:
+    config = job(tmp_path, inputs, exports=[])
     store = tmp_path / "out.zarr"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tiler.cli", "--quiet", "run", str(config), "--engine", "local",
@@ -242,8 +276,8 @@ def test_an_address_where_nothing_answers_fails_with_one_line() -> None:
     assert "EngineError" in run.stderr and "nothing answers there" in run.stderr and "fix:" in run.stderr
 
 
-def test_a_block_that_fails_names_its_input_and_block(tmp_path: Path) -> None:
-    cfg = load_config(job(tmp_path))
+def test_a_block_that_fails_names_its_input_and_block(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
+    cfg = load_config(job(tmp_path, inputs))
     bad = parse_config({**json.loads(cfg.model_dump_json()),
                         "input": {"path": str(SHARED_DATA / "corrupt.tif")},
                         "tiling": {"tile": 64, "overlap": 16, "block": 256},

@@ -7,19 +7,43 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from tests.test_segment import write_config
+from tests.test_segment import Scene, write_config, write_scene
 from tiler.config import load_config
 from tiler.io.store import OutputStore
-from tiler.segment import run_segment
+from tiler.segment import SegmentResult, run_segment
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORTS = "output.exports=[cog,geojson,quicklook]"
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
+    """The module's inputs (:func:`tests.test_segment.write_scene`), written once; tests only read them."""
+    return write_scene(tmp_path_factory.mktemp("scene"))
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The module's job (:func:`write_config` on the shared scene, :data:`EXPORTS`) run on the in-process engine."""
+
+    root: Path
+    result: SegmentResult
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, scene: Scene) -> Finished:
+    """One finished job for the tests that only read it; a test that changes or reruns it copies it first."""
+    root = tmp_path_factory.mktemp("finished")
+    cfg = load_config(write_config(root, inputs=scene), [EXPORTS])
+    return Finished(root, run_segment(cfg, engine="local", quiet=True))
 
 
 def _writers(store: str) -> dict[str, int]:
@@ -29,12 +53,14 @@ def _writers(store: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_the_driver_writes_no_export_score_or_report(
-    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest, scene: Scene
 ) -> None:
     if engine == "ray":
         request.getfixturevalue("ray_session")
-    cfg = load_config(write_config(tmp_path), [EXPORTS])
-    result = run_segment(cfg, engine=engine, quiet=True)
+        cfg = load_config(write_config(tmp_path, inputs=scene), [EXPORTS])
+        result = run_segment(cfg, engine=engine, quiet=True)
+    else:  # the module's job: this config, run on the in-process engine
+        result = request.getfixturevalue("finished").result
     writers = _writers(result.store)
     assert set(writers) >= {"cog", "cog_aux", "geojson", "quicklook", "scores_json", "report_json", "report_md"}
     assert os.getpid() not in writers.values(), f"the driver ({os.getpid()}) wrote {writers}"
@@ -45,9 +71,10 @@ def test_the_driver_writes_no_export_score_or_report(
     assert zarr.open_group(result.store, mode="r").attrs["complete"] is True
 
 
-def test_the_report_says_where_the_time_went(tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path), [EXPORTS])
-    result = run_segment(cfg, engine="local", quiet=True)
+def test_the_report_says_where_the_time_went(
+    tmp_path: Path, scene: Scene, finished: Finished, copy_finished_job: Callable[[Path, Path], Path]
+) -> None:
+    result = finished.result  # this config, run on the in-process engine
     report = json.loads(Path(result.outputs["report_json"]).read_text())
     s = report["summary"]
     assert set(s["stages"]) == {"read", "assemble", "infer", "stitch", "write"}
@@ -60,15 +87,19 @@ def test_the_report_says_where_the_time_went(tmp_path: Path) -> None:
     markdown = Path(result.outputs["report_md"]).read_text()
     assert "## Where the time went" in markdown and "| cog |" in markdown and "model idle share" in markdown
     # finished again with the same exports: nothing is drawn twice, and the report says the files were kept
-    again = run_segment(load_config(write_config(tmp_path), [EXPORTS, "scoring.boundary_width=3"]),
+    copy_finished_job(finished.root, tmp_path)
+    again = run_segment(load_config(write_config(tmp_path, inputs=scene), [EXPORTS, "scoring.boundary_width=3"]),
                         engine="local", quiet=True)
     assert again.summary["blocks_run"] == 0 and again.summary["finishing"]["cog"]["reused"] is True
 
 
-def test_a_failing_export_fails_the_input_with_its_own_error_and_leaves_it_incomplete(tmp_path: Path) -> None:
+def test_a_failing_export_fails_the_input_with_its_own_error_and_leaves_it_incomplete(
+    tmp_path: Path, scene: Scene
+) -> None:
     from tiler.errors import OutputError
 
-    cfg = load_config(write_config(tmp_path), ["output.exports=[cog,geojson]", "output.polygon_classes=[nope]"])
+    cfg = load_config(write_config(tmp_path, inputs=scene),
+                      ["output.exports=[cog,geojson]", "output.polygon_classes=[nope]"])
     with pytest.raises(OutputError, match=r"polygon_classes names \['nope'\]"):
         run_segment(cfg, engine="local", quiet=True)
     assert zarr.open_group(cfg.output.path, mode="r").attrs.get("complete") is not True
@@ -125,11 +156,11 @@ CLUSTER_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_finishing_runs_on_a_worker_node_of_a_two_node_cluster(tmp_path: Path) -> None:
+def test_finishing_runs_on_a_worker_node_of_a_two_node_cluster(tmp_path: Path, scene: Scene) -> None:
     script = tmp_path / "cluster.py"
     script.write_text(CLUSTER_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, str(script), str(write_config(tmp_path))], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, str(script), str(write_config(tmp_path, inputs=scene))], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
@@ -194,12 +225,12 @@ SLOW_FINISH = textwrap.dedent(
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_a_driver_killed_while_finishing_is_resumed_by_its_rerun_with_no_block_recomputed(
-    tmp_path: Path, engine: str
+    tmp_path: Path, engine: str, scene: Scene
 ) -> None:
     import signal
     import time
 
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, inputs=scene)
     (tmp_path / "fault").mkdir()
     (tmp_path / "fault" / "sitecustomize.py").write_text(SLOW_FINISH)
     marker = tmp_path / "finishing"
@@ -239,14 +270,15 @@ def test_a_driver_killed_while_finishing_is_resumed_by_its_rerun_with_no_block_r
     assert (tmp_path / "out.cog.tif").is_file() and (tmp_path / "out.report.json").is_file()
 
 
-def test_verify_names_an_export_the_last_finishing_asked_for_but_never_recorded(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_verify_names_an_export_the_last_finishing_asked_for_but_never_recorded(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys, finished: Finished, copy_finished_job: Callable[[Path, Path], Path]
+) -> None:
     from tiler.cli import main
 
-    cfg = load_config(write_config(tmp_path), ["output.exports=[cog,quicklook]"])
-    result = run_segment(cfg, engine="local", quiet=True)
-    assert main(["verify", result.store]) == 0
-    (Path(result.store) / ".tiler" / "exports" / "cog_aux.json").unlink()  # the sidecar's record lost
-    assert main(["verify", result.store]) == 1
+    store = str(copy_finished_job(finished.root, tmp_path) / "out.zarr")  # a finished job with a COG, copied
+    assert main(["verify", store]) == 0
+    (Path(store) / ".tiler" / "exports" / "cog_aux.json").unlink()  # the sidecar's record lost
+    assert main(["verify", store]) == 1
     out = capsys.readouterr().out
     assert "missing-export" in out and "out.cog.tif.aux.xml" in out and "cog_aux has no record" in out
 

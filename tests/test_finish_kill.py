@@ -8,6 +8,7 @@ vouches for them. The store's export intents let the rerun recognise those files
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import signal
@@ -56,9 +57,22 @@ if os.environ.get("{KILL_ENV}"):
 '''
 
 
-def job(root: Path) -> Path:
-    """A tiny 2D job (96×80 scene, 32-px blocks, COG export) written to ``root/job.yaml``."""
-    return write_job(root, shape=(96, 80), block=32)
+Template = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    """A tiny 2D job (96×80 scene, 32-px blocks, COG export), its scene and model written once for the module."""
+    return dict(yaml.safe_load(write_job(tmp_path_factory.mktemp("inputs"), shape=(96, 80), block=32).read_text()))
+
+
+def job(root: Path, template: Template) -> Path:
+    """``template``'s job with its output in ``root``, written to ``root/job.yaml``."""
+    data = copy.deepcopy(template)
+    data["output"]["path"] = str(root / "out.zarr")
+    path = root / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def fault_env(tmp_path: Path, kill: str | None) -> dict[str, str]:
@@ -105,24 +119,42 @@ def block_stamps(store: Path) -> dict[str, tuple[int, bytes]]:
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in records}
 
 
-def killed_after_the_cog_moved(tmp_path: Path) -> tuple[Path, Path]:
-    """Run the job with the fault; returns (config, store) once it died with the COG in place but unrecorded."""
-    config = job(tmp_path)
-    store = tmp_path / "out.zarr"
-    first = tiler(tmp_path, "run", str(config), kill="cog")
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory, template: Template) -> Path:
+    """The folder of the job run with the fault once for the module: it died with the COG in place but unrecorded.
+
+    The tests rerun it, so each copies it first (:func:`killed_after_the_cog_moved`).
+    """
+    root = tmp_path_factory.mktemp("killed")
+    first = tiler(root, "run", str(job(root, template)), kill="cog")
     assert first.returncode != 0, first.stderr[-2000:]
-    cog = tmp_path / "out.cog.tif"
-    assert cog.is_file() and (tmp_path / "out.cog.tif.aux.xml").is_file()
+    died_after_the_cog_moved(root)
+    return root
+
+
+def killed_after_the_cog_moved(tmp_path: Path, killed: Path, copy_job: Callable[[Path, Path], Path],
+                               template: Template) -> tuple[Path, Path]:
+    """The module's killed job copied into ``tmp_path``: (config, store), the COG in place but unrecorded."""
+    copy_job(killed, tmp_path)
+    config = job(tmp_path, template)
+    return config, died_after_the_cog_moved(tmp_path)
+
+
+def died_after_the_cog_moved(folder: Path) -> Path:
+    """Check the job in ``folder`` died with the COG (and its sidecar) moved into place but unrecorded; its store."""
+    store = folder / "out.zarr"
+    cog = folder / "out.cog.tif"
+    assert cog.is_file() and (folder / "out.cog.tif.aux.xml").is_file()
     assert not complete(store)
     assert not (store / ".tiler" / "exports" / "cog.json").exists()
     assert len(block_stamps(store)) == 9
-    return config, store
+    return store
 
 
 def test_a_job_killed_after_the_cog_moved_in_but_before_it_was_recorded_finishes_on_the_rerun(
-    tmp_path: Path,
+    tmp_path: Path, killed: Path, copy_finished_job: Callable[[Path, Path], Path], template: Template
 ) -> None:
-    config, store = killed_after_the_cog_moved(tmp_path)
+    config, store = killed_after_the_cog_moved(tmp_path, killed, copy_finished_job, template)
     blocks = block_stamps(store)
     rerun = tiler(tmp_path, "run", str(config))
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -138,8 +170,10 @@ def test_a_job_killed_after_the_cog_moved_in_but_before_it_was_recorded_finishes
     assert report.ok, report.lines()
 
 
-def test_a_user_file_replacing_the_killed_jobs_cog_is_refused_and_the_sidecar_is_still_ours(tmp_path: Path) -> None:
-    config, store = killed_after_the_cog_moved(tmp_path)
+def test_a_user_file_replacing_the_killed_jobs_cog_is_refused_and_the_sidecar_is_still_ours(
+    tmp_path: Path, killed: Path, copy_finished_job: Callable[[Path, Path], Path], template: Template
+) -> None:
+    config, store = killed_after_the_cog_moved(tmp_path, killed, copy_finished_job, template)
     cog = tmp_path / "out.cog.tif"
     mine = b"II*\x00 my own map, not the job's"
     cog.write_bytes(mine)
@@ -164,8 +198,8 @@ time.sleep(120)
 """
 
 
-def test_a_second_job_on_a_locked_output_names_the_first_before_any_file(tmp_path: Path) -> None:
-    config = job(tmp_path)
+def test_a_second_job_on_a_locked_output_names_the_first_before_any_file(tmp_path: Path, template: Template) -> None:
+    config = job(tmp_path, template)
     store = tmp_path / "out.zarr"
     (tmp_path / "out.cog.tif").write_bytes(b"a file the first job has not recorded yet")
     holder = subprocess.Popen(

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,9 @@ import zarr
 from tests.engine.helpers import write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.cli import main as cli_main
-from tiler.config import load_config
+from tiler.config import JobConfig, load_config
 from tiler.errors import ConfigError, InputError
-from tiler.segment import run_segment
+from tiler.segment import SegmentResult, run_segment
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -41,15 +43,31 @@ def write_truth(image: Path, path: Path) -> Path:
     return path
 
 
-def write_config(root: Path, **extra: object) -> Path:
+@dataclass(frozen=True)
+class Scene:
+    """A job's input files: the scene (200×168, a nodata corner), the tiny model's checkpoint, the scene's truth."""
+
+    image: Path
+    model: Path
+    truth: Path
+
+
+def write_scene(root: Path) -> Scene:
+    """Write the scene, the model and the truth into ``root``."""
     image = write_raster(root / "image.tif")
+    return Scene(image, write_model(root / "model.pt"), write_truth(image, root / "truth.tif"))
+
+
+def write_config(root: Path, *, inputs: Scene | None = None, **extra: object) -> Path:
+    """The job's YAML in ``root`` (its outputs beside it), reading ``inputs``, else a scene written into ``root``."""
+    inputs = inputs if inputs is not None else write_scene(root)
     data = {
-        "input": {"path": str(image)},
-        "model": {"weights": str(write_model(root / "model.pt")), "batch_size": 4, "threads": 1},
+        "input": {"path": str(inputs.image)},
+        "model": {"weights": str(inputs.model), "batch_size": 4, "threads": 1},
         "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
         "engine": {"actors": 1},
         "output": {"path": str(root / "out.zarr"), "chunks": [32, 32], "exports": ["cog", "quicklook"]},
-        "scoring": {"truth": str(write_truth(image, root / "truth.tif")), "boundary_width": 2},
+        "scoring": {"truth": str(inputs.truth), "boundary_width": 2},
         **extra,
     }
     path = root / "job.yaml"
@@ -57,9 +75,34 @@ def write_config(root: Path, **extra: object) -> Path:
     return path
 
 
-def test_segment_writes_store_exports_scores_and_report(tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path))
-    result = run_segment(cfg, engine="local", quiet=True)
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
+    """The module's inputs, written once; tests only read them (each writes its outputs into its own folder)."""
+    return write_scene(tmp_path_factory.mktemp("scene"))
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The module's job (:func:`write_config` on the shared scene) run to the end in ``root``."""
+
+    root: Path
+    cfg: JobConfig
+    result: SegmentResult
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, scene: Scene) -> Finished:
+    """One finished job for the tests that only read it; a test that changes or reruns it copies it first."""
+    root = tmp_path_factory.mktemp("finished")
+    cfg = load_config(write_config(root, inputs=scene))
+    return Finished(root, cfg, run_segment(cfg, engine="local", quiet=True))
+
+
+CopyJob = Callable[[Path, Path], Path]
+
+
+def test_segment_writes_store_exports_scores_and_report(finished: Finished) -> None:
+    cfg, result = finished.cfg, finished.result
     group = zarr.open_group(result.store, mode="r")
     assert group.attrs["complete"] is True
     with rasterio.open(result.outputs["cog"]) as cog, rasterio.open(cfg.input.path) as src:
@@ -75,10 +118,9 @@ def test_segment_writes_store_exports_scores_and_report(tmp_path: Path) -> None:
     assert Path(result.outputs["quicklook"]).stat().st_size > 0
 
 
-def test_small_class_count_with_a_large_nodata_label_writes_uint16_labels(tmp_path: Path) -> None:
-    image = write_raster(tmp_path / "image.tif")
+def test_small_class_count_with_a_large_nodata_label_writes_uint16_labels(tmp_path: Path, scene: Scene) -> None:
     data = {
-        "input": {"path": str(image)},
+        "input": {"path": str(scene.image)},
         "model": {"weights": str(write_model(tmp_path / "model.pt", classes=3)), "batch_size": 4, "threads": 1},
         "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
         "output": {"path": str(tmp_path / "out.zarr"), "chunks": [32, 32], "nodata_label": 1000,
@@ -95,10 +137,10 @@ def test_small_class_count_with_a_large_nodata_label_writes_uint16_labels(tmp_pa
         assert np.array_equal(cog.read(1), labels[...])
 
 
-def test_block_records_on_disk_keep_their_keys_and_read_back_typed(tmp_path: Path) -> None:
+def test_block_records_on_disk_keep_their_keys_and_read_back_typed(finished: Finished) -> None:
     from tiler.engine.plan import BlockRecord
 
-    result = run_segment(load_config(write_config(tmp_path)), engine="local", quiet=True)
+    result = finished.result
     files = sorted((Path(result.store) / ".tiler" / "blocks").glob("*.json"))
     assert len(files) == result.summary["blocks_total"] == 12
     on_disk = json.loads(files[0].read_text())
@@ -113,8 +155,8 @@ def test_block_records_on_disk_keep_their_keys_and_read_back_typed(tmp_path: Pat
     assert record.block == on_disk["key"] == files[0].stem and record.window.stop == tuple(on_disk["stop"])
 
 
-def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    config = write_config(tmp_path)
+def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path, capsys, scene: Scene) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path, inputs=scene)
     assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 0
     assert cli_main(["--json-logs", "run", str(config), "--engine", "local"]) == 0
     done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -135,8 +177,10 @@ def test_cli_run_succeeds_then_resumes_and_refuses_another_config(tmp_path: Path
         ),
     ],
 )
-def test_cli_bad_input_exits_2_with_the_cause(tmp_path: Path, capsys, override: str, message: str) -> None:  # type: ignore[no-untyped-def]
-    config = write_config(tmp_path)
+def test_cli_bad_input_exits_2_with_the_cause(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys, scene: Scene, override: str, message: str
+) -> None:
+    config = write_config(tmp_path, inputs=scene)
     code = cli_main(["--quiet", "run", str(config), "--engine", "local", "--set", override])
     err = capsys.readouterr().err
     assert code == 2
@@ -151,8 +195,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path, scene: Scene) -> None:
+    config = write_config(tmp_path, inputs=scene)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(VENV_BIN / "ray")
@@ -226,9 +270,9 @@ def test_ray_job_submit_runs_the_segment_pipeline(tmp_path: Path) -> None:
     assert scores["engine_fwiou"] == pytest.approx(scores["fwiou"], abs=1e-12)  # the job's two scorings agree
 
 
-def test_inspect_describes_the_input_and_the_plan(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    config = write_config(tmp_path)
-    image = tmp_path / "image.tif"
+def test_inspect_describes_the_input_and_the_plan(tmp_path: Path, capsys, scene: Scene) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path, inputs=scene)
+    image = scene.image
     assert cli_main(["--json-logs", "inspect", str(image), "--config", str(config)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["shape"] == [200, 168] and info["channels"] == 3 and info["crs"].startswith("WGS 84")
@@ -238,10 +282,10 @@ def test_inspect_describes_the_input_and_the_plan(tmp_path: Path, capsys) -> Non
     assert info["memory per actor (est.)"].endswith("MiB")
 
 
-def test_inspect_describes_the_image_when_the_checkpoint_is_missing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    config = write_config(tmp_path)
-    (tmp_path / "model.pt").unlink()
-    assert cli_main(["--json-logs", "inspect", str(tmp_path / "image.tif"), "--config", str(config)]) == 0
+def test_inspect_describes_the_image_when_the_checkpoint_is_missing(tmp_path: Path, capsys, scene: Scene) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path, inputs=replace(scene, model=tmp_path / "model.pt"))  # no file there
+    assert not (tmp_path / "model.pt").exists()
+    assert cli_main(["--json-logs", "inspect", str(scene.image), "--config", str(config)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["shape"] == [200, 168] and info["tiles"].startswith("56 (8 x 7)")
     assert info["tiles skipped (mask)"] == 4
@@ -266,9 +310,9 @@ def test_inspect_plans_the_slide_level_the_job_reads_not_level_0(tmp_path: Path,
 
 
 def test_a_first_run_names_every_missing_file_with_its_key_and_the_fix(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, inputs=Scene(tmp_path / "image.tif", tmp_path / "model.pt", tmp_path / "truth.tif"))
     for name in ("image.tif", "model.pt", "truth.tif"):
-        (tmp_path / name).unlink()
+        assert not (tmp_path / name).exists()
     assert cli_main(["run", str(config), "--engine", "local"]) == 2
     err = capsys.readouterr().err
     assert f"3 files named in {config} do not exist:" in err
@@ -299,8 +343,10 @@ def test_every_shipped_config_that_names_missing_files_says_how_to_fix_it(capsys
         pytest.param("input.mask=threshold", "threshold=-5.0 is a volume's", id="threshold-on-a-raster"),
     ],
 )
-def test_a_mask_kind_of_another_format_is_refused(tmp_path: Path, capsys, override: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
-    config = write_config(tmp_path)
+def test_a_mask_kind_of_another_format_is_refused(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys, scene: Scene, override: str, fragment: str
+) -> None:
+    config = write_config(tmp_path, inputs=scene)
     argv = ["--quiet", "run", str(config), "--engine", "local", "--set", override]
     if "threshold" in override:
         argv += ["--set", "input.threshold=-5"]
@@ -309,14 +355,15 @@ def test_a_mask_kind_of_another_format_is_refused(tmp_path: Path, capsys, overri
     assert "input.mask / input.threshold" in err and fragment in err and "fix: set input.mask to auto" in err
 
 
-def test_the_raster_mask_by_its_name_runs_like_auto(tmp_path: Path) -> None:
-    named = run_segment(load_config(write_config(tmp_path), ["input.mask=nodata"]), engine="local", quiet=True)
+def test_the_raster_mask_by_its_name_runs_like_auto(tmp_path: Path, scene: Scene) -> None:
+    named = run_segment(load_config(write_config(tmp_path, inputs=scene), ["input.mask=nodata"]), engine="local",
+                        quiet=True)
     assert named.summary["tiles_skipped"] > 0  # the nodata corner's tiles
 
 
-def test_scoring_num_classes_is_the_k_of_the_scores(tmp_path: Path) -> None:
-    config = write_config(tmp_path, scoring={"truth": str(tmp_path / "truth5.tif"), "boundary_width": 2})
-    with rasterio.open(tmp_path / "image.tif") as src:
+def test_scoring_num_classes_is_the_k_of_the_scores(tmp_path: Path, scene: Scene) -> None:
+    config = write_config(tmp_path, inputs=scene, scoring={"truth": str(tmp_path / "truth5.tif"), "boundary_width": 2})
+    with rasterio.open(scene.image) as src:
         data, profile = src.read(1), src.profile | {"count": 1, "nodata": 255}
     truth = np.minimum(data // 50, 4).astype(np.uint8)  # classes 0..4: one more than the model's 4
     truth[data == 0] = 255
@@ -345,11 +392,12 @@ def test_scoring_num_classes_is_the_k_of_the_scores(tmp_path: Path) -> None:
     ],
 )
 def test_the_engine_score_and_the_file_score_follow_one_rule(
-    tmp_path: Path, truth_nodata: int | None, nodata_stripe: bool
+    tmp_path: Path, scene: Scene, truth_nodata: int | None, nodata_stripe: bool
 ) -> None:
     # the scene's top-left third is nodata; the truth gives those pixels classes all the same
-    config = write_config(tmp_path, scoring={"truth": str(tmp_path / "full_truth.tif"), "boundary_width": 2})
-    with rasterio.open(tmp_path / "image.tif") as src:
+    config = write_config(tmp_path, inputs=scene,
+                          scoring={"truth": str(tmp_path / "full_truth.tif"), "boundary_width": 2})
+    with rasterio.open(scene.image) as src:
         data, profile = src.read(1), src.profile | {"count": 1, "nodata": truth_nodata}
     assert (data == 0).mean() > 0.1
     truth = np.minimum(data // 64, 3).astype(np.uint8)
@@ -363,23 +411,26 @@ def test_the_engine_score_and_the_file_score_follow_one_rule(
     assert result.scores["engine_fwiou"] == pytest.approx(result.scores["fwiou"], abs=1e-12)
 
 
-def test_the_quicklook_is_written_only_when_asked_for_and_the_report_always(tmp_path: Path) -> None:
-    result = run_segment(load_config(write_config(tmp_path), ["output.exports=[cog]"]), engine="local", quiet=True)
+def test_the_quicklook_is_written_only_when_asked_for_and_the_report_always(tmp_path: Path, scene: Scene) -> None:
+    config = write_config(tmp_path, inputs=scene)
+    result = run_segment(load_config(config, ["output.exports=[cog]"]), engine="local", quiet=True)
     assert "quicklook" not in result.outputs and not (tmp_path / "out.quicklook.png").exists()
     assert Path(result.outputs["report_json"]).is_file() and Path(result.outputs["report_md"]).is_file()
     with pytest.raises(ConfigError, match=r"output\.exports\[1\]: must be one of"):
-        load_config(write_config(tmp_path), ["output.exports=[cog, report]"])
+        load_config(config, ["output.exports=[cog, report]"])
 
 
 def _block_files(store: Path) -> dict[str, tuple[bytes, int]]:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (store / ".tiler" / "blocks").glob("*.json")}
 
 
-def test_a_new_export_or_truth_refinishes_a_finished_store_without_recomputing_a_block(tmp_path: Path) -> None:
+def test_a_new_export_or_truth_refinishes_a_finished_store_without_recomputing_a_block(
+    tmp_path: Path, scene: Scene
+) -> None:
     """Same pixels, other finishing: no block runs, the new export and scores appear, the store ends complete."""
     from tiler.config import config_hash
 
-    path = write_config(tmp_path)
+    path = write_config(tmp_path, inputs=scene)
     data = yaml.safe_load(path.read_text())
     truth = data.pop("scoring")["truth"]
     data["output"]["exports"] = []
@@ -404,11 +455,14 @@ def test_a_new_export_or_truth_refinishes_a_finished_store_without_recomputing_a
     assert group.attrs["complete"] is True and group.attrs["job_hash"] == config_hash(cfg)
 
 
-def test_a_store_finished_for_another_job_is_not_complete_while_this_job_refinishes(tmp_path: Path) -> None:
+def test_a_store_finished_for_another_job_is_not_complete_while_this_job_refinishes(
+    tmp_path: Path, scene: Scene, finished: Finished, copy_finished_job: CopyJob
+) -> None:
     from tiler.segment import SegmentJob
 
-    path = write_config(tmp_path)
-    run_segment(load_config(path), engine="local", quiet=True)
+    copy_finished_job(finished.root, tmp_path)  # the job of this config, finished
+    path = write_config(tmp_path, inputs=scene)
+    assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["complete"] is True
     data = yaml.safe_load(path.read_text())
     data["output"]["exports"] = ["cog"]
     path.write_text(yaml.safe_dump(data))
@@ -421,11 +475,14 @@ def test_a_store_finished_for_another_job_is_not_complete_while_this_job_refinis
         job.close()
 
 
-def test_another_pixels_setting_is_still_refused_without_overwrite(tmp_path: Path) -> None:
+def test_another_pixels_setting_is_still_refused_without_overwrite(
+    tmp_path: Path, scene: Scene, finished: Finished, copy_finished_job: CopyJob
+) -> None:
     from tiler.errors import OutputError
 
-    path = write_config(tmp_path)
-    run_segment(load_config(path), engine="local", quiet=True)
+    copy_finished_job(finished.root, tmp_path)  # the job of this config, finished
+    path = write_config(tmp_path, inputs=scene)
+    assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["complete"] is True
     data = yaml.safe_load(path.read_text())
     data["tiling"]["overlap"] = [4, 4]
     path.write_text(yaml.safe_dump(data))
@@ -446,13 +503,16 @@ def store_attrs(store: Path) -> dict[str, object]:
     return dict(json.loads((store / "zarr.json").read_text())["attributes"])
 
 
-def test_an_added_export_finishes_the_store_again_without_running_a_block(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_an_added_export_finishes_the_store_again_without_running_a_block(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys, scene: Scene, finished: Finished, copy_finished_job: CopyJob
+) -> None:
     from tiler.config import config_hash
     from tiler.io.verify import verify_store
 
-    config = write_config(tmp_path)  # exports: cog, quicklook
+    copy_finished_job(finished.root, tmp_path)  # the job of this config, finished
+    config = write_config(tmp_path, inputs=scene)  # exports: cog, quicklook
     store = tmp_path / "out.zarr"
-    assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 0
+    assert store_attrs(store)["complete"] is True and store_attrs(store)["job_hash"]
     blocks, cog = block_state(store), (tmp_path / "out.cog.tif").stat().st_mtime_ns
     pixels = store_attrs(store).get("pixels_hash")
 
@@ -487,15 +547,19 @@ def test_an_added_export_finishes_the_store_again_without_running_a_block(tmp_pa
     assert any("earlier finishing" in note and "geojson, quicklook" in note for note in verified.notes)
 
 
-def test_a_new_truth_rescores_the_store_without_running_a_block(tmp_path: Path) -> None:
+def test_a_new_truth_rescores_the_store_without_running_a_block(
+    tmp_path: Path, scene: Scene, finished: Finished, copy_finished_job: CopyJob
+) -> None:
     from tiler.metrics import confusion_matrix, scores_from_confusion
 
-    config = write_config(tmp_path)
+    copy_finished_job(finished.root, tmp_path)  # the job of this config, finished
+    config = write_config(tmp_path, inputs=scene)
     store = tmp_path / "out.zarr"
-    first = run_segment(load_config(config), engine="local", quiet=True)
+    first = finished.result
+    assert store_attrs(store)["complete"] is True
     blocks = block_state(store)
     other = tmp_path / "other_truth.tif"
-    with rasterio.open(tmp_path / "truth.tif") as src:
+    with rasterio.open(scene.truth) as src:
         profile = src.profile | {"nodata": None}
         truth = np.random.default_rng(5).integers(0, 4, size=(src.height, src.width), dtype=np.uint8)
     with rasterio.open(other, "w", **profile) as dst:
@@ -517,15 +581,17 @@ def test_a_new_truth_rescores_the_store_without_running_a_block(tmp_path: Path) 
 
 
 def test_a_finishing_killed_half_way_leaves_no_complete_store_and_its_rerun_finishes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish_in_this_process: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish_in_this_process: None, scene: Scene,
+    finished: Finished, copy_finished_job: CopyJob,
 ) -> None:
     import tiler.io.vector as vector
     from tiler.config import config_hash
     from tiler.errors import OutputError
 
-    config = write_config(tmp_path)
+    copy_finished_job(finished.root, tmp_path)  # the job of this config, finished
+    config = write_config(tmp_path, inputs=scene)
     store = tmp_path / "out.zarr"
-    run_segment(load_config(config), engine="local", quiet=True)
+    assert store_attrs(store)["complete"] is True
     blocks = block_state(store)
     seen: list[object] = []
 
@@ -548,10 +614,12 @@ def test_a_finishing_killed_half_way_leaves_no_complete_store_and_its_rerun_fini
     assert store_attrs(store)["complete"] is True and store_attrs(store)["job_hash"] == config_hash(cfg)
 
 
-def test_other_pixels_are_still_refused_and_leave_the_finished_store_as_it_was(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    config = write_config(tmp_path)
+def test_other_pixels_are_still_refused_and_leave_the_finished_store_as_it_was(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys, scene: Scene, finished: Finished, copy_finished_job: CopyJob
+) -> None:
+    copy_finished_job(finished.root, tmp_path)  # the job of this config, finished
+    config = write_config(tmp_path, inputs=scene)
     store = tmp_path / "out.zarr"
-    assert cli_main(["--quiet", "run", str(config), "--engine", "local"]) == 0
     before, blocks = store_attrs(store), block_state(store)
     code = cli_main(["--quiet", "run", str(config), "--engine", "local", "--set", "tiling.overlap=[4,4]",
                      "--set", "output.exports=[cog,geojson]"])
@@ -562,12 +630,12 @@ def test_other_pixels_are_still_refused_and_leave_the_finished_store_as_it_was(t
 
 
 def test_new_polygon_settings_redraw_the_polygons_and_keep_the_other_exports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish_in_this_process: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish_in_this_process: None, scene: Scene
 ) -> None:
     import tiler.io.vector as vector
     from tiler.errors import OutputError
 
-    config = write_config(tmp_path, output={"path": str(tmp_path / "out.zarr"), "chunks": [32, 32],
+    config = write_config(tmp_path, inputs=scene, output={"path": str(tmp_path / "out.zarr"), "chunks": [32, 32],
                                             "exports": ["cog", "geojson"]})
     geojson = tmp_path / "out.geojson"
     run_segment(load_config(config), engine="local", quiet=True)
