@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from tiler.io.atomic import BeforeMove, atomic_file, atomic_path
 from tiler.io.base import Georef, Reader
 from tiler.io.classes import pixel_measure
+from tiler.io.export_common import _georef_of
 from tiler.io.polygons import (
     VectorStats,
     band_rows,
@@ -64,14 +65,6 @@ def _crs_matrix(georef: Georef) -> list[float]:
 
 def _hex(color: Sequence[int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in color[:3]))
-
-
-def _georef_of(store: OutputStore, reference: Reader | Georef | None) -> Georef:
-    if isinstance(reference, Reader):
-        return reference.georef
-    if isinstance(reference, Georef):
-        return reference
-    return store.georef
 
 
 class _Feature:
