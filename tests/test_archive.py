@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,12 @@ import zarr
 from rasterio.transform import from_origin
 
 from pipelines.archive import main
-from tests.engine.helpers import write_model, write_raster
+from tests.engine.helpers import local_finishing_on, write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.archive import Ledger, fingerprint, input_stem, load_archive, run_archive
+from tiler.archive.report import ArchiveReport
 from tiler.cli import build_parser
+from tiler.engine.finishing import ProcessFinisher
 from tiler.errors import ConfigError, OutputError
 from tiler.metrics import confusion_matrix, scores_from_confusion
 
@@ -56,18 +60,42 @@ def write_config(folder: Path, **archive: object) -> Path:
     return path
 
 
-@pytest.fixture
-def archive_dir(tmp_path: Path) -> Path:
+def write_archive_dir(folder: Path) -> Path:
     """scenes/a.tif and b.tif (with truth) and the corrupt c.tif, a tiny model and the archive file."""
-    scenes = tmp_path / "scenes"
+    scenes = folder / "scenes"
     scenes.mkdir()
     for seed, stem in enumerate(("a", "b")):
         write_raster(scenes / f"{stem}.tif", SHAPE, 3, seed)
         write_truth(scenes / f"{stem}_truth.tif", seed=seed)
     shutil.copy(CORRUPT, scenes / "c.tif")
-    write_model(tmp_path / "model.pt")
-    write_config(tmp_path, missing_truth="unscored")
-    return tmp_path
+    write_model(folder / "model.pt")
+    write_config(folder, missing_truth="unscored")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The archive folder of :func:`write_archive_dir`, written once for the module (never run: tests copy it)."""
+    return write_archive_dir(tmp_path_factory.mktemp("archive-template"))
+
+
+@pytest.fixture(scope="module")
+def finisher() -> Iterator[ProcessFinisher]:
+    """One pool of finishing processes for the module's in-process runs (see :func:`local_finishing_on`)."""
+    pool = ProcessFinisher(2)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def archive_dir(prepared: Path, finisher: ProcessFinisher, tmp_path: Path) -> Iterator[Path]:
+    """scenes/a.tif and b.tif (with truth) and the corrupt c.tif, a tiny model and the archive file.
+
+    A fresh copy of the prepared folder (nothing run yet: its inputs are new files), the test's to change.
+    """
+    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
+    with local_finishing_on(finisher):
+        yield tmp_path
 
 
 def rows(root: Path) -> dict[str, dict[str, object]]:
@@ -92,11 +120,39 @@ def run(folder: Path, *overrides: str):  # noqa: ANN201 - an ArchiveReport
 # end to end, in-process engine
 
 
-def test_first_run_does_two_and_records_the_corrupt_file_as_failed(archive_dir: Path) -> None:
-    report = run(archive_dir)
+@dataclass(frozen=True)
+class TwoRuns:
+    """One archive run twice: what the first run left, and the second run's report (see :func:`two_runs`)."""
+
+    folder: Path
+    first: ArchiveReport
+    first_rows: dict[str, dict[str, object]]
+    blocks: dict[str, dict[str, int]]  # a's and b's block records' mtimes after the first run
+    second: ArchiveReport
+
+
+@pytest.fixture(scope="module")
+def two_runs(prepared: Path, finisher: ProcessFinisher, tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
+    """A copy of the prepared folder run twice, shared by the tests that only read its results (never change it).
+
+    The first run's report and ledger rows, and the block records' mtimes, are kept before the second run. The
+    second run skips a and b (their stores and block records stay as the first run wrote them) and fails c again.
+    """
+    folder = tmp_path_factory.mktemp("two-runs")
+    shutil.copytree(prepared, folder, dirs_exist_ok=True)
+    with local_finishing_on(finisher):
+        first = run(folder)
+        first_rows = rows(folder / "out")
+        blocks = {s: block_mtimes(folder / "out" / s / f"{s}.zarr") for s in ("a", "b")}
+        second = run(folder)
+    return TwoRuns(folder, first, first_rows, blocks, second)
+
+
+def test_first_run_does_two_and_records_the_corrupt_file_as_failed(two_runs: TwoRuns) -> None:
+    archive_dir, report = two_runs.folder, two_runs.first
     assert report.counts == {"done": 2, "skipped": 0, "failed": 1, "total": 3}
     assert report.exit_code == 1
-    table = by_stem(rows(archive_dir / "out"))
+    table = by_stem(two_runs.first_rows)
     assert {s: r["status"] for s, r in table.items()} == {"a": "done", "b": "done", "c": "failed"}
     assert str(archive_dir / "scenes" / "c.tif") in str(table["c"]["error"])
     assert all(r["attempts"] == 1 for r in table.values())
@@ -113,14 +169,14 @@ def test_first_run_does_two_and_records_the_corrupt_file_as_failed(archive_dir: 
     assert not c_attrs.exists() or not json.loads(c_attrs.read_text())["attributes"].get("complete")
 
 
-def test_second_run_recomputes_nothing_and_retries_the_failed_file(archive_dir: Path) -> None:
-    run(archive_dir)
-    first = by_stem(rows(archive_dir / "out"))
+def test_second_run_recomputes_nothing_and_retries_the_failed_file(two_runs: TwoRuns) -> None:
+    archive_dir = two_runs.folder
+    first = by_stem(two_runs.first_rows)
     stores = {s: archive_dir / "out" / s / f"{s}.zarr" for s in ("a", "b")}
-    blocks = {s: block_mtimes(p) for s, p in stores.items()}
+    blocks = two_runs.blocks
     assert all(blocks.values())
 
-    report = run(archive_dir)
+    report = two_runs.second
 
     second = by_stem(rows(archive_dir / "out"))
     assert report.counts == {"done": 0, "skipped": 2, "failed": 1, "total": 3}
@@ -263,10 +319,8 @@ def test_a_deleted_store_beside_its_old_reports_fails_naming_the_file_instead_of
     assert by_stem(rows(archive_dir / "out"))["b"]["status"] == "failed"
 
 
-def test_report_files_list_the_counts(archive_dir: Path) -> None:
-    run(archive_dir)
-    run(archive_dir)
-    root = archive_dir / "out"
+def test_report_files_list_the_counts(two_runs: TwoRuns) -> None:
+    root = two_runs.folder / "out"
     latest = json.loads((root / "latest.json").read_text())
     assert latest["counts"] == {"done": 0, "skipped": 2, "failed": 1, "total": 3}
     assert latest["exit_code"] == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,40 @@ def write_job(root: Path, *, shape: tuple[int, int] = (64, 64), block: int = 64,
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+class KeepOpen:
+    """An executor or finisher shared by a module's tests, handed to code that closes what it is given.
+
+    Every attribute and call goes to the shared one, except :meth:`close`, which only waits for the blocks still in
+    flight (so the next test finds the pool idle): the module's fixture closes the shared one at its end. For
+    ``run_job(..., executor=...)``, which closes its executor, and for a run's finisher, which the run closes.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def close(self) -> None:
+        in_flight = getattr(self.inner, "in_flight", None)
+        while in_flight is not None and in_flight():
+            self.inner.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def local_finishing_on(finisher: Any) -> Iterator[None]:
+    """In-process (``engine="local"``) runs inside finish their inputs on ``finisher``, kept open between runs.
+
+    The same worker processes the engine's own finisher (:class:`tiler.engine.finishing.ProcessFinisher`) starts
+    for each run, started once for a module's runs instead: a run's finishing steps are the same, without paying
+    for a new pool (and its imports) each run.
+    """
+    import pytest
+
+    from tiler.engine.executor import LocalExecutor
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LocalExecutor, "finisher", lambda self, workers: KeepOpen(finisher))
+        yield

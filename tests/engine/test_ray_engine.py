@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import rasterio
 import zarr
 
-from tests.engine.helpers import make_plan, write_model, write_raster
+from tests.engine.helpers import KeepOpen, make_plan, write_model, write_raster
 from tests.shared_data import SHARED_DATA
 from tiler.engine.job import run_job
 from tiler.engine.plan import BlockRecord, Plan, block_key
@@ -39,6 +40,35 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_raster(root / "image.tif"), write_model(root / "model.pt")
 
 
+SHARED = RayOptions(actors=2, max_in_flight=2)
+"""The options of the module's shared pool (:func:`shared_pool`)."""
+
+
+@pytest.fixture(scope="module")
+def shared_pool(ray_session) -> Iterator[RayExecutor]:  # type: ignore[no-untyped-def]
+    """One actor pool for the module's tests that only need a working pool of :data:`SHARED` for the scene's model.
+
+    It holds both of the session's CPUs while it runs: a test that starts its own pool (or a driver that does)
+    takes :func:`own_pools` first, which stops it; the next test that needs it starts it again.
+    """
+    pool = RayExecutor(SHARED)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def pool(shared_pool: RayExecutor, scene: tuple[Path, Path], tmp_path: Path) -> KeepOpen:
+    """The shared pool, started (whole: never sized down to one job's blocks) for the scene's model; not closable."""
+    shared_pool.start(make_plan(*scene, tmp_path / "unused.zarr").model)
+    return KeepOpen(shared_pool)
+
+
+@pytest.fixture
+def own_pools(shared_pool: RayExecutor) -> None:
+    """The test starts its own actor pools: the shared pool gives its CPUs back first."""
+    shared_pool.close()
+
+
 @pytest.fixture(scope="module")
 def reference(scene: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
     """The in-process (no Ray) result."""
@@ -52,21 +82,25 @@ def reference(scene: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
     ("actors", "block", "in_flight"),
     [
         pytest.param(1, 64, 1, id="1-actor"),
-        pytest.param(2, 64, 2, id="2-actors"),
         pytest.param(2, 32, 3, id="small-blocks-deep-queue"),
         pytest.param(2, 128, 1, id="big-blocks"),
+        pytest.param(2, 64, 2, id="2-actors"),  # last: the tests after it use the shared pool it runs on
     ],
 )
 def test_output_is_identical_however_the_work_is_split(
-    ray_session, scene, reference, tmp_path: Path, actors: int, block: int, in_flight: int  # type: ignore[no-untyped-def]
+    ray_session, scene, reference, tmp_path: Path, actors: int, block: int, in_flight: int,  # type: ignore[no-untyped-def]
+    request: pytest.FixtureRequest,
 ) -> None:
     image, weights = scene
     store = tmp_path / "out.zarr"
     plan = make_plan(image, weights, store, block=block)
-    result = run_job(
-        plan, executor=RayExecutor(RayOptions(actors=actors, max_in_flight=in_flight)),
-        chunks=CHUNKS, pixels_hash="h",
-    )
+    options = RayOptions(actors=actors, max_in_flight=in_flight)
+    if options == SHARED:  # the module's shared pool is a pool of these options
+        executor = request.getfixturevalue("pool")
+    else:
+        request.getfixturevalue("own_pools")
+        executor = RayExecutor(options)
+    result = run_job(plan, executor=executor, chunks=CHUNKS, pixels_hash="h")
     labels, probs = outputs(store)
     assert result.blocks_run == len(plan.partition)
     assert np.array_equal(labels, reference[0])
@@ -74,8 +108,56 @@ def test_output_is_identical_however_the_work_is_split(
     assert len({r.pid for r in result.records.values()}) == actors
 
 
+def test_tiles_over_landsat_nodata_are_skipped_and_labelled_nodata(pool, scene, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tiler.geometry import TileGrid
+
+    image = DATA / "RGB.byte.tif"
+    _, weights = scene  # the tiny model, as the shared pool runs it
+    plan = make_plan(image, weights, tmp_path / "out.zarr", block=128, tile=64, overlap=16, probabilities=None)
+    with rasterio.open(image) as src:
+        valid = src.dataset_mask() > 0
+    grid = TileGrid(valid.shape, (64, 64), (16, 16))
+    empty = sum(1 for w in grid if not valid[w.clip(grid.shape).slices].any())  # type: ignore[union-attr]
+    result = run_job(plan, executor=pool, chunks=CHUNKS, pixels_hash="h")
+    # tiles straddling block borders are counted once per block they touch; count unique tiles per block
+    per_block_expected = 0
+    for pos in plan.positions():
+        for t in grid.positions_intersecting(plan.window(pos)):
+            if not valid[grid.window(t).clip(grid.shape).slices].any():  # type: ignore[union-attr]
+                per_block_expected += 1
+    assert empty > 0.15 * len(grid)
+    assert result.tiles_skipped == per_block_expected
+    labels = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels"][...]
+    assert (labels[~valid] == 255).all()
+    assert (labels[valid] < 4).all()
+
+
+def test_a_corrupt_input_fails_the_job_naming_the_block_and_leaves_nothing_complete(
+    pool, scene, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    _, weights = scene  # the tiny model, as the shared pool runs it
+    plan = make_plan(DATA / "corrupt.tif", weights, tmp_path / "out.zarr", block=256, tile=64, probabilities=None)
+    with pytest.raises(EngineError, match=r"block \d+_\d+ .*corrupt\.tif"):
+        run_job(plan, executor=pool, chunks=CHUNKS, pixels_hash="h")
+    assert not zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs.get("complete", False)
+
+
+def test_truth_labels_out_of_range_fail_the_job_as_an_input_error_on_ray(
+    pool, scene, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    image, weights = scene
+    with rasterio.open(image) as src:
+        profile = src.profile | {"count": 1, "nodata": None}
+        truth = np.full((src.height, src.width), 9, np.uint8)  # 9 is neither a class (K=4) nor ignored
+    with rasterio.open(tmp_path / "truth.tif", "w", **profile) as dst:
+        dst.write(truth, 1)
+    plan = make_plan(image, weights, tmp_path / "out.zarr", block=256, truth=tmp_path / "truth.tif")
+    with pytest.raises(InputError, match=r"block \d+_\d+ .*scoring\.truth \S*truth\.tif holds label value\(s\) \[9\]"):
+        run_job(plan, executor=pool, chunks=CHUNKS, pixels_hash="h")
+
+
 def test_sigkill_of_an_actor_mid_job_still_completes_identically(
-    ray_session, scene, reference, tmp_path: Path  # type: ignore[no-untyped-def]
+    ray_session, own_pools, scene, reference, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     image, weights = scene
     plan = make_plan(image, weights, tmp_path / "out.zarr", block=32)
@@ -120,7 +202,7 @@ def _slow_plan(scene: tuple[Path, Path], store: Path) -> Plan:
 
 
 def test_driver_killed_then_rerun_skips_finished_blocks(
-    ray_session, scene, reference, tmp_path: Path  # type: ignore[no-untyped-def]
+    ray_session, own_pools, scene, reference, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     import pickle
 
@@ -189,54 +271,6 @@ def test_two_node_cluster_gives_identical_output(scene, reference, tmp_path: Pat
     np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
 
 
-def test_tiles_over_landsat_nodata_are_skipped_and_labelled_nodata(ray_session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tiler.geometry import TileGrid
-
-    image = DATA / "RGB.byte.tif"
-    weights = write_model(tmp_path / "model.pt")
-    plan = make_plan(image, weights, tmp_path / "out.zarr", block=128, tile=64, overlap=16, probabilities=None)
-    with rasterio.open(image) as src:
-        valid = src.dataset_mask() > 0
-    grid = TileGrid(valid.shape, (64, 64), (16, 16))
-    empty = sum(1 for w in grid if not valid[w.clip(grid.shape).slices].any())  # type: ignore[union-attr]
-    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=CHUNKS, pixels_hash="h")
-    # tiles straddling block borders are counted once per block they touch; count unique tiles per block
-    per_block_expected = 0
-    for pos in plan.positions():
-        for t in grid.positions_intersecting(plan.window(pos)):
-            if not valid[grid.window(t).clip(grid.shape).slices].any():  # type: ignore[union-attr]
-                per_block_expected += 1
-    assert empty > 0.15 * len(grid)
-    assert result.tiles_skipped == per_block_expected
-    labels = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels"][...]
-    assert (labels[~valid] == 255).all()
-    assert (labels[valid] < 4).all()
-
-
-def test_a_corrupt_input_fails_the_job_naming_the_block_and_leaves_nothing_complete(
-    ray_session, tmp_path: Path  # type: ignore[no-untyped-def]
-) -> None:
-    weights = write_model(tmp_path / "model.pt")
-    plan = make_plan(DATA / "corrupt.tif", weights, tmp_path / "out.zarr", block=256, tile=64, probabilities=None)
-    with pytest.raises(EngineError, match=r"block \d+_\d+ .*corrupt\.tif"):
-        run_job(plan, executor=RayExecutor(RayOptions(actors=1)), chunks=CHUNKS, pixels_hash="h")
-    assert not zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs.get("complete", False)
-
-
-def test_truth_labels_out_of_range_fail_the_job_as_an_input_error_on_ray(
-    ray_session, scene, tmp_path: Path  # type: ignore[no-untyped-def]
-) -> None:
-    image, weights = scene
-    with rasterio.open(image) as src:
-        profile = src.profile | {"count": 1, "nodata": None}
-        truth = np.full((src.height, src.width), 9, np.uint8)  # 9 is neither a class (K=4) nor ignored
-    with rasterio.open(tmp_path / "truth.tif", "w", **profile) as dst:
-        dst.write(truth, 1)
-    plan = make_plan(image, weights, tmp_path / "out.zarr", block=256, truth=tmp_path / "truth.tif")
-    with pytest.raises(InputError, match=r"block \d+_\d+ .*scoring\.truth \S*truth\.tif holds label value\(s\) \[9\]"):
-        run_job(plan, executor=RayExecutor(RayOptions(actors=1)), chunks=CHUNKS, pixels_hash="h")
-
-
 def test_a_second_job_on_the_same_output_is_refused(scene, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tiler.io.store import OutputStore
 
@@ -278,7 +312,7 @@ def test_background_label_replaces_nodata_outside_the_mask(scene, tmp_path: Path
 
 
 def test_the_pool_reports_the_model_facts_and_a_model_that_cannot_load_fails_once_with_its_own_error(
-    ray_session, scene, tmp_path: Path  # type: ignore[no-untyped-def]
+    ray_session, own_pools, scene, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     from tiler.engine.plan import ModelFacts, ModelRef
     from tiler.errors import ReadError
@@ -309,7 +343,7 @@ def test_the_pool_reports_the_model_facts_and_a_model_that_cannot_load_fails_onc
 
 
 def test_a_pool_whose_first_actor_died_answers_the_next_facts_call_from_a_new_actor(
-    ray_session, scene  # type: ignore[no-untyped-def]
+    ray_session, own_pools, scene  # type: ignore[no-untyped-def]
 ) -> None:
     from tiler.engine.plan import ModelRef
 
@@ -331,7 +365,7 @@ def test_a_pool_whose_first_actor_died_answers_the_next_facts_call_from_a_new_ac
 
 
 def test_a_late_failure_of_a_dead_actor_never_kills_its_replacement(
-    ray_session, scene, tmp_path: Path  # type: ignore[no-untyped-def]
+    ray_session, own_pools, scene, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     image, weights = scene
     plan = make_plan(image, weights, tmp_path / "out.zarr")
@@ -363,7 +397,7 @@ def test_a_late_failure_of_a_dead_actor_never_kills_its_replacement(
 
 
 def test_an_input_that_kills_its_actor_fails_alone_and_the_input_sharing_its_actor_completes(
-    ray_session, scene, reference, tmp_path: Path  # type: ignore[no-untyped-def]
+    ray_session, own_pools, scene, reference, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     import dataclasses
 
