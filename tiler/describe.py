@@ -62,7 +62,7 @@ def _plan(path: str, config: str, overrides: Sequence[str]) -> dict[str, Any]:
         valid = reader.valid_mask(full) if math.prod(reader.shape) <= 64 * 2**20 else None
         if valid is not None and cfg.engine.skip_empty:
             for tile in grid:
-                inside = tile.clip(grid.shape)
+                inside = tile.intersection(grid.extent)
                 skipped += inside is not None and not bool(valid[inside.slices].any())
         read_as = f"{reader.shape} x {reader.channels} channel(s)"
         if reader.georef.mpp:

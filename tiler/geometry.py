@@ -228,6 +228,10 @@ class TileGrid:
         overlap: Overlap between neighbouring tiles per axis, in pixels (``0 <= overlap < tile``).
         pad_mode: How axes shorter than the tile are padded.
         rule: Where tiles start on each axis (:func:`axis_starts`).
+        region: The part of the image the tiles cover (a region of interest: nnU-Net's non-zero crop box, a
+            window of a scene), or None for the whole image. Tiles are placed over the region as over an image
+            of its shape (the grid rule measured from its start), read only pixels inside it (padding past its
+            end like past an image's) and leave the pixels outside it to no tile.
     """
 
     shape: Shape
@@ -235,6 +239,7 @@ class TileGrid:
     overlap: Shape
     pad_mode: PadMode = PadMode.REFLECT
     rule: StepRule = StepRule.OVERLAP
+    region: Window | None = None
     _starts: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -259,7 +264,19 @@ class TileGrid:
         object.__setattr__(self, "overlap", overlap)
         object.__setattr__(self, "pad_mode", PadMode(self.pad_mode))
         object.__setattr__(self, "rule", StepRule(self.rule))
-        starts = tuple(axis_starts(n, t, o, self.rule) for n, t, o in zip(shape, tile, overlap, strict=True))
+        region = self.region
+        if region is not None:
+            if region.ndim != len(shape) or not Window.from_shape(shape).contains(region) or region.size == 0:
+                raise GeometryError(
+                    f"region start={region.start} stop={region.stop} must be a non-empty window inside the image "
+                    f"of shape {shape}; give one start and stop per axis within it."
+                )
+            if region == Window.from_shape(shape):
+                object.__setattr__(self, "region", None)  # the whole image: one grid, one identity
+        starts = tuple(
+            tuple(a + s for s in axis_starts(n, t, o, self.rule))
+            for a, n, t, o in zip(self.extent.start, self.extent.shape, tile, overlap, strict=True)
+        )
         object.__setattr__(self, "_starts", starts)
 
     @property
@@ -268,9 +285,14 @@ class TileGrid:
         return len(self.shape)
 
     @property
+    def extent(self) -> Window:
+        """The window the tiles cover and read from: :attr:`region`, or the whole image."""
+        return self.region if self.region is not None else Window.from_shape(self.shape)
+
+    @property
     def padded_shape(self) -> Shape:
-        """Image shape after padding short axes up to the tile size."""
-        return tuple(max(n, t) for n, t in zip(self.shape, self.tile, strict=True))
+        """The extent's shape after padding short axes up to the tile size."""
+        return tuple(max(n, t) for n, t in zip(self.extent.shape, self.tile, strict=True))
 
     @property
     def starts(self) -> tuple[tuple[int, ...], ...]:
@@ -307,8 +329,10 @@ class TileGrid:
     @cached_property
     def cuts(self) -> tuple[tuple[int, ...], ...]:
         """Per-axis crop borders (see :func:`crop_cuts`)."""
+        ext = self.extent
         return tuple(
-            crop_cuts(s, t, n) for s, t, n in zip(self._starts, self.tile, self.shape, strict=True)
+            tuple(a + c for c in crop_cuts(tuple(x - a for x in s), t, n))
+            for s, t, a, n in zip(self._starts, self.tile, ext.start, ext.shape, strict=True)
         )
 
     def interior(self, position: Sequence[int]) -> Window:

@@ -459,8 +459,6 @@ def test_folders_tiler_cannot_run_exactly_are_refused(root: Path, tmp_path: Path
     [
         pytest.param({"spacing": (3.0, 0.8, 0.8)}, InputError,
                      r"runs at \[2.5, 0.8, 0.8\] mm: nnU-Net would resample it", id="spacing"),
-        pytest.param({"border": True}, InputError, r"non-zero only inside \[0:32, 2:48, 0:48\].* Crop the input",
-                     id="non-zero-crop"),
         pytest.param({"tiling": {"tile": [32, 32, 32], "overlap": [8, 8, 8], "rule": "overlap", "blend": "gaussian"}},
                      ConfigError, r"--set tiling.tile=\[16,32,32\] --set tiling.overlap=\[8,16,16\] --set "
                      r"tiling.rule=nnunet --set tiling.blend=nnunet", id="tiling"),
@@ -477,8 +475,6 @@ def test_inputs_nnunet_would_treat_differently_are_refused_before_anything_runs(
 
     folder = folder_of(root, "3d_fullres")
     volume = ct_volume()
-    if setup.get("border"):
-        volume[:, :2] = 0
     if setup.get("channels"):
         volume = np.stack([volume, volume])
     image = write_nifti(tmp_path / "case.nii.gz", volume, setup.get("spacing", SPACING))

@@ -150,7 +150,8 @@ def export_settings(cfg: JobConfig, export: str) -> dict[str, Any]:
 def _pixels_payload(cfg: JobConfig) -> dict[str, Any]:
     """The hashed payload of :func:`pixels_hash` (the base of :func:`config_hash`'s)."""
     out = cfg.output
-    unset = {"series"} if cfg.input.series is None else set()  # left out unset, so older hashes still match
+    # left out unset, so older hashes still match
+    unset = {k for k in ("series", "region") if getattr(cfg.input, k) is None}
     return {
         "version": 1,
         "input": cfg.input.model_dump(mode="json", exclude={"gdal"} | unset),

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tiler.config.completion import complete
 from tiler.config.files import resolve_paths
 from tiler.config.messages import show, validation_error
 from tiler.config.overrides import apply_overrides
@@ -46,7 +47,7 @@ def parse_config(
     if base_dir is not None:
         resolve_paths(raw, Path(base_dir))
     try:
-        return JobConfig.model_validate(raw)
+        return JobConfig.model_validate(complete(raw))
     except ValidationError as exc:
         raise validation_error(exc, source) from None
 

@@ -127,6 +127,16 @@ class JobConfig(_Section):
                     "make each block value a whole multiple of the chunk (one writer per chunk)",
                 )
             )
+        region = self.input.region
+        if isinstance(region, tuple) and len(region) != ndim:
+            problems.append(
+                (
+                    "input.region",
+                    [list(r) for r in region],
+                    f"has {len(region)} axes but the job has {ndim}",
+                    f"give {ndim} [start, stop] pairs, one per axis of the input",
+                )
+            )
         for i, flip in enumerate(self.model.tta_flips):
             if any(axis >= ndim for axis in flip):
                 problems.append(

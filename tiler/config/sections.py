@@ -31,6 +31,7 @@ from tiler.metrics.boundary import DEFAULT_WIDTH_PIXELS
 from tiler.paths import is_remote
 
 __all__ = [
+    "READER_FORMATS",
     "DicomOutputConfig",
     "EngineConfig",
     "GdalConfig",
@@ -64,6 +65,12 @@ def _infer_ndim(candidates: Sequence[Any], spec: Any) -> int:
 # input
 
 
+READER_FORMATS = {
+    "auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto", "dicom": "dicom",
+}  # fmt: skip
+"""``input.format`` → the reader format of :func:`tiler.io.open_reader` (``auto`` detects it from the path)."""
+
+
 class GdalConfig(_Section):
     """GDAL settings for reading rasters; ``GDAL_CACHEMAX`` is per process, so N actors use N caches."""
 
@@ -91,8 +98,13 @@ class InputConfig(_Section):
     channels_from_4d: Bool = False
     level: NonNegInt | None = None
     mpp: Annotated[float, Strict(), Field(gt=0)] | None = None
-    mask: Literal["auto", "none", "nodata", "tissue", "threshold"] = "auto"
+    # body: the body of a CT found at low resolution (HU above input.threshold, default -500, largest component):
+    # tiles wholly in the air around it are skipped and labelled background
+    mask: Literal["auto", "none", "nodata", "tissue", "threshold", "body"] = "auto"
     threshold: Float | None = None
+    # a region of interest: only this box is tiled, everything outside it gets output.background_label (else
+    # nodata_label); [[start, stop], ...] per axis in the input's order, or auto (an nnU-Net model's non-zero crop)
+    region: Literal["auto"] | tuple[tuple[NonNegInt, NonNegInt], ...] | None = None
     gdal: GdalConfig = Field(default_factory=GdalConfig)
 
     @model_validator(mode="after")
@@ -134,6 +146,17 @@ class InputConfig(_Section):
                     "set format: dicom (or auto) for a DICOM folder, or remove series",
                 )
             )
+        if isinstance(self.region, tuple):
+            if not self.region or any(a >= b for a, b in self.region):
+                problems.append(
+                    (
+                        "region",
+                        [list(r) for r in self.region],
+                        "is not one [start, stop] pair per axis with start < stop",
+                        "give [[start, stop], ...] in pixels per axis of the input (e.g. [[0, 64], [10, 90]]), "
+                        "auto, or null for the whole image",
+                    )
+                )
         if self.bands is not None:
             if not self.bands:
                 problems.append(

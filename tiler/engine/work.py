@@ -120,13 +120,19 @@ def prepare_block(
     A tile is skipped when ``skip_empty`` and the valid-data mask is False on every pixel of it
     that lies inside the image. The decision depends only on the tile, never on the block.
     With ``read_masked`` the whole region is read once, pixels and mask together; otherwise the mask
-    is read first and the pixels only for the tiles kept.
+    is read first and the pixels only for the tiles kept. Pixels outside the grid's region of interest
+    (:attr:`~tiler.geometry.TileGrid.region`) are invalid: no tile reads them and their label is the
+    invalid one; a block wholly outside it reads nothing.
     """
     t0, started_at = time.perf_counter(), time.time()
-    positions = grid.positions_intersecting(block)
+    extent = grid.extent
+    target = block.intersection(extent)
+    if target is None:
+        return PreparedBlock(block, None, None, np.zeros(block.shape, dtype=bool), [], BlockStats(), started_at)
+    positions = grid.positions_intersecting(target)
     region = grid.region_of(positions)
-    inside = region.clip(grid.shape)
-    assert inside is not None  # a region always overlaps the image it tiles
+    inside = region.intersection(extent)
+    assert inside is not None  # a region always overlaps the extent it tiles
     pixels_inside = None
     if read_masked is not None:
         pixels_inside, valid_region = read_masked(inside)
@@ -136,7 +142,7 @@ def prepare_block(
     if valid_region is not None and skip_empty:
         running = []
         for pos in positions:
-            part = grid.window(pos).clip(grid.shape)
+            part = grid.window(pos).intersection(extent)
             assert part is not None
             if valid_region[part.relative_to(inside).slices].any():
                 running.append(pos)
@@ -144,11 +150,15 @@ def prepare_block(
         positions = running
     valid_block = None
     if valid_region is not None:
-        valid_block = valid_region[block.relative_to(inside).slices]
+        valid_block = valid_region[target.relative_to(inside).slices]
+    if target != block:  # the block reaches out of the region of interest
+        outside = np.zeros(block.shape, dtype=bool)
+        outside[target.relative_to(block).slices] = True if valid_block is None else valid_block
+        valid_block = outside
     pixels = None
     if positions:
         kept = grid.region_of(positions)
-        kept_inside = kept.clip(grid.shape)
+        kept_inside = kept.intersection(extent)
         assert kept_inside is not None
         if pixels_inside is not None:
             source = pixels_inside[(slice(None), *kept_inside.relative_to(inside).slices)]

@@ -19,23 +19,59 @@ from tiler.engine.executor import Stages
 from tiler.engine.plan import ModelFacts, ModelRef, Plan, ReaderRef
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.exports import REGISTRY as EXPORTS
-from tiler.geometry import BlockPartition, PadMode, StepRule, TileGrid
+from tiler.geometry import BlockPartition, PadMode, StepRule, TileGrid, Window
 from tiler.job.outputs import check_output_paths
 from tiler.job.refs import model_facts, model_ref, reader_ref
 from tiler.redact import redact, redacted_config_dict
 
-__all__ = ["build_plan", "check_truth", "plan_geometry", "plan_job"]
+__all__ = ["build_plan", "check_truth", "plan_geometry", "plan_job", "plan_region"]
 
 
-def plan_geometry(cfg: JobConfig, shape: Sequence[int]) -> tuple[TileGrid, BlockPartition]:
+def plan_geometry(
+    cfg: JobConfig, shape: Sequence[int], region: Window | None = None
+) -> tuple[TileGrid, BlockPartition]:
     """The tile grid and the block partition of ``cfg`` over an input of spatial ``shape`` (as the job reads it).
 
     The one rule :func:`build_plan` and ``tiler inspect`` share: tile, overlap, padding and step rule of
-    ``tiling``, blocks of ``tiling.block``.
+    ``tiling`` over the region of interest ``region`` (:func:`plan_region`; None: the whole image), blocks of
+    ``tiling.block`` over the whole image.
     """
     t, shape = cfg.tiling, tuple(shape)
-    grid = TileGrid(shape, t.tile, t.overlap, PadMode(t.pad_mode), StepRule(t.rule))
+    grid = TileGrid(shape, t.tile, t.overlap, PadMode(t.pad_mode), StepRule(t.rule), region=region)
     return grid, BlockPartition(shape, t.block)
+
+
+def plan_region(cfg: JobConfig, shape: Sequence[int], model: ModelRef) -> Window | None:
+    """The region of interest ``input.region`` names in an input of spatial ``shape``, or None for all of it.
+
+    ``auto`` is the region the model's source defines (an nnU-Net model's non-zero crop box, measured by
+    :func:`tiler.model.sources.nnunet.job_options`); a box ``[[start, stop], ...]`` must lie inside the image.
+
+    Raises:
+        ConfigError: ``auto`` for a model that defines no region.
+        InputError: A box outside the image.
+    """
+    region = cfg.input.region
+    crop = (model.load.get("nnunet") or {}).get("crop")
+    if crop is not None:  # an nnU-Net model's region: auto, or the box the job gives (checked there)
+        region = crop
+    elif region == "auto":
+        if "nnunet" in model.load:
+            return None  # the non-zero box is the whole image
+        raise ConfigError(
+            f"input.region: auto, but the model {cfg.model.weights} defines no region of interest (an nnU-Net "
+            "results folder defines its non-zero crop box); fix: give [[start, stop], ...] per axis, or null"
+        )
+    if region is None:
+        return None
+    window = Window(tuple(int(r[0]) for r in region), tuple(int(r[1]) for r in region))
+    full = Window.from_shape(tuple(shape))
+    if window.ndim != full.ndim or not full.contains(window):
+        raise InputError(
+            f"input.region {[list(r) for r in region]} does not lie inside {cfg.input.path} of shape "
+            f"{list(full.shape)}; fix: give one [start, stop] pair per axis within the image, or null"
+        )
+    return None if window == full else window
 
 
 def check_truth(reader: Any, truth: str) -> None:
@@ -117,7 +153,11 @@ def build_plan(
         check_has_data(reader)
         if cfg.scoring.truth is not None:  # its grid checked now, not after every block has run
             check_truth(reader, cfg.scoring.truth)
-        grid, partition = plan_geometry(cfg, reader.shape)
+        region = plan_region(cfg, reader.shape, model)
+        grid, partition = plan_geometry(cfg, reader.shape, region)
+        background = cfg.output.background_label
+        if background is None and region is not None and "nnunet" in model.load:
+            background = 0  # nnU-Net labels everything outside its crop 0
         plan = Plan(
             input=ref,
             model=model,
@@ -130,7 +170,7 @@ def build_plan(
             nodata_label=cfg.output.nodata_label,
             probabilities=cfg.output.probabilities,
             skip_empty=cfg.engine.skip_empty,
-            background_label=cfg.output.background_label,
+            background_label=background,
             truth=ReaderRef(cfg.scoring.truth) if cfg.scoring.truth else None,
             ignore_index=cfg.scoring.ignore_index if cfg.scoring.ignore_index is not None else -1,
             score_classes=score_classes,
@@ -143,6 +183,7 @@ def build_plan(
             "input": {"path": redact(cfg.input.path), "shape": list(reader.shape), "channels": reader.channels,
                       "dtype": str(reader.dtype), "nodata": reader.nodata},
             "plan": {"pixels": math.prod(reader.shape), "blocks": len(plan.partition), "tiles": len(plan.grid),
+                     "region": [list(region.start), list(region.stop)] if region is not None else None,
                      "memory_per_actor_mb": round(memory.total / 2**20)},
         }
     finally:

@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from tiler.config.schema import JobConfig
+from tiler.config.sections import READER_FORMATS
 from tiler.engine.executor import Executor
 from tiler.engine.plan import ModelFacts, ModelRef, ReaderRef
 from tiler.errors import ConfigError
 
 __all__ = ["READER_FORMATS", "make_executor", "model_facts", "model_ref", "reader_ref"]
-
-READER_FORMATS = {
-    "auto": "auto", "geotiff": "raster", "nifti": "nifti", "zarr": "zarr", "slide": "auto", "dicom": "dicom",
-}  # fmt: skip
 
 
 def reader_ref(cfg: JobConfig) -> ReaderRef:
@@ -67,7 +64,8 @@ def model_ref(cfg: JobConfig) -> ModelRef:
 
         load["nnunet"] = job_options(m.weights, settings=m.nnunet.model_dump(mode="json") if m.nnunet else None,
                                      tiling=cfg.tiling.model_dump(mode="json"), tta_flips=m.tta_flips,
-                                     probabilities=cfg.output.probabilities, input=reader_ref(cfg))  # fmt: skip
+                                     probabilities=cfg.output.probabilities, input=reader_ref(cfg),
+                                     region=cfg.input.region or "auto")  # fmt: skip
     runner = {
         "device": m.device,
         "precision": m.precision,

@@ -150,7 +150,7 @@ class ImageFacts:
         return [[m, s] for m, s in zip(self.mean, self.std, strict=True)]
 
 
-def measure(reader: Any) -> ImageFacts:
+def measure(reader: Any, within: Window | None = None) -> ImageFacts:
     """One pass over ``reader`` in slabs along its first axis (~64 MB each): non-zero box and channel statistics.
 
     Means and variances are merged slab by slab in float64 (Chan et al.'s pairwise update), so the result
@@ -158,19 +158,22 @@ def measure(reader: Any) -> ImageFacts:
 
     Args:
         reader: A tiler reader (``shape``, ``channels``, ``dtype``, ``read(window) -> (C, *S)``).
+        within: Measure only this window (nnU-Net's statistics of a cropped image); None: the whole image.
+            The non-zero box is in image coordinates either way.
 
     """
     shape = tuple(int(n) for n in reader.shape)
+    area = within if within is not None else Window.from_shape(shape)
     channels = int(reader.channels)
-    row_bytes = channels * math.prod(shape[1:]) * np.dtype(reader.dtype).itemsize
+    row_bytes = channels * math.prod(area.shape[1:]) * np.dtype(reader.dtype).itemsize
     depth = max(1, _SLAB_BYTES // max(row_bytes, 1))
     count = 0
     mean = np.zeros(channels)
     m2 = np.zeros(channels)
-    hits = [np.zeros(n, dtype=bool) for n in shape]
-    for start in range(0, shape[0], depth):
-        stop = min(start + depth, shape[0])
-        data = reader.read(Window((start, *(0,) * (len(shape) - 1)), (stop, *shape[1:])))
+    hits = [np.zeros(n, dtype=bool) for n in area.shape]
+    for start in range(area.start[0], area.stop[0], depth):
+        stop = min(start + depth, area.stop[0])
+        data = reader.read(Window((start, *area.start[1:]), (stop, *area.stop[1:])))
         flat = data.reshape(channels, -1).astype(np.float64)
         n = flat.shape[1]
         slab_mean = flat.mean(axis=1)
@@ -185,13 +188,13 @@ def measure(reader: Any) -> ImageFacts:
             others = tuple(a for a in range(len(shape)) if a != axis)
             line = nonzero.any(axis=others)
             if axis == 0:
-                hits[0][start:stop] |= line
+                hits[0][start - area.start[0] : stop - area.start[0]] |= line
             else:
                 hits[axis] |= line
     box = None
     if all(h.any() for h in hits):
-        first = tuple(int(np.argmax(h)) for h in hits)
-        last = tuple(int(len(h) - np.argmax(h[::-1])) for h in hits)
+        first = tuple(a + int(np.argmax(h)) for a, h in zip(area.start, hits, strict=True))
+        last = tuple(a + int(len(h) - np.argmax(h[::-1])) for a, h in zip(area.start, hits, strict=True))
         box = Window(first, last)
     std = np.sqrt(np.maximum(m2 / max(count, 1), 0.0))
     return ImageFacts(shape, box, tuple(float(v) for v in mean), tuple(float(v) for v in std))

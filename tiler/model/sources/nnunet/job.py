@@ -11,10 +11,12 @@ configuration's spacing. tiler reproduces what it can exactly and refuses the re
   (``L`` voxels of spacing ``s``, configuration spacing ``t``; nnU-Net's ``compute_new_shape``). Otherwise
   refused with the spacing to resample to. 2D images (rasters, slides) are taken at the configuration's spacing.
 * **Cropping.** nnU-Net predicts inside the box of voxels non-zero in some channel and labels everything
-  outside 0. When that box is the whole image cropping changes nothing; otherwise the tiles would be placed
-  differently, so the input is refused with the box to crop to.
-* **Per-image statistics.** ``ZScoreNormalization`` channels take the image's own mean and std, measured in
-  the same pass (out of core, slab by slab) and handed to every worker in the model options.
+  outside 0. ``input.region: auto`` (what a job that gives no region gets) is that box: the tiles are placed
+  over it as nnU-Net places them over its crop, and everything outside it is labelled background. A job that
+  sets ``input.region: null`` on an image whose box is smaller is refused with the fix.
+* **Per-image statistics.** ``ZScoreNormalization`` channels take the image's own mean and std over the
+  region (nnU-Net normalises the cropped image), measured out of core, slab by slab, and handed to every worker
+  in the model options.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tiler.errors import ConfigError, InputError, ModelError
+from tiler.geometry import Window
 from tiler.model.sources.nnunet.folder import NnunetSettings, ResultsFolder
 from tiler.model.sources.nnunet.intensity import ImageFacts, measure, needs_image_stats
 
@@ -94,16 +97,16 @@ def check_spacing(results: ResultsFolder, reader: Any) -> None:
     )
 
 
-def _facts(reader: Any) -> ImageFacts:
+def _facts(reader: Any, within: Window | None = None) -> ImageFacts:
     path = str(reader.path)
     try:
         st = os.stat(path)
         stamp: tuple[Any, ...] = (st.st_size, st.st_mtime_ns)
     except OSError:
         stamp = ()
-    key = (type(reader).__name__, path, tuple(reader.shape), int(reader.channels), *stamp)
+    key = (type(reader).__name__, path, tuple(reader.shape), int(reader.channels), within, *stamp)
     if key not in _FACTS:
-        _FACTS[key] = measure(reader)
+        _FACTS[key] = measure(reader, within)
         while len(_FACTS) > 8:
             _FACTS.popitem(last=False)
     return _FACTS[key]
@@ -134,6 +137,21 @@ def _check_input(results: ResultsFolder, reader: Any) -> None:
             )
 
 
+def _box(window: Window) -> str:
+    return "[" + ", ".join(f"{a}:{b}" for a, b in zip(window.start, window.stop, strict=True)) + "]"
+
+
+def _window(region: Any, full: Window, path: str) -> Window:
+    """``input.region`` pairs as a window inside the image (the plan refuses one outside it, naming it)."""
+    window = Window(tuple(int(r[0]) for r in region), tuple(int(r[1]) for r in region))
+    if window.ndim != full.ndim or not full.contains(window):
+        raise InputError(
+            f"input.region {_box(window)} does not lie inside {path} of shape {list(full.shape)}; fix: give one "
+            "[start, stop] pair per axis within the image, or auto."
+        )
+    return window
+
+
 def job_options(
     folder: str | Path,
     *,
@@ -142,6 +160,7 @@ def job_options(
     input: Any,
     tta_flips: Sequence[Any] = (),
     probabilities: str | None = None,
+    region: str | Sequence[Sequence[int]] | None = "auto",
 ) -> dict[str, Any]:
     """Check one input against the results folder and return the ``nnunet`` options of its model reference.
 
@@ -153,10 +172,13 @@ def job_options(
             ``georef``, ``read``); it is closed again here.
         tta_flips: The config's ``model.tta_flips`` (must be empty: nnU-Net models mirror by their checkpoint).
         probabilities: The config's ``output.probabilities`` (refused with ``average: logits``).
+        region: The config's ``input.region``: ``auto`` (nnU-Net's non-zero crop box), a box ``[[start, stop],
+            ...]`` per axis, or None (the whole image, refused when the non-zero box is smaller).
 
     Returns:
-        The settings as plain types, plus ``image_stats`` when a channel uses ``ZScoreNormalization`` (then the
-        options differ per input, and so do the model references of a run).
+        The settings as plain types, plus ``crop`` (the region as ``[[start, stop], ...]``, when it is not the
+        whole image) and ``image_stats`` when a channel uses ``ZScoreNormalization`` (measured over the region;
+        then the options differ per input, and so do the model references of a run).
 
     Raises:
         ConfigError: The tiling is not nnU-Net's for this configuration, ``tta_flips`` is set, or probabilities are
@@ -184,21 +206,25 @@ def job_options(
         _check_tiling(results, tiling, len(reader.shape))
         check_spacing(results, reader)
         facts = _facts(reader)
-        full = tuple(int(n) for n in reader.shape)
+        full = Window.from_shape(tuple(int(n) for n in reader.shape))
         path = reader.path
+        if facts.nonzero is None:
+            raise InputError(f"{path} is 0 everywhere; nnU-Net would crop it to nothing. Nothing to segment.")
+        if region is None and facts.nonzero != full:
+            box = _box(facts.nonzero)
+            raise InputError(
+                f"{path} is non-zero only inside {box} of its shape {list(full.shape)} but input.region is null: "
+                "nnU-Net crops to that box, tiles the crop and labels everything outside it 0, so tiling the whole "
+                "image would place tiles differently. Fix: set input.region: auto (or leave it out)."
+            )
+        crop = full if region is None else facts.nonzero if region == "auto" else _window(region, full, path)
+        if crop != full and needs_image_stats(results):
+            facts = _facts(reader, crop)
     finally:
         reader.close()
-    if facts.nonzero is None:
-        raise InputError(f"{path} is 0 everywhere; nnU-Net would crop it to nothing. Nothing to segment.")
-    if facts.nonzero.start != (0,) * len(full) or facts.nonzero.stop != full:
-        box = ", ".join(f"{a}:{b}" for a, b in zip(facts.nonzero.start, facts.nonzero.stop, strict=True))
-        raise InputError(
-            f"{path} is non-zero only inside [{box}] of its shape {list(full)}: nnU-Net crops to that box, "
-            "tiles the crop and labels everything outside it 0, so tiling the whole image would place tiles "
-            f"differently. Crop the input to [{box}] (e.g. nibabel's img.slicer with the axes reversed) and pad the "
-            "labels back with 0."
-        )
     options = results.settings.to_dict()
+    if crop != full:
+        options["crop"] = [[a, b] for a, b in zip(crop.start, crop.stop, strict=True)]
     if needs_image_stats(results):
         options["image_stats"] = facts.stats
     return options
