@@ -457,8 +457,6 @@ def test_folders_tiler_cannot_run_exactly_are_refused(root: Path, tmp_path: Path
 @pytest.mark.parametrize(
     ("setup", "error", "match"),
     [
-        pytest.param({"spacing": (3.0, 0.8, 0.8)}, InputError,
-                     r"runs at \[2.5, 0.8, 0.8\] mm: nnU-Net would resample it", id="spacing"),
         pytest.param({"tiling": {"tile": [32, 32, 32], "overlap": [8, 8, 8], "rule": "overlap", "blend": "gaussian"}},
                      ConfigError, r"--set tiling.tile=\[16,32,32\] --set tiling.overlap=\[8,16,16\] --set "
                      r"tiling.rule=nnunet --set tiling.blend=nnunet", id="tiling"),

@@ -143,7 +143,7 @@ class StoreJob:
         acquire_store_lock(plan.store_path, f"tiler job pid {os.getpid()} on {socket.gethostname()}")
         self.locked = True
         self.store = OutputStore.create(
-            plan.store_path, shape=plan.grid.shape, num_classes=plan.num_classes, chunks=self.chunks,
+            plan.store_path, shape=plan.partition.shape, num_classes=plan.num_classes, chunks=self.chunks,
             nodata_label=plan.nodata_label, probabilities=plan.probabilities, attrs=self.attrs,
             pixels_hash=self.pixels_hash, job_hash=self.job_hash, overwrite=self.overwrite,
             block=plan.partition.block,

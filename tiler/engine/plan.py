@@ -12,8 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from tiler.blend import Blender
 from tiler.geometry import BlockPartition, Shape, TileGrid, Window
+from tiler.resample import Resampling
 
 if TYPE_CHECKING:  # the driver plans without torch; workers import it with the model
     from tiler.engine.work import Predict
@@ -86,6 +89,42 @@ class ModelFacts:
 
 
 @dataclass(frozen=True)
+class GridMap:
+    """The input's grid and the model's: the crop, and nnU-Net's resampling each way.
+
+    Attributes:
+        crop: The region of the input resampled (image coordinates): nnU-Net's crop, or the whole image.
+        forward: Crop shape → model shape, as nnU-Net resamples images (order 3, its separate-axis rule).
+        back: Model shape → crop shape, as nnU-Net resamples its logits / probabilities (order 1).
+        value_range: ``(2, C, K)`` raw minima and maxima of the crop (per channel, per slice across the forward
+            resampling's separate axis) that its clip needs, normalised in the worker; None when not needed.
+        spacing: The input's spacing (z, y, x) and the model's, for reports.
+    """
+
+    crop: Window
+    forward: Resampling
+    back: Resampling
+    value_range: np.ndarray | None = None
+    spacing: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        """The model grid's shape: the crop at the configuration's spacing."""
+        return tuple(self.forward.target_shape)
+
+    def describe(self) -> dict[str, Any]:
+        """What was resampled, for the store's plan attributes and the report."""
+        out: dict[str, Any] = {
+            "crop": [list(self.crop.start), list(self.crop.stop)], "model_shape": list(self.model_shape),
+            "separate_axis": self.forward.separate_axis, "order": self.forward.order,
+            "back_order": self.back.order, "back_separate_axis": self.back.separate_axis,
+        }  # fmt: skip
+        if self.spacing is not None:
+            out["spacing"], out["target_spacing"] = (list(s) for s in self.spacing)
+        return out
+
+
+@dataclass(frozen=True)
 class Plan:
     """One tiled-inference job.
 
@@ -106,6 +145,8 @@ class Plan:
         truth: Ground-truth labels, to score each block as it is written; or None.
         ignore_index: Truth value excluded from scoring.
         score_classes: ``K`` of the scores (``scoring.num_classes``, at least ``num_classes``); None: ``num_classes``.
+        grid_map: The model grid, when the model runs on a resampled crop of the input (``grid`` lies on it;
+            ``partition`` and the store on the input's grid); None: the grid is the input's.
     """
 
     input: ReaderRef
@@ -124,6 +165,7 @@ class Plan:
     truth: ReaderRef | None = None
     ignore_index: int = 255
     score_classes: int | None = None
+    grid_map: GridMap | None = None
 
     def positions(self) -> list[Shape]:
         """Every block position, in C order."""

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from tiler.blend import Blender
+from tiler.errors import EngineError
 from tiler.geometry import BlockPartition, PadMode, Shape, TileGrid, Window
 from tiler.stitch import BlockResult, ProbabilityDType, TorchBlockAccumulator
 
@@ -83,6 +84,9 @@ class PreparedBlock:
         started_at: Wall-clock time (``time.time()``) the block's read began.
         batches: The model's batches ``(tile positions, batch (N, C_in, *tile))`` in global order, once
             :func:`assemble_block` cut them (``pixels`` is dropped then); None: :func:`infer_block` cuts them.
+        normalized: ``pixels`` are normalised already (a resampled block, :mod:`tiler.engine.resampled`): the
+            batches reach the model as :class:`~tiler.model.runner.HostBatch`, which it does not normalise again.
+        destination: Where a resampled block's results go (:class:`tiler.engine.resampled.Resampled`), or None.
     """
 
     block: Window
@@ -93,9 +97,11 @@ class PreparedBlock:
     stats: BlockStats
     started_at: float = field(default_factory=time.time)
     batches: list[tuple[list[Shape], Any]] | None = None
+    normalized: bool = False
+    destination: Any = None
 
 
-def _pad_to_region(pixels: np.ndarray, inside: Window, region: Window, mode: PadMode) -> np.ndarray:
+def pad_to_region(pixels: np.ndarray, inside: Window, region: Window, mode: PadMode) -> np.ndarray:
     """Pad ``pixels`` (covering ``inside``) at the end of each axis up to ``region``."""
     after = [r - i for r, i in zip(region.stop, inside.stop, strict=True)]
     if not any(after):
@@ -164,7 +170,7 @@ def prepare_block(
             source = pixels_inside[(slice(None), *kept_inside.relative_to(inside).slices)]
         else:
             source = read(kept_inside)
-        pixels = _pad_to_region(source, kept_inside, kept, grid.pad_mode)
+        pixels = pad_to_region(source, kept_inside, kept, grid.pad_mode)
         region = kept
     stats.read_seconds = time.perf_counter() - t0
     return PreparedBlock(block, region if positions else None, pixels, valid_block, positions, stats, started_at)
@@ -211,11 +217,22 @@ def assemble_block(
     if prepared.batches is not None or not prepared.positions:
         return prepared
     t0 = time.perf_counter()
-    stage = predict.stage if isinstance(predict, StagingPredict) else None
+    stage: Callable[[np.ndarray], Any] | None = predict.stage if isinstance(predict, StagingPredict) else None
+    if prepared.normalized:
+        if not isinstance(predict, DevicePredict):
+            raise EngineError("a resampled block's tiles are normalised already: its model must be a tile runner")
+        stage = _normalized_batch
     batches = [(chunk, stage(batch) if stage is not None else batch)
                for chunk, batch in iter_batches(prepared, grid, batch_size)]  # fmt: skip
     prepared.stats.assemble_seconds += time.perf_counter() - t0
     return dataclasses.replace(prepared, pixels=None, batches=batches)
+
+
+def _normalized_batch(batch: np.ndarray) -> Any:
+    """A batch of normalised tiles ``(N, C_in, *tile)`` as the tile runner's already-staged host batch."""
+    from tiler.model.runner import HostBatch
+
+    return HostBatch(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
 
 
 def _numpy_stream(predict: Predict, batches: Iterable[np.ndarray]) -> Iterator[tuple[torch.Tensor, bool]]:
@@ -272,6 +289,8 @@ def infer_block(
     Returns:
         The finalised block and its stats.
     """
+    if prepared.normalized and prepared.batches is None:
+        prepared = assemble_block(prepared, grid, batch_size=batch_size, predict=predict)
     stats = prepared.stats
     device = predict.device if isinstance(predict, DevicePredict) else torch.device("cpu")
     acc = TorchBlockAccumulator(prepared.block, num_classes, device=device)

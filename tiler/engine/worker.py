@@ -102,25 +102,67 @@ class BlockWorker:
         # the truth is opened as tiler.metrics.score_paths opens it (one band, its own nodata), so both count
         # alike; a label source reads through one handle per thread
         self.truth = open_labels(plan.truth.path) if plan.truth is not None else None
+        self._range: np.ndarray | None = None
 
     def read(self, position: Shape) -> PreparedBlock:
         """Read the input region covering every tile of the block at ``position`` and cut the model's batches."""
         plan = self.plan
         with self.readers.borrow() as reader:
-            prepared = prepare_block(
-                plan.window(position), plan.grid, read=reader.read, read_masked=reader.read_masked,
-                skip_empty=plan.skip_empty,
-            )
+            if plan.grid_map is not None:
+                from tiler.engine.resampled import prepare_resampled
+
+                prepared = prepare_resampled(
+                    plan.window(position), plan.grid, plan.grid_map, read=reader.read, normalize=self._normalize,
+                    value_range=self._value_range(),
+                )
+            else:
+                prepared = prepare_block(
+                    plan.window(position), plan.grid, read=reader.read, read_masked=reader.read_masked,
+                    skip_empty=plan.skip_empty,
+                )
         return assemble_block(prepared, plan.grid, batch_size=plan.batch_size, predict=self.predict)
 
     def infer(self, prepared: PreparedBlock) -> tuple[BlockResult, BlockStats]:
         """Run the model over the block's batches and blend them (one caller at a time: the model's thread)."""
-        plan = self.plan
-        return infer_block(
+        plan, gmap = self.plan, self.plan.grid_map
+        result, stats = infer_block(
             prepared, plan.grid, predict=self.predict, blender=plan.blender, num_classes=plan.num_classes,
-            batch_size=plan.batch_size, nodata_label=plan.nodata_label, probabilities=plan.probabilities,
+            batch_size=plan.batch_size, nodata_label=plan.nodata_label,
+            probabilities="float32" if gmap is not None else plan.probabilities,
             mask_labels=plan.mask_labels, background_label=plan.background_label,
         )
+        if gmap is not None:
+            from tiler.engine.resampled import finish_resampled
+
+            t0 = time.perf_counter()
+            result = finish_resampled(
+                result, prepared.destination, gmap, num_classes=plan.num_classes, nodata_label=plan.nodata_label,
+                background_label=plan.background_label if plan.background_label is not None else plan.nodata_label,
+                probabilities=plan.probabilities,
+            )
+            stats.stitch_seconds += time.perf_counter() - t0
+        return result, stats
+
+    def _normalize(self, raw: np.ndarray) -> np.ndarray:
+        """Raw pixels ``(C, *S)`` normalised as the model normalises its tiles: float32 ``(C, *S)``."""
+        normalization = getattr(getattr(self.predict, "model", None), "normalization", None)
+        if normalization is None:
+            raise EngineError(f"{self.plan.input.path}: a resampled job needs a tile runner's model normalisation")
+        out = np.empty((1, *raw.shape), dtype=np.float32)
+        normalization.apply(raw[None], spatial_dims=raw.ndim - 1, out=out)
+        return out[0]
+
+    def _value_range(self) -> np.ndarray | None:
+        """The grid map's raw value range normalised (``(2, C, K)`` float64), once per worker; None if none."""
+        gmap = self.plan.grid_map
+        if gmap is None or gmap.value_range is None:
+            return None
+        if self._range is None:  # the model's normalisation is per voxel and channel: it maps minima to minima
+            raw = np.asarray(gmap.value_range, dtype=np.float64)  # (2, C, K)
+            channels = raw.shape[1]
+            flat = self._normalize(raw.transpose(1, 0, 2).reshape(channels, -1))  # (C, 2K)
+            self._range = flat.reshape(channels, 2, -1).transpose(1, 0, 2).astype(np.float64)
+        return self._range
 
     def write(
         self, position: Shape, result: BlockResult, stats: BlockStats, *, started_at: float, idle: float = 0.0,

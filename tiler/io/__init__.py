@@ -143,8 +143,10 @@ def open_reader(
         channels_from_4d: Read a 4D NIfTI's last axis as channels.
         level: Slide pyramid level (overrides ``mpp``).
         mpp: Requested slide resolution in microns per pixel.
-        mask: ``"auto"`` (each format's natural mask) or ``"none"``.
-        threshold: Volume foreground threshold for the valid mask (e.g. -500 HU).
+        mask: ``"auto"`` (each format's natural mask), ``"none"``, or ``"body"`` for volumes (nifti, zarr,
+            dicom): the body of a CT, the air around it invalid (:func:`tiler.io.masks.body_mask`).
+        threshold: Volume foreground threshold for the valid mask (e.g. -500 HU); with ``mask="body"`` the HU
+            above which a voxel may be body (default :data:`tiler.io.masks.BODY_THRESHOLD_HU`).
         gdal_options: GDAL configuration options for raster reads.
         series: SeriesInstanceUID to read from a DICOM folder holding several series.
 
@@ -152,13 +154,14 @@ def open_reader(
         A :class:`Reader`; pixels are opened lazily.
 
     """
+    from tiler.io.masks import BODY_FORMATS
     from tiler.io.raster import RasterReader
     from tiler.io.slide import OpenSlideReader, TiffSlideReader
     from tiler.io.volume import NiftiReader, ZarrReader
 
     text = os.fspath(path)
-    if mask not in ("auto", "none"):
-        raise ReadError(redact(f"mask={mask!r} is unknown for {text}; use 'auto' or 'none'."))
+    if mask not in ("auto", "none", "body"):
+        raise ReadError(redact(f"mask={mask!r} is unknown for {text}; use 'auto', 'none' or 'body' (volumes)."))
     if format == "auto":
         if not is_remote(text):
             check_exists(_zarr_store(text) or text)
@@ -167,16 +170,23 @@ def open_reader(
         fmt = format
     else:
         raise ReadError(redact(f"format={format!r} is not supported for {text}; use 'auto' or one of {FORMATS}."))
+    if mask == "body" and fmt not in BODY_FORMATS:
+        raise ReadError(
+            redact(
+                f"mask='body' is a CT volume's body mask, but {text} is a {fmt}; use mask='auto' (its own mask) or "
+                f"'none', or give a volume ({', '.join(BODY_FORMATS)})."
+            )
+        )
     if fmt == "raster":
         return RasterReader(text, bands=bands, mask=mask, gdal_options=gdal_options)
     if fmt == "nifti":
-        return NiftiReader(text, channels_from_4d=channels_from_4d, threshold=threshold)
+        return NiftiReader(text, channels_from_4d=channels_from_4d, threshold=threshold, mask=mask)
     if fmt == "zarr":
-        return ZarrReader(text, threshold=threshold)
+        return ZarrReader(text, threshold=threshold, mask=mask)
     if fmt == "dicom":
         from tiler.io.dicom import DicomSeriesReader
 
-        return DicomSeriesReader(text, series=series, threshold=threshold)
+        return DicomSeriesReader(text, series=series, threshold=threshold, mask=mask)
     if fmt == "tiff-slide":
         return TiffSlideReader(text, level=level, mpp=mpp, mask=mask)
     return OpenSlideReader(text, level=level, mpp=mpp, mask=mask)

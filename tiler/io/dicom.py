@@ -60,7 +60,10 @@ class DicomSeriesReader(_VolumeMask, Reader):
     Args:
         path: The folder holding the series' files (any names, any order; subfolders are not searched).
         series: SeriesInstanceUID to read when the folder holds several series.
-        threshold: Foreground threshold for :meth:`valid_mask` (e.g. ``-500`` HU); None = all valid.
+        threshold: Foreground threshold for :meth:`valid_mask` (e.g. ``-500`` HU); None = all valid. With
+            ``mask="body"``, the HU above which a voxel may be body (None: ``-500``).
+        mask: ``"body"`` for the body mask (see :class:`tiler.io.volume._VolumeMask`; only the kept slices'
+            files are decoded to compute it); ``"auto"``/``"none"``: the threshold.
 
     Attributes:
         files: File paths in ``D`` order.
@@ -72,10 +75,13 @@ class DicomSeriesReader(_VolumeMask, Reader):
     """
 
     format = "dicom"
+    _slices_apart = True  # one file per slice: the body mask decodes only the slices it keeps
 
-    def __init__(self, path: str, *, series: str | None = None, threshold: float | None = None) -> None:
+    def __init__(
+        self, path: str, *, series: str | None = None, threshold: float | None = None, mask: str = "auto"
+    ) -> None:
         self.path = str(path)
-        self.threshold = threshold
+        self._init_mask(mask, threshold)
         check_exists(self.path)
         if not os.path.isdir(self.path):
             raise single_file_error(self.name)

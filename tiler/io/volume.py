@@ -12,13 +12,19 @@ cannot seek, so each read decompresses the stream up to the window's last slab (
 for volumes too big to decompress repeatedly).
 
 zarr volumes are taken as stored: 3D arrays are ``(D, H, W)``, 4D arrays ``(C, D, H, W)``.
+
+Valid masks, for every volume reader (NIfTI, zarr, DICOM): none by default, a per-voxel foreground
+``threshold``, or with ``mask="body"`` the body of a CT (:func:`tiler.io.masks.body_mask`) computed once on a
+copy of the volume at most :data:`BODY_MASK_SIZE` voxels per axis, read slab by slab (:func:`read_strided`).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 import nibabel as nib
@@ -28,7 +34,7 @@ import zarr
 from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
 from tiler.io.base import Georef, Reader, check_dtype, check_exists, inside_mask, one_line
-from tiler.io.masks import foreground_mask
+from tiler.io.masks import BODY_THRESHOLD_HU, body_mask, foreground_mask, upsample_mask
 from tiler.redact import redact
 
 
@@ -72,12 +78,144 @@ def check_affine(path: str, affine: np.ndarray) -> None:
     )
 
 
+BODY_MASK_SIZE = 128
+"""Most voxels per axis of the low-resolution volume a body mask is computed on: the stride per axis is
+``ceil(n / BODY_MASK_SIZE)``, so a 512×512×300 CT is read every 4th voxel in-plane and every 3rd slice."""
+
+STRIDED_SLAB_VOXELS = 2**24
+"""Most full-resolution voxels (per channel) :func:`read_strided` reads at once: 64 slices of 512×512."""
+
+VOLUME_MASKS = ("auto", "none", "body")
+"""What a volume reader's ``mask`` may be: ``auto``/``none`` (the ``threshold`` alone decides) or ``body``."""
+
+
+def body_strides(shape: Sequence[int], size: int = BODY_MASK_SIZE) -> tuple[int, ...]:
+    """Integer stride per axis so that every ``stride``-th voxel leaves at most ``size`` per axis.
+
+    >>> body_strides((300, 512, 512)), body_strides((40, 96, 96))
+    ((3, 4, 4), (1, 1, 1))
+    """
+    return tuple(max(1, math.ceil(int(n) / size)) for n in shape)
+
+
+def read_strided(
+    read: Callable[[Window], np.ndarray],
+    shape: Sequence[int],
+    strides: Sequence[int],
+    *,
+    slab_voxels: int = STRIDED_SLAB_VOXELS,
+    slices_apart: bool = False,
+) -> np.ndarray:
+    """Every ``strides``-th voxel of a ``(D, H, W)`` volume, read a slab at a time, never the whole volume.
+
+    Voxel ``(i, j, k)`` of the result is voxel ``(i·sd, j·sh, k·sw)`` of the volume. Slabs are consecutive
+    slices (a multiple of ``sd`` of them, whole rows, at most ``slab_voxels`` voxels; when one slice is too
+    big, bands of a multiple of ``sh`` rows): one contiguous read each, as NIfTI and zarr store them. With
+    ``slices_apart`` (a format with one file per slice) only the kept slices are read, one at a time.
+
+    Args:
+        read: ``read(window) -> (C, *window.shape)`` for windows inside the volume.
+        shape: Volume shape ``(D, H, W)``.
+        strides: ``(sd, sh, sw)``, each at least 1.
+        slab_voxels: Most voxels per channel held at full resolution at once (at least ``sd·sh·W``).
+        slices_apart: Read only the kept slices.
+
+    Returns:
+        Array (C, ceil(D / sd), ceil(H / sh), ceil(W / sw)) of what ``read`` returns.
+
+    """
+    (depth, rows, cols), (sd, sh, sw) = (int(n) for n in shape), (int(s) for s in strides)
+    per_slice = 1 if slices_apart else sd  # slices held per kept slice
+    band = rows if per_slice * rows * cols <= slab_voxels else max(sh, slab_voxels // (per_slice * cols) // sh * sh)
+    slab = max(sd, slab_voxels // (rows * cols) // sd * sd) if band == rows and not slices_apart else sd
+    out: np.ndarray | None = None
+    for d0 in range(0, depth, slab):
+        d1 = d0 + 1 if slices_apart else min(d0 + slab, depth)
+        for h0 in range(0, rows, band):
+            part = read(Window((d0, h0, 0), (d1, min(h0 + band, rows), cols)))[:, ::sd, ::sh, ::sw]
+            if out is None:
+                low = (-(-depth // sd), -(-rows // sh), -(-cols // sw))
+                out = np.empty((part.shape[0], *low), dtype=part.dtype)
+            out[:, d0 // sd : d0 // sd + part.shape[1], h0 // sh : h0 // sh + part.shape[2]] = part
+    assert out is not None  # a volume has at least one voxel
+    return out
+
+
+class _SharedMask:
+    """A low-resolution mask computed once and shared by a reader and all its copies.
+
+    ``copy.copy`` of a reader keeps this object, so a copy made before the mask was computed shares it too;
+    pickling keeps the mask (it is small). The lock makes threads that ask at once compute it once.
+    """
+
+    def __init__(self) -> None:
+        self.value: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def get(self, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The mask, computed by ``compute`` on the first call of any copy."""
+        if self.value is None:
+            with self._lock:
+                if self.value is None:
+                    self.value = compute()
+        return self.value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.value = state["value"]
+        self._lock = threading.Lock()
+
+
 class _VolumeMask:
-    """Optional foreground threshold: a voxel is valid when any channel exceeds ``threshold``."""
+    """A volume's valid mask: a per-voxel foreground ``threshold`` (any channel above it), or the body mask.
+
+    With ``mask="body"`` the mask is :func:`tiler.io.masks.body_mask` of the volume read every
+    :func:`body_strides`-th voxel (lazily, on the first mask asked for), ``threshold`` its HU threshold
+    (default :data:`tiler.io.masks.BODY_THRESHOLD_HU`), upsampled block by block to each window.
+    """
 
     threshold: float | None
+    mask_mode: str = "auto"
+    _body: _SharedMask | None = None
+    _slices_apart = False  # read_strided reads only the kept slices (one file per slice)
+
+    def _init_mask(self, mask: str, threshold: float | None) -> None:
+        if mask not in VOLUME_MASKS:
+            raise InputError(f"mask={mask!r} is unknown for volume {self.name}; use one of {VOLUME_MASKS}.")  # type: ignore[attr-defined]
+        self.mask_mode = mask
+        self.threshold = threshold
+        self._body = _SharedMask() if mask == "body" else None
+
+    def body_strides(self) -> tuple[int, ...]:
+        """Full-resolution voxels per body-mask voxel along ``(D, H, W)`` (see :func:`body_strides`)."""
+        return body_strides(self.shape, BODY_MASK_SIZE)  # type: ignore[attr-defined]
+
+    def body_mask_lowres(self) -> np.ndarray:
+        """The body mask at low resolution, bool ``(ceil(D / sd), ceil(H / sh), ceil(W / sw))``, computed once.
+
+        Raises:
+            InputError: when the reader was not opened with ``mask="body"``.
+
+        """
+        if self._body is None:
+            raise InputError(f"{self.name} was opened without mask='body'; it has no body mask.")  # type: ignore[attr-defined]
+        return self._body.get(self._compute_body)
+
+    def _compute_body(self) -> np.ndarray:
+        low = read_strided(
+            self.read_stored,  # type: ignore[attr-defined] # NaN kept: a non-finite voxel is never body
+            self.shape,  # type: ignore[attr-defined]
+            self.body_strides(),
+            slab_voxels=STRIDED_SLAB_VOXELS,
+            slices_apart=self._slices_apart,
+        )
+        return body_mask(low, threshold_hu=BODY_THRESHOLD_HU if self.threshold is None else self.threshold)
 
     def _format_mask(self, window: Window, pixels: np.ndarray | None) -> np.ndarray | None:
+        if self._body is not None:
+            return upsample_mask(self.body_mask_lowres(), window, self.shape, block=self.body_strides())  # type: ignore[attr-defined]
         if self.threshold is None:
             return None
         if pixels is None:
@@ -94,15 +232,19 @@ class NiftiReader(_VolumeMask, Reader):
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
         channels_from_4d: Read a 4D ``(i, j, k, t)`` file as channels ``(C=t, D, H, W)``.
-        threshold: Foreground threshold for :meth:`valid_mask` (e.g. ``-500`` HU); None = all valid.
+        threshold: Foreground threshold for :meth:`valid_mask` (e.g. ``-500`` HU); None = all valid. With
+            ``mask="body"``, the HU above which a voxel may be body (None: ``-500``).
+        mask: ``"body"`` for the body mask (see :class:`_VolumeMask`); ``"auto"``/``"none"``: the threshold.
 
     """
 
     format = "nifti"
 
-    def __init__(self, path: str, *, channels_from_4d: bool = False, threshold: float | None = None) -> None:
+    def __init__(
+        self, path: str, *, channels_from_4d: bool = False, threshold: float | None = None, mask: str = "auto"
+    ) -> None:
         self.path = str(path)
-        self.threshold = threshold
+        self._init_mask(mask, threshold)
         check_exists(self.path)
         img = self._open()
         dims = img.shape
@@ -161,15 +303,17 @@ class ZarrReader(_VolumeMask, Reader):
 
     Args:
         path: An array, ``store.zarr:array_name``, or a group holding exactly one array.
-        threshold: Foreground threshold for :meth:`valid_mask`; None = all valid.
+        threshold: Foreground threshold for :meth:`valid_mask`; None = all valid. With ``mask="body"``, the
+            HU above which a voxel may be body (None: ``-500``).
+        mask: ``"body"`` for the body mask (see :class:`_VolumeMask`); ``"auto"``/``"none"``: the threshold.
 
     """
 
     format = "zarr"
 
-    def __init__(self, path: str, *, threshold: float | None = None) -> None:
+    def __init__(self, path: str, *, threshold: float | None = None, mask: str = "auto") -> None:
         self.path = str(path)
-        self.threshold = threshold
+        self._init_mask(mask, threshold)
         self.store_path, self.array_name = _split_zarr_path(self.path)
         check_exists(self.store_path)
         arr = self._open()

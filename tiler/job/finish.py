@@ -154,7 +154,7 @@ def polygon_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
     from tiler.io.vector import band_rows
 
     folder = Path(task.plan.store_path) / ".tiler" / "polygons"
-    rows = band_rows(task.plan.grid.shape[0], task.cfg.output.chunks[0], BANDS)
+    rows = band_rows(task.plan.partition.shape[0], task.cfg.output.chunks[0], BANDS)
     return [((a, b), str(folder / f"rows-{a:09d}-{b:09d}.parquet")) for a, b in rows]
 
 
@@ -166,7 +166,7 @@ def overview_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
     from tiler.io.overviews import band_unit, level_shapes
     from tiler.io.vector import band_rows
 
-    shape = task.plan.grid.shape
+    shape = task.plan.partition.shape
     levels = level_shapes(shape) if len(shape) == 2 else []
     if not levels:
         return []

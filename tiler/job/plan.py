@@ -12,11 +12,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from tiler.blend import Blender, BlendMode
 from tiler.config.files import check_files
 from tiler.config.schema import JobConfig
 from tiler.engine.executor import Stages
-from tiler.engine.plan import ModelFacts, ModelRef, Plan, ReaderRef
+from tiler.engine.plan import GridMap, ModelFacts, ModelRef, Plan, ReaderRef
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.exports import REGISTRY as EXPORTS
 from tiler.geometry import BlockPartition, PadMode, StepRule, TileGrid, Window
@@ -87,6 +89,24 @@ def check_truth(reader: Any, truth: str) -> None:
     check_compatible(reader, open_labels(truth))
 
 
+def plan_grid_map(model: ModelRef, shape: Sequence[int], region: Window | None) -> GridMap | None:
+    """The model grid of a model that runs on a resampled crop (an nnU-Net configuration at another spacing).
+
+    None when the model runs on the input's own grid. The resampling is nnU-Net's, each way
+    (:func:`tiler.model.sources.nnunet.job.forward_resampling`, :func:`~.back_resampling`).
+    """
+    resample = (model.load.get("nnunet") or {}).get("resample")
+    if resample is None:
+        return None
+    from tiler.model.sources.nnunet.job import back_resampling, forward_resampling
+
+    crop = region if region is not None else Window.from_shape(tuple(shape))
+    forward = forward_resampling(resample, crop.shape)
+    value_range = np.asarray(resample["range"], dtype=np.float64) if "range" in resample else None
+    spacing = (tuple(resample["spacing"]), tuple(resample["target"]))
+    return GridMap(crop, forward, back_resampling(resample, forward), value_range, spacing)
+
+
 def build_plan(
     cfg: JobConfig, facts_from: Callable[[ModelRef], ModelFacts | None] | None = None
 ) -> tuple[Plan, dict[str, Any]]:
@@ -154,10 +174,15 @@ def build_plan(
         if cfg.scoring.truth is not None:  # its grid checked now, not after every block has run
             check_truth(reader, cfg.scoring.truth)
         region = plan_region(cfg, reader.shape, model)
-        grid, partition = plan_geometry(cfg, reader.shape, region)
+        grid_map = plan_grid_map(model, reader.shape, region)
+        if grid_map is None:
+            grid, partition = plan_geometry(cfg, reader.shape, region)
+        else:  # the tiles lie on the model's grid, the blocks and the store on the input's
+            grid, _ = plan_geometry(cfg, grid_map.model_shape)
+            partition = BlockPartition(tuple(reader.shape), cfg.tiling.block)
         background = cfg.output.background_label
-        if background is None and region is not None and "nnunet" in model.load:
-            background = 0  # nnU-Net labels everything outside its crop 0
+        if background is None and (cfg.input.mask == "body" or region is not None and "nnunet" in model.load):
+            background = 0  # outside the body, or outside nnU-Net's crop (which it labels 0), is background
         plan = Plan(
             input=ref,
             model=model,
@@ -174,6 +199,7 @@ def build_plan(
             truth=ReaderRef(cfg.scoring.truth) if cfg.scoring.truth else None,
             ignore_index=cfg.scoring.ignore_index if cfg.scoring.ignore_index is not None else -1,
             score_classes=score_classes,
+            grid_map=grid_map,
         )
         attrs = {
             "georef": reader.georef.to_attrs(),
@@ -184,6 +210,7 @@ def build_plan(
                       "dtype": str(reader.dtype), "nodata": reader.nodata},
             "plan": {"pixels": math.prod(reader.shape), "blocks": len(plan.partition), "tiles": len(plan.grid),
                      "region": [list(region.start), list(region.stop)] if region is not None else None,
+                     "resampled": grid_map.describe() if grid_map is not None else None,
                      "memory_per_actor_mb": round(memory.total / 2**20)},
         }
     finally:

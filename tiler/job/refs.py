@@ -32,8 +32,9 @@ def reader_ref(cfg: JobConfig) -> ReaderRef:
         "level": inp.level,
         "mpp": inp.mpp,
         # nodata (rasters), tissue (slides) and threshold (volumes) are each format's own mask, so the reader
-        # computes it as "auto"; build_plan refuses a kind that is not the input format's (mask_kind_problem)
-        "mask": "none" if inp.mask == "none" else "auto",
+        # computes it as "auto"; body (volumes) only when asked; build_plan refuses a kind that is not the input
+        # format's (mask_kind_problem)
+        "mask": inp.mask if inp.mask in ("none", "body") else "auto",
         "threshold": inp.threshold,
         # rasterio sets GDAL_CACHEMAX through GDALSetCacheMax64, which needs an int
         "gdal_options": {k: int(v) if v.isdigit() else v for k, v in inp.gdal.env().items()},

@@ -64,7 +64,7 @@ class NnunetSettings:
         """Settings from the config's ``model.nnunet`` mapping (unknown keys named)."""
         data = dict(data or {})
         valid = {"configuration", "folds", "checkpoint", "mirroring", "average"}
-        unknown = sorted(set(data) - valid - {"image_stats", "crop"})
+        unknown = sorted(set(data) - valid - {"image_stats", "crop", "resample"})
         if unknown:
             raise ModelError(f"model.nnunet has unknown key(s) {unknown}; valid keys are {sorted(valid)}.")
         return cls(**{k: v for k, v in data.items() if k in valid})

@@ -21,18 +21,27 @@ configuration's spacing. tiler reproduces what it can exactly and refuses the re
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import Window
 from tiler.model.sources.nnunet.folder import NnunetSettings, ResultsFolder
 from tiler.model.sources.nnunet.intensity import ImageFacts, measure, needs_image_stats
+from tiler.resample import Resampling, merge_value_ranges
 
-__all__ = ["check_spacing", "expected_tiling", "job_options"]
+_SLAB_BYTES = 64 * 2**20
+
+__all__ = [
+    "RESAMPLING_FN", "back_resampling", "expected_tiling", "forward_resampling", "input_spacing", "job_options",
+    "resampling",
+]
 
 SIGMA_SCALE = 0.125
 _FACTS: OrderedDict[tuple[Any, ...], ImageFacts] = OrderedDict()
@@ -72,29 +81,102 @@ def _yaml(value: Any) -> str:
     return "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
 
 
-def check_spacing(results: ResultsFolder, reader: Any) -> None:
-    """Refuse an input nnU-Net would resample (see the module docstring), naming the spacing to resample to."""
-    shape = tuple(int(n) for n in reader.shape)
-    if len(shape) == 2:
-        return
+RESAMPLING_FN = "resample_data_or_seg_to_shape"
+"""nnU-Net's resampling function, the one tiler reproduces block by block (:mod:`tiler.resample`)."""
+
+
+def input_spacing(results: ResultsFolder, reader: Any) -> tuple[float, ...]:
+    """The input's voxel spacing (z, y, x) in mm; a 2D image's is nnU-Net's (999, 1, 1) -> ``(1, 1)``.
+
+    Raises:
+        InputError: A volume without spacing.
+    """
+    if len(reader.shape) == 2:
+        return (1.0, 1.0)
     spacing = getattr(reader.georef, "spacing", None)
-    target = results.to_original(results.spacing, 3)
     if spacing is None:
+        target = results.to_original(results.spacing, 3)
         raise InputError(
-            f"{reader.path} has no voxel spacing, so tiler cannot check it is at nnU-Net configuration "
-            f"{results.name!r}'s spacing {list(target)} (z, y, x); give a NIfTI (or a zarr with a 'spacing' attribute)."
+            f"{reader.path} has no voxel spacing, so tiler cannot tell whether nnU-Net configuration "
+            f"{results.name!r} (at {list(target)} mm, z, y, x) would resample it; give a NIfTI or DICOM series (or a "
+            "zarr with a 'spacing' attribute)."
         )
-    resampled = [int(round(s / t * n)) if t is not None else n for s, t, n in zip(spacing, target, shape, strict=True)]
-    if resampled == list(shape):
-        return
-    want = ["any" if t is None else t for t in target]
-    raise InputError(
-        f"{reader.path} has voxel spacing {[round(s, 6) for s in spacing]} mm (z, y, x) but nnU-Net configuration "
-        f"{results.name!r} of {results.folder} runs at {want} mm: nnU-Net would resample it from shape {list(shape)} "
-        f"to {resampled} first, and tiler does not resample. Resample the input to that spacing (third-order spline "
-        "for images, as nnU-Net does: e.g. SimpleITK's ResampleImageFilter with sitkBSpline), or use a configuration "
-        "trained at this spacing."
+    return tuple(float(s) for s in spacing)
+
+
+def resampling(results: ResultsFolder, spacing: Sequence[float], shape: Sequence[int]) -> dict[str, Any] | None:
+    """How nnU-Net would resample an image (its crop) of ``shape`` at ``spacing``, or None when it would not.
+
+    nnU-Net resamples when ``round(L · s / t) != L`` on some axis (``compute_new_shape``: ``L`` voxels of spacing
+    ``s``, configuration spacing ``t``; a 2D configuration keeps the slicing axis). The answer, in the input's
+    axis order: ``spacing``, ``target`` (spacings), ``data`` and ``probabilities`` (the plans' keyword arguments of
+    its resampling functions: ``order``, ``order_z``, ``force_separate_z``).
+
+    Raises:
+        ModelError: The plans name a resampling function other than nnU-Net's default.
+    """
+    if len(shape) == 2:
+        return None  # a 2D image is taken at the configuration's spacing
+    target = tuple(
+        float(s) if t is None else float(t)
+        for s, t in zip(spacing, results.to_original(results.spacing, 3), strict=True)
     )
+    if all(round(s / t * n) == n for s, t, n in zip(spacing, target, shape, strict=True)):
+        return None
+    conf = results.configuration
+    out: dict[str, Any] = {"spacing": list(spacing), "target": list(target)}
+    for role, key in (("data", "resampling_fn_data"), ("probabilities", "resampling_fn_probabilities")):
+        name = conf.get(key, RESAMPLING_FN)
+        if name != RESAMPLING_FN:
+            raise ModelError(
+                f"{results.source}: {key}={name!r}; tiler resamples as nnU-Net's {RESAMPLING_FN} does and no other "
+                "way. Resample the input to the configuration's spacing yourself, or use plans with the default."
+            )
+        kwargs = conf.get(f"{key}_kwargs") or {}
+        out[role] = {k: kwargs.get(k, d) for k, d in (("order", 3 if role == "data" else 1), ("order_z", 0),
+                                                       ("force_separate_z", None))}  # fmt: skip
+    return out
+
+
+def forward_resampling(resample: Mapping[str, Any], shape: Sequence[int]) -> Resampling:
+    """nnU-Net's resampling of the image (its crop, of ``shape``) to the configuration's spacing.
+
+    Args:
+        resample: :func:`resampling`'s answer.
+        shape: The crop's shape.
+    """
+    data = resample["data"]
+    return Resampling.nnunet(shape, resample["spacing"], resample["target"], order=int(data["order"]),
+                             order_z=int(data["order_z"]), force_separate_z=data["force_separate_z"])  # fmt: skip
+
+
+def back_resampling(resample: Mapping[str, Any], forward: Resampling) -> Resampling:
+    """nnU-Net's resampling of its logits (probabilities) from the model grid back onto the crop's grid."""
+    probs = resample["probabilities"]
+    return Resampling.nnunet(
+        forward.target_shape, resample["target"], resample["spacing"], order=int(probs["order"]),
+        order_z=int(probs["order_z"]), force_separate_z=probs["force_separate_z"], target_shape=forward.source_shape,
+    )
+
+
+def _value_range(input: Any, crop: Window, forward: Resampling) -> np.ndarray:
+    """The raw ``(2, C, K)`` value range of the crop that ``forward``'s clip needs, read slab by slab."""
+    reader = input.open()
+    try:
+        channels = int(reader.channels)
+        row_bytes = channels * math.prod(crop.shape[1:]) * np.dtype(reader.dtype).itemsize
+        depth = max(1, _SLAB_BYTES // max(row_bytes, 1))
+        out = np.empty((2, channels, forward.value_range_slices))
+        out[0], out[1] = np.inf, -np.inf
+        for start in range(0, crop.shape[0], depth):
+            stop = min(start + depth, crop.shape[0])
+            local = Window((start, *(0,) * (crop.ndim - 1)), (stop, *crop.shape[1:]))
+            window = Window(tuple(a + b for a, b in zip(local.start, crop.start, strict=True)),
+                            tuple(a + b for a, b in zip(local.stop, crop.start, strict=True)))  # fmt: skip
+            out = merge_value_ranges(out, forward.value_range(reader.read(window), local))
+        return out
+    finally:
+        reader.close()
 
 
 def _facts(reader: Any, within: Window | None = None) -> ImageFacts:
@@ -204,7 +286,7 @@ def job_options(
     try:
         _check_input(results, reader)
         _check_tiling(results, tiling, len(reader.shape))
-        check_spacing(results, reader)
+        spacing = input_spacing(results, reader)
         facts = _facts(reader)
         full = Window.from_shape(tuple(int(n) for n in reader.shape))
         path = reader.path
@@ -225,6 +307,12 @@ def job_options(
     options = results.settings.to_dict()
     if crop != full:
         options["crop"] = [[a, b] for a, b in zip(crop.start, crop.stop, strict=True)]
+    resample = resampling(results, spacing, crop.shape)
+    if resample is not None:
+        forward = forward_resampling(resample, crop.shape)
+        if forward.needs_value_range:  # skimage clips to the crop's range: one more pass, on the driver
+            resample["range"] = _value_range(input, crop, forward).tolist()
+        options["resample"] = resample
     if needs_image_stats(results):
         options["image_stats"] = facts.stats
     return options
