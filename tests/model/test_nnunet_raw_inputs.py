@@ -117,3 +117,50 @@ def test_an_explicit_region_outside_the_image_is_one_line(root: Path, tmp_path: 
     cfg = load_config(minimal_job(root, tmp_path, input={"region": [[0, 10], [0, 10], [0, 99]]}))
     with pytest.raises(InputError, match=r"input.region .* does not lie inside .*case_0000.nii.gz of shape"):
         plan_job(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- resampling
+
+PLANS_SPACING = (1.0, 1.0, 1.0)
+RAW_SPACING = (2.5, 0.8, 0.8)  # anisotropic (2.5 / 0.8 > 3): nnU-Net resamples z on its own, nearest
+
+
+@pytest.fixture(scope="module")
+def resampled_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Plans at 1 x 1 x 1 mm, and a CT at 2.5 x 0.8 x 0.8 mm whose non-zero box is smaller than the image."""
+    from tests.model.nnunet_helpers import make_plans
+
+    base = tmp_path_factory.mktemp("nnunet-resampled")
+    write_results(base, "3d_fullres", folds=(0, 1), plans=make_plans(spacing=PLANS_SPACING))
+    volume = np.zeros((18, 52, 50), np.int16)
+    volume[2:16, 3:47, 1:47] = ct_volume((14, 44, 46))
+    write_nifti(base / "case_0000.nii.gz", volume, RAW_SPACING)
+    return base
+
+
+def test_an_input_at_another_spacing_gives_nnunets_labels_on_its_own_grid(
+    resampled_root: Path, tmp_path: Path
+) -> None:
+    import zarr
+
+    image = resampled_root / "case_0000.nii.gz"
+    expected = nnunet_labels(folder_of(resampled_root), [image], folds=(0, 1), mirroring=True)
+    labels = run_tiler(minimal_job(resampled_root, tmp_path, output={"exports": ["nifti"]}))
+    assert labels.shape == expected.shape == (18, 52, 50)
+    assert np.bincount(expected.ravel(), minlength=3).min() > 0.03 * expected.size, "every class must show"
+    assert float((labels == expected).mean()) >= MIN_AGREEMENT
+    exported = nib.load(str(tmp_path / "out.nii.gz"))
+    np.testing.assert_allclose(exported.affine, nib.load(str(image)).affine)
+    resampled = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["plan"]["resampled"]
+    assert resampled["model_shape"] == [35, 35, 37] and resampled["separate_axis"] == 0  # what was resampled
+    assert resampled["target_spacing"] == list(PLANS_SPACING)
+
+
+def test_a_resampled_job_gives_the_same_labels_for_any_blocks(resampled_root: Path, tmp_path: Path) -> None:
+    one_pass = {"folds": [0], "mirroring": False}
+    whole = run_tiler(minimal_job(resampled_root, tmp_path, model={"nnunet": one_pass}))
+    small = tmp_path / "small"
+    small.mkdir()
+    blocks = minimal_job(resampled_root, small, model={"nnunet": one_pass}, tiling={"block": [8, 16, 16]},
+                         output={"chunks": [8, 16, 16]})  # fmt: skip
+    np.testing.assert_array_equal(run_tiler(blocks), whole)
