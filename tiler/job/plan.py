@@ -163,18 +163,23 @@ def build_plan(
             )
         stages = Stages.sized(cfg.engine.readers, cfg.engine.writers, cpus=cfg.engine.cpus_per_actor)
         check_in_flight(cfg.engine.max_in_flight, depth=stages.depth)  # each queued call is an actor thread
+        region = plan_region(cfg, reader.shape, model)
+        grid_map = plan_grid_map(model, reader.shape, region)
+        block, tiled = tuple(cfg.tiling.block), tuple(reader.shape)
+        if grid_map is not None:  # a block blends its window of the model grid: the block scaled by the zoom
+            tiled = grid_map.model_shape
+            block = tuple(min(m, math.ceil(b * m / c) + 2)
+                          for b, m, c in zip(block, tiled, grid_map.crop.shape, strict=True))  # fmt: skip
         memory = estimate_actor_memory(
-            cfg.tiling.tile, cfg.tiling.block, channels=reader.channels, itemsize=reader.dtype.itemsize,
+            cfg.tiling.tile, block, channels=reader.channels, itemsize=4 if grid_map else reader.dtype.itemsize,
             classes=facts.num_classes, parameters=facts.parameters, batch_size=cfg.model.batch_size,
-            tta_passes=len(cfg.model.tta_flips), shape=reader.shape, overlap=cfg.tiling.overlap,
+            tta_passes=len(cfg.model.tta_flips), shape=tiled, overlap=cfg.tiling.overlap,
             readers=stages.readers, writers=stages.writers,
         )
         check_memory(memory, actors=_actors_here(cfg))  # before anything allocates
         check_has_data(reader)
         if cfg.scoring.truth is not None:  # its grid checked now, not after every block has run
             check_truth(reader, cfg.scoring.truth)
-        region = plan_region(cfg, reader.shape, model)
-        grid_map = plan_grid_map(model, reader.shape, region)
         if grid_map is None:
             grid, partition = plan_geometry(cfg, reader.shape, region)
         else:  # the tiles lie on the model's grid, the blocks and the store on the input's
