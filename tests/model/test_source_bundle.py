@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from monai.bundle import ConfigParser
 
 from tests.model.sources_helpers import (
@@ -98,6 +99,28 @@ def test_bundle_runs_through_tiler_like_monai_sliding_window(tmp_path: Path) -> 
     image = scale({"image": torch.from_numpy(read_image(volume))})["image"]
     expected = monai_labels(np.asarray(image), net, tile=(16, 16, 16), overlap=4)
     assert np.bincount(expected.ravel()).max() < 0.9 * expected.size, "a one-class prediction would test nothing"
+    assert agreement(labels, expected) >= MIN_AGREEMENT
+
+
+def test_bundle_inferer_supplies_the_tiling_a_job_leaves_out(tmp_path: Path) -> None:
+    from tiler.config import load_config
+
+    inferer = {"_target_": "SlidingWindowInferer", "roi_size": "@roi", "sw_batch_size": 4, "overlap": 0.25,
+               "mode": "gaussian"}  # fmt: skip
+    bundle = write_bundle(tmp_path, inference_config(roi=[16, 16, 16], inferer=inferer))
+    volume = write_nifti(tmp_path / "ct.nii.gz")
+    job = {"input": {"path": str(volume), "mask": "none"}, "engine": {"skip_empty": False},
+           "model": {"weights": str(bundle), "device": "cpu", "threads": 1},
+           "tiling": {"block": [24, 24, 24]}, "output": {"path": str(tmp_path / "out.zarr"), "chunks": 12}}  # fmt: skip
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(job))
+    cfg = load_config(config)
+    assert (cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.blend) == ((16, 16, 16), (4, 4, 4), "gaussian")
+    labels = run_tiler(config)
+
+    net, scale = monai_reads(bundle)
+    image = scale({"image": torch.from_numpy(read_image(volume))})["image"]
+    expected = monai_labels(np.asarray(image), net, tile=(16, 16, 16), overlap=4)
     assert agreement(labels, expected) >= MIN_AGREEMENT
 
 
