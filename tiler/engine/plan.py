@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from tiler.blend import Blender
 from tiler.geometry import BlockPartition, Shape, TileGrid, Window
 from tiler.resample import Resampling
@@ -98,13 +96,14 @@ class GridMap:
         back: Model shape → crop shape, as nnU-Net resamples its logits / probabilities (order 1).
         value_range: ``(2, C, K)`` raw minima and maxima of the crop (per channel, per slice across the forward
             resampling's separate axis) that its clip needs, normalised in the worker; None when not needed.
+            Nested tuples: a plan is compared and hashed like a value.
         spacing: The input's spacing (z, y, x) and the model's, for reports.
     """
 
     crop: Window
     forward: Resampling
     back: Resampling
-    value_range: np.ndarray | None = None
+    value_range: tuple[tuple[tuple[float, ...], ...], ...] | None = None
     spacing: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property

@@ -12,8 +12,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from tiler.blend import Blender, BlendMode
 from tiler.config.files import check_files
 from tiler.config.schema import JobConfig
@@ -102,7 +100,9 @@ def plan_grid_map(model: ModelRef, shape: Sequence[int], region: Window | None) 
 
     crop = region if region is not None else Window.from_shape(tuple(shape))
     forward = forward_resampling(resample, crop.shape)
-    value_range = np.asarray(resample["range"], dtype=np.float64) if "range" in resample else None
+    value_range = (
+        tuple(tuple(tuple(float(v) for v in k) for k in c) for c in resample["range"]) if "range" in resample else None
+    )
     spacing = (tuple(resample["spacing"]), tuple(resample["target"]))
     return GridMap(crop, forward, back_resampling(resample, forward), value_range, spacing)
 
