@@ -5,9 +5,13 @@ Each approach runs in its own process so its peak memory is its own:
 - ``limit``: a bare ``model(x)`` loop over exactly the tiles the pipeline runs, pre-read into memory;
 - ``project``: the full job (read → tile → infer → stitch → write zarr → labels) on a local Ray
   (peak memory summed over the driver and every Ray process, sampled every 0.2 s);
-- ``project-noskip``: the same with nodata/background skipping off (Landsat and slide cases);
+- ``project-noskip``: the same with nodata/background skipping off (Landsat, slide and 3D cases; 3D: no
+  body mask either);
 - ``peer``: ``monai.inferers.sliding_window_inference`` with the same model, tile, overlap and gaussian
   blending, input already normalised in memory.
+
+The 3D case (issue 25) is a CT with air around the body, read with ``mask="body"``: tiles wholly outside
+the body are skipped and labelled background (0), so labels are compared with MONAI's inside the body too.
 
 Run ``python -m bench.bench_suite --case 2d`` (cases: 2d, 3d, landsat, slide, huge; ``--quick`` for
 small sizes). Results: ``bench/results/suite-<case>.json``.
@@ -31,12 +35,14 @@ import psutil
 from bench.common import PeakMemory, add_child_options, run_child, save, spawn
 
 CACHE = Path(tempfile.gettempdir()) / "tiler-bench"
+CTSCENE_NOISE_HU = 22.0  # tiler.scene_ct.CTScene.noise_sigma: the air around the scene gets the same noise
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CASES: dict[str, dict[str, Any]] = {
     "2d": {"shape": (8192, 8192), "quick": (2048, 2048), "tile": 256, "overlap": 32, "block": 2048, "chunks": 512},
-    # 3D: tile 96 (MONAI's usual roi); slab blocks keep tiles run twice on block borders to one axis
+    # 3D: tile 96 (MONAI's usual roi); slab blocks keep tiles run twice on block borders to one axis.
+    # A CT (see _write_ct_in_air) read with its body mask: tiles wholly in the air around the body are skipped.
     "3d": {"shape": (256, 256, 256), "quick": (96, 192, 192), "tile": 96, "overlap": 24, "block": (256, 256, 256),
-           "chunks": 64, "cpus_per_actor": 2},
+           "chunks": 64, "cpus_per_actor": 2, "mask": "body"},
     "landsat": {"shape": None, "tile": 64, "overlap": 8, "block": 256, "chunks": 128},
     "slide": {"shape": (8192, 8192), "quick": (4096, 4096), "tile": 256, "overlap": 32, "block": 1024, "chunks": 512},
     "2d-16k": {"shape": (16384, 16384), "quick": (4096, 4096), "tile": 256, "overlap": 32, "block": 2048,
@@ -62,12 +68,9 @@ def prepare(case: str, quick: bool) -> dict[str, Any]:
     if case == "landsat":
         image, bands = DATA / "RGB.byte.tif", 3
     elif case == "3d":
-        image, bands = root / "volume.nii.gz", 1
+        image, bands = root / "ct-in-air.nii.gz", 1
         if not image.exists():
-            from tiler.io.scenes_files import write_ct
-            from tiler.scenes import ct_scene
-
-            write_ct(ct_scene(shape, seed=3), image, root / "truth.nii.gz")
+            _write_ct_in_air(shape, image, root / "truth.nii.gz")
     elif case == "slide":
         image, bands = root / "slide.ome.tif", 3
         if not image.exists():
@@ -93,7 +96,53 @@ def prepare(case: str, quick: bool) -> dict[str, Any]:
         save_checkpoint(weights, build_network(model), spec=model, normalization=norm)
     return {"case": case, "image": str(image), "weights": str(weights), "root": str(root), "ndim": ndim,
             "tile": spec["tile"], "overlap": spec["overlap"], "block": spec["block"], "chunks": spec["chunks"],
-            "cpus_per_actor": spec.get("cpus_per_actor", 1)}
+            "cpus_per_actor": spec.get("cpus_per_actor", 1), "mask": spec.get("mask")}
+
+
+class _PlacedVolume:
+    """A rendered volume, image ``(1, D, H, W)`` and truth ``(D, H, W)``, that the scene writers can read."""
+
+    channels, nodata_label, image_nodata = 1, 255, None
+
+    def __init__(self, image: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]) -> None:
+        self.image, self.truth, self.spacing = image, truth, spacing
+        self.shape, self.dtype = truth.shape, image.dtype
+
+    def read(self, window: Any) -> tuple[np.ndarray, np.ndarray]:
+        return self.image[(slice(None), *window.slices)], self.truth[window.slices]
+
+
+def _write_ct_in_air(shape: tuple[int, int, int], image: Path, truth: Path) -> None:
+    """Write a CT (int16 HU, NIfTI) whose field of view holds a patient on the couch with air around them.
+
+    ``tiler.scenes.ct_scene`` fills its own field of view with the body (an ellipse over 68 % × 88 % of it in
+    every slice), so no 96³ tile of a 256³ volume lies wholly in air. Here the scene is rendered in a
+    ``(D, 0.69·H, 0.75·W)`` box inside a ``shape`` field of view of air (-1000 HU, the scene's noise): an adult
+    abdomen in a 500 mm reconstruction (body 47 % × 66 % of it, 1.95 mm pixels) lying on the couch, its centre
+    about 6 cm below the isocentre, with the couch (a carbon shell around foam) a separate object under it.
+    The body spans every slice, as in a real CT. Off centre on purpose: the grid's four 96-voxel tiles per
+    256-voxel axis all reach within 32 voxels of the centre, so a centred body this size touches every tile;
+    lying low, it leaves the top row of tiles (the air in front of the patient) wholly in air.
+    Deterministic (fixed seeds).
+    """
+    from tiler.geometry import Window
+    from tiler.io.scenes_files import write_ct
+    from tiler.scenes import ct_scene
+
+    d, h, w = shape
+    spacing = (2.5, 500.0 / w, 500.0 / w)
+    box = (d, round(0.69 * h), round(0.75 * w))
+    top, left = h - box[1] - round(0.03 * h), (w - box[2]) // 2  # the body's back ~7 % of the view above the couch
+    pixels, labels = ct_scene(box, seed=3, spacing=spacing).read(Window.from_shape(box))
+    hu = -1000.0 + CTSCENE_NOISE_HU * np.random.default_rng(3).standard_normal(shape, dtype=np.float32)
+    hu[:, top:top + box[1], left:left + box[2]] = pixels[0]
+    rows, cols = slice(h - round(0.07 * h), h - round(0.02 * h)), slice(round(0.1 * w), w - round(0.1 * w))
+    hu[:, rows, cols] = -950.0  # the couch's foam core, in its carbon shell (two rows at 150 HU each side)
+    hu[:, rows.start:rows.start + 2, cols] = hu[:, rows.stop - 2:rows.stop, cols] = 150.0
+    volume = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    truth_full = np.zeros(shape, dtype=np.uint8)
+    truth_full[:, top:top + box[1], left:left + box[2]] = labels
+    write_ct(_PlacedVolume(volume[None], truth_full, spacing), image, truth)
 
 
 def _axes(value: int | list[int] | tuple[int, ...], ndim: int) -> tuple[int, ...]:
@@ -106,7 +155,8 @@ def _plan(info: dict[str, Any], *, skip: bool, store: Path, probabilities: str |
     from tiler.geometry import BlockPartition, TileGrid
     from tiler.io import open_reader
 
-    options: dict[str, Any] = {}  # each format's own mask: nodata for rasters, tissue for slides
+    # each format's own mask (nodata for rasters, tissue for slides), and a CT's body mask when skipping
+    options: dict[str, Any] = {"mask": info["mask"]} if skip and info.get("mask") else {}
     reader = open_reader(info["image"], **options)
     nd = info["ndim"]
     grid = TileGrid(reader.shape, (info["tile"],) * nd, (info["overlap"],) * nd)
@@ -115,7 +165,7 @@ def _plan(info: dict[str, Any], *, skip: bool, store: Path, probabilities: str |
         model=ModelRef(info["weights"], runner={"device": "auto", "batch_size": 8 if nd == 2 else 2}),
         grid=grid, partition=BlockPartition(reader.shape, _axes(info["block"], nd)), blender=Blender("gaussian"),
         num_classes=6, store_path=str(store), batch_size=8 if nd == 2 else 2, skip_empty=skip,
-        probabilities=probabilities,
+        probabilities=probabilities, background_label=0 if options.get("mask") == "body" else None,
     ), reader
 
 
@@ -169,8 +219,10 @@ def run_project(info: dict[str, Any], *, skip: bool) -> dict[str, Any]:
         np.save(Path(info["root"]) / f"labels-project-{'skip' if skip else 'noskip'}.npy", labels[...])
     first = min(r.started_at for r in result.records.values())
     last = max(r.finished_at for r in result.records.values())
+    stages = {s: sum(getattr(r, f"{s}_seconds") for r in result.records.values())
+              for s in ("read", "assemble", "wait", "idle", "infer", "stitch", "write")}
     return {"seconds": seconds, "tiles": result.tiles_run, "tiles_skipped": result.tiles_skipped,
-            "actor_startup_s": first - wall0, "steady_state_s": last - first,
+            "actor_startup_s": first - wall0, "steady_state_s": last - first, "stages_s": stages,
             "peak_memory_mb": memory.peak / 2**20, "peak_breakdown_mb": memory.breakdown}
 
 
@@ -213,6 +265,38 @@ def run_peer(info: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- driver
 
 
+def _agreement(info: dict[str, Any]) -> dict[str, float]:
+    """Label agreement of ``project`` (and ``project-noskip``) with ``peer``; with a body mask, inside it too.
+
+    Outside the body ``project`` labels background without running a tile there, so only the agreement
+    inside the body (the reader's own mask over the whole volume) compares the two pipelines' blending.
+    """
+    from tiler.geometry import Window
+    from tiler.io import open_reader
+
+    root = Path(info["root"])
+    peer, out = root / "labels-peer.npy", dict[str, float]()
+    if not peer.exists():
+        return out
+    theirs = np.load(peer)
+    for name, suffix in (("label_agreement_with_peer", "skip"), ("label_agreement_noskip_with_peer", "noskip")):
+        if (root / f"labels-project-{suffix}.npy").exists():
+            ours = np.load(root / f"labels-project-{suffix}.npy")
+            valid = ours != 255
+            out[name] = float((ours[valid] == theirs[valid]).mean())
+    if info.get("mask") and (root / "labels-project-skip.npy").exists():
+        reader = open_reader(info["image"], mask=info["mask"])
+        mask = reader.valid_mask(Window.from_shape(reader.shape))
+        inside = np.ones(reader.shape, dtype=bool) if mask is None else mask
+        ours = np.load(root / "labels-project-skip.npy")
+        same = ours[inside] == theirs[inside]
+        out["label_agreement_with_peer_inside_body"] = float(same.mean())
+        out["label_differences_inside_body"] = int(same.size - same.sum())
+        out["body_fraction"] = float(inside.mean())
+    peer.unlink()
+    return out
+
+
 def child(approach: str, info: dict[str, Any]) -> None:
     """Run one approach in this process and print its JSON (with this process tree's peak RSS).
 
@@ -242,7 +326,7 @@ def main() -> None:
         return
     info = prepare(args.case, args.quick)
     approaches = ["limit", "project", "peer"]
-    if args.case in ("landsat", "slide"):
+    if args.case in ("landsat", "slide", "3d"):
         approaches.insert(2, "project-noskip")
     if args.case in ("2d-16k", "huge"):
         approaches = ["project", "peer"]
@@ -263,12 +347,7 @@ def main() -> None:
             ratios["steady_time_skip_vs_noskip"] = p["steady_state_s"] / results["project-noskip"]["steady_state_s"]
         if "peak_memory_mb" in results.get("peer", {}) and "seconds" in results["peer"]:
             ratios["project_vs_peer_memory"] = p["peak_memory_mb"] / results["peer"]["peak_memory_mb"]
-    root = Path(info["root"])
-    if (root / "labels-peer.npy").exists() and (root / "labels-project-skip.npy").exists():
-        ours, theirs = np.load(root / "labels-project-skip.npy"), np.load(root / "labels-peer.npy")
-        valid = ours != 255
-        ratios["label_agreement_with_peer"] = float((ours[valid] == theirs[valid]).mean())
-        (root / "labels-peer.npy").unlink()
+    ratios.update(_agreement(info))
     save(f"suite-{args.case}{'-quick' if args.quick else ''}",
          {"case": args.case, "input": info["image"], "pixels": pixels, "tile": info["tile"],
           "overlap": info["overlap"], "block": info["block"], "results": results, "ratios": ratios},

@@ -156,11 +156,18 @@ def test_an_input_at_another_spacing_gives_nnunets_labels_on_its_own_grid(
     assert resampled["target_spacing"] == list(PLANS_SPACING)
 
 
-def test_a_resampled_job_gives_the_same_labels_for_any_blocks(resampled_root: Path, tmp_path: Path) -> None:
+def test_a_resampled_job_gives_the_same_labels_for_any_blocks_and_engines(
+    resampled_root: Path, tmp_path: Path, ray_session: Any
+) -> None:
+    import zarr
+
+    from tiler.segment import run_segment
+
     one_pass = {"folds": [0], "mirroring": False}
     whole = run_tiler(minimal_job(resampled_root, tmp_path, model={"nnunet": one_pass}))
     small = tmp_path / "small"
     small.mkdir()
     blocks = minimal_job(resampled_root, small, model={"nnunet": one_pass}, tiling={"block": [8, 16, 16]},
-                         output={"chunks": [8, 16, 16]})  # fmt: skip
-    np.testing.assert_array_equal(run_tiler(blocks), whole)
+                         output={"chunks": [8, 16, 16]}, engine={"actors": 2})  # fmt: skip
+    run_segment(load_config(blocks), engine="ray", quiet=True)  # the plan travels to Ray actors
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(small / "out.zarr"), mode="r")["labels"]), whole)
