@@ -28,7 +28,8 @@ def _f(value: Any, digits: int = 2) -> str:
 def _suite_rows() -> list[str]:
     rows = []
     for case, label in (("2d", "2D 4-band 8192², 2D U-Net"), ("2d-16k", "2D 4-band 16384²"),
-                        ("3d", "3D 256³ volume, 3D U-Net"), ("landsat", "Landsat RGB.byte.tif (⅓ nodata)"),
+                        ("3d", "3D 256³ CT in air, 3D U-Net, `mask: body`"),
+                        ("landsat", "Landsat RGB.byte.tif (⅓ nodata)"),
                         ("slide", "slide 8192², ≤ 40% tissue"), ("huge", "2D 32768²")):
         r = _load(f"suite-{case}")
         if r is None:
@@ -37,10 +38,12 @@ def _suite_rows() -> list[str]:
         p, peer = res.get("project", {}), res.get("peer", {})
         peer_cell = _f(peer.get("mpix_per_s")) if "mpix_per_s" in peer else "could not run"
         skip_ratio = ratios.get("steady_time_skip_vs_noskip")
-        agreement = ratios.get("label_agreement_with_peer")
+        inside = ratios.get("label_agreement_with_peer_inside_body")  # a body mask labels the air 0: compare the body
+        agreement = inside if inside is not None else ratios.get("label_agreement_with_peer")
         limit_s = res.get("limit", {}).get("seconds")
         steady = limit_s / p["steady_state_s"] if limit_s and p.get("steady_state_s") else None
         agree = "–" if agreement is None else f"{100 * agreement:.5f}%"
+        agree += " (in the body)" if inside is not None else ""
         rows.append(
             f"| {label} | {_f(res.get('limit', {}).get('mpix_per_s'))} | {_f(p.get('mpix_per_s'))} | {peer_cell} | "
             f"{_f(ratios.get('project_vs_limit_throughput'))} ({_f(steady)}) | "
