@@ -154,6 +154,9 @@ def test_an_input_at_another_spacing_gives_nnunets_labels_on_its_own_grid(
     resampled = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["plan"]["resampled"]
     assert resampled["model_shape"] == [35, 35, 37] and resampled["separate_axis"] == 0  # what was resampled
     assert resampled["target_spacing"] == list(PLANS_SPACING)
+    report = (tmp_path / "out.report.md").read_text()
+    assert "resampled from 2.5 × 0.8 × 0.8 mm to the model's 1 × 1 × 1 mm (grid [35, 35, 37]" in report
+    assert "region of interest: [2:16, 3:47, 1:47]" in report
 
 
 def test_a_resampled_job_gives_the_same_labels_for_any_blocks_and_engines(

@@ -115,7 +115,7 @@ class GridMap:
         """What was resampled, for the store's plan attributes and the report."""
         out: dict[str, Any] = {
             "crop": [list(self.crop.start), list(self.crop.stop)], "model_shape": list(self.model_shape),
-            "separate_axis": self.forward.separate_axis, "order": self.forward.order,
+            "separate_axis": self.forward.separate_axis, "order": self.forward.order, "order_z": self.forward.order_z,
             "back_order": self.back.order, "back_separate_axis": self.back.separate_axis,
         }  # fmt: skip
         if self.spacing is not None:

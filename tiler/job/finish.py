@@ -272,9 +272,13 @@ def write_reports(
     from tiler.job.timings import timing_lines
     from tiler.metrics.report import area_lines, score_lines
 
-    areas = class_areas(OutputStore.open(result.store, mode="r"))
+    store = OutputStore.open(result.store, mode="r")
+    areas = class_areas(store)
+    planned = store.attrs.get("plan") or {}
+    read = {k: planned[k] for k in ("region", "resampled") if planned.get(k) is not None}
     payload = {"config_hash": config_hash(cfg), "pixels_hash": pixels_hash(cfg), "store": result.store,
-               "outputs": result.outputs, "summary": result.summary, "areas": areas, "scores": result.scores}
+               "outputs": result.outputs, "summary": result.summary, "areas": areas, "scores": result.scores,
+               **({"read": read} if read else {})}
     write_bytes_atomic(paths["report_json"], (json.dumps(payload, indent=2, default=str) + "\n").encode(),
                        before_move=before_move)
     lines = [f"# tiler report: {redact(Path(cfg.input.path).name)}", "", f"- input: `{redact(cfg.input.path)}`",
@@ -284,12 +288,35 @@ def write_reports(
     lines += ["| blocks | resumed | tiles run | tiles skipped | seconds | tiles/s |", "|---|---|---|---|---|---|",
               f"| {s['blocks_total']} | {s['blocks_resumed']} | {s['tiles_run']} | {s['tiles_skipped']} | "
               f"{s['seconds']} | {s['tiles_per_second']} |", ""]
-    lines += ["## Where the time went", "", *timing_lines(s), ""]
+    lines += [*_read_lines(read), "## Where the time went", "", *timing_lines(s), ""]
     lines += ["## Areas", "", *area_lines(areas), ""]
     if result.scores is not None:
         lines += ["## Scores", "", *score_lines(result.scores), ""]
     lines += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in result.outputs.items()]
     write_bytes_atomic(paths["report_md"], ("\n".join(lines) + "\n").encode(), before_move=before_move)
+
+
+def _read_lines(read: Mapping[str, Any]) -> list[str]:
+    """The report's lines on what the model saw: the region of interest, and what was resampled."""
+    if not read:
+        return []
+    lines = ["## What the model saw", ""]
+    region = read.get("region")
+    if region is not None:
+        box = ", ".join(f"{a}:{b}" for a, b in zip(*region, strict=True))
+        lines.append(f"- region of interest: [{box}] (everything outside it got the background label)")
+    resampled = read.get("resampled")
+    if resampled is not None:
+        spacing = " × ".join(f"{v:g}" for v in resampled.get("spacing", []))
+        target = " × ".join(f"{v:g}" for v in resampled.get("target_spacing", []))
+        axis = resampled.get("separate_axis")
+        lines.append(
+            f"- resampled from {spacing} mm to the model's {target} mm (grid {resampled['model_shape']}, "
+            f"spline order {resampled['order']}"
+            + (f", axis {axis} on its own at order {resampled.get('order_z', 0)}" if axis is not None else "")
+            + f"), and the model's outputs back onto the input's grid (order {resampled['back_order']})"
+        )
+    return [*lines, ""]
 
 
 def finish_input(task: FinishTask, job: JobResult, finisher: Finisher, *, ran: set[str]) -> SegmentResult:
