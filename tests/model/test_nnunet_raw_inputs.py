@@ -14,7 +14,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from tests.model.nnunet_helpers import ct_volume, nnunet_labels, write_nifti, write_results
@@ -23,18 +22,11 @@ from tiler.config import load_config
 from tiler.errors import ConfigError, InputError
 from tiler.model.sources.nnunet import ResultsFolder, expected_tiling
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/model/conftest.py
+
 MIN_AGREEMENT = 0.998
 SPACING = (2.5, 0.8, 0.8)
 OFFSET = (3, 5, 9)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """One torch thread, as the jobs run (two threads on two loaded cores are slower for tiny networks)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,8 @@ from tiler.model.sources.nnunet import ResultsFolder, expected_tiling, measure
 from tiler.model.sources.nnunet.ensemble import NnunetEnsemble, embed_logits, mirror_combinations
 from tiler.model.sources.nnunet.intensity import normalization
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/model/conftest.py
+
 MIN_AGREEMENT = 0.999
 SPACING = (2.5, 0.8, 0.8)
 
@@ -110,15 +112,6 @@ def test_mirror_combinations_are_nnunets() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- folders
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """One torch thread, as the jobs run: on two loaded cores two threads make tiny convolutions ~6x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
