@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,10 @@ import pytest
 import rasterio
 import yaml
 import zarr
-from rasterio.transform import from_origin
 
 from pipelines.archive import main
-from tests.engine.helpers import local_finishing_on, write_model, write_raster
-from tests.shared_data import SHARED_DATA
+from tests.archive.helpers import SHAPE, by_stem, rows, write_config, write_truth
+from tests.engine.helpers import local_finishing_on, write_raster
 from tiler.archive import Ledger, fingerprint, input_stem, load_archive, run_archive
 from tiler.archive.report import ArchiveReport
 from tiler.cli import build_parser
@@ -30,82 +28,7 @@ from tiler.engine.finishing import ProcessFinisher
 from tiler.errors import ConfigError, OutputError
 from tiler.metrics import confusion_matrix, scores_from_confusion
 
-CORRUPT = SHARED_DATA / "corrupt.tif"
-SHAPE = (96, 80)
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_truth(path: Path, shape: tuple[int, int] = SHAPE, seed: int = 0) -> Path:
-    """Labels 0..3 on the same grid as write_raster."""
-    labels = np.random.default_rng(seed).integers(0, 4, size=shape, dtype=np.uint8)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=shape[1], height=shape[0], count=1, dtype="uint8",
-        crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10),
-    ) as dst:
-        dst.write(labels, 1)
-    return path
-
-
-def write_config(folder: Path, **archive: object) -> Path:
-    config = {
-        "archive": {"root": "out", **archive},
-        "input": {"path": "scenes/*.tif"},
-        "model": {"weights": "model.pt", "device": "cpu", "batch_size": 4, "threads": 1},
-        "tiling": {"tile": 32, "overlap": 8, "block": 64},
-        "output": {"chunks": 64},
-        "scoring": {"truth": "{stem}_truth.tif"},
-    }
-    path = folder / "archive.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def write_archive_dir(folder: Path) -> Path:
-    """scenes/a.tif and b.tif (with truth) and the corrupt c.tif, a tiny model and the archive file."""
-    scenes = folder / "scenes"
-    scenes.mkdir()
-    for seed, stem in enumerate(("a", "b")):
-        write_raster(scenes / f"{stem}.tif", SHAPE, 3, seed)
-        write_truth(scenes / f"{stem}_truth.tif", seed=seed)
-    shutil.copy(CORRUPT, scenes / "c.tif")
-    write_model(folder / "model.pt")
-    write_config(folder, missing_truth="unscored")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The archive folder of :func:`write_archive_dir`, written once for the module (never run: tests copy it)."""
-    return write_archive_dir(tmp_path_factory.mktemp("archive-template"))
-
-
-@pytest.fixture(scope="module")
-def finisher() -> Iterator[ProcessFinisher]:
-    """One pool of finishing processes for the module's in-process runs (see :func:`local_finishing_on`)."""
-    pool = ProcessFinisher(2)
-    yield pool
-    pool.close()
-
-
-@pytest.fixture
-def archive_dir(prepared: Path, finisher: ProcessFinisher, tmp_path: Path) -> Iterator[Path]:
-    """scenes/a.tif and b.tif (with truth) and the corrupt c.tif, a tiny model and the archive file.
-
-    A fresh copy of the prepared folder (nothing run yet: its inputs are new files), the test's to change.
-    """
-    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
-    with local_finishing_on(finisher):
-        yield tmp_path
-
-
-def rows(root: Path) -> dict[str, dict[str, object]]:
-    """Ledger rows by (input stem, config hash)."""
-    with Ledger(root / "ledger.sqlite") as ledger:
-        return {f"{input_stem(r.input_path)}/{r.config_hash}": r.__dict__ for r in ledger.rows()}
-
-
-def by_stem(table: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
-    return {key.split("/")[0]: row for key, row in table.items()}
+REPO = Path(__file__).resolve().parents[2]
 
 
 def block_mtimes(store: Path) -> dict[str, int]:

@@ -19,39 +19,13 @@ import yaml
 
 import tiler.archive.ledger as ledger_module
 from pipelines.archive import main
-from tests.engine.helpers import local_finishing_on, write_raster
-from tests.test_archive import SHAPE, by_stem, rows, write_archive_dir, write_config
+from tests.archive.helpers import SHAPE, by_stem, rows, write_config
+from tests.engine.helpers import write_raster
 from tiler.archive import Ledger, fingerprint, load_archive, run_archive
 from tiler.archive.report import ArchiveReport
-from tiler.engine.finishing import ProcessFinisher
 from tiler.engine.stream import Outcome
 from tiler.errors import InputError
 from tiler.segment import SegmentJob
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The archive folder of :func:`tests.test_archive.write_archive_dir`, written once (never run: tests copy it)."""
-    return write_archive_dir(tmp_path_factory.mktemp("archive-template"))
-
-
-@pytest.fixture(scope="module")
-def finisher() -> Iterator[ProcessFinisher]:
-    """One pool of finishing processes for the module's in-process runs (see :func:`local_finishing_on`)."""
-    pool = ProcessFinisher(2)
-    yield pool
-    pool.close()
-
-
-@pytest.fixture
-def archive_dir(prepared: Path, finisher: ProcessFinisher, tmp_path: Path) -> Iterator[Path]:
-    """scenes/a.tif and b.tif (with truth) and the corrupt c.tif, a tiny model and the archive file.
-
-    A fresh copy of the prepared folder (nothing run yet: its inputs are new files), the test's to change.
-    """
-    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
-    with local_finishing_on(finisher):
-        yield tmp_path
 
 
 def run(folder: Path, *overrides: str, quiet: bool = True) -> ArchiveReport:
