@@ -39,7 +39,6 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "load_config": "tiler.config.loading",
     "run": "tiler.segment:run_segment",
-    "run_segment": "tiler.segment",
     "run_many": "tiler.segment",
     "SegmentJob": "tiler.segment",
     "load_archive": "tiler.archive.config",
@@ -96,7 +95,6 @@ __all__ = [
     "run_archive",
     "run_in_memory",
     "run_many",
-    "run_segment",
     "score",
 ]
 
@@ -121,6 +119,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from tiler.model.checkpoint import load_model
     from tiler.model.normalize import Normalization
     from tiler.model.runner import TileRunner
-    from tiler.segment import SegmentJob, run_many, run_segment
+    from tiler.segment import SegmentJob, run_many
     from tiler.segment import run_segment as run
     from tiler.stitch import BlockAccumulator
