@@ -1,6 +1,6 @@
 """The per-block accumulator: blends tile predictions into one output block.
 
-Holds float32 Σ w·p per class, shape ``(C, *block)``, and one float32 Σ w per pixel, shape ``(*block)``.
+Holds float32 Σ w·p per class, shape ``(K, *block)``, and one float32 Σ w per pixel, shape ``(*block)``.
 Tiles must be added in global grid order: then every pixel sees the same sequence of float32
 operations whoever computes its block, which makes the output independent of the partition.
 
@@ -64,7 +64,7 @@ class BlockResult:
     Attributes:
         window: The block in image coordinates.
         labels: Argmax labels ``(*block)``; the nodata label where no tile counted.
-        probabilities: ``(C, *block)`` in the requested dtype, 0 where no tile counted; None if not kept.
+        probabilities: ``(K, *block)`` in the requested dtype, 0 where no tile counted; None if not kept.
         covered: Pixels that some tile counted, bool ``(*block)``.
     """
 
@@ -79,7 +79,7 @@ class BlockAccumulator:
 
     Args:
         block: The output block in image coordinates.
-        num_classes: Number of probability channels ``C``.
+        num_classes: Number of classes ``K`` (probability channels).
     """
 
     def __init__(self, block: Window, num_classes: int) -> None:
@@ -93,14 +93,14 @@ class BlockAccumulator:
 
         Args:
             tile: The tile's window (image coordinates, may reach into padding).
-            probabilities: ``(C, *tile.shape)`` float32.
+            probabilities: ``(K, *tile.shape)`` float32.
             weights: ``(*tile.shape)`` float32.
             overwrite: The caller gives up ``probabilities``: multiply in place, saving a temporary.
         """
         if probabilities.shape != (self.num_classes, *tile.shape):
             raise GeometryError(
                 f"tile prediction has shape {probabilities.shape}, expected {(self.num_classes, *tile.shape)} "
-                f"(C, *tile); check the model's number of classes and the tile size."
+                f"(K, *tile); check the model's number of classes and the tile size."
             )
         inter = tile.intersection(self.block)
         if inter is None:
@@ -140,7 +140,7 @@ class BlockAccumulator:
 
 
 def _argmax_channels(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``argmax`` over the channel axis of ``(C, *S)`` (first maximum wins), as contiguous passes.
+    """``argmax`` over the class axis of ``(K, *S)`` (first maximum wins), as contiguous passes.
 
     Labels are the argmax of Σ w·p, or of the probabilities: dividing every channel of a pixel by its
     one positive Σ w keeps their order.
@@ -165,10 +165,10 @@ def quantize_tensor(probabilities: torch.Tensor, dtype: ProbabilityDType | str) 
 
 
 def argmax_channels_tensor(values: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-    """``argmax`` over the channel axis of ``(C, *S)`` (first maximum wins), as ``dtype`` ``(*S)``.
+    """``argmax`` over the class axis of ``(K, *S)`` (first maximum wins), as ``dtype`` ``(*S)``.
 
     In four vectorised passes and no per-class loop: the channel maximum; where each channel equals it; each
-    hit ranked ``C - c`` so the first channel ranks highest; the best rank. On CPU this is about 3x faster than
+    hit ranked ``K - k`` so the first class ranks highest; the best rank. On CPU this is about 3x faster than
     a per-class compare-and-fill loop and several times faster than ``torch.max(dim=0)`` or ``torch.argmax``
     (which track int64 indices through a reduction over the leading axis). A pixel with a NaN sum (a model
     fault) gets the last class.
@@ -191,11 +191,11 @@ class TorchBlockAccumulator:
 
     Args:
         block: The output block in image coordinates.
-        num_classes: Number of probability channels ``C``.
+        num_classes: Number of classes ``K`` (probability channels).
         device: Where the sums live: the device the tile probabilities come from.
 
     Attributes:
-        sums: float32 Σ w·p ``(C, *block)`` on ``device``.
+        sums: float32 Σ w·p ``(K, *block)`` on ``device``.
         weights: float32 Σ w ``(*block)`` on ``device``.
     """
 
@@ -215,7 +215,7 @@ class TorchBlockAccumulator:
 
         Args:
             tile: The tile's window (image coordinates, may reach into padding).
-            probabilities: ``(C, *tile.shape)`` float32 on the accumulator's device.
+            probabilities: ``(K, *tile.shape)`` float32 on the accumulator's device.
             weights: ``(*tile.shape)`` float32 on the same device.
             overwrite: Accepted for symmetry with :class:`BlockAccumulator`; ``probabilities`` is never modified.
         """
@@ -232,13 +232,13 @@ class TorchBlockAccumulator:
     ) -> None:
         """Add a batch of tiles, one after another in the order given (give them in global grid order).
 
-        Each tile's ``p · w`` and ``w`` are staged side by side in a reused ``(N, C + 1, *tile)`` buffer (one
+        Each tile's ``p · w`` and ``w`` are staged side by side in a reused ``(N, K + 1, *tile)`` buffer (one
         multiplication for the batch when the tiles share their weights), then added to the block in one
         operation per tile.
 
         Args:
             tiles: The tiles' windows, ``N`` of them.
-            probabilities: ``(N, C, *tile)`` float32 on the accumulator's device; not modified.
+            probabilities: ``(N, K, *tile)`` float32 on the accumulator's device; not modified.
             weights: ``N`` float32 tensors ``(*tile)`` on the same device.
             overwrite: Accepted for symmetry with :class:`BlockAccumulator` (nothing is saved by it here).
         """
@@ -253,7 +253,7 @@ class TorchBlockAccumulator:
             if shape[2:] != tile.shape:
                 raise GeometryError(
                     f"tile prediction has shape {shape[1:]}, expected {(self.num_classes, *tile.shape)} "
-                    f"(C, *tile); check the model's number of classes and the tile size."
+                    f"(K, *tile); check the model's number of classes and the tile size."
                 )
         hits = [(i, inter) for i, tile in enumerate(tiles) if (inter := tile.intersection(self.block)) is not None]
         if not hits:
@@ -272,7 +272,7 @@ class TorchBlockAccumulator:
             self._acc[(slice(None), *dst)].add_(staged[i][(slice(None), *src)])
 
     def _stage(self, n: int, tile: tuple[int, ...]) -> torch.Tensor:
-        """The reused ``(n, C + 1, *tile)`` staging buffer (grown when a batch is larger)."""
+        """The reused ``(n, K + 1, *tile)`` staging buffer (grown when a batch is larger)."""
         buf = self._staging
         if buf is None or tuple(buf.shape[2:]) != tile or buf.shape[0] < n:
             buf = torch.empty((n, self.num_classes + 1, *tile), dtype=torch.float32, device=self.device)

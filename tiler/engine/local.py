@@ -36,13 +36,13 @@ def run_in_memory(
 
     Args:
         image: Input ``(C_in, *spatial)``; ``spatial`` must equal ``grid.shape``.
-        predict: Batch ``(N, C_in, *tile)`` → probabilities ``(N, C, *tile)``: a numpy function, or a
+        predict: Batch ``(N, C_in, *tile)`` → probabilities ``(N, K, *tile)``: a numpy function, or a
             :class:`tiler.model.TileRunner` (any :class:`~tiler.engine.work.DevicePredict`), whose probabilities
             are blended on its device.
         grid: The tile grid over ``image``.
         block: Block shape (the unit of work) per axis.
         blender: Blend weights.
-        num_classes: ``C``.
+        num_classes: ``K``.
         batch_size: Tiles per model call.
         nodata_label: Label of uncovered or invalid pixels.
         probabilities: Dtype of returned probabilities, or None for labels only.
@@ -51,7 +51,7 @@ def run_in_memory(
         order: Process blocks in this order instead of C order (the result must not change).
 
     Returns:
-        Labels ``(*spatial)`` and probabilities ``(C, *spatial)`` (or None).
+        Labels ``(*spatial)`` and probabilities ``(K, *spatial)`` (or None).
     """
     if tuple(image.shape[1:]) != grid.shape:
         raise GeometryError(

@@ -23,7 +23,7 @@ from tiler.geometry import BlockPartition, PadMode, Shape, TileGrid, Window
 from tiler.stitch import BlockResult, ProbabilityDType, TorchBlockAccumulator
 
 Predict = Callable[[np.ndarray], np.ndarray]
-"""A batch of tiles ``(N, C_in, *tile)`` → class probabilities ``(N, C, *tile)`` float32."""
+"""A batch of tiles ``(N, C_in, *tile)`` → class probabilities ``(N, K, *tile)`` float32."""
 
 
 @runtime_checkable
@@ -37,7 +37,7 @@ class DevicePredict(Protocol):
     device: torch.device
 
     def stream(self, batches: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
-        """Probabilities ``(N_i, C, *tile)`` float32 on :attr:`device` per batch, in order, owned by the caller."""
+        """Probabilities ``(N_i, K, *tile)`` float32 on :attr:`device` per batch, in order, owned by the caller."""
         ...
 
 
@@ -278,7 +278,7 @@ def infer_block(
         grid: The global tile grid.
         predict: The model, batch in, probabilities out.
         blender: Blend weights.
-        num_classes: Number of output classes ``C``.
+        num_classes: Number of output classes ``K``.
         batch_size: Tiles per model call.
         nodata_label: Label for pixels no tile counted (and, with ``mask_labels``, invalid input).
         probabilities: Keep probabilities in this dtype, or None.
