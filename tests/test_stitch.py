@@ -241,7 +241,7 @@ def test_torch_accumulator_applies_the_valid_mask_on_the_device() -> None:
 
 def test_torch_accumulator_refuses_predictions_of_the_wrong_shape() -> None:
     acc = TorchBlockAccumulator(Window((0, 0), (8, 8)), num_classes=3)
-    with pytest.raises(GeometryError, match=r"expected \(3, 4, 4\) \(C, \*tile\)"):
+    with pytest.raises(GeometryError, match=r"expected \(3, 4, 4\) \(K, \*tile\)"):
         acc.add(Window((0, 0), (4, 4)), torch.zeros((3, 4, 5)), torch.ones((4, 4)))
     with pytest.raises(GeometryError, match=r"expected \(2, 3, \*tile\)"):
         acc.add_batch([Window((0, 0), (4, 4))] * 2, torch.zeros((2, 4, 4, 4)), [torch.ones((4, 4))] * 2)
