@@ -326,6 +326,14 @@ def infer_block(
         nodata_label=nodata_label, probabilities=probabilities, valid=prepared.valid if mask_labels else None,
         invalid_label=invalid, release=True,
     )
+    inside = prepared.block.intersection(grid.extent)
+    if inside != prepared.block:  # outside the region of interest nothing was predicted, whatever tiles reach there
+        outside = np.ones(prepared.block.shape, dtype=bool)
+        if inside is not None:
+            outside[inside.relative_to(prepared.block).slices] = False
+        result.covered[outside] = False
+        if result.probabilities is not None:
+            result.probabilities[:, outside] = 0
     stats.stitch_seconds += time.perf_counter() - t0
     return result, stats
 
