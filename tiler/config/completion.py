@@ -8,7 +8,7 @@ would run it. Before a configuration is validated (:func:`tiler.config.loading.p
   a MONAI bundle's sliding-window inferer: :func:`tiler.model.sources.tiling.recorded_tiling`). What the job
   gives is kept, and an nnU-Net tiling that differs is refused when the job is planned, naming the values.
 * **The number of axes from the input.** When no key gives a list of per-axis values (tile, overlap, block,
-  chunks) and the model has no ``spec``, the input decides: a NIfTI, zarr or DICOM volume is a 3D job (its
+  chunks, the region's pairs) and the model has no ``spec``, the input decides: a NIfTI, zarr or DICOM volume is a 3D job (its
   defaults are the 3D ones), a raster or slide a 2D one. Single values are repeated once per axis.
 
 Nothing here raises: an input or model that cannot be read leaves the mapping as it is, and planning names the
@@ -46,7 +46,7 @@ def complete(raw: dict[str, Any]) -> dict[str, Any]:
     output: Mapping[str, Any] = sections["output"]
     tiling: Mapping[str, Any] = sections["tiling"]
     missing = [k for k in TILING_KEYS if k not in tiling]
-    lists = [tiling.get(k) for k in _AXES_KEYS] + [output.get("chunks")]
+    lists = [tiling.get(k) for k in _AXES_KEYS] + [output.get("chunks"), inp.get("region")]
     spec = model.get("spec")
     spec_dims = spec.get("spatial_dims") if isinstance(spec, Mapping) else None
     given = next((len(v) for v in lists if isinstance(v, list | tuple)), None)
