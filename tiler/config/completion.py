@@ -46,11 +46,13 @@ def complete(raw: dict[str, Any]) -> dict[str, Any]:
     output: Mapping[str, Any] = sections["output"]
     tiling: Mapping[str, Any] = sections["tiling"]
     missing = [k for k in TILING_KEYS if k not in tiling]
-    lists = [tiling.get(k) for k in _AXES_KEYS] + [output.get("chunks"), inp.get("region")]
+    lists = [tiling.get(k) for k in _AXES_KEYS] + [output.get("chunks")]
     spec = model.get("spec")
     spec_dims = spec.get("spatial_dims") if isinstance(spec, Mapping) else None
     given = next((len(v) for v in lists if isinstance(v, list | tuple)), None)
-    ndim = given or (spec_dims if spec_dims in (2, 3) else None) or input_ndim(inp)
+    region = inp.get("region")
+    pairs = len(region) if isinstance(region, list | tuple) and len(region) in (2, 3) else None
+    ndim = given or (spec_dims if spec_dims in (2, 3) else None) or pairs or input_ndim(inp)
     filled = dict(tiling)
     if missing and isinstance(model.get("weights"), str):
         recorded = _recorded(model, ndim)
