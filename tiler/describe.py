@@ -28,8 +28,12 @@ def _nodata_share(reader: Any, step: int = 2048) -> float | None:
     return invalid / total if total else None
 
 
-def _model_part(cfg: Any) -> tuple[Any, Any]:
-    """``(classes, memory per actor)`` from the job's own plan (:func:`~tiler.job.plan.build_plan`), or why not."""
+def _model_part(cfg: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``(classes, memory per actor, plan, plan attributes)`` from the job's own plan.
+
+    That is :func:`~tiler.job.plan.build_plan`'s; when it cannot be made, the first two say why not and there is no
+    plan and no attributes.
+    """
     from tiler.errors import TilerError
     from tiler.job.plan import build_plan
     from tiler.job.refs import model_facts, model_ref
@@ -38,28 +42,34 @@ def _model_part(cfg: Any) -> tuple[Any, Any]:
         model_facts(model_ref(cfg))  # loaded once per process and file version: build_plan reuses it
     except TilerError as exc:
         why = f"needs the model, which cannot be loaded: {str(exc).splitlines()[0]}"
-        return why, why
+        return why, why, None, {}
     try:
         plan, attrs = build_plan(cfg)
     except TilerError as exc:
         why = f"the job would be refused: {str(exc).splitlines()[0]}"
-        return why, why
-    return plan.num_classes, f"{attrs['plan']['memory_per_actor_mb']} MiB"
+        return why, why, None, {}
+    return plan.num_classes, f"{attrs['plan']['memory_per_actor_mb']} MiB", plan, attrs["plan"]
 
 
 def _plan(path: str, config: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """The plan of ``config`` over ``path``, read as the job reads it (its level or mpp, bands, mask)."""
+    """The plan of ``config`` over ``path``, read as the job reads it (its level or mpp, bands, mask, region).
+
+    The job's own :func:`~tiler.job.plan.build_plan` when the model loads (its region and resampling too), else
+    the geometry of its tiling alone.
+    """
     from tiler.config.loading import load_config
     from tiler.job.plan import plan_geometry
     from tiler.job.refs import reader_ref
 
     cfg = load_config(config, [*overrides, f"input.path={path}"])
+    classes, memory, plan, planned = _model_part(cfg)
     reader = reader_ref(cfg).open()
     try:
-        grid, part = plan_geometry(cfg, reader.shape)
+        grid, part = (plan.grid, plan.partition) if plan is not None else plan_geometry(cfg, reader.shape)
         skipped = 0
         full = Window.from_shape(reader.shape)
-        valid = reader.valid_mask(full) if math.prod(reader.shape) <= 64 * 2**20 else None
+        on_input = grid.shape == tuple(reader.shape)  # a resampled job's tiles lie on the model's grid
+        valid = reader.valid_mask(full) if on_input and math.prod(reader.shape) <= 64 * 2**20 else None
         if valid is not None and cfg.engine.skip_empty:
             for tile in grid:
                 inside = tile.intersection(grid.extent)
@@ -69,19 +79,26 @@ def _plan(path: str, config: str, overrides: Sequence[str]) -> dict[str, Any]:
             read_as += f" at {reader.georef.mpp:g} mpp"
     finally:
         reader.close()
-    classes, memory = _model_part(cfg)
-    per_block = [len(grid.positions_intersecting(w)) for w in part]
+    per_block = [len(grid.positions_intersecting(w)) for w in part] if on_input else None
     step = tuple(t - o for t, o in zip(grid.tile, grid.overlap, strict=True))
-    return {
-        "job reads": read_as,
+    out: dict[str, Any] = {"job reads": read_as}
+    if planned.get("region") is not None:
+        out["region of interest"] = " x ".join(f"{a}:{b}" for a, b in zip(*planned["region"], strict=True))
+    if planned.get("resampled") is not None:
+        r = planned["resampled"]
+        out["resampled"] = f"{r.get('spacing')} -> {r.get('target_spacing')} mm: model grid {r['model_shape']}"
+    out.update({
         "tile / overlap": f"{grid.tile} / {grid.overlap} px (step {step}, rule {grid.rule.value})",
         "tiles": f"{len(grid)} ({' x '.join(map(str, grid.counts))})",
         "blocks": f"{len(part)} of {part.block} px ({' x '.join(map(str, part.counts))})",
-        "tile runs (per block)": f"{sum(per_block)} (tiles on block borders run once per block they touch)",
-        "tiles skipped (mask)": skipped if valid is not None else "not computed (input too large to scan here)",
+        "tile runs (per block)": f"{sum(per_block)} (tiles on block borders run once per block they touch)"
+        if per_block is not None else "on the model's grid (each block runs the tiles its resampled window needs)",
+        "tiles skipped (mask)": skipped if valid is not None else "not computed (input too large to scan here)"
+        if on_input else "not computed (the tiles lie on the model's grid)",
         "classes": classes,
         "memory per actor (est.)": memory,
-    }
+    })
+    return out
 
 
 def describe(path: str, *, config: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:

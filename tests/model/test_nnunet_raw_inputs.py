@@ -166,3 +166,13 @@ def test_a_resampled_job_gives_the_same_labels_for_any_blocks_and_engines(
                          output={"chunks": [8, 16, 16]}, engine={"actors": 2})  # fmt: skip
     run_segment(load_config(blocks), engine="ray", quiet=True)  # the plan travels to Ray actors
     np.testing.assert_array_equal(np.asarray(zarr.open_group(str(small / "out.zarr"), mode="r")["labels"]), whole)
+
+
+def test_inspect_plans_the_crop_and_the_model_grid(resampled_root: Path, tmp_path: Path) -> None:
+    from tiler.describe import describe
+
+    image = resampled_root / "case_0000.nii.gz"
+    info = describe(str(image), config=str(minimal_job(resampled_root, tmp_path)))
+    assert info["region of interest"] == "2:16 x 3:47 x 1:47"
+    assert "model grid [35, 35, 37]" in info["resampled"]
+    assert info["tiles"].startswith("16 (4 x 2 x 2)")  # the model grid's tiles, not the input's
