@@ -87,7 +87,8 @@ def test_windows_over_an_image_come_from_the_geometry(path: Path) -> None:
 
 
 CONFIG_ORDER = (
-    "problems", "fields", "sections", "model_section", "schema", "messages", "files", "overrides", "loading",
+    "problems", "fields", "sections", "model_section", "schema", "messages", "files", "overrides", "completion",
+    "loading",
     "identity",
 )  # fmt: skip
 """The modules of tiler.config, lowest first: each imports only modules before it."""

@@ -8,8 +8,8 @@ would run it. Before a configuration is validated (:func:`tiler.config.loading.p
   a MONAI bundle's sliding-window inferer: :func:`tiler.model.sources.tiling.recorded_tiling`). What the job
   gives is kept, and an nnU-Net tiling that differs is refused when the job is planned, naming the values.
 * **The number of axes from the input.** When no key gives a list of per-axis values (tile, overlap, block,
-  chunks, the region's pairs) and the model has no ``spec``, the input decides: a NIfTI, zarr or DICOM volume is a 3D job (its
-  defaults are the 3D ones), a raster or slide a 2D one. Single values are repeated once per axis.
+  chunks, the region's pairs) and the model has no ``spec``, the input decides: a NIfTI, zarr or DICOM volume is
+  a 3D job (its defaults are the 3D ones), a raster or slide a 2D one. Single values are repeated once per axis.
 
 Nothing here raises: an input or model that cannot be read leaves the mapping as it is, and planning names the
 problem with the same message it always gives.

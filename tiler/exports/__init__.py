@@ -2,7 +2,7 @@
 
 >>> from tiler.exports import NAMES, get
 >>> NAMES
-('cog', 'nifti', 'dicom-seg', 'ome-zarr', 'geojson', 'geoparquet', 'qupath', 'quicklook')
+('cog', 'nifti', 'dicom-seg', 'ome-zarr', 'geojson', 'geoparquet', 'qupath', 'quicklook', 'stac')
 >>> sorted(get("nifti").files), sorted(get("nifti").dims)
 (['nifti', 'nifti_ctbl', 'nifti_itksnap'], [3])
 
@@ -12,7 +12,7 @@ Importing it loads no file library: each writer imports :mod:`tiler.io` when it 
 from __future__ import annotations
 
 from tiler.errors import ConfigError
-from tiler.exports import cog, dicom_seg, geojson, geoparquet, nifti, ome_zarr, quicklook, qupath
+from tiler.exports import cog, dicom_seg, geojson, geoparquet, nifti, ome_zarr, quicklook, qupath, stac
 from tiler.exports.base import BeforeMove, DeliverContext, ExportFormat, WriteContext
 
 __all__ = ["NAMES", "REGISTRY", "BeforeMove", "DeliverContext", "ExportFormat", "WriteContext", "get"]
@@ -20,7 +20,7 @@ __all__ = ["NAMES", "REGISTRY", "BeforeMove", "DeliverContext", "ExportFormat", 
 REGISTRY: dict[str, ExportFormat] = {
     f.name: f
     for f in (cog.FORMAT, nifti.FORMAT, dicom_seg.FORMAT, ome_zarr.FORMAT, geojson.FORMAT, geoparquet.FORMAT,
-              qupath.FORMAT, quicklook.FORMAT)
+              qupath.FORMAT, quicklook.FORMAT, stac.FORMAT)
 }  # fmt: skip
 """Every export format, in the order a job writes them."""
 

@@ -50,6 +50,8 @@ class WriteContext:
             (:func:`tiler.io.vector.write_polygon_band`); empty: the writer draws them itself.
         overviews: For an export drawn from the map's mode overview levels: the folder workers drew them into
             (:func:`tiler.io.overviews.write_overview_band`); None: the writer reads the map itself.
+        job_hash: The finishing's config hash (what the store records as ``job_hash``), for an export that names
+            it (:attr:`ExportFormat.names_job`); None when not known.
     """
 
     store: Any
@@ -59,6 +61,7 @@ class WriteContext:
     before_move: BeforeMove | None = None
     parts: tuple[str, ...] = ()
     overviews: str | None = None
+    job_hash: str | None = None
 
     @property
     def path(self) -> Path:
@@ -87,6 +90,8 @@ class ExportFormat:
         why_not_input: For an input of another format: what is wrong and the fix (checked before any block runs).
         deliver: Sends the written export on (e.g. a DICOM SEG to a PACS) and records the delivery, so that a rerun
             sends only what was not acknowledged; a failed delivery fails the input and keeps the files.
+        names_job: The file names the finishing's config hash (a STAC Item's provenance): it is drawn again
+            whenever a finishing with another config hash (another truth, other exports) reaches the store.
     """
 
     name: str
@@ -100,6 +105,7 @@ class ExportFormat:
     inputs: frozenset[str] = frozenset()
     why_not_input: str = ""
     deliver: Deliver | None = None
+    names_job: bool = False
 
     def input_problem(self, reader_format: str) -> str | None:
         """What is wrong with drawing this export for an input of ``reader_format``, or None when it fits.

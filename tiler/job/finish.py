@@ -109,7 +109,12 @@ def drawn_already(task: FinishTask, name: str) -> bool:
     store = OutputStore.open(task.plan.store_path, mode="r")
     records = store.export_records()
     recorded = store.exports_done(records)
-    return all(recorded.get(f) == str(p) and records[f].get("settings", {}) == settings for f, p in paths.items())
+    names_job = EXPORTS[name].names_job  # a file naming the config hash is drawn again under another one
+    return all(
+        recorded.get(f) == str(p) and records[f].get("settings", {}) == settings
+        and (not names_job or records[f].get("job_hash") == task.job_hash)
+        for f, p in paths.items()
+    )
 
 
 def export_step(task: FinishTask, name: str, parts: tuple[str, ...] = (), overviews: str | None = None) -> StepResult:
@@ -136,7 +141,7 @@ def export_step(task: FinishTask, name: str, parts: tuple[str, ...] = (), overvi
         reader = task.plan.input.open()
         try:
             export.write(WriteContext(store, paths, reader, settings, before_move=store.intent_recorder(),
-                                      parts=parts, overviews=overviews))
+                                      parts=parts, overviews=overviews, job_hash=task.job_hash))
         finally:
             reader.close()
     for role, path in paths.items():  # recorded once the export and its sidecars are all in place

@@ -33,7 +33,7 @@ def output_paths(store: str | os.PathLike[str]) -> dict[str, Path]:
     """Where each file of ``store``'s finishing goes: every export of the registry (sidecars included), then reports.
 
     >>> sorted(output_paths("/out/scene.zarr"))[:3]
-    ['cog', 'cog_aux', 'geojson']
+    ['cog', 'cog_aux', 'dicom_seg']
     """
     base = output_stem(store)
     paths: dict[str, Path] = {}
