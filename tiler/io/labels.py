@@ -24,6 +24,7 @@ import numpy as np
 from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
 from tiler.io.base import Georef
+from tiler.paths import is_remote
 
 __all__ = ["LabelSource", "open_labels"]
 
@@ -148,7 +149,8 @@ def _open_with_reader(path: str, kind: str) -> LabelSource:
     def opener() -> Any:
         return copy.copy(reader)  # a reader copy drops the handle and re-opens it in this thread
 
-    names = sidecar_class_names(path, kind)  # an exported COG or NIfTI keeps its class names beside it
+    # an exported COG or NIfTI keeps its class names beside it (a local sidecar; a remote one is not looked for)
+    names = None if is_remote(path) else sidecar_class_names(path, kind)
     return LabelSource(path, kind, shape, np.dtype(reader.dtype), reader.nodata, reader.georef, block,
                        class_names=names, num_classes=len(names) if names else None, _opener=opener)  # fmt: skip
 
@@ -199,12 +201,17 @@ def _open_zarr(path: str) -> LabelSource:
 def open_labels(path: str | os.PathLike[str]) -> LabelSource:
     """Open a label map: GeoTIFF (any GDAL raster), NIfTI, a zarr array, or a tiler output store.
 
+    A remote path (``s3://bucket/truth.tif``, ``/vsis3/...``, ``https://...``) is a raster read through GDAL, with
+    the cloud options of the reading process (:mod:`tiler.io.cloud`).
+
     Raises:
         ReadError: The path does not exist or cannot be opened.
         InputError: The file is not a single-band / 3D label map.
 
     """
     text = os.fspath(path)
+    if is_remote(text):
+        return _open_with_reader(text, "raster")
     if not os.path.exists(text):
         raise ReadError(f"{text} does not exist; check the path (absolute: {os.path.abspath(text)}).")
     lower = text.lower().rstrip("/")

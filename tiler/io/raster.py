@@ -1,8 +1,11 @@
 """Georeferenced rasters (GeoTIFF, COG, anything GDAL opens) read window by window through rasterio.
 
 Paths are passed to GDAL untouched, so GDAL virtual file systems work (``/vsicurl/https://...``,
-``/vsis3/bucket/key.tif``). Only north-up rasters are accepted: a rotated or sheared transform raises
-InputError (warp it first with ``gdalwarp``).
+``/vsis3/bucket/key.tif``), and so do the URLs rasterio maps to them (``s3://``, ``gs://``, ``az://``, ``https://``).
+Every call on a remote file runs under the GDAL options the clouds' standard variables of *this* process imply
+(:func:`tiler.io.cloud.gdal_cloud_options`: ``AWS_ENDPOINT_URL`` for an S3-compatible server), computed where the
+file is read, never shipped with the reader. Only north-up rasters are accepted: a rotated or sheared transform
+raises InputError (warp it first with ``gdalwarp``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tiler.io.base import (
     one_line,
     scan_windows,
 )
+from tiler.io.cloud import describe_remote_failure, gdal_cloud_options
 
 DEFAULT_GDAL_OPTIONS: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
 NETWORK_GDAL_OPTIONS: dict[str, Any] = {
@@ -92,7 +96,8 @@ class RasterReader(Reader):
         mask: ``"auto"`` (GDAL's nodata/alpha/internal mask) or ``"none"`` (no such mask). Either way a
             pixel with NaN or ±Inf in any band is invalid and read as :attr:`fill`.
         gdal_options: GDAL configuration (e.g. ``GDAL_CACHEMAX``, ``GDAL_NUM_THREADS``) for every read;
-            remote paths get :data:`NETWORK_GDAL_OPTIONS` unless overridden here.
+            remote paths get :data:`NETWORK_GDAL_OPTIONS` unless overridden here. These win over the options
+            :func:`~tiler.io.cloud.gdal_cloud_options` derives from the environment of the reading process.
 
     """
 
@@ -114,9 +119,25 @@ class RasterReader(Reader):
         check_exists(self.path)
         src = self._open()
         try:
-            self._describe(src, bands)
+            with self._gdal_env():  # the mask flags may look for sidecar files (.msk) on the server
+                self._describe(src, bands)
         finally:
             self._close_handle(src)
+
+    def _gdal_env(self) -> rasterio.Env:
+        """The GDAL environment of every call on the file: this process's cloud options, then :attr:`gdal_options`.
+
+        Computed on each call from this process's environment (cheap: a few lookups), so a reader pickled to a
+        Ray worker reads with the worker's own endpoint and credentials, never the driver's.
+        """
+        return gdal_env({**gdal_cloud_options(self.path), **self.gdal_options})
+
+    def _remote_error(self, action: str, exc: Exception) -> ReadError | None:
+        """A one-line ReadError for a storage failure of a remote file (cause, server, fix), else None."""
+        cause = describe_remote_failure(self.path, str(exc), {**gdal_cloud_options(self.path), **self.gdal_options})
+        if cause is None:
+            return None
+        return ReadError(one_line(f"cannot {action} {self.path}: {cause}"))
 
     def _describe(self, src: Any, bands: Sequence[int] | None) -> None:
         t = src.transform
@@ -160,9 +181,12 @@ class RasterReader(Reader):
 
     def _open(self) -> Any:
         try:
-            with gdal_env(self.gdal_options):
+            with self._gdal_env():
                 return rasterio.open(self.path)
         except RasterioIOError as exc:
+            remote = self._remote_error("open", exc)
+            if remote is not None:
+                raise remote from exc
             raise ReadError(
                 one_line(
                     f"cannot open {self.path} as a raster: {exc}. Check the path, the credentials for remote "
@@ -177,8 +201,14 @@ class RasterReader(Reader):
             ) from exc
 
     def _read_inside(self, window: Window) -> np.ndarray:
-        with gdal_env(self.gdal_options):
-            data = self.handle.read(list(self.bands), window=to_rio_window(window))
+        try:
+            with self._gdal_env():
+                data = self.handle.read(list(self.bands), window=to_rio_window(window))
+        except RasterioIOError as exc:  # a server that fails mid-job (expired token): its cause, not "corrupt"
+            remote = self._remote_error(f"read window start={window.start} stop={window.stop} of", exc)
+            if remote is not None:
+                raise remote from exc
+            raise
         return np.asarray(data, dtype=self.dtype)
 
     def read_sampled(self, step: int) -> np.ndarray:
@@ -188,11 +218,13 @@ class RasterReader(Reader):
         that of the overview, not of the full resolution; without them, full-resolution row bands as
         :meth:`Reader.read_sampled`.
         """
-        if step <= 1 or not self.handle.overviews(self.bands[0]):
+        with self._gdal_env():  # overviews may be a sidecar .ovr on the server
+            overviews = self.handle.overviews(self.bands[0]) if step > 1 else []
+        if not overviews:
             return super().read_sampled(step)
         out_shape = (len(self.bands), -(-self.shape[0] // step), -(-self.shape[1] // step))
         try:
-            with gdal_env(self.gdal_options):
+            with self._gdal_env():
                 data = self.handle.read(list(self.bands), out_shape=out_shape, resampling=Resampling.nearest)
         except Exception as exc:  # noqa: BLE001 - library failure -> ReadError naming the file
             raise ReadError(
@@ -217,7 +249,7 @@ class RasterReader(Reader):
         if inside is None:
             return out
         try:
-            with gdal_env(self.gdal_options):
+            with self._gdal_env():
                 out[inside.relative_to(window).slices] = self.handle.dataset_mask(window=to_rio_window(inside)) > 0
         except Exception as exc:  # noqa: BLE001 - library failure -> ReadError naming file and window
             raise ReadError(
@@ -239,13 +271,16 @@ class RasterReader(Reader):
                 return None
             present = np.zeros((rows, cols), dtype=bool)
             handle = self.handle
-            for band in range(1, handle.count + 1):
-                for r in range(rows):
-                    for c in range(cols):
-                        if not present[r, c]:
-                            present[r, c] = handle.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=band) is not None
-                if present.all():
-                    break
+            with self._gdal_env():
+                for band in range(1, handle.count + 1):
+                    for r in range(rows):
+                        for c in range(cols):
+                            if not present[r, c]:
+                                present[r, c] = (
+                                    handle.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=band) is not None
+                                )
+                    if present.all():
+                        break
             self._present = present
         return self._present
 
