@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
+from tiler.archive.collection import parse_interval, stac_inputs
 from tiler.config.loading import parse_config
 from tiler.config.overrides import apply_overrides
 from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError
+from tiler.io.stac_item import local_href, split_item_path
 from tiler.paths import is_remote
 from tiler.yamlsafe import load_yaml
 
@@ -36,6 +38,33 @@ class ArchiveSection(BaseModel):
     missing_truth: Literal["fail", "unscored"] = "fail"
     busy_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     stale_after_hours: Annotated[float, Field(gt=0)] = 24.0
+    # a STAC catalog as the inputs (see tiler.archive.collection): each item one input, its assets stacked as bands
+    stac: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    assets: tuple[Annotated[str, Strict(), Field(min_length=1)], ...] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    datetime: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    properties: dict[str, Any] | None = None
+
+    @field_validator("assets")
+    @classmethod
+    def _unique_assets(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError("must list at least one asset key, each once")
+        return value
+
+    @field_validator("bbox")
+    @classmethod
+    def _ordered_bbox(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and (value[0] > value[2] or value[1] > value[3]):
+            raise ValueError("must be [minx, miny, maxx, maxy] with min <= max")
+        return value
+
+    @field_validator("datetime")
+    @classmethod
+    def _interval(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_interval(value)
+        return value
 
 
 _SECTION_FIXES = {
@@ -44,11 +73,28 @@ _SECTION_FIXES = {
     "missing_truth": "use fail or unscored",
     "busy_timeout_s": "use a positive number of seconds, e.g. 60",
     "stale_after_hours": "use a positive number of hours, e.g. 24",
+    "stac": "set archive.stac to a STAC Catalog, Collection or ItemCollection JSON file, or null",
+    "assets": "list the item asset keys to stack as bands in model channel order, e.g. [B02, B03, B04, B08]",
+    "bbox": "give [minx, miny, maxx, maxy] in EPSG:4326 degrees, e.g. [10.0, 45.0, 11.0, 46.0]",
+    "datetime": 'give an interval "2021-01-01/2021-12-31" (".." for an open end) or one date-time',
+    "properties": "give a mapping of item property to required value, e.g. {platform: sentinel-2a}",
 }
+_STAC_ONLY = ("assets", "bbox", "datetime", "properties")
+"""Archive keys that only mean something with ``archive.stac``."""
 
 
 def input_stem(path: str) -> str:
-    """Return the name an input's outputs take: its file name without the suffix (``a.nii.gz`` → ``a``)."""
+    """Return the name an input's outputs take: its file name without the suffix (``a.nii.gz`` → ``a``).
+
+    A STAC item named ``<file.json>#<item id>`` takes its item id (:mod:`tiler.io.stac_item`), verbatim: an id
+    that is not a plain file name is refused by :meth:`ArchiveConfig.store_path`.
+
+    >>> input_stem("/cat/items.json#S2A_T33_2021"), input_stem("/x/scan.nii.gz")
+    ('S2A_T33_2021', 'scan')
+    """
+    item_id = split_item_path(path)[1]
+    if item_id is not None:
+        return item_id
     name = os.path.basename(path.rstrip("/"))  # what Path(path).name gives, without parsing the whole path
     for suffix in _DOUBLE_SUFFIXES:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
@@ -95,6 +141,12 @@ class ArchiveConfig:
         bad = stem in ("", ".", "..") or any(c in stem for c in ("/", "\\", "\0"))
         store = os.path.abspath(os.path.join(self.root, stem, f"{stem}.zarr"))
         if bad or os.path.dirname(os.path.dirname(store)) != os.path.abspath(self.root):
+            if split_item_path(input_path)[1] is not None:
+                raise ConfigError(
+                    f"{input_path}: its STAC item id {stem!r} is not a plain file name, so its store would not lie "
+                    f"inside archive.root {self.root}; fix: give the item an id without '/', '\\' or NUL that is not "
+                    "'.' or '..', or leave it out with archive.properties / archive.bbox"
+                )
             raise ConfigError(
                 f"{input_path}: its name gives the output stem {stem!r}, which would put its store outside "
                 f"archive.root {self.root}; fix: rename the file (its name without suffix must be a plain name)"
@@ -102,11 +154,16 @@ class ArchiveConfig:
         return store
 
     def truth_path(self, input_path: str) -> str | None:
-        """Return the input's truth file from the pattern (relative → the input's directory), or None."""
+        """Return the input's truth file from the pattern (relative → the input's directory), or None.
+
+        For a STAC item (``<file.json>#<item id>``) both ``{stem}`` and ``{name}`` are the item id, and a relative
+        result lies in the folder of the item's JSON file.
+        """
         pattern = self.truth_pattern
         if pattern is None:
             return None
-        values = {"stem": input_stem(input_path), "name": os.path.basename(input_path.rstrip("/"))}
+        href, item_id = split_item_path(input_path)
+        values = {"stem": input_stem(input_path), "name": item_id or os.path.basename(input_path.rstrip("/"))}
         # only plain {stem} / {name} fields get here (_check_truth_pattern): no format specs, conversions or nesting
         text = "".join(
             literal + (values[field] if field is not None else "")
@@ -115,29 +172,36 @@ class ArchiveConfig:
         text = os.path.expanduser(text)
         if is_remote(text) or os.path.isabs(text):
             return text
-        return os.path.normpath(os.path.join(os.path.dirname(input_path), text))
+        return os.path.normpath(os.path.join(os.path.dirname(local_href(href)), text))
 
     def inputs(self) -> list[str]:
         """Return the inputs of this archive, absolute, each once, in a stable (sorted or manifest) order.
 
-        A manifest is read line by line and de-duplicated in one pass (first mention wins): a 100,000-line
-        manifest is listed in well under a second. The list itself is kept (a path string per input): the run
-        needs every input before the first starts, for its total, the truth files to leave out and the stems
-        two inputs share (:func:`shared_stems`; those inputs fail alone, when the run reaches them).
+        With ``archive.stac``, each item the catalog lists and the filters keep is one input
+        (:func:`tiler.archive.collection.stac_inputs`), in catalog order. A manifest is read line by line and
+        de-duplicated in one pass (first mention wins): a 100,000-line manifest is listed in well under a second.
+        The list itself is kept (a path string per input): the run needs every input before the first starts,
+        for its total, the truth files to leave out and the stems two inputs share (:func:`shared_stems`; those
+        inputs fail alone, when the run reaches them).
 
         Raises:
-            ConfigError: The manifest cannot be read, or nothing matched.
+            ConfigError: The manifest or the STAC catalog cannot be read, or nothing matched.
 
         """
-        if self.archive.manifest is not None:
-            found = unique(manifest_entries(self.archive.manifest))
-            where = f"archive.manifest {self.archive.manifest}"
+        section = self.archive
+        if section.stac is not None:
+            interval = parse_interval(section.datetime) if section.datetime is not None else None
+            found = stac_inputs(section.stac, bbox=section.bbox, interval=interval, properties=section.properties)
+            where = f"archive.stac {section.stac} (after its filters)"
+        elif section.manifest is not None:
+            found = unique(manifest_entries(section.manifest))
+            where = f"archive.manifest {section.manifest}"
         else:
             pattern = str(self.template["input"]["path"])
             found = sorted(unique(os.path.abspath(p) for p in expand_glob(pattern)))
             where = f"input.path {pattern!r}"
         root = os.path.abspath(self.root)
-        found = [p for p in found if os.path.commonpath([root, os.path.abspath(p)]) != root]
+        found = [p for p in found if os.path.commonpath([root, _file_of(p)]) != root]
         truths = {self.truth_path(p) for p in found} - {None}
         inputs = [p for p in found if p not in truths]
         if not inputs:
@@ -168,6 +232,8 @@ class ArchiveConfig:
         """
         data = copy.deepcopy(dict(self.template))
         data["input"] = {**(data.get("input") or {}), "path": input_path}
+        if self.archive.assets is not None:  # a STAC item's assets, stacked as bands by its reader
+            data["input"]["assets"] = list(self.archive.assets)
         data["output"] = {**(data.get("output") or {}), "path": self.store_path(input_path)}
         truth = self.truth_path(input_path)
         if truth is not None and not is_remote(truth) and not os.path.exists(truth):
@@ -180,6 +246,11 @@ class ArchiveConfig:
         if truth is not None or self.truth_pattern is not None:
             data["scoring"] = {**(data.get("scoring") or {}), "truth": truth}
         return parse_config(data, source=f"{self.source} (input {input_path})")
+
+
+def _file_of(input_path: str) -> str:
+    """The absolute local file an input path reads (a STAC item's JSON file), for the under-the-root check."""
+    return os.path.abspath(local_href(split_item_path(input_path)[0]))
 
 
 def _parts_match(parts: Sequence[str], pattern: Sequence[str]) -> bool:
@@ -351,6 +422,10 @@ def _parse_value(text: str, key: str, source: str) -> Any:
         ) from None
 
 
+_PATH_KEYS = ("root", "manifest", "stac")
+"""Archive keys holding a path, resolved against the config file's folder (``--set``: the current folder)."""
+
+
 def load_archive(path: str | Path, overrides: Sequence[str] = ()) -> ArchiveConfig:
     """Read and validate an archive file.
 
@@ -387,13 +462,13 @@ def load_archive(path: str | Path, overrides: Sequence[str] = ()) -> ArchiveConf
             f"{file}: archive: required section is missing or not a mapping (got {json.dumps(raw_section)}); "
             "fix: add `archive:` with at least `root: <output folder>`"
         )
-    section = {k: _resolve_local(v, base) if k in ("root", "manifest") else v for k, v in raw_section.items()}
+    section = {k: _resolve_local(v, base) if k in _PATH_KEYS else v for k, v in raw_section.items()}
     archive_sets, job_sets, truth_set = _split_overrides(overrides)
     for item in archive_sets:
         key, _, text = item.partition("=")
         name = key.strip().split(".", 1)[1]
         value = _parse_value(text, key, f"{file} --set")
-        section[name] = _resolve_local(value, Path.cwd()) if name in ("root", "manifest") else value
+        section[name] = _resolve_local(value, Path.cwd()) if name in _PATH_KEYS else value
     try:
         archive = ArchiveSection.model_validate(section)
     except ValidationError as exc:
@@ -419,7 +494,16 @@ def _validated(source: str, archive: ArchiveSection, data: dict[str, Any]) -> Ar
             f"(got {json.dumps(output['path'])}); fix: remove output.path and set archive.root"
         )
     given = (data.get("input") or {}).get("path") if isinstance(data.get("input"), dict) else None
-    if (given is None) == (archive.manifest is None):
+    if archive.stac is not None:
+        _check_stac(source, archive, given, data)
+    else:
+        stray = [k for k in _STAC_ONLY if getattr(archive, k) is not None]
+        if stray:
+            raise ConfigError(
+                f"{source}: archive.{stray[0]}: is set but archive.stac is not; fix: set archive.stac to a STAC "
+                f"catalog, or remove archive.{', archive.'.join(stray)}"
+            )
+    if archive.stac is None and (given is None) == (archive.manifest is None):
         both = "both are set" if given is not None else "neither is set"
         raise ConfigError(
             f"{source}: input.path / archive.manifest: {both} (input.path={json.dumps(given)}, "
@@ -430,6 +514,8 @@ def _validated(source: str, archive: ArchiveSection, data: dict[str, Any]) -> Ar
     _check_truth_pattern(scoring.get("truth") if isinstance(scoring, dict) else None, source)
     probe = copy.deepcopy(data)
     probe["input"] = {**(probe.get("input") or {}), "path": given or "<manifest entry>"}
+    if archive.stac is not None:
+        probe["input"] = {**probe["input"], "path": "<stac item>.json#<item id>", "assets": list(archive.assets or ())}
     probe["output"] = {**(probe.get("output") or {}), "path": str(Path(archive.root) / "x" / "x.zarr")}
     if isinstance(probe.get("scoring"), dict) and probe["scoring"].get("truth") is not None:
         probe["scoring"]["truth"] = "<truth>"
@@ -437,3 +523,30 @@ def _validated(source: str, archive: ArchiveSection, data: dict[str, Any]) -> Ar
     template = copy.deepcopy(data)
     template.setdefault("input", {})
     return ArchiveConfig(source=source, archive=archive, template=template)
+
+
+def _check_stac(source: str, archive: ArchiveSection, given: Any, data: Mapping[str, Any]) -> None:
+    """``archive.stac`` lists the inputs alone, and its items' assets are said in ``archive.assets``."""
+    if given is not None or archive.manifest is not None:
+        other = f"input.path={json.dumps(given)}" if given is not None else f"archive.manifest={archive.manifest}"
+        raise ConfigError(
+            f"{source}: archive.stac / {other.split('=')[0]}: both list the inputs (archive.stac={archive.stac}, "
+            f"{other}); fix: remove {other.split('=')[0]} (each item of archive.stac is one input)"
+        )
+    if archive.assets is None:
+        raise ConfigError(
+            f"{source}: archive.assets: is required with archive.stac; fix: list the item asset keys to stack as "
+            "bands in model channel order, e.g. assets: [B02, B03, B04, B08]"
+        )
+    inp = data.get("input")
+    if isinstance(inp, Mapping) and inp.get("assets") is not None:
+        raise ConfigError(
+            f"{source}: input.assets: is set by the archive from archive.assets (got {json.dumps(inp['assets'])}); "
+            "fix: remove input.assets and list the assets in archive.assets"
+        )
+    stac = str(archive.stac)
+    if not is_remote(stac) and not os.path.isfile(stac):
+        raise ConfigError(
+            f"{source}: archive.stac: {archive.stac} is not a file; fix: point it at a STAC Catalog, Collection or "
+            "ItemCollection JSON file (catalog.json, collection.json)"
+        )

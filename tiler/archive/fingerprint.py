@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Sequence
 
 from tiler.paths import is_remote
 
@@ -49,6 +51,35 @@ def fingerprint(path: str, *, edge_bytes: int = EDGE_BYTES) -> str:
         if st.st_size > edge_bytes:
             fh.seek(max(edge_bytes, st.st_size - edge_bytes))
             digest.update(fh.read(edge_bytes))
+    return digest.hexdigest()
+
+
+ASSET_VERSION_FIELDS = ("file:checksum", "file:size", "checksum:multihash", "etag", "updated")
+"""Asset fields that change when an asset file is replaced (the file extension's checksum and size, an etag)."""
+
+
+def item_fingerprint(path: str, assets: Sequence[str] | None) -> str:
+    """The identity of a STAC item input (``<file.json>#<item id>``): its id and the assets it stacks, in order.
+
+    Each asset adds its key, its absolute href, the fields of :data:`ASSET_VERSION_FIELDS` it carries, and, when its
+    href is a local file, that file's own :func:`fingerprint` (so rewriting one asset file reruns the item). A remote
+    asset without such fields is identified by its href alone, as a remote raster is. The rest of the item's JSON
+    (other assets, properties) is not part of it: it does not change the pixels read.
+
+    Raises:
+        OSError: The item file or a local asset file cannot be read (a :class:`~tiler.errors.ReadError`).
+        InputError: The file holds no such item, or the item lacks an asset of ``assets``.
+    """
+    from tiler.io.stac_item import asset_hrefs, load_item
+
+    item = load_item(path)
+    digest = hashlib.sha256(b"tiler-stac-item-v1\0" + item.id.encode() + b"\0")
+    for key, href, fields in asset_hrefs(item, assets, name=path):
+        digest.update(f"{key}\0{href}\0".encode())
+        versions = {k: fields[k] for k in ASSET_VERSION_FIELDS if k in fields}
+        digest.update(json.dumps(versions, sort_keys=True, default=str).encode() + b"\0")
+        if not is_remote(href):
+            digest.update(fingerprint(href).encode())
     return digest.hexdigest()
 
 

@@ -7,8 +7,9 @@ import os
 import time
 from collections.abc import Iterator
 
+from tiler.archive.collection import write_collection
 from tiler.archive.config import ArchiveConfig, input_stem, shared_stems
-from tiler.archive.fingerprint import fingerprint, missing_fingerprint
+from tiler.archive.fingerprint import fingerprint, item_fingerprint, missing_fingerprint
 from tiler.archive.ledger import LEDGER_NAME, Ledger, now
 from tiler.archive.progress import ArchiveProgress
 from tiler.archive.report import ArchiveItem, ArchiveReport, timings_of
@@ -88,10 +89,13 @@ class _Run:
         for input_path in inputs:
             item = ArchiveItem(input=redact(input_path), stem=input_stem(input_path), status="failed")
             try:
-                item.fingerprint = fingerprint(input_path)
-            except OSError as exc:
+                item.fingerprint = self.fingerprint(input_path)
+            except (OSError, TilerError) as exc:
                 item.fingerprint, item.config_hash = missing_fingerprint(input_path), "-"
-                reason = f"{input_path}: the input cannot be read ({exc}); fix: check that the file exists"
+                reason = (
+                    _error_text(exc, input_path) if isinstance(exc, TilerError)
+                    else f"{input_path}: the input cannot be read ({exc}); fix: check that the file exists"
+                )  # fmt: skip
                 self.fail(item, redact(reason))
                 continue
             try:
@@ -124,6 +128,21 @@ class _Run:
             job = SegmentJob(cfg, overwrite=not claim.resume and os.path.exists(item.store))
             self.running[id(job)] = item
             yield job
+
+    def fingerprint(self, input_path: str) -> str:
+        """The input's identity in the ledger: a STAC item's id and assets (archive.stac), else its file's."""
+        section = self.archive.archive
+        if section.stac is not None:
+            return item_fingerprint(input_path, section.assets)
+        return fingerprint(input_path)
+
+    def write_collection(self) -> None:
+        """Rewrite ``<root>/collection.json`` linking the STAC Item of every input the ledger has done."""
+        outputs = [row.outputs or {} for row in self.ledger.rows() if row.status == "done"]
+        files = [out["stac"] for out in outputs if out.get("stac")]
+        written = write_collection(self.archive.root, files, source=self.archive.source)
+        if written is not None:
+            self.progress.write(f"STAC Collection of the done inputs: {written}")
 
     def _claimed(self, item: ArchiveItem, *, resume: bool, gone: list[str]) -> None:
         """Say why a claimed input runs again when its store says why: done before, or another config's store.
@@ -245,6 +264,7 @@ def run_archive(
         )
         for outcome in outcomes:
             run.record(outcome.job, seconds=outcome.seconds, error=outcome.error, result=outcome.result)  # type: ignore[arg-type]
+        run.write_collection()
     except BaseException as exc:
         run.interrupted(exc, inputs)
         raise

@@ -151,7 +151,7 @@ def _pixels_payload(cfg: JobConfig) -> dict[str, Any]:
     """The hashed payload of :func:`pixels_hash` (the base of :func:`config_hash`'s)."""
     out = cfg.output
     # left out unset, so older hashes still match
-    unset = {k for k in ("series", "region") if getattr(cfg.input, k) is None}
+    unset = {k for k in ("series", "region", "assets") if getattr(cfg.input, k) is None}
     return {
         "version": 1,
         "input": cfg.input.model_dump(mode="json", exclude={"gdal"} | unset),

@@ -95,6 +95,8 @@ class InputConfig(_Section):
     # DICOM: the SeriesInstanceUID to read when the folder holds several series
     series: Str | None = None
     bands: tuple[PosInt, ...] | None = None
+    # a STAC item (path item.json, or file:///data/items.json#<item id>): asset keys stacked as bands, in channel order
+    assets: tuple[Str, ...] | None = None
     channels_from_4d: Bool = False
     level: NonNegInt | None = None
     mpp: Annotated[float, Strict(), Field(gt=0)] | None = None
@@ -146,6 +148,27 @@ class InputConfig(_Section):
                     "set format: dicom (or auto) for a DICOM folder, or remove series",
                 )
             )
+        if self.assets is not None:
+            if not self.assets:
+                problems.append(
+                    (
+                        "assets",
+                        [],
+                        "is empty",
+                        "list the STAC item's asset keys to stack as bands, e.g. [B02, B03, B04, B08], or write null",
+                    )
+                )
+            elif len(set(self.assets)) != len(self.assets):
+                problems.append(("assets", list(self.assets), "repeats an asset", "list each asset once"))
+            if self.format != "auto":
+                problems.append(
+                    (
+                        "assets",
+                        list(self.assets),
+                        f"picks STAC item assets but format is {self.format!r}",
+                        "set format: auto for a STAC item (item.json, or <uri>#<item id>), or remove assets",
+                    )
+                )
         if isinstance(self.region, tuple):
             if not self.region or any(a >= b for a, b in self.region):
                 problems.append(

@@ -18,12 +18,13 @@ from tiler.errors import ReadError
 from tiler.io.base import Georef, Reader, check_exists, check_has_data, is_remote
 from tiler.redact import redact
 
-FORMATS = ("raster", "nifti", "zarr", "dicom", "tiff-slide", "openslide")
+FORMATS = ("raster", "nifti", "zarr", "dicom", "tiff-slide", "openslide", "stac-item")
 SUPPORTED = (
     "rasters: .tif .tiff .vrt .img .jp2 and anything GDAL opens (format='raster'), "
     "incl. /vsicurl/ and /vsis3/ paths; "
     "volumes: .nii .nii.gz, .zarr, DICOM series folders (one series' slice files); "
-    "slides: pyramidal/OME .tif .tiff .ome.tif, and .svs .ndpi .mrxs .scn .vms .vmu .bif .svslide"
+    "slides: pyramidal/OME .tif .tiff .ome.tif, and .svs .ndpi .mrxs .scn .vms .vmu .bif .svslide; "
+    "STAC items: item.json, or file:///data/items.json#<item id> (format='stac-item', with input.assets)"
 )
 RASTER_SUFFIXES = (
     ".tif",
@@ -88,11 +89,15 @@ def detect_format(path: str) -> str:
     """Return the reader format for ``path`` from its last component's suffix (and zarr metadata, TIFF tags).
 
     Only the last component counts: ``survey.zarr-exports/a.tif`` is a raster, ``scan.zarr`` a zarr store.
-    A folder holding DICOM files is a DICOM series; a single DICOM file is refused (give its folder).
+    A folder holding DICOM files is a DICOM series; a single DICOM file is refused (give its folder). A ``.json``
+    file, local or remote, optionally followed by ``#<item id>``, is a STAC item (:mod:`tiler.io.stac_item`).
     """
     from tiler.io.slide import OPENSLIDE_SUFFIXES
+    from tiler.io.stac_item import is_item_path
 
     lower = os.path.basename(path.rstrip("/\\")).lower()
+    if is_item_path(path):
+        return "stac-item"
     if is_remote(path):
         return "raster"
     if _zarr_store(path) is not None:
@@ -133,6 +138,7 @@ def open_reader(
     threshold: float | None = None,
     gdal_options: Mapping[str, Any] | None = None,
     series: str | None = None,
+    assets: Sequence[str] | None = None,
 ) -> Reader:
     """Open ``path`` with the reader for its format.
 
@@ -149,6 +155,7 @@ def open_reader(
             above which a voxel may be body (default :data:`tiler.io.masks.BODY_THRESHOLD_HU`).
         gdal_options: GDAL configuration options for raster reads.
         series: SeriesInstanceUID to read from a DICOM folder holding several series.
+        assets: STAC item asset keys stacked as bands, in channel order (``stac-item`` only).
 
     Returns:
         A :class:`Reader`; pixels are opened lazily.
@@ -163,8 +170,10 @@ def open_reader(
     if mask not in ("auto", "none", "body"):
         raise ReadError(redact(f"mask={mask!r} is unknown for {text}; use 'auto', 'none' or 'body' (volumes)."))
     if format == "auto":
+        from tiler.io.stac_item import split_item_path
+
         if not is_remote(text):
-            check_exists(_zarr_store(text) or text)
+            check_exists(_zarr_store(text) or split_item_path(text)[0])
         fmt = detect_format(text)
     elif format in FORMATS:
         fmt = format
@@ -177,6 +186,17 @@ def open_reader(
                 f"'none', or give a volume ({', '.join(BODY_FORMATS)})."
             )
         )
+    if assets is not None and fmt != "stac-item":
+        raise ReadError(
+            redact(
+                f"input.assets {list(assets)} picks the assets of a STAC item, but {text} is a {fmt}; fix: remove "
+                "input.assets, or give a STAC item (item.json, or file:///data/items.json#<item id>)"
+            )
+        )
+    if fmt == "stac-item":
+        from tiler.io.stac_item import StacItemReader
+
+        return StacItemReader(text, assets=assets, bands=bands, mask=mask, gdal_options=gdal_options)
     if fmt == "raster":
         return RasterReader(text, bands=bands, mask=mask, gdal_options=gdal_options)
     if fmt == "nifti":

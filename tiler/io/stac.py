@@ -162,10 +162,15 @@ def parse_datetime(text: str) -> dt.datetime | None:
 
 
 def acquisition_time(reader: Reader | None) -> dt.datetime | None:
-    """When a GDAL raster input was acquired, as it records it (``TIFFTAG_DATETIME``, else ``ACQUISITIONDATETIME``).
+    """When the input was acquired, as it says.
 
-    None for another kind of input, a raster that records no time, or one that cannot be opened now.
+    A STAC item's ``datetime`` (or ``start_datetime``), else what a GDAL raster records (``TIFFTAG_DATETIME``, else
+    ``ACQUISITIONDATETIME``). None for another kind of input, a raster that records no time, or one that cannot be
+    opened now.
     """
+    acquired = getattr(reader, "acquired", None)  # a STAC item's own time (tiler.io.stac_item.StacItemReader)
+    if isinstance(acquired, dt.datetime):
+        return acquired if acquired.tzinfo is not None else acquired.replace(tzinfo=dt.UTC)
     path = getattr(reader, "path", None)
     if reader is None or reader.format != "raster" or not path:
         return None

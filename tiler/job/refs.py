@@ -41,6 +41,8 @@ def reader_ref(cfg: JobConfig) -> ReaderRef:
     }
     if inp.series is not None:  # a DICOM folder's series (open_reader refuses it for other formats)
         options["series"] = inp.series
+    if inp.assets is not None:  # a STAC item's assets stacked as bands (open_reader refuses them for other formats)
+        options["assets"] = list(inp.assets)
     return ReaderRef(inp.path, options)
 
 
