@@ -245,3 +245,40 @@ def write_collection(root: Path, item_files: Iterable[str], *, source: str) -> P
     path = root / COLLECTION_NAME
     write_bytes_atomic(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode())
     return path
+
+
+def check_stac_section(source: str, archive: Any, given: Any, data: Mapping[str, Any]) -> None:
+    """``archive.stac`` lists the inputs alone, and its items' assets are said in ``archive.assets``.
+
+    Args:
+        source: The archive file, for messages.
+        archive: The ``archive`` section (``stac``, ``manifest``, ``assets``).
+        given: The job's ``input.path`` (None when not given).
+        data: The job sections as read.
+
+    Raises:
+        ConfigError: Another list of inputs beside it, no assets, ``input.assets`` set by hand, or no such file.
+    """
+    if given is not None or archive.manifest is not None:
+        other = f"input.path={json.dumps(given)}" if given is not None else f"archive.manifest={archive.manifest}"
+        raise ConfigError(
+            f"{source}: archive.stac / {other.split('=')[0]}: both list the inputs (archive.stac={archive.stac}, "
+            f"{other}); fix: remove {other.split('=')[0]} (each item of archive.stac is one input)"
+        )
+    if archive.assets is None:
+        raise ConfigError(
+            f"{source}: archive.assets: is required with archive.stac; fix: list the item asset keys to stack as "
+            "bands in model channel order, e.g. assets: [B02, B03, B04, B08]"
+        )
+    inp = data.get("input")
+    if isinstance(inp, Mapping) and inp.get("assets") is not None:
+        raise ConfigError(
+            f"{source}: input.assets: is set by the archive from archive.assets (got {json.dumps(inp['assets'])}); "
+            "fix: remove input.assets and list the assets in archive.assets"
+        )
+    stac = str(archive.stac)
+    if not is_remote(stac) and not os.path.isfile(stac):
+        raise ConfigError(
+            f"{source}: archive.stac: {archive.stac} is not a file; fix: point it at a STAC Catalog, Collection or "
+            "ItemCollection JSON file (catalog.json, collection.json)"
+        )

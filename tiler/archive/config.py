@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
-from tiler.archive.collection import parse_interval, stac_inputs
+from tiler.archive.collection import check_stac_section, parse_interval, stac_inputs
 from tiler.config.loading import parse_config
 from tiler.config.overrides import apply_overrides
 from tiler.config.schema import JobConfig
@@ -495,7 +495,7 @@ def _validated(source: str, archive: ArchiveSection, data: dict[str, Any]) -> Ar
         )
     given = (data.get("input") or {}).get("path") if isinstance(data.get("input"), dict) else None
     if archive.stac is not None:
-        _check_stac(source, archive, given, data)
+        check_stac_section(source, archive, given, data)
     else:
         stray = [k for k in _STAC_ONLY if getattr(archive, k) is not None]
         if stray:
@@ -523,30 +523,3 @@ def _validated(source: str, archive: ArchiveSection, data: dict[str, Any]) -> Ar
     template = copy.deepcopy(data)
     template.setdefault("input", {})
     return ArchiveConfig(source=source, archive=archive, template=template)
-
-
-def _check_stac(source: str, archive: ArchiveSection, given: Any, data: Mapping[str, Any]) -> None:
-    """``archive.stac`` lists the inputs alone, and its items' assets are said in ``archive.assets``."""
-    if given is not None or archive.manifest is not None:
-        other = f"input.path={json.dumps(given)}" if given is not None else f"archive.manifest={archive.manifest}"
-        raise ConfigError(
-            f"{source}: archive.stac / {other.split('=')[0]}: both list the inputs (archive.stac={archive.stac}, "
-            f"{other}); fix: remove {other.split('=')[0]} (each item of archive.stac is one input)"
-        )
-    if archive.assets is None:
-        raise ConfigError(
-            f"{source}: archive.assets: is required with archive.stac; fix: list the item asset keys to stack as "
-            "bands in model channel order, e.g. assets: [B02, B03, B04, B08]"
-        )
-    inp = data.get("input")
-    if isinstance(inp, Mapping) and inp.get("assets") is not None:
-        raise ConfigError(
-            f"{source}: input.assets: is set by the archive from archive.assets (got {json.dumps(inp['assets'])}); "
-            "fix: remove input.assets and list the assets in archive.assets"
-        )
-    stac = str(archive.stac)
-    if not is_remote(stac) and not os.path.isfile(stac):
-        raise ConfigError(
-            f"{source}: archive.stac: {archive.stac} is not a file; fix: point it at a STAC Catalog, Collection or "
-            "ItemCollection JSON file (catalog.json, collection.json)"
-        )
