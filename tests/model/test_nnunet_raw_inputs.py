@@ -176,3 +176,24 @@ def test_inspect_plans_the_crop_and_the_model_grid(resampled_root: Path, tmp_pat
     assert info["region of interest"] == "2:16 x 3:47 x 1:47"
     assert "model grid [35, 35, 37]" in info["resampled"]
     assert info["tiles"].startswith("16 (4 x 2 x 2)")  # the model grid's tiles, not the input's
+
+
+def test_a_dicom_series_at_another_spacing_gives_the_labels_of_its_nifti(resampled_root: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk  # the reference DICOM series reader (nnU-Net's SimpleITKIO reads the same way)
+
+    from tests.dicom_series import write_series
+
+    volume = np.zeros((18, 52, 50), np.int16)
+    volume[2:16, 3:47, 1:47] = ct_volume((14, 44, 46))
+    write_series(tmp_path / "series", volume, spacing=RAW_SPACING)
+    series = sitk.ImageSeriesReader()
+    series.SetFileNames(series.GetGDCMSeriesFileNames(str(tmp_path / "series")))
+    sitk.WriteImage(series.Execute(), str(tmp_path / "ct.nii.gz"))
+    one_pass = {"nnunet": {"folds": [0], "mirroring": False}}
+    labels = {}
+    for name, image in (("dicom", tmp_path / "series"), ("nifti", tmp_path / "ct.nii.gz")):
+        out = tmp_path / name
+        out.mkdir()
+        labels[name] = run_tiler(minimal_job(resampled_root, out, image, model=one_pass))
+    assert labels["dicom"].shape == (18, 52, 50)
+    np.testing.assert_array_equal(labels["dicom"], labels["nifti"])
