@@ -703,3 +703,42 @@ def test_example_config_loads_and_names_every_key() -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     bare = [line for line in lines if ":" in line and "#" not in line and not line.rstrip().endswith(":")]
     assert bare == [], f"keys without a comment: {bare}"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("output.path", "s3://bucket/out.zarr"),
+        ("output.path", "/vsis3/bucket/out.zarr"),
+        ("output.path", "https://host/out.zarr"),
+        ("model.weights", "s3://bucket/model.pt"),
+        ("model.weights", "gs://bucket/model.pt"),
+    ],
+)
+def test_object_storage_where_tiler_cannot_write_or_load_yet_is_one_line_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: str
+) -> None:
+    """``Path("s3://b/x.zarr")`` is a local folder named ``s3:``: such a job used to write there and exit 0."""
+    monkeypatch.chdir(tmp_path)
+    section, name = key.split(".")
+    data: dict[str, Any] = {"input": {"path": "scene.tif"}, "model": {"weights": "m.pt"}, "output": {"path": "o.zarr"}}
+    data[section][name] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    message = str(info.value)
+    assert f"{key}: is object storage or a URL" in message and value in message and "fix:" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_archive_root_in_object_storage_is_one_line_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tiler.archive import load_archive
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "archive.yaml").write_text(
+        "archive: {root: 's3://bucket/nightly'}\ninput: {path: 'scenes/*.tif'}\nmodel: {weights: m.pt}\n"
+    )
+    with pytest.raises(ConfigError, match=r"archive.root: s3://bucket/nightly is object storage or a URL.*fix: give"):
+        load_archive(tmp_path / "archive.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.yaml"]

@@ -45,6 +45,16 @@ class ArchiveSection(BaseModel):
     datetime: Annotated[str, Strict(), Field(min_length=1)] | None = None
     properties: dict[str, Any] | None = None
 
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, value: str) -> str:
+        if is_remote(value):  # Path("s3://b/out") would be a local folder named "s3:"
+            raise ValueError(
+                f"{value} is object storage or a URL, where tiler cannot write its stores and ledger yet; fix: "
+                "give a local or shared POSIX folder (NFS, a mounted bucket), and copy the outputs there after the run"
+            )
+        return value
+
     @field_validator("assets")
     @classmethod
     def _unique_assets(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -356,6 +366,8 @@ def _section_error(exc: ValidationError, source: str) -> ConfigError:
                 f"{source}: {key}: unknown key (got {json.dumps(value, default=str)}); "
                 f"fix: remove it, or use one of: {', '.join(ArchiveSection.model_fields)}"
             )
+        elif err["type"] == "value_error" and "; fix: " in str(err.get("ctx", {}).get("error", "")):
+            lines.append(f"{source}: {key}: {err['ctx']['error']}")  # a message that names its own fix
         else:
             lines.append(
                 f"{source}: {key}: {err['msg'].lower()} (got {json.dumps(value, default=str)}); "

@@ -14,6 +14,7 @@ from pydantic import Field, Strict, model_validator
 from tiler.config.fields import Bool, Float, Int, NonNegInt, PosInt, Str
 from tiler.config.problems import Problem, Problems, raise_if
 from tiler.config.sections import _Section
+from tiler.paths import is_remote
 
 __all__ = [
     "ModelConfig",
@@ -196,6 +197,15 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         problems: list[Problem] = []
+        if is_remote(self.weights):
+            problems.append(
+                (
+                    "weights",
+                    self.weights,
+                    "is object storage or a URL, from where tiler does not load models yet",
+                    "copy the model to a local or shared path first (e.g. aws s3 cp, or bake it into the image)",
+                )
+            )
         if self.format in ("state_dict", "torchscript") and self.spec is None:
             problems.append(
                 (

@@ -349,6 +349,12 @@ class OutputConfig(_Section):
     def _check(self) -> OutputConfig:
         if len(set(self.exports)) != len(self.exports):
             raise Problems([("exports", list(self.exports), "repeats an export", "list each export once")])
+        if is_remote(self.path):  # Path("s3://b/x.zarr") would be a local folder named "s3:"
+            raise Problems([(
+                "path", self.path, "is object storage or a URL, where tiler cannot write its store yet (inputs and "
+                "truth may be read from there)", "write to a local or shared POSIX path (NFS, a mounted bucket) and "
+                "copy the outputs to the bucket after the job",
+            )])  # fmt: skip
         return self
 
 
