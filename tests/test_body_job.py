@@ -160,3 +160,20 @@ def test_mask_body_on_a_geotiff_fails_with_one_line_naming_the_file(tmp_path: Pa
     assert len(err.splitlines()) == 1, err
     assert str(image) in err and "mask='body'" in err and "raster" in err
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_ct_with_no_body_fails_with_one_line_naming_the_threshold(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    air = tmp_path / "air.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((32, 48, 48), -1000, np.int16), np.diag([0.8, 0.8, 2.5, 1.0])), air)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"path": str(air), "mask": "body"},
+        "model": {"weights": str(write_ct_model(tmp_path / "ct.pt")), "threads": 1},
+        "tiling": {"tile": list(TILE), "overlap": list(OVERLAP), "block": list(BLOCK)},
+        "output": {"path": str(tmp_path / "out.zarr"), "chunks": list(BLOCK)},
+    }))  # fmt: skip
+    code = cli_main(["--quiet", "run", str(config), "--engine", "local"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert str(air) in err and "found no body: no voxel is above -500" in err and "fix:" in err
+    assert not (tmp_path / "out.zarr").exists()

@@ -177,7 +177,17 @@ def build_plan(
             readers=stages.readers, writers=stages.writers,
         )
         check_memory(memory, actors=_actors_here(cfg))  # before anything allocates
-        check_has_data(reader)
+        try:
+            check_has_data(reader)
+        except InputError as exc:
+            if cfg.input.mask != "body":
+                raise
+            threshold = cfg.input.threshold if cfg.input.threshold is not None else -500
+            raise InputError(
+                f"{cfg.input.path}: input.mask: body found no body: no voxel is above {threshold:g} (input.threshold, "
+                "in HU) in one component; fix: check that this is a CT in Hounsfield units (a rescaled series, not raw "
+                "stored values), set input.threshold for this scanner, or use input.mask: auto"
+            ) from exc
         if cfg.scoring.truth is not None:  # its grid checked now, not after every block has run
             check_truth(reader, cfg.scoring.truth)
         if grid_map is None:
