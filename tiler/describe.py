@@ -68,7 +68,7 @@ def _plan(path: str, config: str, overrides: Sequence[str]) -> dict[str, Any]:
         grid, part = (plan.grid, plan.partition) if plan is not None else plan_geometry(cfg, reader.shape)
         skipped = 0
         full = Window.from_shape(reader.shape)
-        on_input = grid.shape == tuple(reader.shape)  # a resampled job's tiles lie on the model's grid
+        on_input = plan is None or plan.grid_map is None  # a resampled job's tiles lie on the model's grid
         valid = reader.valid_mask(full) if on_input and math.prod(reader.shape) <= 64 * 2**20 else None
         if valid is not None and cfg.engine.skip_empty:
             for tile in grid:

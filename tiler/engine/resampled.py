@@ -48,10 +48,11 @@ class Resampled:
     local: Window | None
 
 
-def _shift(window: Window, by: Sequence[int], sign: int) -> Window:
+def _moved(window: Window, by: Sequence[int]) -> Window:
+    """``window`` (crop coordinates) in image coordinates: moved by the crop's start ``by``."""
     return Window(
-        tuple(a + sign * o for a, o in zip(window.start, by, strict=True)),
-        tuple(b + sign * o for b, o in zip(window.stop, by, strict=True)),
+        tuple(a + o for a, o in zip(window.start, by, strict=True)),
+        tuple(b + o for b, o in zip(window.stop, by, strict=True)),
     )
 
 
@@ -81,14 +82,14 @@ def prepare_resampled(
             block, None, None, np.zeros(block.shape, dtype=bool), [], BlockStats(), started_at,
             destination=Resampled(block, None),
         )
-    local = _shift(target, gmap.crop.start, -1)
+    local = target.relative_to(gmap.crop)
     need = gmap.back.source_window(local)
     positions = grid.positions_intersecting(need)
     region = grid.region_of(positions)
     inside = region.clip(grid.shape)
     assert inside is not None
     source = gmap.forward.source_window(inside)
-    raw = read(_shift(source, gmap.crop.start, 1))
+    raw = read(_moved(source, gmap.crop.start))
     pixels = gmap.forward.apply(normalize(raw), source, inside, value_range=value_range)
     pixels = pad_to_region(pixels, inside, region, grid.pad_mode)
     stats = BlockStats(read_seconds=time.perf_counter() - t0)
@@ -123,7 +124,7 @@ def finish_resampled(
         if result.probabilities is None or not bool(result.covered.all()):
             raise EngineError(f"block {out}: the model grid window {result.window} was not wholly covered by tiles")
         values = gmap.back.apply(result.probabilities, result.window, where.local)
-        inside = _shift(where.local, gmap.crop.start, 1).relative_to(out).slices
+        inside = _moved(where.local, gmap.crop.start).relative_to(out).slices
         as_labels = torch.uint8 if labels.dtype == np.uint8 else torch.int32
         labels[inside] = argmax_channels_tensor(torch.from_numpy(np.ascontiguousarray(values)), as_labels).numpy()
         covered[inside] = True

@@ -19,6 +19,14 @@ Deliver = Callable[["DeliverContext"], "Mapping[str, Any] | None"]
 """Sends an export somewhere once it is written and recorded; returns what to report (None: nothing to send)."""
 
 
+REPORT_FILES = {
+    "scores_json": ".scores.json", "scores_confusion": ".scores.confusion.png",
+    "scores_per_class": ".scores.per_class.png", "report_json": ".report.json", "report_md": ".report.md",
+}  # fmt: skip
+"""Files every finishing may write beside the store besides the exports: role → suffix after the stem (the score's
+two charts are named as :func:`tiler.metrics.report.chart_paths` names them beside its JSON)."""
+
+
 @dataclass(frozen=True)
 class DeliverContext:
     """What an export's delivery gets (in the process that finished the export).

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tiler.exports.base import ExportFormat, WriteContext
+from tiler.exports.base import REPORT_FILES, ExportFormat, WriteContext
 
 SUFFIX = ".stac.json"
 
-REPORTS = {"report_json": ".report.json", "report_md": ".report.md"}
-"""The reports every finishing writes before ``complete`` (:data:`tiler.job.outputs.REPORT_FILES` names them)."""
+REPORTS = {role: REPORT_FILES[role] for role in ("report_json", "report_md")}
+"""The reports every finishing writes before ``complete`` (the scores' files only with a truth)."""
 
 
 def listed_files(item: Path, exports: list[str]) -> dict[str, Path]:

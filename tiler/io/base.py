@@ -518,3 +518,19 @@ def check_has_data(reader: Reader, *, block: int = 2048, max_seconds: float = HA
         f"every pixel is nodata ({value}) in {reader.name} (shape {reader.shape}): nothing to segment. "
         f"Check that this is the right file, the right bands, or the nodata value set in its metadata."
     )
+
+
+def region_window(region: Sequence[Sequence[int]], shape: Sequence[int], path: str) -> Window:
+    """``input.region``'s ``[[start, stop], ...]`` as a window of the image ``path`` of spatial ``shape``.
+
+    Raises:
+        InputError: Not one pair per axis lying inside the image; names the region, the file, its shape and the fix.
+    """
+    full = Window.from_shape(tuple(int(n) for n in shape))
+    pairs = [[int(a), int(b)] for a, b in region]
+    if len(pairs) != full.ndim or not full.contains(Window(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))):
+        raise InputError(
+            f"input.region {pairs} does not lie inside {path} of shape {list(full.shape)}; fix: give one "
+            "[start, stop] pair per axis within the image, auto, or null"
+        )
+    return Window(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))

@@ -9,14 +9,8 @@ from typing import Any
 from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError
 from tiler.exports import REGISTRY as EXPORTS
+from tiler.exports.base import REPORT_FILES
 from tiler.paths import local_realpath
-
-REPORT_FILES = {
-    "scores_json": ".scores.json", "scores_confusion": ".scores.confusion.png",
-    "scores_per_class": ".scores.per_class.png", "report_json": ".report.json", "report_md": ".report.md",
-}  # fmt: skip
-"""Files every finishing may write beside the store besides the exports: role → suffix after the stem (the score's
-two charts are named as :func:`tiler.metrics.report.chart_paths` names them beside its JSON)."""
 
 
 def output_stem(store: str | os.PathLike[str]) -> Path:

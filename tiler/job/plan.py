@@ -64,14 +64,10 @@ def plan_region(cfg: JobConfig, shape: Sequence[int], model: ModelRef) -> Window
         )
     if region is None:
         return None
-    window = Window(tuple(int(r[0]) for r in region), tuple(int(r[1]) for r in region))
-    full = Window.from_shape(tuple(shape))
-    if window.ndim != full.ndim or not full.contains(window):
-        raise InputError(
-            f"input.region {[list(r) for r in region]} does not lie inside {cfg.input.path} of shape "
-            f"{list(full.shape)}; fix: give one [start, stop] pair per axis within the image, or null"
-        )
-    return None if window == full else window
+    from tiler.io.base import region_window
+
+    window = region_window(region, shape, cfg.input.path)
+    return None if window == Window.from_shape(tuple(shape)) else window
 
 
 def check_truth(reader: Any, truth: str) -> None:

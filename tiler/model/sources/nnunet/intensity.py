@@ -24,7 +24,7 @@ outside, so it is refused. Other schemes (``RescaleTo01Normalization``, custom c
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ from tiler.geometry import Window
 from tiler.model.normalize import Normalization
 from tiler.model.sources.nnunet.folder import ResultsFolder
 
-__all__ = ["SCHEMES", "ImageFacts", "measure", "needs_image_stats", "normalization"]
+__all__ = ["SCHEMES", "ImageFacts", "measure", "needs_image_stats", "normalization", "slabs"]
 
 SCHEMES = ("CTNormalization", "ZScoreNormalization", "NoNormalization", "RGBTo01Normalization")
 _EPS = 1e-8
@@ -150,6 +150,15 @@ class ImageFacts:
         return [[m, s] for m, s in zip(self.mean, self.std, strict=True)]
 
 
+def slabs(reader: Any, area: Window) -> Iterator[tuple[Window, np.ndarray]]:
+    """``area`` of ``reader`` read in slabs along its first axis (~64 MB each): ``(window, (C, *window.shape))``."""
+    row_bytes = int(reader.channels) * math.prod(area.shape[1:]) * np.dtype(reader.dtype).itemsize
+    depth = max(1, _SLAB_BYTES // max(row_bytes, 1))
+    for start in range(area.start[0], area.stop[0], depth):
+        window = Window((start, *area.start[1:]), (min(start + depth, area.stop[0]), *area.stop[1:]))
+        yield window, reader.read(window)
+
+
 def measure(reader: Any, within: Window | None = None) -> ImageFacts:
     """One pass over ``reader`` in slabs along its first axis (~64 MB each): non-zero box and channel statistics.
 
@@ -165,15 +174,11 @@ def measure(reader: Any, within: Window | None = None) -> ImageFacts:
     shape = tuple(int(n) for n in reader.shape)
     area = within if within is not None else Window.from_shape(shape)
     channels = int(reader.channels)
-    row_bytes = channels * math.prod(area.shape[1:]) * np.dtype(reader.dtype).itemsize
-    depth = max(1, _SLAB_BYTES // max(row_bytes, 1))
     count = 0
     mean = np.zeros(channels)
     m2 = np.zeros(channels)
     hits = [np.zeros(n, dtype=bool) for n in area.shape]
-    for start in range(area.start[0], area.stop[0], depth):
-        stop = min(start + depth, area.stop[0])
-        data = reader.read(Window((start, *area.start[1:]), (stop, *area.stop[1:])))
+    for window, data in slabs(reader, area):
         flat = data.reshape(channels, -1).astype(np.float64)
         n = flat.shape[1]
         slab_mean = flat.mean(axis=1)
@@ -188,7 +193,7 @@ def measure(reader: Any, within: Window | None = None) -> ImageFacts:
             others = tuple(a for a in range(len(shape)) if a != axis)
             line = nonzero.any(axis=others)
             if axis == 0:
-                hits[0][start - area.start[0] : stop - area.start[0]] |= line
+                hits[0][window.start[0] - area.start[0] : window.stop[0] - area.start[0]] |= line
             else:
                 hits[axis] |= line
     box = None

@@ -21,7 +21,6 @@ configuration's spacing. tiler reproduces what it can exactly and refuses the re
 
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -32,11 +31,10 @@ import numpy as np
 
 from tiler.errors import ConfigError, InputError, ModelError
 from tiler.geometry import Window
+from tiler.io.base import region_window
 from tiler.model.sources.nnunet.folder import NnunetSettings, ResultsFolder
-from tiler.model.sources.nnunet.intensity import ImageFacts, measure, needs_image_stats
+from tiler.model.sources.nnunet.intensity import ImageFacts, measure, needs_image_stats, slabs
 from tiler.resample import Resampling, merge_value_ranges
-
-_SLAB_BYTES = 64 * 2**20
 
 __all__ = [
     "RESAMPLING_FN", "back_resampling", "expected_tiling", "forward_resampling", "input_spacing", "job_options",
@@ -159,24 +157,13 @@ def back_resampling(resample: Mapping[str, Any], forward: Resampling) -> Resampl
     )
 
 
-def _value_range(input: Any, crop: Window, forward: Resampling) -> np.ndarray:
+def _value_range(reader: Any, crop: Window, forward: Resampling) -> np.ndarray:
     """The raw ``(2, C, K)`` value range of the crop that ``forward``'s clip needs, read slab by slab."""
-    reader = input.open()
-    try:
-        channels = int(reader.channels)
-        row_bytes = channels * math.prod(crop.shape[1:]) * np.dtype(reader.dtype).itemsize
-        depth = max(1, _SLAB_BYTES // max(row_bytes, 1))
-        out = np.empty((2, channels, forward.value_range_slices))
-        out[0], out[1] = np.inf, -np.inf
-        for start in range(0, crop.shape[0], depth):
-            stop = min(start + depth, crop.shape[0])
-            local = Window((start, *(0,) * (crop.ndim - 1)), (stop, *crop.shape[1:]))
-            window = Window(tuple(a + b for a, b in zip(local.start, crop.start, strict=True)),
-                            tuple(a + b for a, b in zip(local.stop, crop.start, strict=True)))  # fmt: skip
-            out = merge_value_ranges(out, forward.value_range(reader.read(window), local))
-        return out
-    finally:
-        reader.close()
+    out = np.empty((2, int(reader.channels), forward.value_range_slices))
+    out[0], out[1] = np.inf, -np.inf
+    for window, data in slabs(reader, crop):
+        out = merge_value_ranges(out, forward.value_range(data, window.relative_to(crop)))
+    return out
 
 
 def _facts(reader: Any, within: Window | None = None) -> ImageFacts:
@@ -221,17 +208,6 @@ def _check_input(results: ResultsFolder, reader: Any) -> None:
 
 def _box(window: Window) -> str:
     return "[" + ", ".join(f"{a}:{b}" for a, b in zip(window.start, window.stop, strict=True)) + "]"
-
-
-def _window(region: Any, full: Window, path: str) -> Window:
-    """``input.region`` pairs as a window inside the image (the plan refuses one outside it, naming it)."""
-    window = Window(tuple(int(r[0]) for r in region), tuple(int(r[1]) for r in region))
-    if window.ndim != full.ndim or not full.contains(window):
-        raise InputError(
-            f"input.region {_box(window)} does not lie inside {path} of shape {list(full.shape)}; fix: give one "
-            "[start, stop] pair per axis within the image, or auto."
-        )
-    return window
 
 
 def job_options(
@@ -299,19 +275,23 @@ def job_options(
                 "nnU-Net crops to that box, tiles the crop and labels everything outside it 0, so tiling the whole "
                 "image would place tiles differently. Fix: set input.region: auto (or leave it out)."
             )
-        crop = full if region is None else facts.nonzero if region == "auto" else _window(region, full, path)
+        if isinstance(region, str) or region is None:
+            crop = full if region is None else facts.nonzero  # "auto"
+        else:
+            crop = region_window(region, full.shape, path)
         if crop != full and needs_image_stats(results):
             facts = _facts(reader, crop)
+        resample = resampling(results, spacing, crop.shape)
+        if resample is not None:
+            forward = forward_resampling(resample, crop.shape)
+            if forward.needs_value_range:  # skimage clips to the crop's range: one more pass, on the driver
+                resample["range"] = _value_range(reader, crop, forward).tolist()
     finally:
         reader.close()
     options = results.settings.to_dict()
     if crop != full:
         options["crop"] = [[a, b] for a, b in zip(crop.start, crop.stop, strict=True)]
-    resample = resampling(results, spacing, crop.shape)
     if resample is not None:
-        forward = forward_resampling(resample, crop.shape)
-        if forward.needs_value_range:  # skimage clips to the crop's range: one more pass, on the driver
-            resample["range"] = _value_range(input, crop, forward).tolist()
         options["resample"] = resample
     if needs_image_stats(results):
         options["image_stats"] = facts.stats
