@@ -708,14 +708,13 @@ def test_example_config_loads_and_names_every_key() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("output.path", "s3://bucket/out.zarr"),
         ("output.path", "/vsis3/bucket/out.zarr"),
         ("output.path", "https://host/out.zarr"),
         ("model.weights", "s3://bucket/model.pt"),
         ("model.weights", "gs://bucket/model.pt"),
     ],
 )
-def test_object_storage_where_tiler_cannot_write_or_load_yet_is_one_line_and_creates_nothing(
+def test_a_url_tiler_cannot_write_or_load_from_is_one_line_and_creates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: str
 ) -> None:
     """``Path("s3://b/x.zarr")`` is a local folder named ``s3:``: such a job used to write there and exit 0."""
@@ -726,7 +725,18 @@ def test_object_storage_where_tiler_cannot_write_or_load_yet_is_one_line_and_cre
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     message = str(info.value)
-    assert f"{key}: is object storage or a URL" in message and value in message and "fix:" in message
+    assert f"{key}: " in message and value in message and "fix:" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["s3://bucket/out/scene.zarr", "gs://bucket/scene.zarr", "az://container/x.zarr"])
+def test_an_output_in_object_storage_is_taken_as_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """An ``s3://``, ``gs://`` or ``az://`` output is kept as given (never resolved against the config's folder)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config({"input": {"path": "scene.tif"}, "model": {"weights": "m.pt"}, "output": {"path": value}})
+    assert cfg.output.path == value
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["is_local", "is_remote", "local_realpath"]
+__all__ = ["OBJECT_SCHEMES", "is_local", "is_object_url", "is_remote", "local_realpath"]
+
+OBJECT_SCHEMES = ("s3", "gs", "az")
+"""The URL schemes of the object stores an output may be written to (``http(s)://`` is read-only)."""
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -22,6 +25,16 @@ def is_remote(path: str) -> bool:
     [True, True, False, False]
     """
     return path.startswith("/vsi") or _URL.match(path) is not None
+
+
+def is_object_url(path: str) -> bool:
+    """Whether ``path`` names an object store location tiler can write (``s3://``, ``gs://``, ``az://``).
+
+    >>> [is_object_url(p) for p in ("s3://b/x.zarr", "https://h/x.zarr", "/data/x.zarr", "/vsis3/b/x.zarr")]
+    [True, False, False, False]
+    """
+    match = _URL.match(path)
+    return match is not None and match.group(0)[:-3].lower() in OBJECT_SCHEMES
 
 
 def is_local(path: str) -> bool:

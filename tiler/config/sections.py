@@ -28,7 +28,7 @@ from tiler.config.fields import (
 from tiler.config.problems import Problem, Problems, raise_if
 from tiler.exports import NAMES as EXPORT_NAMES
 from tiler.metrics.boundary import DEFAULT_WIDTH_PIXELS
-from tiler.paths import is_remote
+from tiler.paths import is_object_url, is_remote
 
 __all__ = [
     "READER_FORMATS",
@@ -349,11 +349,10 @@ class OutputConfig(_Section):
     def _check(self) -> OutputConfig:
         if len(set(self.exports)) != len(self.exports):
             raise Problems([("exports", list(self.exports), "repeats an export", "list each export once")])
-        if is_remote(self.path):  # Path("s3://b/x.zarr") would be a local folder named "s3:"
+        if is_remote(self.path) and not is_object_url(self.path):  # Path("https://h/x") is a local folder "https:"
             raise Problems([(
-                "path", self.path, "is object storage or a URL, where tiler cannot write its store yet (inputs and "
-                "truth may be read from there)", "write to a local or shared POSIX path (NFS, a mounted bucket) and "
-                "copy the outputs to the bucket after the job",
+                "path", self.path, "is a URL or GDAL path tiler cannot write to (http(s) and /vsi paths are read-only)",
+                "write to a local or shared path, or to object storage as s3://bucket/key.zarr, gs://... or az://...",
             )])  # fmt: skip
         return self
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-BeforeMove = Callable[[Path, Path], None]
-"""Called as ``before_move(temporary, final)`` once a file is complete, just before it is moved into place."""
+from tiler.io.atomic import BeforeMove
+from tiler.io.objects import AnyPath
 
 Deliver = Callable[["DeliverContext"], "Mapping[str, Any] | None"]
 """Sends an export somewhere once it is written and recorded; returns what to report (None: nothing to send)."""
@@ -39,7 +38,7 @@ class DeliverContext:
     """
 
     store: Any
-    paths: Mapping[str, Path]
+    paths: Mapping[str, AnyPath]
     output: Mapping[str, Any]
     job_hash: str
 
@@ -63,7 +62,7 @@ class WriteContext:
     """
 
     store: Any
-    paths: Mapping[str, Path]
+    paths: Mapping[str, AnyPath]
     reader: Any
     settings: Mapping[str, Any] = field(default_factory=dict)
     before_move: BeforeMove | None = None
@@ -72,7 +71,7 @@ class WriteContext:
     job_hash: str | None = None
 
     @property
-    def path(self) -> Path:
+    def path(self) -> AnyPath:
         """The export's main file."""
         return next(iter(self.paths.values()))
 
@@ -126,7 +125,7 @@ class ExportFormat:
             return None
         return self.why_not_input or f"{self.name} is drawn for {', '.join(sorted(self.inputs))} inputs only"
 
-    def paths(self, base: Path) -> dict[str, Path]:
+    def paths(self, base: AnyPath) -> dict[str, AnyPath]:
         """The export's files beside the output whose stem is ``base`` (``/out/scene`` for ``/out/scene.zarr``).
 
         >>> from tiler.exports import get

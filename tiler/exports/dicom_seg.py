@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tiler.exports.base import DeliverContext, ExportFormat, WriteContext
+from tiler.io.objects import local_copy
 
 SENT = "dicom_seg_sent"
 """The store's record of the last acknowledged send of the SEG (its target, digest and the server's answer)."""
@@ -49,8 +50,9 @@ def _send(ctx: DeliverContext) -> Mapping[str, Any] | None:
     sent = ctx.store.export_records().get(SENT, {}).get("settings") or {}
     if all(sent.get(k) == v for k, v in wanted.items()):
         return {"target": wanted["target"], "answer": sent.get("answer"), "reused": True}
-    answer = send_file(path, str(target), calling_ae=dicom["calling_ae"], called_ae=dicom["called_ae"],
-                       timeout=dicom["timeout_s"])
+    with local_copy(path) as local:
+        answer = send_file(local, str(target), calling_ae=dicom["calling_ae"], called_ae=dicom["called_ae"],
+                           timeout=dicom["timeout_s"])
     ctx.store.record_export(SENT, path, job_hash=ctx.job_hash, settings={**wanted, "answer": answer})
     return {"target": wanted["target"], "answer": answer, "reused": False}
 

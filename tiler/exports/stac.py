@@ -14,9 +14,8 @@ one under another config hash (the Item records it as ``tiler:config_hash``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tiler.exports.base import REPORT_FILES, ExportFormat, WriteContext
+from tiler.io.objects import AnyPath
 
 SUFFIX = ".stac.json"
 
@@ -24,7 +23,7 @@ REPORTS = {role: REPORT_FILES[role] for role in ("report_json", "report_md")}
 """The reports every finishing writes before ``complete`` (the scores' files only with a truth)."""
 
 
-def listed_files(item: Path, exports: list[str]) -> dict[str, Path]:
+def listed_files(item: AnyPath, exports: list[str]) -> dict[str, AnyPath]:
     """File role → path of what the Item lists beside the store: every file of ``exports`` but itself, the reports.
 
     >>> sorted(listed_files(Path("/out/a.stac.json"), ["cog", "stac"]).items())[0]
@@ -33,7 +32,7 @@ def listed_files(item: Path, exports: list[str]) -> dict[str, Path]:
     from tiler.exports import REGISTRY  # the registry lists this module: looked up when an Item is drawn
 
     base = item.with_name(item.name[: -len(SUFFIX)])
-    files: dict[str, Path] = {}
+    files: dict[str, AnyPath] = {}
     for name in exports:
         if name != FORMAT.name and name in REGISTRY:
             files.update(REGISTRY[name].paths(base))
@@ -44,7 +43,7 @@ def listed_files(item: Path, exports: list[str]) -> dict[str, Path]:
 def _write(ctx: WriteContext) -> None:
     from tiler.io.stac import write_stac_item
 
-    item = Path(ctx.path)
+    item = ctx.path
     exports = list(ctx.settings.get("exports") or [])
     write_stac_item(ctx.store, item, item_id=item.name[: -len(SUFFIX)], files=listed_files(item, exports),
                     reader=ctx.reader, before_move=ctx.before_move, config_hash=ctx.job_hash)  # fmt: skip

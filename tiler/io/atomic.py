@@ -27,12 +27,14 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from tiler.errors import OutputError
+from tiler.io.objects import AnyPath, ObjectPath, PathArg, as_path, lexists
 
 TMP_PREFIX = ".tiler-tmp-"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -40,13 +42,20 @@ _NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
 LOW_SPACE = 64 * 2**20
 _READ_SIZE = 2**20
 
-BeforeMove = Callable[[Path, Path], None]
+BeforeMove = Callable[[Path, AnyPath], None]
 """Called as ``before_move(temporary, final)`` once a write is complete and fsynced, just before the move."""
 
 
 def host_tag() -> str:
     """Eight hex digits naming this host in temporary names (host names may hold ``-``)."""
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _local_temp(final: AnyPath) -> Path:
+    """Where a file for ``final`` is written first: beside it, or in this machine's temporary folder for an object."""
+    if isinstance(final, ObjectPath):
+        return temp_path(Path(tempfile.gettempdir()) / final.name)
+    return temp_path(final)
 
 
 def temp_path(final: str | os.PathLike[str], *, label: str = "") -> Path:
@@ -60,12 +69,19 @@ def temp_path(final: str | os.PathLike[str], *, label: str = "") -> Path:
     return final.with_name(f"{TMP_PREFIX}{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{middle}{final.name}")
 
 
-def output_error(path: str | os.PathLike[str], exc: BaseException, *, what: str = "write") -> OutputError:
+def output_error(path: PathArg, exc: BaseException, *, what: str = "write") -> OutputError:
     """The OutputError for an OS (or GDAL) failure writing ``path``: the path, the error, the free space, the fix.
 
     GDAL reports a full disk as a generic I/O error, so a folder with less than :data:`LOW_SPACE` bytes free is
     called nearly full whatever the error says.
     """
+    text = " ".join(str(exc).split())  # one line, whatever GDAL or the OS said
+    if isinstance(path, ObjectPath):
+        return OutputError(
+            f"cannot {what} {path}: {text}; fix: check that the bucket exists and that the credentials and endpoint "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL...) in the environment of every process "
+            "that writes it allow writing there."
+        )
     code = exc.errno if isinstance(exc, OSError) else None  # GDAL errors carry CPL numbers, not errno
     free, total = _free_bytes(Path(path).parent)
     shown = f"{free / 2**20:.1f} MiB" if free is not None else "unknown"
@@ -77,7 +93,6 @@ def output_error(path: str | os.PathLike[str], exc: BaseException, *, what: str 
         fix = "choose a writable output folder or fix its permissions"
     else:
         fix = f"check that the folder exists, is writable and has free space ({shown} free)"
-    text = " ".join(str(exc).split())  # one line, whatever GDAL or the OS said
     return OutputError(f"cannot {what} {path}: {text}; {fix}.")
 
 
@@ -143,7 +158,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def content_digest(path: str | os.PathLike[str]) -> str:
+def content_digest(path: PathArg) -> str:
     """A digest of the file or folder at ``path``: ``sha256:<hex>``, the same for a temporary and its final name.
 
     A file: the sha256 of its bytes. A folder: the sha256 of one line per entry below it, sorted by path
@@ -159,7 +174,9 @@ def content_digest(path: str | os.PathLike[str]) -> str:
     Raises:
         OSError: ``path`` or a file below it cannot be read.
     """
-    path = Path(path)
+    path = as_path(path)
+    if isinstance(path, ObjectPath):
+        return _object_digest(path)
     if not path.is_dir() or path.is_symlink():
         return f"sha256:{_file_sha256(path)}"
     lines: list[str] = []
@@ -176,8 +193,35 @@ def content_digest(path: str | os.PathLike[str]) -> str:
     return f"sha256:{hashlib.sha256(listing).hexdigest()}"
 
 
+def _object_digest(path: ObjectPath) -> str:
+    """:func:`content_digest` of an object, or of every object below a prefix (the same lines as for a folder)."""
+    if path.is_file():
+        digest = hashlib.sha256()
+        for chunk in path.iter_bytes():
+            digest.update(chunk)
+        return f"sha256:{digest.hexdigest()}"
+    lines = []
+    for rel in path.walk_keys():
+        data = (path / rel).read_bytes()
+        lines.append(f"{rel} {len(data)} {hashlib.sha256(data).hexdigest()}")
+    if not lines:
+        raise FileNotFoundError(2, "no such object", str(path))
+    return f"sha256:{hashlib.sha256(chr(10).join(sorted(lines)).encode()).hexdigest()}"
+
+
+def _upload_tree(folder: Path, final: ObjectPath, *, last: str = "zarr.json") -> None:
+    """Upload every file below the local ``folder`` under the prefix ``final``, the top-level ``last`` file last.
+
+    A zarr hierarchy is found through its root ``zarr.json``: uploaded last, readers meet the whole tree or none.
+    """
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    files.sort(key=lambda p: p.relative_to(folder).as_posix() == last)
+    for file in files:
+        (final / file.relative_to(folder).as_posix()).upload(file)
+
+
 @contextlib.contextmanager
-def _removed_on_failure(tmp: Path, final: Path, what: str) -> Iterator[None]:
+def _removed_on_failure(tmp: Path, final: AnyPath, what: str) -> Iterator[None]:
     """Remove the temporary ``tmp`` when the block fails; an OSError becomes the OutputError naming ``final``."""
     try:
         yield
@@ -190,7 +234,7 @@ def _removed_on_failure(tmp: Path, final: Path, what: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_path(
-    final: str | os.PathLike[str], *, what: str = "write", before_move: BeforeMove | None = None
+    final: PathArg, *, what: str = "write", before_move: BeforeMove | None = None
 ) -> Iterator[Path]:
     """Yield a temporary path beside ``final`` for a writer that takes a file name; move it into place on success.
 
@@ -199,22 +243,26 @@ def atomic_path(
     temporary is removed and nothing appears at ``final``; an OSError (disk full, permission) becomes an
     :class:`OutputError` naming ``final`` and the fix.
     """
-    final = Path(final)
-    tmp = temp_path(final)
-    with _removed_on_failure(tmp, final, what):
+    out = as_path(final)
+    tmp = _local_temp(out)
+    with _removed_on_failure(tmp, out, what):
         yield tmp
         if not tmp.is_file():
-            raise OutputError(f"writing {final} produced no file (expected the temporary {tmp.name}).")
+            raise OutputError(f"writing {out} produced no file (expected the temporary {tmp.name}).")
         _fsync_file(tmp)
         if before_move is not None:
-            before_move(tmp, final)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
+            before_move(tmp, out)
+        if isinstance(out, ObjectPath):
+            out.upload(tmp)  # multipart, completed last: nothing under the key until the whole file is there
+            tmp.unlink()
+            return
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
 
 
 @contextlib.contextmanager
 def atomic_file(
-    final: str | os.PathLike[str], mode: str = "wb", *, before_move: BeforeMove | None = None
+    final: PathArg, mode: str = "wb", *, before_move: BeforeMove | None = None
 ) -> Iterator[IO[Any]]:
     """Yield an open file (``"w"`` or ``"wb"``) whose content appears at ``final`` only when the block succeeds.
 
@@ -234,14 +282,20 @@ def atomic_file(
 
 
 def write_bytes_atomic(
-    path: str | os.PathLike[str], data: bytes, *, before_move: BeforeMove | None = None
+    path: PathArg, data: bytes, *, before_move: BeforeMove | None = None
 ) -> None:
-    """Write ``data`` to ``path`` atomically (``before_move``: see :func:`atomic_path`)."""
+    """Write ``data`` to ``path`` atomically (``before_move``: see :func:`atomic_path`); an object in one put."""
+    if isinstance(path, ObjectPath) and before_move is None:
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise output_error(path, exc) from exc
+        return
     with atomic_file(path, "wb", before_move=before_move) as f:
         f.write(data)
 
 
-def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any], *, indent: int | None = None) -> None:
+def write_json_atomic(path: PathArg, payload: Mapping[str, Any], *, indent: int | None = None) -> None:
     """Write ``payload`` as JSON to ``path`` atomically (serialised first, so a bad value writes nothing)."""
     text = json.dumps(payload, indent=indent)
     write_bytes_atomic(path, text.encode())
@@ -249,7 +303,7 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any], 
 
 @contextlib.contextmanager
 def atomic_dir(
-    final: str | os.PathLike[str],
+    final: PathArg,
     *,
     replace: bool = False,
     what: str = "write",
@@ -270,30 +324,48 @@ def atomic_dir(
         OutputError: ``final`` exists (without ``replace``), or an OS error (disk full, permission).
 
     """
-    final = Path(final)
-    if not replace and os.path.lexists(final):
+    out = as_path(final)
+    if not replace and lexists(out):
         raise OutputError(
-            f"cannot {what} {final}: it already exists and was left untouched. Choose another path, or remove it "
+            f"cannot {what} {out}: it already exists and was left untouched. Choose another path, or remove it "
             f"by hand if it is yours to delete."
         )
-    tmp = temp_path(final)
+    tmp = _local_temp(out)
     try:
         tmp.mkdir()
     except OSError as exc:
-        raise output_error(final, exc, what=what) from exc
-    with _removed_on_failure(tmp, final, what):
+        raise output_error(out, exc, what=what) from exc
+    with _removed_on_failure(tmp, out, what):
         yield tmp
         if before_move is not None:
             _fsync_tree(tmp)
-            before_move(tmp, final)
-        _move_dir_into_place(tmp, final, replace=replace)
+            before_move(tmp, out)
+        if isinstance(out, ObjectPath):
+            _upload_dir_into_place(tmp, out, replace=replace)
+        else:
+            _move_dir_into_place(tmp, out, replace=replace)
 
 
-def _exists_error(final: Path) -> OutputError:
+def _exists_error(final: AnyPath) -> OutputError:
     return OutputError(
         f"{final} appeared while it was being created (another process is writing the same output?); "
         f"it was left untouched. Choose another output path, or wait for the other job and rerun."
     )
+
+
+def _upload_dir_into_place(tmp: Path, final: ObjectPath, *, replace: bool) -> None:
+    """The object-storage form of :func:`_move_dir_into_place`; the local temporary is removed after.
+
+    The old tree is deleted (its root ``zarr.json`` first), then the new one uploaded with its root ``zarr.json``
+    last: a reader finds the old hierarchy, none, or the whole new one.
+    """
+    if final.exists():
+        if not replace:
+            raise _exists_error(final)
+        (final / "zarr.json").unlink(missing_ok=True)  # no longer a hierarchy from here: never half old, half new
+        final.remove_tree()
+    _upload_tree(tmp, final)
+    _remove(tmp)
 
 
 def _move_dir_into_place(tmp: Path, final: Path, *, replace: bool) -> None:
@@ -317,9 +389,10 @@ def _move_dir_into_place(tmp: Path, final: Path, *, replace: bool) -> None:
 
 
 @contextlib.contextmanager
-def temporary_dir(folder: str | os.PathLike[str], *, label: str) -> Iterator[Path]:
-    """Yield a scratch folder inside ``folder`` (a recognisable temporary name), always removed at the end."""
-    tmp = temp_path(Path(folder) / label)
+def temporary_dir(folder: PathArg, *, label: str) -> Iterator[Path]:
+    """Yield a scratch folder inside ``folder`` (this machine's temporary folder for a bucket), always removed."""
+    local = Path(tempfile.gettempdir()) if isinstance(folder, ObjectPath) else Path(folder)
+    tmp = temp_path(local / label)
     try:
         tmp.mkdir()
     except OSError as exc:
@@ -357,15 +430,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+def clean_temporaries(folder: PathArg) -> list[Path]:
     """Remove the leftovers of killed writers in ``folder``: temporaries of this host whose pid is dead.
 
     Temporaries of live processes and of other hosts (a shared folder) are kept. Returns what was removed.
     """
-    folder = Path(folder)
     removed: list[Path] = []
+    # nothing is written to a bucket under a temporary name: its files are written first in the local temporary folder
+    where = as_path(folder)
+    local = Path(tempfile.gettempdir()) if isinstance(where, ObjectPath) else where
     try:
-        entries = list(folder.iterdir())
+        entries = list(local.iterdir())
     except OSError:
         return removed
     here = host_tag()

@@ -20,7 +20,6 @@ at all (:func:`tiler.io.atomic.atomic_path`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,6 +36,7 @@ from tiler.geometry import BlockPartition, Window
 from tiler.io.atomic import BeforeMove, atomic_path
 from tiler.io.base import one_line
 from tiler.io.export import _check_writable
+from tiler.io.objects import AnyPath, PathArg, as_path
 
 SEGMENTATION_TYPES = ("binary", "labelmap")
 """The SEG flavours written: one bit plane per segment and slice, or one plane of segment numbers per slice."""
@@ -97,14 +97,14 @@ class Segment:
 
 def export_dicom_seg(
     store: LabelSource,
-    out_path: str | os.PathLike[str],
+    out_path: PathArg,
     *,
     sources: Sequence[pydicom.Dataset],
     segmentation_type: str = "binary",
     algorithm: str,
     algorithm_version: str,
     before_move: BeforeMove | None = None,
-) -> Path:
+) -> AnyPath:
     """Write the 3D labels of ``store`` as a DICOM SEG over the source series ``sources``.
 
     Args:
@@ -127,7 +127,7 @@ def export_dicom_seg(
             refuses the sources, or the file cannot be written.
 
     """
-    out_path = Path(out_path)
+    out_path = as_path(out_path)
     if segmentation_type not in SEGMENTATION_TYPES:
         raise ConfigError(
             f"DICOM SEG segmentation_type={segmentation_type!r} is not one of {', '.join(SEGMENTATION_TYPES)}; "

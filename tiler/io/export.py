@@ -43,6 +43,7 @@ from tiler.io.label_tables import (
     write_itksnap_labels,
     write_slicer_ctbl,
 )
+from tiler.io.objects import AnyPath, PathArg, as_path
 from tiler.io.ome_zarr import export_ome_zarr
 from tiler.io.quicklook import write_quicklook
 from tiler.io.raster import to_rio_window
@@ -64,12 +65,12 @@ COG_IN_MEMORY_BYTES = 256 * 2**20
 
 def export_cog(
     store: OutputStore,
-    out_path: str | os.PathLike[str],
+    out_path: PathArg,
     *,
     reference: Reader | Georef | None = None,
     before_move: BeforeMove | None = None,
     overviews: str | os.PathLike[str] | None = None,
-) -> Path:
+) -> AnyPath:
     """Write the labels as a Cloud-Optimised GeoTIFF that drops onto the input (same CRS and transform).
 
     With ``overviews`` (a folder of :func:`tiler.io.overviews.write_overview_band` levels, drawn by other
@@ -91,7 +92,7 @@ def export_cog(
         overviews: A folder of stored mode levels to use as the COG's overviews (None: GDAL computes them).
 
     """
-    out_path = Path(out_path)
+    out_path = as_path(out_path)
     _check_writable(out_path)
     if len(store.shape) != 2:
         raise OutputError(
@@ -163,11 +164,11 @@ def export_cog(
 
 def export_nifti(
     store: OutputStore,
-    out_path: str | os.PathLike[str],
+    out_path: PathArg,
     *,
     reference: Reader | Georef | None = None,
     before_move: BeforeMove | None = None,
-) -> Path:
+) -> AnyPath:
     """Write 3D labels as NIfTI with the input's affine, slab by slab (uint8, or uint16 past 255 classes).
 
     The class names and colours go beside it (:func:`~tiler.io.label_tables.label_table_paths`): ``<name>.ctbl``,
@@ -175,7 +176,7 @@ def export_nifti(
     ``<name>.itksnap.txt``, an ITK-SNAP label description file (Segmentation > Import Label Descriptions).
     ``before_move(tmp, final)`` is called for the NIfTI and each table before its move.
     """
-    out_path = Path(out_path)
+    out_path = as_path(out_path)
     _check_writable(out_path)
     if len(store.shape) != 3:
         raise OutputError(

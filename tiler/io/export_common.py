@@ -19,6 +19,7 @@ from rasterio.errors import RasterioError
 from tiler.errors import OutputError
 from tiler.io.atomic import clean_temporaries, output_error
 from tiler.io.base import Georef, Reader
+from tiler.io.objects import AnyPath, ObjectPath
 from tiler.io.store import OutputStore
 
 EXPORT_BLOCK = 2048
@@ -39,8 +40,11 @@ def _georef_of(store: OutputStore, reference: Reader | Georef | None) -> Georef:
     return store.georef
 
 
-def _check_writable(out_path: Path) -> None:
+def _check_writable(out_path: AnyPath) -> None:
     """Refuse a destination folder that is missing or read-only; remove the temporaries left there."""
+    if isinstance(out_path, ObjectPath):
+        clean_temporaries(out_path)  # those of this machine's temporary folder, where its files are written first
+        return
     parent = out_path.parent if str(out_path.parent) else Path(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {out_path}: its folder {parent} does not exist or is not writable.")
@@ -48,7 +52,7 @@ def _check_writable(out_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _write_errors(out_path: Path, what: str) -> Iterator[None]:
+def _write_errors(out_path: AnyPath, what: str) -> Iterator[None]:
     """Turn an OS or GDAL failure (GDAL reports a full disk as an I/O error) into OutputError naming the output."""
     try:
         yield

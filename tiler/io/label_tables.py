@@ -7,16 +7,15 @@ and QGIS) beside a COG; a 3D Slicer colour table (``.ctbl``) and an ITK-SNAP lab
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from tiler.io.atomic import BeforeMove, write_bytes_atomic
+from tiler.io.objects import AnyPath, PathArg, as_path
 
 
-def aux_path(cog_path: str | os.PathLike[str]) -> Path:
+def aux_path(cog_path: PathArg) -> AnyPath:
     """The GDAL PAM sidecar of a raster: ``<name>.aux.xml`` beside it."""
-    cog_path = Path(cog_path)
+    cog_path = as_path(cog_path)
     return cog_path.with_name(cog_path.name + ".aux.xml")
 
 
@@ -26,12 +25,12 @@ _GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = 2, 5, 6, 7
 
 
 def write_class_table_aux(
-    path: str | os.PathLike[str],
+    path: PathArg,
     names: Sequence[str],
     colors: Sequence[Sequence[int]],
     *,
     before_move: BeforeMove | None = None,
-) -> Path:
+) -> AnyPath:
     """Write a GDAL PAM file (``.aux.xml``) giving band 1 category names and a thematic raster attribute table.
 
     GDAL reads it with the raster beside it (``gdalinfo`` lists the categories and the table; QGIS labels the
@@ -60,10 +59,10 @@ def write_class_table_aux(
             ET.SubElement(row, "F").text = str(value)
     ET.indent(root)
     write_bytes_atomic(path, ET.tostring(root, encoding="utf-8") + b"\n", before_move=before_move)
-    return Path(path)
+    return as_path(path)
 
 
-def _stem(path: Path) -> str:
+def _stem(path: AnyPath) -> str:
     name = path.name
     for suffix in (".nii.gz", ".nii", ".tif", ".tiff"):
         if name.endswith(suffix):
@@ -71,13 +70,13 @@ def _stem(path: Path) -> str:
     return name
 
 
-def label_table_paths(nifti_path: str | os.PathLike[str]) -> dict[str, Path]:
+def label_table_paths(nifti_path: PathArg) -> dict[str, AnyPath]:
     """The label tables beside a NIfTI ``<name>.nii.gz``: ``ctbl`` (3D Slicer) and ``itksnap`` (ITK-SNAP).
 
     >>> {k: p.name for k, p in label_table_paths("/out/ct.nii.gz").items()}
     {'ctbl': 'ct.ctbl', 'itksnap': 'ct.itksnap.txt'}
     """
-    path = Path(nifti_path)
+    path = as_path(nifti_path)
     stem = _stem(path)
     return {"ctbl": path.with_name(stem + ".ctbl"), "itksnap": path.with_name(stem + ".itksnap.txt")}
 
@@ -95,32 +94,32 @@ def _table_rows(
 
 
 def write_slicer_ctbl(
-    path: str | os.PathLike[str],
+    path: PathArg,
     names: Sequence[str],
     colors: Sequence[Sequence[int]],
     *,
     nodata_label: int,
     before_move: BeforeMove | None = None,
-) -> Path:
+) -> AnyPath:
     """Write a 3D Slicer colour table: ``# Color table file`` then ``index name R G B A`` per label.
 
     Spaces in names become underscores (the format separates fields by spaces).
     """
     rows = _table_rows(names, colors, nodata_label)
-    lines = [f"# Color table file {Path(path).name}", f"# {len(rows)} values"]
+    lines = [f"# Color table file {as_path(path).name}", f"# {len(rows)} values"]
     lines += [f"{k} {'_'.join(n.split()) or f'class_{k}'} {r} {g} {b} {a}" for k, n, (r, g, b), a in rows]
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode(), before_move=before_move)
-    return Path(path)
+    return as_path(path)
 
 
 def write_itksnap_labels(
-    path: str | os.PathLike[str],
+    path: PathArg,
     names: Sequence[str],
     colors: Sequence[Sequence[int]],
     *,
     nodata_label: int,
     before_move: BeforeMove | None = None,
-) -> Path:
+) -> AnyPath:
     """Write an ITK-SNAP label description file: ``IDX R G B A VIS MSH "LABEL"`` per label (A in 0..1)."""
     lines = [
         "################################################",
@@ -134,4 +133,4 @@ def write_itksnap_labels(
         label = name.replace('"', "'")
         lines.append(f'{k:5d} {r:5d} {g:4d} {b:4d} {a / 255:8.2f} {visible:2d} {visible:2d}    "{label}"')
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode(), before_move=before_move)
-    return Path(path)
+    return as_path(path)

@@ -24,7 +24,8 @@ import numpy as np
 from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
 from tiler.io.base import Georef
-from tiler.paths import is_remote
+from tiler.io.objects import as_path, zarr_store
+from tiler.paths import is_object_url, is_remote
 
 __all__ = ["LabelSource", "open_labels"]
 
@@ -108,7 +109,7 @@ def sidecar_class_names(path: str, kind: str) -> list[str] | None:
 
     try:
         if kind == "raster":
-            root = ET.parse(aux_path(path)).getroot()
+            root = ET.fromstring(aux_path(path).read_bytes())
             band = next((b for b in root.iter("PAMRasterBand") if b.get("band") == "1"), None)
             categories = band.find("CategoryNames") if band is not None else None
             names = [c.text or "" for c in categories.iter("Category")] if categories is not None else []
@@ -167,7 +168,7 @@ def _open_zarr(path: str) -> LabelSource:
     import zarr
 
     try:
-        node = zarr.open(path, mode="r")
+        node = zarr.open(zarr_store(as_path(path), read_only=True), mode="r")
     except Exception as exc:  # noqa: BLE001
         raise ReadError(f"cannot open {path} as zarr: {exc}. Check the path.") from exc
     group_attrs: dict[str, Any] = {}
@@ -187,7 +188,7 @@ def _open_zarr(path: str) -> LabelSource:
     names = attrs.get("class_names")
 
     def opener() -> Any:
-        root: Any = zarr.open(path, mode="r")
+        root: Any = zarr.open(zarr_store(as_path(path), read_only=True), mode="r")
         return root[array_name] if array_name else root
 
     return LabelSource(
@@ -209,7 +210,9 @@ def open_labels(path: str | os.PathLike[str]) -> LabelSource:
         InputError: The file is not a single-band / 3D label map.
 
     """
-    text = os.fspath(path)
+    text = str(path)
+    if is_object_url(text) and text.lower().rstrip("/").endswith(".zarr"):
+        return _open_zarr(text)  # a store (or zarr array) in a bucket, through zarr's store for obstore
     if is_remote(text):
         return _open_with_reader(text, "raster")
     if not os.path.exists(text):

@@ -4,6 +4,12 @@
 holds the owner, pid, host and time. A lock whose pid is dead on this host is stale and taken over; holds are
 re-entrant within one process, so a job can wrap creation, blocks, exports and the complete flag in one
 ``with store_lock(path, owner):`` while inner code takes and drops the lock again.
+
+In a bucket the lock is a create-only object (a conditional put, ``If-None-Match: *``: of two jobs, one gets it).
+Its holder may run on any node, so besides the pid and host it carries a ``heartbeat`` time that a thread of the
+holder renews every :data:`HEARTBEAT_S` seconds by a compare-and-swap on the object's ETag; a lock whose heartbeat
+is older than :data:`LOCK_TTL_S` (or whose pid is dead on this host) is taken over by the same compare-and-swap, so
+two jobs never both take over one dead holder's lock.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,22 +26,28 @@ from typing import Any
 
 from tiler.errors import OutputError
 from tiler.io.atomic import output_error, pid_alive, temp_path, write_json_atomic
+from tiler.io.objects import AnyPath, ObjectPath, as_path
 
 __all__ = ["acquire_store_lock", "check_not_locked", "lock_path_for", "release_store_lock", "store_lock"]
 
 _HELD: dict[str, int] = {}  # lock file -> re-entry depth in this process
+_BEATS: dict[str, threading.Event] = {}  # object lock -> the event that stops its heartbeat thread
+
+LOCK_TTL_S = 180.0
+"""Seconds after its last heartbeat that a lock object in a bucket is taken for its dead holder's and taken over."""
+HEARTBEAT_S = 20.0
+"""Seconds between two renewals of a lock object's heartbeat by its holder."""
 
 
-def lock_path_for(path: str | os.PathLike[str]) -> Path:
+def lock_path_for(path: str | os.PathLike[str] | ObjectPath) -> AnyPath:
     """The lock file of the store at ``path``: ``<parent>/.<name>.lock`` (it exists before the store does)."""
-    path = Path(path)
+    path = as_path(path)
     return path.with_name(f".{path.name}.lock")
 
 
-def _read_lock(lock: Path) -> dict[str, Any] | None:
+def _read_lock(lock: AnyPath) -> dict[str, Any] | None:
     try:
-        with open(lock, "rb") as f:
-            held = json.loads(f.read())
+        held = json.loads(lock.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -47,14 +60,17 @@ def _lock_stale(held: Mapping[str, Any]) -> bool:
         pid = int(held.get("pid", -1))
     except (TypeError, ValueError):
         return False
-    return held.get("host") == socket.gethostname() and pid > 0 and not pid_alive(pid)
+    if held.get("host") == socket.gethostname() and pid > 0 and not pid_alive(pid):
+        return True
+    beat = held.get("heartbeat")
+    return isinstance(beat, int | float) and time.time() - float(beat) > LOCK_TTL_S
 
 
 def _mine(held: Mapping[str, Any]) -> bool:
     return held.get("pid") == os.getpid() and held.get("host") == socket.gethostname()
 
 
-def _busy_error(store: Path, held: Mapping[str, Any]) -> OutputError:
+def _busy_error(store: AnyPath, held: Mapping[str, Any]) -> OutputError:
     return OutputError(
         f"output {store} is being written by job {held.get('owner')} (pid {held.get('pid')} on "
         f"{held.get('host')}); wait for it to finish or use another output."
@@ -88,12 +104,55 @@ def _take_over(lock: Path, stale: Mapping[str, Any]) -> None:
     aside.unlink(missing_ok=True)
 
 
+def _take_object_lock(lock: ObjectPath, payload: dict[str, Any]) -> bool | dict[str, Any]:
+    """Create the lock object, or take over a stale one by compare-and-swap: True, else the live holder's record."""
+    for _ in range(5):
+        payload["heartbeat"] = time.time()
+        tag = lock.create(json.dumps(payload).encode())
+        if tag is not None:
+            _start_heartbeat(lock, payload, tag)
+            return True
+        meta = lock.head()
+        held = _read_lock(lock)
+        if meta is None or held is None:
+            continue
+        if _mine(held):  # this process's own lock from a hold it lost track of: keep it, beating again
+            _start_heartbeat(lock, payload, str(meta["e_tag"]))
+            return True
+        if not _lock_stale(held):
+            return held
+        tag = lock.swap(json.dumps(payload).encode(), str(meta["e_tag"]))
+        if tag is not None:
+            _start_heartbeat(lock, payload, tag)
+            return True
+    raise OutputError(f"could not take the lock {lock}; another job keeps taking it. Retry later.")
+
+
+def _start_heartbeat(lock: ObjectPath, payload: dict[str, Any], tag: str) -> None:
+    """Renew the lock object's heartbeat every :data:`HEARTBEAT_S` seconds until :func:`release_store_lock`."""
+    stop = threading.Event()
+    _BEATS[str(lock)] = stop
+
+    def beat(tag: str = tag) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            record = {**payload, "heartbeat": time.time()}
+            try:
+                renewed = lock.swap(json.dumps(record).encode(), tag)
+            except OSError:
+                continue  # the store is unreachable for now: try again at the next beat
+            if renewed is None:
+                return  # taken over (this job was thought dead): its next write of the store is the new holder's
+            tag = renewed
+
+    threading.Thread(target=beat, name=f"tiler-lock-heartbeat {lock}", daemon=True).start()
+
+
 def default_owner() -> str:
     """The owner recorded in a lock taken without one: ``tiler job pid <pid> on <host>``."""
     return f"tiler job pid {os.getpid()} on {socket.gethostname()}"
 
 
-def acquire_store_lock(path: str | os.PathLike[str], owner: str | None = None) -> Path:
+def acquire_store_lock(path: str | os.PathLike[str] | ObjectPath, owner: str | None = None) -> AnyPath:
     """Take the job lock of the store at ``path`` (which need not exist yet); re-entrant in one process.
 
     A lock whose holder is a dead process on this host is taken over.
@@ -102,9 +161,21 @@ def acquire_store_lock(path: str | os.PathLike[str], owner: str | None = None) -
         OutputError: another live job holds the lock, naming it; or the folder cannot be written.
 
     """
-    path = Path(path)
+    path = as_path(path)
     lock = lock_path_for(path)
     payload = {"owner": owner or default_owner(), "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+    if isinstance(lock, ObjectPath):
+        if str(lock) in _HELD:
+            _HELD[str(lock)] += 1
+            return lock
+        try:
+            taken = _take_object_lock(lock, payload)
+        except OSError as exc:
+            raise output_error(lock, exc, what="create the job lock") from exc
+        if taken is True:
+            _HELD[str(lock)] = 1
+            return lock
+        raise _busy_error(path, taken)  # type: ignore[arg-type]
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -126,7 +197,7 @@ def acquire_store_lock(path: str | os.PathLike[str], owner: str | None = None) -
     raise OutputError(f"could not take the lock {lock}; another job keeps taking it. Retry later.")
 
 
-def release_store_lock(path: str | os.PathLike[str]) -> None:
+def release_store_lock(path: str | os.PathLike[str] | ObjectPath) -> None:
     """Drop one hold of the job lock; the file goes when this process's last hold is dropped."""
     lock = lock_path_for(path)
     depth = _HELD.get(str(lock), 0) - 1
@@ -134,13 +205,16 @@ def release_store_lock(path: str | os.PathLike[str]) -> None:
         _HELD[str(lock)] = depth
         return
     _HELD.pop(str(lock), None)
+    stop = _BEATS.pop(str(lock), None)
+    if stop is not None:
+        stop.set()
     held = _read_lock(lock)
     if held is not None and _mine(held):
         lock.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def store_lock(path: str | os.PathLike[str], owner: str | None = None) -> Iterator[Path]:
+def store_lock(path: str | os.PathLike[str] | ObjectPath, owner: str | None = None) -> Iterator[AnyPath]:
     """Hold the job lock of the store at ``path`` for the block: create or resume, run, export, mark complete.
 
     >>> import tempfile
@@ -158,8 +232,8 @@ def store_lock(path: str | os.PathLike[str], owner: str | None = None) -> Iterat
         release_store_lock(path)
 
 
-def check_not_locked(path: str | os.PathLike[str]) -> None:
+def check_not_locked(path: str | os.PathLike[str] | ObjectPath) -> None:
     """Raise OutputError if a live job other than this process holds the lock of ``path``."""
     held = _read_lock(lock_path_for(path))
     if held and not _mine(held) and not _lock_stale(held):
-        raise _busy_error(Path(path), held)
+        raise _busy_error(as_path(path), held)

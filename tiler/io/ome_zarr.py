@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +19,7 @@ from tiler.geometry import BlockPartition
 from tiler.io.atomic import BeforeMove, atomic_dir
 from tiler.io.base import Georef, Reader
 from tiler.io.export_common import _block_for, _check_writable, _write_errors
+from tiler.io.objects import AnyPath, PathArg, as_path, lexists
 from tiler.io.store import OutputStore
 
 
@@ -38,12 +37,12 @@ def _downsample_levels(shape: Sequence[int], *, min_size: int = 256, max_levels:
 
 def export_ome_zarr(
     store: OutputStore,
-    out_path: str | os.PathLike[str],
+    out_path: PathArg,
     *,
     reader: Reader,
     name: str = "classes",
     before_move: BeforeMove | None = None,
-) -> Path:
+) -> AnyPath:
     """Write an OME-Zarr 0.5 image of the input with the labels under it: the path to open in napari.
 
     Layout: ``<out>/{0,1,...}`` the input image pyramid (axes ``c`` when it has several channels, then
@@ -61,7 +60,7 @@ def export_ome_zarr(
         before_move: Called as ``before_move(tmp, final)`` with the complete folder, just before it is moved in.
 
     """
-    out_path = Path(out_path)
+    out_path = as_path(out_path)
     ndim = len(store.shape)
     if tuple(reader.shape) != tuple(store.shape):
         raise OutputError(
@@ -71,7 +70,7 @@ def export_ome_zarr(
     names = ["z", "y", "x"][-ndim:]
     base_scale, unit = _ome_scale(store.georef, ndim)
     levels = _downsample_levels(store.shape)
-    replace = os.path.lexists(out_path)
+    replace = lexists(out_path)
     if replace and not _is_ome_zarr(out_path):
         raise OutputError(
             f"cannot write OME-Zarr at {out_path}: something that is not an OME-Zarr export is already there; "
@@ -198,7 +197,7 @@ def _write_pyramid(
     return datasets, (lo, hi)
 
 
-def _is_ome_zarr(path: Path) -> bool:
+def _is_ome_zarr(path: AnyPath) -> bool:
     """Whether ``path`` is a zarr group with OME metadata (an earlier export that may be replaced)."""
     try:
         meta = json.loads((path / "zarr.json").read_bytes())

@@ -13,16 +13,17 @@ array([[1, 0]], dtype=uint8)
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tiler.geometry import Window
 from tiler.io.atomic import atomic_path
+from tiler.io.objects import AnyPath, ObjectPath, as_path
 
 if TYPE_CHECKING:
     from tiler.io.store import OutputStore
@@ -101,7 +102,7 @@ def write_overview_band(store: OutputStore, folder: str | os.PathLike[str], *, r
             current = mode_2x(current, nodata=store.nodata_label)
             parts[k].append(current)
     for k, pieces in enumerate(parts, start=1):
-        out = Path(folder) / f"level-{k}" / f"rows-{a >> k:09d}.npy"
+        out = as_path(folder) / f"level-{k}" / f"rows-{a >> k:09d}.npy"
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out, what="write an overview band") as tmp, open(tmp, "wb") as f:
             np.save(f, np.concatenate(pieces, axis=0))
@@ -109,10 +110,10 @@ def write_overview_band(store: OutputStore, folder: str | os.PathLike[str], *, r
 
 def level_rows(folder: str | os.PathLike[str], level: int, shape: tuple[int, int]) -> Iterator[np.ndarray]:
     """The rows of overview ``level`` (of ``shape``) band after band, each band read from its file."""
-    files = sorted((Path(folder) / f"level-{level}").glob("rows-*.npy"))
+    files: list[AnyPath] = sorted((as_path(folder) / f"level-{level}").glob("rows-*.npy"), key=str)
     seen = 0
     for file in files:
-        band = np.load(file, mmap_mode="r")
+        band = np.load(io.BytesIO(file.read_bytes())) if isinstance(file, ObjectPath) else np.load(file, mmap_mode="r")
         seen += band.shape[0]
         yield band
     if seen != shape[0] or not files:

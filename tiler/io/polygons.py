@@ -21,7 +21,6 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from tiler.errors import OutputError
 from tiler.geometry import Window
 from tiler.io.atomic import atomic_path
 from tiler.io.classes import foreground_classes
+from tiler.io.objects import AnyPath, PathArg, as_path
 
 if TYPE_CHECKING:
     from shapely.geometry import Polygon
@@ -275,12 +275,12 @@ def band_rows(height: int, unit: int, bands: int) -> list[tuple[int, int]]:
 
 def write_polygon_band(
     store: OutputStore,
-    out_path: str | os.PathLike[str],
+    out_path: PathArg,
     *,
     rows: tuple[int, int],
     classes: Sequence[str] | None = None,
     min_pixels: float = 0,
-) -> Path:
+) -> AnyPath:
     """Draw the polygons of one band of rows and write them to ``out_path`` (Parquet: class, WKB, open).
 
     The whole polygons of the band are kept as they are; the pieces reaching the band's top or bottom edge are
@@ -299,7 +299,7 @@ def write_polygon_band(
         "wkb": pa.array(list(shapely.to_wkb([p for _, p in parts])) if parts else [], pa.binary()),
         "open": pa.array([False] * len(whole) + [True] * len(opened), pa.bool_()),
     })
-    out_path = Path(out_path)
+    out_path = as_path(out_path)
     with atomic_path(out_path, what="write a polygon band") as tmp:
         pq.write_table(table, tmp)
     return out_path

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from tiler.geometry import Window
 from tiler.io.atomic import BeforeMove, atomic_path
 from tiler.io.base import Reader
 from tiler.io.export_common import _check_writable
+from tiler.io.objects import AnyPath, PathArg, as_path
 from tiler.io.store import OutputStore
 
 
@@ -45,14 +45,14 @@ LEGEND_ROWS = 40
 
 def write_quicklook(
     store: OutputStore,
-    png_path: str | os.PathLike[str],
+    png_path: PathArg,
     *,
     reader: Reader | None = None,
     max_size: int = 1024,
     alpha: float = 0.5,
     before_move: BeforeMove | None = None,
     overviews: str | os.PathLike[str] | None = None,
-) -> Path:
+) -> AnyPath:
     """Write a PNG of the labels (class colours, nodata transparent), over the input if given, with a legend.
 
     2D: the whole map, sampled every ``ceil(max(H, W) / max_size)`` rows and columns (read band by band), at
@@ -65,7 +65,7 @@ def write_quicklook(
     """
     from PIL import Image
 
-    png_path = Path(png_path)
+    png_path = as_path(png_path)
     _check_writable(png_path)
     if len(store.shape) == 3:
         picture = _volume_quicklook(store, reader, alpha=alpha, size=min(max_size, QUICKLOOK_PANEL))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from shapely.geometry.polygon import orient
 from tiler.io.atomic import BeforeMove, write_bytes_atomic
 from tiler.io.base import Georef, Reader
 from tiler.io.export_common import _check_writable
+from tiler.io.objects import AnyPath, PathArg, as_path, relpath
 from tiler.io.store import OutputStore
 
 __all__ = [
@@ -264,8 +264,8 @@ def _asset(kind: AssetKind, href: str, store: OutputStore) -> pystac.Asset:
                         extra_fields=extra)
 
 
-def _relative(path: str | os.PathLike[str], folder: Path) -> str:
-    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
+def _relative(path: PathArg, folder: PathArg) -> str:
+    return relpath(path, folder)
 
 
 def _lineage(store: OutputStore) -> str:
@@ -285,10 +285,10 @@ def _lineage(store: OutputStore) -> str:
 
 def build_item(
     store: OutputStore,
-    item_path: str | os.PathLike[str],
+    item_path: PathArg,
     *,
     item_id: str,
-    files: Mapping[str, str | os.PathLike[str]],
+    files: Mapping[str, PathArg],
     made: dt.datetime,
     acquired: dt.datetime | None = None,
     config_hash: str | None = None,
@@ -304,7 +304,7 @@ def build_item(
         acquired: When the input was acquired (aware), if known.
         config_hash: The config hash of the finishing, recorded as ``tiler:config_hash`` when given.
     """
-    folder = Path(item_path).parent
+    folder = as_path(item_path).parent
     geometry, bbox = footprint(store.georef, store.shape)
     version = store.attrs.get("tiler_version")
     if not version:
@@ -338,20 +338,20 @@ def build_item(
 
 def write_stac_item(
     store: OutputStore,
-    path: str | os.PathLike[str],
+    path: PathArg,
     *,
     item_id: str,
-    files: Mapping[str, str | os.PathLike[str]],
+    files: Mapping[str, PathArg],
     reader: Reader | None = None,
     config_hash: str | None = None,
     before_move: BeforeMove | None = None,
-) -> Path:
+) -> AnyPath:
     """Write the STAC Item of ``store`` to ``path`` atomically (:func:`build_item`); its time is now.
 
     ``reader``: the job's input, for its acquisition time (:func:`acquisition_time`). ``before_move(tmp, final)``:
     called once the file is complete, before it takes its name.
     """
-    path = Path(path)
+    path = as_path(path)
     _check_writable(path)
     made = dt.datetime.now(dt.UTC).replace(microsecond=0)
     item = build_item(store, path, item_id=item_id, files=files, made=made, acquired=acquisition_time(reader),

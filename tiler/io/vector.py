@@ -12,16 +12,15 @@ QuPath in level-0 pixel coordinates of the slide. Every file is written atomical
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiler.io.atomic import BeforeMove, atomic_file, atomic_path
 from tiler.io.base import Georef, Reader
 from tiler.io.classes import pixel_measure
 from tiler.io.export_common import _georef_of
+from tiler.io.objects import AnyPath, PathArg, as_path
 from tiler.io.polygons import (
     VectorStats,
     band_rows,
@@ -101,7 +100,7 @@ def _geojson_crs(georef: Georef) -> dict[str, Any] | None:
 
 def export_geojson(
     store: OutputStore,
-    out_path: str | os.PathLike[str],
+    out_path: PathArg,
     *,
     reference: Reader | Georef | None = None,
     classes: Sequence[str] | None = None,
@@ -109,7 +108,7 @@ def export_geojson(
     stats: VectorStats | None = None,
     before_move: BeforeMove | None = None,
     polygons: Iterable[tuple[int, Polygon]] | None = None,
-) -> Path:
+) -> AnyPath:
     """Write the class polygons as a GeoJSON FeatureCollection in the raster's CRS, streamed feature by feature.
 
     A CRS with an authority code is named in the ``crs`` member (what GDAL/QGIS read; RFC 7946 readers assume
@@ -118,7 +117,7 @@ def export_geojson(
     ``before_move(tmp, final)`` is called with the complete file just before it is moved in. ``polygons``: drawn
     already (:func:`iter_band_polygons`), else drawn here from the store.
     """
-    out_path = Path(out_path)
+    out_path = as_path(out_path)
     georef = _georef_of(store, reference)
     matrix = _crs_matrix(georef)
     feature = _Feature(store, georef)
@@ -149,7 +148,7 @@ def _projjson(georef: Georef) -> dict[str, Any] | None:
 
 def export_geoparquet(
     store: OutputStore,
-    out_path: str | os.PathLike[str],
+    out_path: PathArg,
     *,
     reference: Reader | Georef | None = None,
     classes: Sequence[str] | None = None,
@@ -157,7 +156,7 @@ def export_geoparquet(
     stats: VectorStats | None = None,
     before_move: BeforeMove | None = None,
     polygons: Iterable[tuple[int, Polygon]] | None = None,
-) -> Path:
+) -> AnyPath:
     """Write the class polygons as GeoParquet 1.1 (WKB, the raster's CRS as PROJJSON), in row groups.
 
     Columns: ``class_id``, ``class_name``, ``color``, ``pixels``, the area when known (``area_m2``) and
@@ -169,7 +168,7 @@ def export_geoparquet(
     import pyarrow.parquet as pq
     import shapely
 
-    out_path = Path(out_path)
+    out_path = as_path(out_path)
     georef = _georef_of(store, reference)
     matrix = _crs_matrix(georef)
     feature = _Feature(store, georef)
@@ -234,7 +233,7 @@ def level0_scale(store: OutputStore, reference: Reader | None) -> tuple[float, f
 
 def export_qupath(
     store: OutputStore,
-    out_path: str | os.PathLike[str],
+    out_path: PathArg,
     *,
     reference: Reader | None = None,
     classes: Sequence[str] | None = None,
@@ -242,7 +241,7 @@ def export_qupath(
     stats: VectorStats | None = None,
     before_move: BeforeMove | None = None,
     polygons: Iterable[tuple[int, Polygon]] | None = None,
-) -> Path:
+) -> AnyPath:
     """Write the class polygons as GeoJSON annotations QuPath imports (File > Import objects, or drag the file).
 
     A FeatureCollection in level-0 pixel coordinates of the slide (``reference``, the reader the output was
@@ -251,7 +250,7 @@ def export_qupath(
     ``before_move(tmp, final)`` is called with the complete file just before it is moved in. ``polygons``: drawn
     already (:func:`iter_band_polygons`), else drawn here from the store.
     """
-    out_path = Path(out_path)
+    out_path = as_path(out_path)
     sx, sy = level0_scale(store, reference)
     matrix = [sx, 0.0, 0.0, sy, 0.0, 0.0]
     names, colors = store.class_names, store.class_colors

@@ -25,15 +25,14 @@ records it.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tiler.errors import OutputError
 from tiler.io.atomic import TMP_PREFIX, content_digest
+from tiler.io.objects import ObjectPath, PathArg, as_path, lexists, relpath
 from tiler.io.store import OutputStore, RecordError, StoredBlock, StoreWarning, check_block
 
 __all__ = ["Problem", "VerifyReport", "verify_store"]
@@ -129,7 +128,7 @@ class VerifyReport:
         }
 
 
-def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
+def verify_store(path: PathArg) -> VerifyReport:
     """Check every chunk, block record and the ``complete`` flag of the store at ``path``.
 
     Raises:
@@ -137,7 +136,7 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
             shapes no job writes (one line naming the file, the value and the fix).
 
     """
-    path = Path(path)
+    path = as_path(path)
     if not OutputStore.is_tiler_store(path):
         raise OutputError(
             f"{path} is not a tiler output store (no tiler metadata in its zarr.json); give the store folder a "
@@ -175,7 +174,7 @@ def _add_bad_records(
     """A problem per unreadable record; a block record's file name is its block key (made file-safe)."""
     for w in caught:
         if isinstance(w.message, StoreWarning):
-            where = str(w.message.path.relative_to(store.path))
+            where = relpath(w.message.path, store.path)
             block = w.message.path.stem if blocks else None
             report.problems.append(Problem("bad-record", where, block, str(w.message)))
 
@@ -190,7 +189,7 @@ def _sound_records(
         try:
             sound[key] = check_block(key, rec, store.grid, block=block)
         except RecordError as exc:
-            where = str(store.block_record_file(key).relative_to(store.path))
+            where = relpath(store.block_record_file(key), store.path)
             detail = f"the record cannot be trusted: {exc}; a rerun redoes the block"
             report.problems.append(Problem("bad-record", where, key, detail))
     return sound
@@ -301,7 +300,7 @@ def _check_complete(
         if name in earlier:
             continue
         where = str(rec.path)
-        if not os.path.lexists(where):
+        if not lexists(where):
             detail = f"export {name!r} is recorded as done; its file is gone"
             report.problems.append(Problem("missing-export", where, None, detail))
         elif rec.digest is not None:
@@ -342,7 +341,7 @@ def _check_intents(store: OutputStore, report: VerifyReport) -> None:
     _add_bad_records(store, caught, report, blocks=False)
     pending = []
     for where, intent in sorted(intents.items()):
-        if not os.path.lexists(where):
+        if not lexists(where):
             continue  # killed before the move: nothing there to vouch for
         if _check_export_digest(where, intent["digest"], "a job moved it into place", report):
             pending.append(where)
@@ -354,6 +353,8 @@ def _check_intents(store: OutputStore, report: VerifyReport) -> None:
 
 
 def _note_leftovers(store: OutputStore, report: VerifyReport) -> None:
+    if isinstance(store.path, ObjectPath):
+        return  # nothing is written to a bucket under a temporary name
     leftovers = [p for p in store.path.rglob("*") if p.name.endswith(".partial") or p.name.startswith(TMP_PREFIX)]
     if leftovers:
         report.notes.append(

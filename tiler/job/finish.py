@@ -28,6 +28,7 @@ from tiler.engine.job import JobResult
 from tiler.engine.plan import Plan
 from tiler.exports import REGISTRY as EXPORTS
 from tiler.exports import BeforeMove, DeliverContext, WriteContext
+from tiler.io.objects import AnyPath, ObjectPath, as_path
 from tiler.job.outputs import output_paths, output_stem
 from tiler.job.timings import block_timings
 from tiler.redact import redact
@@ -158,7 +159,7 @@ def polygon_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
     """The row bands an input's polygons are drawn in, each with the file its worker writes (inside the store)."""
     from tiler.io.vector import band_rows
 
-    folder = Path(task.plan.store_path) / ".tiler" / "polygons"
+    folder = as_path(task.plan.store_path) / ".tiler" / "polygons"
     rows = band_rows(task.plan.partition.shape[0], task.cfg.output.chunks[0], BANDS)
     return [((a, b), str(folder / f"rows-{a:09d}-{b:09d}.parquet")) for a, b in rows]
 
@@ -177,7 +178,7 @@ def overview_bands(task: FinishTask) -> list[tuple[tuple[int, int], str]]:
         return []
     unit = band_unit(task.cfg.output.chunks[0], len(levels))
     rows = band_rows(shape[0], unit, BANDS)
-    folder = str(Path(task.plan.store_path) / ".tiler" / f"overviews-{len(rows)}x{unit}")
+    folder = str(as_path(task.plan.store_path) / ".tiler" / f"overviews-{len(rows)}x{unit}")
     return [(band, folder) for band in rows]
 
 
@@ -198,7 +199,7 @@ def polygon_band_step(task: FinishTask, rows: tuple[int, int], path: str) -> Ste
 
     t0 = time.perf_counter()
     settings = task.cfg.output
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    as_path(path).parent.mkdir(parents=True, exist_ok=True)
     write_polygon_band(OutputStore.open(task.plan.store_path, mode="r"), path, rows=rows,
                        classes=list(settings.polygon_classes) if settings.polygon_classes is not None else None,
                        min_pixels=settings.min_polygon_pixels)
@@ -257,15 +258,18 @@ def report_step(task: FinishTask, result: SegmentResult) -> StepResult:
         store.record_export(role, result.outputs[role], job_hash=task.job_hash)
     store.mark_complete(result.summary, job_hash=task.job_hash,
                         attrs={"config": task.store_config} if task.store_config else None)
-    state = Path(task.plan.store_path, ".tiler")
+    state = as_path(task.plan.store_path) / ".tiler"
     for drawn in (state / "polygons", *state.glob("overviews-*")):  # the block steps' bands, drawn into the exports
-        shutil.rmtree(drawn, ignore_errors=True)
+        if isinstance(drawn, ObjectPath):
+            drawn.remove_tree()
+        else:
+            shutil.rmtree(drawn, ignore_errors=True)
     outputs = {role: result.outputs[role] for role in ("report_json", "report_md")}
     return StepResult("report", outputs, time.perf_counter() - t0, worker=_worker())
 
 
 def write_reports(
-    cfg: JobConfig, result: SegmentResult, paths: Mapping[str, Path], *, before_move: BeforeMove | None = None
+    cfg: JobConfig, result: SegmentResult, paths: Mapping[str, AnyPath], *, before_move: BeforeMove | None = None
 ) -> None:
     """Write the run's report as JSON and Markdown: blocks, tiles, where the time went, areas, scores, outputs.
 

@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError
 from tiler.exports import REGISTRY as EXPORTS
 from tiler.exports.base import REPORT_FILES
-from tiler.paths import local_realpath
+from tiler.io.objects import AnyPath, PathArg, as_path, lexists, resolved
+from tiler.paths import is_object_url, local_realpath
 
 
-def output_stem(store: str | os.PathLike[str]) -> Path:
+def output_stem(store: PathArg) -> AnyPath:
     """The store's path without ``.zarr``: every file beside it is named from it.
 
-    >>> output_stem("/out/scene.zarr").name
-    'scene'
+    >>> output_stem("/out/scene.zarr").name, str(output_stem("s3://bucket/out/scene.zarr"))
+    ('scene', 's3://bucket/out/scene')
     """
-    path = Path(store)
+    path = as_path(store)
     return path.with_name(path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name)
 
 
-def output_paths(store: str | os.PathLike[str]) -> dict[str, Path]:
+def output_paths(store: PathArg) -> dict[str, AnyPath]:
     """Where each file of ``store``'s finishing goes: every export of the registry (sidecars included), then reports.
 
     >>> sorted(output_paths("/out/scene.zarr"))[:3]
     ['cog', 'cog_aux', 'dicom_seg']
     """
     base = output_stem(store)
-    paths: dict[str, Path] = {}
+    paths: dict[str, AnyPath] = {}
     for export in EXPORTS.values():
         paths.update(export.paths(base))
     paths.update({role: base.with_name(base.name + suffix) for role, suffix in REPORT_FILES.items()})
@@ -84,22 +84,23 @@ def check_output_paths(cfg: JobConfig) -> None:
             f"model.weights: {weights} is not in Ray's copy of --working-dir: `ray job submit` skips files that "
             ".gitignore excludes (models/, demo-output/); fix: give an absolute path the cluster can read"
         )
-    protected = {k: _zarr_root(p) for k, p in (("input.path", local_realpath(cfg.input.path)),
-                                                ("scoring.truth", local_realpath(cfg.scoring.truth))) if p is not None}
+    sources = (("input.path", cfg.input.path), ("scoring.truth", cfg.scoring.truth))
+    protected = {k: (resolved(p) if is_object_url(p) else _zarr_root(os.path.realpath(p)))
+                 for k, p in sources if p is not None and (is_object_url(p) or local_realpath(p) is not None)}
     store = cfg.output.path
     paths = output_paths(store)
     targets = {"output.path": store, **{f"output.exports ({name}, beside output.path)": str(path)
                                         for name, path in paths.items()}}
     owner = OutputStore.open(store, mode="r") if OutputStore.is_tiler_store(store) else None
     for key, target in targets.items():
-        real = os.path.realpath(target)
+        real = resolved(target)
         for what, source in protected.items():
             if _inside(real, source) or _inside(source, real):
                 raise ConfigError(
                     f"{key}: {target} would overwrite {what} {source} (or lie inside it); fix: set output.path to "
                     "another folder or name, e.g. --set output.path=<folder>/<name>.zarr"
                 )
-        if key != "output.path" and os.path.lexists(target) and (owner is None or not owner.wrote(target)):
+        if key != "output.path" and lexists(target) and (owner is None or not owner.wrote(target)):
             raise ConfigError(
                 f"{key}: {target} already exists and was not written by the store {store}; tiler never replaces a "
                 "file it did not make. Fix: move that file away, or set output.path to another name"

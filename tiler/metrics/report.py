@@ -7,13 +7,12 @@ mean IoU and mean Dice over the foreground classes and names the worst class wit
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tiler.errors import OutputError
+from tiler.io.objects import AnyPath, PathArg, as_path
 from tiler.jsonsafe import json_safe
 from tiler.metrics.scores import Scores
 
@@ -120,7 +119,7 @@ def area_lines(areas: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_json(payload: dict[str, Any], path: str | os.PathLike[str], *, before_move: Any = None) -> None:
+def write_json(payload: dict[str, Any], path: PathArg, *, before_move: Any = None) -> None:
     """Write ``payload`` (e.g. ``Scores.to_dict()`` plus file names) as indented JSON.
 
     ``before_move(tmp, final)``: called once the file is complete, before it takes its name (an intent record).
@@ -128,14 +127,14 @@ def write_json(payload: dict[str, Any], path: str | os.PathLike[str], *, before_
     from tiler.io.atomic import write_bytes_atomic
 
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        as_path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write the score JSON {path}: {exc}; give a writable --json path.") from exc
     text = json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
     write_bytes_atomic(path, text.encode(), before_move=before_move)
 
 
-def _save(fig: Any, path: str | os.PathLike[str], before_move: Any = None) -> None:
+def _save(fig: Any, path: PathArg, before_move: Any = None) -> None:
     """Save a figure as PNG atomically (a temporary name beside it, then renamed; ``before_move`` just before)."""
     from tiler.io.atomic import atomic_path
 
@@ -143,13 +142,13 @@ def _save(fig: Any, path: str | os.PathLike[str], before_move: Any = None) -> No
         fig.savefig(tmp, dpi=100, format="png")
 
 
-def chart_paths(json_path: str | os.PathLike[str]) -> tuple[Path, Path]:
+def chart_paths(json_path: PathArg) -> tuple[AnyPath, AnyPath]:
     """Where the charts go beside the JSON: ``<stem>.confusion.png`` and ``<stem>.per_class.png``."""
-    p = Path(json_path)
+    p = as_path(json_path)
     return p.with_name(f"{p.stem}.confusion.png"), p.with_name(f"{p.stem}.per_class.png")
 
 
-def plot_confusion(scores: Scores, path: str | os.PathLike[str], *, before_move: Any = None) -> None:
+def plot_confusion(scores: Scores, path: PathArg, *, before_move: Any = None) -> None:
     """Draw the confusion matrix as a heatmap, each truth row normalised to 1 (counts in cells when few)."""
     from matplotlib.figure import Figure  # no pyplot: its global state is not thread-safe (jobs finish on threads)
 
@@ -176,7 +175,7 @@ def plot_confusion(scores: Scores, path: str | os.PathLike[str], *, before_move:
     _save(fig, path, before_move)
 
 
-def plot_per_class(scores: Scores, path: str | os.PathLike[str], *, before_move: Any = None) -> None:
+def plot_per_class(scores: Scores, path: PathArg, *, before_move: Any = None) -> None:
     """Draw grouped bars per class: IoU, Dice and (when computed) boundary IoU and boundary F1."""
     from matplotlib.figure import Figure  # no pyplot: its global state is not thread-safe (jobs finish on threads)
 

@@ -10,12 +10,12 @@ partition has a sound record (:meth:`BlockLedger.incomplete_reason`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition, Window
 from tiler.io.atomic import output_error, write_json_atomic
+from tiler.io.objects import AnyPath
 from tiler.io.store.chunks import chunk_file_digest, missing_files
 from tiler.io.store.layout import STATE_DIR, StoreGrid, safe_key, whole_numbers
 from tiler.io.store.records import RecordError, StoredBlock, check_block, infer_block, read_record_files
@@ -38,7 +38,7 @@ class BlockLedger:
     """
 
     def __init__(
-        self, path: Path, grid: StoreGrid, *, kept_block: Any, stored_digest: Callable[[Window], str]
+        self, path: AnyPath, grid: StoreGrid, *, kept_block: Any, stored_digest: Callable[[Window], str]
     ) -> None:
         self.path = path
         self.grid = grid
@@ -46,11 +46,11 @@ class BlockLedger:
         self.stored_digest = stored_digest
 
     @property
-    def folder(self) -> Path:
+    def folder(self) -> AnyPath:
         """The folder of the block records."""
         return self.path / STATE_DIR / "blocks"
 
-    def file(self, key: str) -> Path:
+    def file(self, key: str) -> AnyPath:
         """The file of block ``key``'s record (its file-safe name)."""
         return self.folder / f"{safe_key(key)}.json"
 
@@ -87,13 +87,13 @@ class BlockLedger:
         return removed
 
     # -- reading -------------------------------------------------------------------------------------------
-    def read(self, *, unreadable: list[tuple[Path, str]] | None = None) -> dict[str, dict[str, Any]]:
+    def read(self, *, unreadable: list[tuple[AnyPath, str]] | None = None) -> dict[str, dict[str, Any]]:
         """Every readable record as stored (without its ``key``), by key; unreadable ones warned about or listed."""
         return {str(rec.pop("key")): rec for rec in read_record_files(self.folder, "block", unreadable=unreadable)}
 
-    def quiet(self) -> tuple[dict[str, dict[str, Any]], list[tuple[Path, str]]]:
+    def quiet(self) -> tuple[dict[str, dict[str, Any]], list[tuple[AnyPath, str]]]:
         """The readable records by key, and ``(file, message)`` of each unreadable one; never warns."""
-        unreadable: list[tuple[Path, str]] = []
+        unreadable: list[tuple[AnyPath, str]] = []
         return self.read(unreadable=unreadable), unreadable
 
     def block_shape(self, records: Records | None = None) -> tuple[int, ...] | None:

@@ -22,6 +22,7 @@ import tiler
 from tiler.errors import GeometryError, OutputError
 from tiler.io.atomic import atomic_dir, clean_temporaries, output_error, write_json_atomic
 from tiler.io.base import Georef
+from tiler.io.objects import AnyPath
 from tiler.io.store.chunks import ARRAY_CONFIG, chunk_codecs
 from tiler.io.store.coords import TRANSFORM_ORDER, coordinate_arrays, data_var_attrs, dim_names
 from tiler.io.store.layout import BLOCK_SHAPE, STATE_DIR, STORE_FORMAT, STORE_MARKER, read_json
@@ -106,7 +107,11 @@ def build_group(
 
 
 def check_create_args(
-    path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], block: Sequence[int] | None, probabilities: str | None
+    path: AnyPath,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    block: Sequence[int] | None,
+    probabilities: str | None,
 ) -> None:
     """Refuse chunks, a block or a probabilities type that cannot make a store of spatial ``shape``.
 
@@ -126,7 +131,7 @@ def check_create_args(
 
 
 def new_store(
-    path: Path,
+    path: AnyPath,
     *,
     shape: tuple[int, ...],
     num_classes: int,

@@ -9,10 +9,8 @@ two writers share one. Two digests vouch for what a block wrote: :func:`labels_d
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +19,7 @@ import zarr.codecs
 
 from tiler.errors import OutputError
 from tiler.geometry import Window
+from tiler.io.objects import AnyPath, ObjectPath, PathArg, as_path
 from tiler.io.store.layout import ArrayGrid, StoreGrid, selection_bounds
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ def labels_digest(labels: np.ndarray, dtype: np.dtype | str) -> str:
     return f"crc32:{zlib.crc32(data.tobytes()):08x}"
 
 
-def chunk_file_digest(path: str | os.PathLike[str]) -> str | None:
+def chunk_file_digest(path: PathArg) -> str | None:
     """The digest a block record keeps of a chunk file: crc32 of its bytes as stored; None when there is no file.
 
     The bytes as stored (compressed, with their checksum), so two chunks differ whenever their pixels do, and a
@@ -58,10 +57,14 @@ def chunk_file_digest(path: str | os.PathLike[str]) -> str | None:
     that cannot be read gets a digest no record keeps (``unreadable: ...``).
     """
     crc = 0
+    where = as_path(path)
     try:
-        with open(path, "rb") as f:
-            while data := f.read(1 << 20):
-                crc = zlib.crc32(data, crc)
+        if isinstance(where, ObjectPath):
+            crc = zlib.crc32(where.read_bytes())
+        else:
+            with open(where, "rb") as f:
+                while data := f.read(1 << 20):
+                    crc = zlib.crc32(data, crc)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
@@ -69,13 +72,13 @@ def chunk_file_digest(path: str | os.PathLike[str]) -> str | None:
     return f"crc32:{crc:08x}"
 
 
-def missing_files(store: Path, keys: Sequence[str]) -> list[str]:
+def missing_files(store: AnyPath, keys: Sequence[str]) -> list[str]:
     """Those of ``keys`` (paths relative to the store at ``store``) with no file on disk; no decoding."""
     return [key for key in keys if not (store / key).is_file()]
 
 
 # -- checked reads -----------------------------------------------------------------------------------------
-def corrupt_chunk_error(store: Path, key: str, reason: str) -> OutputError:
+def corrupt_chunk_error(store: AnyPath, key: str, reason: str) -> OutputError:
     """The OutputError for an unreadable chunk ``key`` (relative to the store at ``store``), with the fix."""
     reason = " ".join(reason.split())
     return OutputError(
@@ -85,7 +88,7 @@ def corrupt_chunk_error(store: Path, key: str, reason: str) -> OutputError:
 
 
 def read_checked(
-    store: Path, arr: zarr.Array, grid: ArrayGrid, selection: Window | Sequence[slice], *, files_kept: bool
+    store: AnyPath, arr: zarr.Array, grid: ArrayGrid, selection: Window | Sequence[slice], *, files_kept: bool
 ) -> np.ndarray:
     """Read spatial ``selection`` (a window, or one slice per spatial axis, steps allowed) of ``arr``.
 
@@ -146,7 +149,7 @@ def stored_labels_digest(read: Callable[[Window], np.ndarray], window: Window, *
 
 
 # -- aligned writes ----------------------------------------------------------------------------------------
-def check_aligned(store: Path, grid: StoreGrid, window: Window) -> None:
+def check_aligned(store: AnyPath, grid: StoreGrid, window: Window) -> None:
     """Raise OutputError unless ``window`` lies in the output and covers whole write units of ``grid``."""
     unit, shape = grid.write_unit, grid.shape
     if window.ndim != len(shape) or not Window.from_shape(shape).contains(window):
@@ -160,7 +163,7 @@ def check_aligned(store: Path, grid: StoreGrid, window: Window) -> None:
 
 
 def write_window(
-    store: Path,
+    store: AnyPath,
     window: Window,
     labels: np.ndarray,
     probabilities: np.ndarray | None,

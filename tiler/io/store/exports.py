@@ -21,27 +21,36 @@ from pathlib import Path
 from typing import Any
 
 from tiler.io.atomic import content_digest, output_error, write_json_atomic
+from tiler.io.objects import AnyPath, ObjectPath, PathArg, as_path, lexists, resolved
 from tiler.io.store.layout import STATE_DIR, read_json, safe_key
 from tiler.io.store.records import read_record_files
 
 __all__ = ["ExportLedger", "IntentRecorder", "StoredExport", "cached_digest", "write_intent"]
 
-_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+_DIGESTS: dict[tuple[Any, ...], str] = {}
 
 
 def cached_digest(path: str) -> str:
     """:func:`~tiler.io.atomic.content_digest` of ``path``, computed once per process for a file's version.
 
     A file's version is its path, device, inode, size and modification and change times (the change time cannot
-    be set back by hand); a folder is digested every time.
+    be set back by hand), an object's its URL and ETag; a folder (or key prefix) is digested every time.
 
     Raises:
         OSError: ``path`` cannot be read.
     """
-    st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        return content_digest(path)
-    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    where = as_path(path)
+    key: tuple[Any, ...]
+    if isinstance(where, ObjectPath):
+        meta = where.head()
+        if meta is None:
+            return content_digest(where)
+        key = (str(where), meta.get("e_tag"), meta.get("size"))
+    else:
+        st = os.stat(where)
+        if stat.S_ISDIR(st.st_mode):
+            return content_digest(where)
+        key = (os.path.realpath(where), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     digest = _DIGESTS.get(key)
     if digest is None:
         if len(_DIGESTS) > 256:
@@ -55,20 +64,20 @@ def _writer() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
-def _intent_file(store: Path, final: str) -> Path:
+def _intent_file(store: AnyPath, final: str) -> AnyPath:
     """The intent record of the resolved path ``final``: its file-safe name, then a short hash of the whole path."""
     tag = hashlib.sha1(final.encode()).hexdigest()[:10]
-    return store / STATE_DIR / "intents" / f"{safe_key(Path(final).name)}-{tag}.json"
+    return store / STATE_DIR / "intents" / f"{safe_key(final.rstrip('/').rsplit('/', 1)[-1])}-{tag}.json"
 
 
-def write_intent(store: Path, path: str | os.PathLike[str], digest: str) -> None:
+def write_intent(store: AnyPath, path: PathArg, digest: str) -> None:
     """Record in the store at ``store`` that a file with ``digest`` is about to appear at ``path``.
 
     Call just before the complete temporary is moved onto ``path``; :meth:`ExportLedger.record` of that path
     removes the intent again. A job killed in between leaves the intent, by which a rerun knows the file as its
     own while its digest still matches.
     """
-    final = str(Path(path).resolve())
+    final = resolved(path)
     file = _intent_file(store, final)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +94,9 @@ class IntentRecorder:
     ``final`` (:func:`write_intent`), before the writer moves it into place.
     """
 
-    store: Path
+    store: AnyPath
 
-    def __call__(self, tmp: Path, final: Path) -> None:
+    def __call__(self, tmp: Path, final: AnyPath) -> None:
         """Record the intent for ``final`` with the digest of ``tmp``."""
         write_intent(self.store, final, content_digest(tmp))
 
@@ -130,20 +139,20 @@ class StoredExport:
 class ExportLedger:
     """The export records and intents of the store at ``path``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: AnyPath) -> None:
         self.path = path
 
     @property
-    def folder(self) -> Path:
+    def folder(self) -> AnyPath:
         """The folder of the export records."""
         return self.path / STATE_DIR / "exports"
 
     @property
-    def intents_folder(self) -> Path:
+    def intents_folder(self) -> AnyPath:
         """The folder of the export intents."""
         return self.path / STATE_DIR / "intents"
 
-    def record(self, name: str, path: str | os.PathLike[str], *, job_hash: str | None, settings: Any) -> None:
+    def record(self, name: str, path: PathArg, *, job_hash: str | None, settings: Any) -> None:
         """Record that export ``name`` is in place at ``path`` (atomic JSON under ``.tiler/exports/``).
 
         Args:
@@ -162,14 +171,14 @@ class ExportLedger:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise output_error(self.folder, exc, what="record exports in") from exc
-        final = str(Path(path).resolve())
+        final = resolved(path)
         payload: dict[str, Any] = {"key": name, "path": final, "time": time.time(), **_writer()}
         if job_hash is not None:
             payload["job_hash"] = job_hash
         if settings:
             payload["settings"] = dict(settings)
         digest = self._known_digest(name, final)
-        if digest is None and os.path.lexists(final):
+        if digest is None and lexists(final):
             try:
                 digest = cached_digest(final)
             except OSError:
@@ -193,7 +202,7 @@ class ExportLedger:
         stored = StoredExport.from_json(name, rec)
         return stored.digest if stored.path == final and not stored.replacing else None
 
-    def records(self, *, unreadable: list[tuple[Path, str]] | None = None) -> dict[str, dict[str, Any]]:
+    def records(self, *, unreadable: list[tuple[AnyPath, str]] | None = None) -> dict[str, dict[str, Any]]:
         """Every readable export record as stored, by export name (unreadable ones warned about or listed)."""
         return {str(rec.pop("key")): rec for rec in read_record_files(self.folder, "export", unreadable=unreadable)}
 
@@ -220,7 +229,7 @@ class ExportLedger:
         and a file whose digest differs from the record's (truncated or changed since: a rerun writes it again).
         Each file's digest is computed once per process and file version (:func:`cached_digest`).
         """
-        if rec is None or not rec.vouches() or rec.path is None or not os.path.lexists(rec.path):
+        if rec is None or not rec.vouches() or rec.path is None or not lexists(rec.path):
             return False
         try:
             return cached_digest(rec.path) == rec.digest
@@ -237,7 +246,7 @@ class ExportLedger:
         ok = isinstance(rec, dict) and rec.get("path") == final and isinstance(rec.get("digest"), str)
         return rec if ok else None
 
-    def intents(self, *, unreadable: list[tuple[Path, str]] | None = None) -> dict[str, dict[str, Any]]:
+    def intents(self, *, unreadable: list[tuple[AnyPath, str]] | None = None) -> dict[str, dict[str, Any]]:
         """Every readable intent by its final path (unreadable ones warned about or listed)."""
         return {
             str(rec["path"]): rec
@@ -250,18 +259,18 @@ class ExportLedger:
         for file in self.intents_folder.glob("*.json") if self.intents_folder.is_dir() else []:
             file.unlink(missing_ok=True)
 
-    def wrote(self, path: str | os.PathLike[str]) -> bool:
+    def wrote(self, path: PathArg) -> bool:
         """Whether the file (or folder) now at ``path`` is one the store's finishing wrote, so a rerun may replace it.
 
         Yes for a path an export record names (whatever its state), and for a path with an intent whose digest
         equals the content there now (a job killed between moving the file in and recording it). A file whose
         content differs from its intent was put there by someone else and is not the store's.
         """
-        real = os.path.realpath(path)
-        if any(r.path is not None and os.path.realpath(r.path) == real for r in self.typed().values()):
+        real = resolved(path)
+        if any(r.path is not None and resolved(r.path) == real for r in self.typed().values()):
             return True
-        intent = next((r for p, r in self.intents().items() if os.path.realpath(p) == real), None)
-        if intent is None or not os.path.lexists(real):
+        intent = next((r for p, r in self.intents().items() if resolved(p) == real), None)
+        if intent is None or not lexists(real):
             return False
         try:
             return content_digest(real) == intent["digest"]

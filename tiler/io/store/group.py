@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import zarr
@@ -24,6 +23,7 @@ import zarr
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition
 from tiler.io.atomic import write_json_atomic
+from tiler.io.objects import AnyPath, ObjectPath, PathArg, as_path, lexists, zarr_store
 from tiler.io.store.layout import (
     BLOCK_SHAPE,
     STATE_DIR,
@@ -41,7 +41,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-def group_attrs(path: Path) -> dict[str, Any] | None:
+def group_attrs(path: AnyPath) -> dict[str, Any] | None:
     """The attributes in the group ``zarr.json`` of the folder ``path``; None when it has no readable group."""
     try:
         meta = read_json(path / "zarr.json")
@@ -53,9 +53,9 @@ def group_attrs(path: Path) -> dict[str, Any] | None:
     return attrs if isinstance(attrs, dict) else None
 
 
-def is_tiler_store(path: str | os.PathLike[str]) -> bool:
+def is_tiler_store(path: PathArg) -> bool:
     """Whether ``path`` holds a tiler store, judged by its own metadata (one small JSON read, no zarr)."""
-    path = Path(path)
+    path = as_path(path)
     try:
         meta = read_json(path / "zarr.json")
     except (OSError, ValueError):
@@ -70,7 +70,7 @@ def is_tiler_store(path: str | os.PathLike[str]) -> bool:
     return "config_hash" in attrs and "tiler_version" in attrs and (path / "labels" / "zarr.json").is_file()
 
 
-def not_a_store(path: Path, detail: str = "") -> OutputError:
+def not_a_store(path: AnyPath, detail: str = "") -> OutputError:
     """The OutputError for a ``path`` that exists and is no (readable) tiler store, with the fix."""
     what = "is not a tiler output store" if not detail else f"is not a readable tiler output store ({detail})"
     return OutputError(
@@ -92,15 +92,15 @@ def holds_pixels_of(attrs: Mapping[str, Any], pixels_hash: str, job_hash: str | 
     return legacy is not None and str(legacy) in (pixels_hash, job_hash)
 
 
-def finished_job_hash(path: str | os.PathLike[str]) -> str | None:
+def finished_job_hash(path: PathArg) -> str | None:
     """The config hash of the job that finished the store at ``path``; None if it is not complete (or absent).
 
     Reads the group's and the labels' ``zarr.json`` and lists the block records' folder: a ``complete`` flag over
     a block with no record file (set by hand on a partial store) is not believed. A complete store from before the
     pixels/config split answers with its legacy ``config_hash``.
     """
-    attrs = group_attrs(Path(path))
-    if attrs is None or not attrs.get("complete", False) or not _every_block_listed(Path(path), attrs):
+    attrs = group_attrs(as_path(path))
+    if attrs is None or not attrs.get("complete", False) or not _every_block_listed(as_path(path), attrs):
         return None
     job = attrs.get("job_hash")
     if job is None and attrs.get("pixels_hash") is None:
@@ -108,14 +108,15 @@ def finished_job_hash(path: str | os.PathLike[str]) -> str | None:
     return str(job) if job is not None else None
 
 
-def _every_block_listed(path: Path, attrs: Mapping[str, Any]) -> bool:
+def _every_block_listed(path: AnyPath, attrs: Mapping[str, Any]) -> bool:
     """Whether every block of the store's partition has a record file (names only); True when it keeps none."""
     block = whole_numbers(attrs.get(BLOCK_SHAPE))
     if block is None:
         return True
     try:
         geometry = array_geometry(path / "labels" / "zarr.json")
-        names = set(os.listdir(path / STATE_DIR / "blocks"))
+        folder = path / STATE_DIR / "blocks"
+        names = {p.name for p in folder.iterdir()} if isinstance(folder, ObjectPath) else set(os.listdir(folder))
     except (OutputError, OSError):
         return False
     if geometry is None or len(geometry[0]) != len(block):
@@ -124,7 +125,7 @@ def _every_block_listed(path: Path, attrs: Mapping[str, Any]) -> bool:
     return all(f"{'_'.join(map(str, p))}.json" in names for p in partition.positions())
 
 
-def open_store_group(path: Path, mode: Literal["r", "r+"]) -> zarr.Group:
+def open_store_group(path: AnyPath, mode: Literal["r", "r+"]) -> zarr.Group:
     """The zarr group of the store at ``path``, its arrays opened from their own ``zarr.json`` (never the copy).
 
     Raises:
@@ -132,13 +133,14 @@ def open_store_group(path: Path, mode: Literal["r", "r+"]) -> zarr.Group:
             (:func:`~tiler.io.store.layout.check_store_metadata`, checked before zarr allocates anything).
 
     """
-    if not os.path.lexists(path):
+    if not lexists(path):
         raise OutputError(f"output store {path} does not exist; run the job that writes it first.")
     if not is_tiler_store(path):
         raise not_a_store(path)
     check_store_metadata(path)
     try:
-        group = zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
+        group = zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode, zarr_format=3,
+                                use_consolidated=False)
         if "labels" not in group:
             raise not_a_store(path, "no labels array")
     except OutputError:
@@ -148,7 +150,7 @@ def open_store_group(path: Path, mode: Literal["r", "r+"]) -> zarr.Group:
     return group
 
 
-def rewrite_attrs(path: Path, changes: Mapping[str, Any], *, remove: Sequence[str] = ()) -> None:
+def rewrite_attrs(path: AnyPath, changes: Mapping[str, Any], *, remove: Sequence[str] = ()) -> None:
     """Rewrite the group ``zarr.json`` of the store at ``path`` with ``changes`` set and ``remove`` dropped.
 
     Raises:
@@ -170,7 +172,7 @@ def rewrite_attrs(path: Path, changes: Mapping[str, Any], *, remove: Sequence[st
     write_json_atomic(meta_path, meta, indent=2)
 
 
-def resume_group(path: Path, pixels_hash: str, job_hash: str | None, block: Sequence[int] | None) -> None:
+def resume_group(path: AnyPath, pixels_hash: str, job_hash: str | None, block: Sequence[int] | None) -> None:
     """Take over the existing store at ``path`` for a job with ``pixels_hash``: its hashes and ``block_shape`` updated.
 
     A store from before the pixels/config split gets both hashes named; ``block`` (the job's partition) is kept as

@@ -20,10 +20,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +29,7 @@ import zarr
 
 from tiler.errors import OutputError
 from tiler.geometry import Window
+from tiler.io.objects import AnyPath, PathArg, as_path
 
 __all__ = [
     "BLOCK_SHAPE", "MAX_STORED_FILES", "MAX_UNIT_BYTES", "STATE_DIR", "STORE_FORMAT", "STORE_MARKER", "ArrayGrid",
@@ -61,7 +60,7 @@ def safe_key(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(key))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: AnyPath) -> Any:
     """The JSON value in the file at ``path``.
 
     Raises:
@@ -69,8 +68,7 @@ def read_json(path: Path) -> Any:
         ValueError: it is not JSON.
 
     """
-    with open(path, "rb") as f:
-        return json.loads(f.read())
+    return json.loads(path.read_bytes())
 
 
 def whole_numbers(value: Any) -> tuple[int, ...] | None:
@@ -184,7 +182,7 @@ class StoreGrid:
 
 
 # -- metadata a job can have written ------------------------------------------------------------------------
-def _bad_metadata(file: Path, field: str, value: Any, why: str) -> OutputError:
+def _bad_metadata(file: AnyPath, field: str, value: Any, why: str) -> OutputError:
     """The one-line OutputError for a metadata ``field`` of ``file`` holding ``value`` (shortened), with the fix."""
     shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
     return OutputError(
@@ -193,7 +191,7 @@ def _bad_metadata(file: Path, field: str, value: Any, why: str) -> OutputError:
     )
 
 
-def _check_sharding(file: Path, meta: Mapping[str, Any], unit: tuple[int, ...]) -> None:
+def _check_sharding(file: AnyPath, meta: Mapping[str, Any], unit: tuple[int, ...]) -> None:
     """Refuse inner chunks that do not divide the shard ``unit``, or that cut a shard into more than 2**20."""
     codecs = meta.get("codecs")
     for codec in codecs if isinstance(codecs, list) else []:
@@ -209,7 +207,7 @@ def _check_sharding(file: Path, meta: Mapping[str, Any], unit: tuple[int, ...]) 
                                     f"cuts each shard {list(unit)} into more than 2**20 chunks")
 
 
-def array_geometry(file: Path) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+def array_geometry(file: AnyPath) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """The shape and stored-file shape (the shard when sharded, else the chunk) an array's ``zarr.json`` declares.
 
     None when there is no such file (zarr names what is missing). What no real store declares is refused before
@@ -254,7 +252,7 @@ def array_geometry(file: Path) -> tuple[tuple[int, ...], tuple[int, ...]] | None
     return shape, unit
 
 
-def check_store_metadata(path: str | os.PathLike[str]) -> None:
+def check_store_metadata(path: PathArg) -> None:
     """Refuse a store whose metadata no job writes, before zarr or anything else reads its arrays.
 
     Checks the labels' and probabilities' ``zarr.json`` (see :func:`array_geometry`), that the probabilities are
@@ -266,7 +264,7 @@ def check_store_metadata(path: str | os.PathLike[str]) -> None:
         OutputError: one line naming the file, the field, its value and the fix.
 
     """
-    path = Path(path)
+    path = as_path(path)
     labels_file, probs_file = path / "labels" / "zarr.json", path / "probabilities" / "zarr.json"
     labels = array_geometry(labels_file)
     if labels is None:

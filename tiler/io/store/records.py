@@ -19,11 +19,11 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tiler.errors import GeometryError, TilerError
 from tiler.geometry import BlockPartition, Window
+from tiler.io.objects import AnyPath
 from tiler.io.store.layout import StoreGrid, read_json, safe_key
 
 __all__ = [
@@ -52,7 +52,7 @@ class StoreWarning(UserWarning):
         path: The file.
     """
 
-    def __init__(self, message: str, path: Path) -> None:
+    def __init__(self, message: str, path: AnyPath) -> None:
         super().__init__(message)
         self.path = path
 
@@ -259,7 +259,7 @@ def infer_block(
 
 
 def read_record_files(
-    folder: Path, kind: str, *, unreadable: list[tuple[Path, str]] | None = None
+    folder: AnyPath, kind: str, *, unreadable: list[tuple[AnyPath, str]] | None = None
 ) -> list[dict[str, Any]]:
     """The readable JSON records in ``folder``, each with its ``key`` (its file name when it keeps none).
 
@@ -270,7 +270,8 @@ def read_record_files(
     out: list[dict[str, Any]] = []
     if not folder.is_dir():
         return out
-    for file in sorted(folder.glob("*.json")):
+    files: list[AnyPath] = sorted(folder.glob("*.json"), key=str)
+    for file in files:
         if file.name.startswith("."):
             continue
         try:

@@ -12,9 +12,7 @@ attribute updates from several processes would race.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -24,6 +22,7 @@ from tiler.errors import OutputError
 from tiler.geometry import Window
 from tiler.io.base import Georef
 from tiler.io.lock import acquire_store_lock, check_not_locked, lock_path_for, release_store_lock
+from tiler.io.objects import AnyPath, PathArg, as_path, lexists, zarr_store
 from tiler.io.store.audit import BlockLedger
 from tiler.io.store.build import check_create_args, new_store
 from tiler.io.store.chunks import (
@@ -59,8 +58,8 @@ AnyRecord = Mapping[str, Any] | StoredBlock  # a block record as read (block_rec
 class OutputStore:
     """A zarr v3 output store; create it with :meth:`create`, re-open it with :meth:`open`."""
 
-    def __init__(self, path: str | os.PathLike[str], group: zarr.Group) -> None:
-        self.path = Path(path)
+    def __init__(self, path: PathArg, group: zarr.Group) -> None:
+        self.path = as_path(path)
         self.group = group
         self._digests: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {}
         self._grid: StoreGrid | None = None
@@ -71,7 +70,7 @@ class OutputStore:
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike[str],
+        path: PathArg,
         *,
         shape: Sequence[int],
         num_classes: int,
@@ -119,11 +118,11 @@ class OutputStore:
                 appeared at ``path`` while this one was being built.
 
         """
-        path = Path(path)
+        path = as_path(path)
         shape = tuple(int(n) for n in shape)
         chunks = tuple(int(c) for c in chunks)
         check_create_args(path, shape, chunks, block, probabilities)
-        replace = os.path.lexists(path)
+        replace = lexists(path)
         if replace:
             if not is_tiler_store(path):
                 raise not_a_store(path)
@@ -140,7 +139,7 @@ class OutputStore:
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mode: Literal["r", "r+"] = "r+") -> OutputStore:
+    def open(cls, path: PathArg, *, mode: Literal["r", "r+"] = "r+") -> OutputStore:
         """Open an existing store (``mode="r"`` for read-only consumers such as exports).
 
         Raises:
@@ -148,7 +147,7 @@ class OutputStore:
                 (:func:`~tiler.io.store.layout.check_store_metadata`).
 
         """
-        return cls(Path(path), open_store_group(Path(path), mode))
+        return cls(as_path(path), open_store_group(as_path(path), mode))
 
     # -- properties ------------------------------------------------------------------------------------
     def _attr(self, key: str, default: Any = None) -> Any:
@@ -264,7 +263,7 @@ class OutputStore:
     def _update_attrs(self, changes: Mapping[str, Any], *, remove: Sequence[str] = ()) -> None:
         """Rewrite the group's zarr.json with ``changes`` set and ``remove`` dropped: one atomic, fsynced replace."""
         rewrite_attrs(self.path, changes, remove=remove)
-        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3, use_consolidated=False)
+        self.group = zarr.open_group(zarr_store(self.path), mode="r+", zarr_format=3, use_consolidated=False)
 
     # -- chunks (:mod:`tiler.io.store.chunks`) ---------------------------------------------------------
     def chunk_keys(self, window: Window, *, array: str = "labels") -> list[str]:
@@ -368,7 +367,7 @@ class OutputStore:
         """The window a block record covers (its ``start``/``stop``), or None when it names none."""
         return window_of(record)
 
-    def block_record_file(self, key: str) -> Path:
+    def block_record_file(self, key: str) -> AnyPath:
         """The file of block ``key``'s record (its file-safe name under ``.tiler/blocks/``)."""
         return self.blocks.file(key)
 
@@ -421,7 +420,7 @@ class OutputStore:
         if not keys:
             return 0
         self.clear_complete()
-        broken: list[tuple[Path, str]] = []
+        broken: list[tuple[AnyPath, str]] = []
         exports = self.exports.records(unreadable=broken)
         self.retire_exports(list(exports))
         for file, _ in broken:
@@ -436,13 +435,13 @@ class OutputStore:
         return ExportLedger(self.path)
 
     def record_export(
-        self, name: str, path: str | os.PathLike[str], *, job_hash: str | None = None,
+        self, name: str, path: PathArg, *, job_hash: str | None = None,
         settings: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
         """Record that export ``name`` is in place at ``path``, with its digest (:meth:`ExportLedger.record`)."""
         self.exports.record(name, path, job_hash=job_hash, settings=settings)
 
-    def record_export_intent(self, path: str | os.PathLike[str], digest: str) -> None:
+    def record_export_intent(self, path: PathArg, digest: str) -> None:
         """Record that a file with ``digest`` is about to appear at ``path`` (:func:`.exports.write_intent`)."""
         write_intent(self.path, path, digest)
 
@@ -457,7 +456,7 @@ class OutputStore:
         """Every readable export intent, by its final path (resolved); unreadable ones are skipped with a warning."""
         return self.exports.intents()
 
-    def wrote(self, path: str | os.PathLike[str]) -> bool:
+    def wrote(self, path: PathArg) -> bool:
         """Whether the file now at ``path`` is one this store's finishing wrote (:meth:`ExportLedger.wrote`)."""
         return self.exports.wrote(path)
 
@@ -527,7 +526,7 @@ class OutputStore:
 
     # -- job lock --------------------------------------------------------------------------------------
     @property
-    def lock_path(self) -> Path:
+    def lock_path(self) -> AnyPath:
         """The lock file, beside the store: ``<parent>/.<name>.lock``."""
         return lock_path_for(self.path)
 
