@@ -25,6 +25,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -41,6 +42,15 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
 LOW_SPACE = 64 * 2**20
 _READ_SIZE = 2**20
+
+_OBJECT_CAUSES = (
+    (r"NoSuchBucket|bucket does not exist|ContainerNotFound", "the bucket does not exist (HTTP 404, NoSuchBucket)"),
+    (r"SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied|Access Denied|ExpiredToken|403",
+     "the server refused the credentials (HTTP 403)"),
+    (r"connection refused|dns error|failed to lookup|error sending request|timed out",
+     "the storage server cannot be reached"),
+)
+"""What a storage failure writing an object means, by a pattern of the server's or obstore's message."""
 
 BeforeMove = Callable[[Path, AnyPath], None]
 """Called as ``before_move(temporary, final)`` once a write is complete and fsynced, just before the move."""
@@ -77,10 +87,11 @@ def output_error(path: PathArg, exc: BaseException, *, what: str = "write") -> O
     """
     text = " ".join(str(exc).split())  # one line, whatever GDAL or the OS said
     if isinstance(path, ObjectPath):
+        cause = next((c for pattern, c in _OBJECT_CAUSES if re.search(pattern, text, re.IGNORECASE)), text[:300])
         return OutputError(
-            f"cannot {what} {path}: {text}; fix: check that the bucket exists and that the credentials and endpoint "
-            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL...) in the environment of every process "
-            "that writes it allow writing there."
+            f"cannot {what} {path}: {cause}; fix: check the bucket name, and the credentials and endpoint "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, "
+            "AZURE_STORAGE_*) in the environment of every process that writes it (the driver and every Ray worker)."
         )
     code = exc.errno if isinstance(exc, OSError) else None  # GDAL errors carry CPL numbers, not errno
     free, total = _free_bytes(Path(path).parent)

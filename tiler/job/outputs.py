@@ -9,6 +9,7 @@ from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError
 from tiler.exports import REGISTRY as EXPORTS
 from tiler.exports.base import REPORT_FILES
+from tiler.io.atomic import output_error
 from tiler.io.objects import AnyPath, PathArg, as_path, lexists, resolved
 from tiler.paths import is_object_url, local_realpath
 
@@ -70,6 +71,11 @@ def check_output_paths(cfg: JobConfig) -> None:
     from tiler.io.lock import check_not_locked
     from tiler.io.store import OutputStore
 
+    if is_object_url(cfg.output.path):
+        try:
+            as_path(cfg.output.path).parent.is_dir()  # one listing: the bucket exists and these credentials read it
+        except OSError as exc:
+            raise output_error(as_path(cfg.output.path), exc, what="reach the output") from exc
     check_not_locked(cfg.output.path)  # a live job's files are its own business: name it before any of them
     if RAY_WORKING_COPY in os.path.realpath(cfg.output.path):
         raise ConfigError(
