@@ -478,3 +478,71 @@ def test_an_output_in_a_bucket_that_does_not_exist_is_refused_in_one_line_naming
     assert f"s3://{missing}" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
     assert keys_under(s3_bucket) == []  # nothing went to the bucket the environment can reach either
+
+
+# ---------------------------------------------------------------------------------------------------
+# an archive whose root is a bucket
+
+
+def write_archive(root: Path, scene: Scene, *, bucket: S3Bucket, ledger: Path | None) -> Path:
+    """Two inputs ``a.tif`` and ``b.tif`` (the scene twice) into ``s3://<bucket>/nightly``, COG and STAC Items."""
+    scenes = root / "scenes"
+    scenes.mkdir(parents=True, exist_ok=True)
+    for stem in ("a", "b"):
+        (scenes / f"{stem}.tif").write_bytes(scene.image.read_bytes())
+    data: dict[str, Any] = {
+        "archive": {"root": f"s3://{bucket.name}/nightly", **({"ledger": str(ledger)} if ledger else {})},
+        "input": {"path": str(scenes / "*.tif")},
+        "model": {"weights": str(scene.model), "batch_size": 4, "threads": 1},
+        "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
+        "engine": {"actors": 1},
+        "output": {"chunks": [32, 32], "exports": ["cog", "stac"]},
+    }
+    path = root / "archive.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_an_archive_into_a_bucket_writes_every_store_item_collection_and_report_there_and_skips_them_on_rerun(
+    s3_bucket: S3Bucket,  # noqa: F811
+    scene: Scene,
+    reference: Reference,
+    tmp_path: Path,
+) -> None:
+    ledger = tmp_path / "state" / "nightly.sqlite"
+    config = write_archive(tmp_path, scene, bucket=s3_bucket, ledger=ledger)
+    first = run_tiler("--quiet", "archive", str(config))
+    assert first.returncode == 0, first.stderr[-3000:]
+    keys = keys_under(s3_bucket, "nightly/")
+    for stem in ("a", "b"):
+        assert f"nightly/{stem}/{stem}.zarr/zarr.json" in keys and f"nightly/{stem}/{stem}.cog.tif" in keys
+        group = zarr.open_group(str(download(s3_bucket, f"nightly/{stem}/{stem}.zarr", tmp_path / stem)), mode="r")
+        assert group.attrs["complete"] is True
+        np.testing.assert_array_equal(np.asarray(group["labels"][...]), reference.labels)
+    collection = json.loads(get_bytes(s3_bucket, "nightly/collection.json"))
+    items = sorted(link["href"] for link in collection["links"] if link["rel"] == "item")
+    assert items == ["./a/a.stac.json", "./b/b.stac.json"]
+    assert "nightly/latest.json" in keys and ledger.is_file()
+    assert not [k for k in keys if k.endswith(".sqlite")], "the ledger must stay local"
+    assert temporaries(s3_bucket) == []
+    before = {k: get_bytes(s3_bucket, k) for k in keys if "/labels/" in k}
+    again = run_tiler("--quiet", "archive", str(config))
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads(get_bytes(s3_bucket, "nightly/latest.json"))
+    assert sorted(item["status"] for item in report["items"]) == ["skipped", "skipped"], report["items"]
+    assert {k: get_bytes(s3_bucket, k) for k in keys if "/labels/" in k} == before
+
+
+def test_an_archive_root_in_a_bucket_without_a_local_ledger_is_refused_in_one_line_naming_archive_ledger(
+    s3_bucket: S3Bucket,  # noqa: F811
+    scene: Scene,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_archive(tmp_path, scene, bucket=s3_bucket, ledger=None)
+    code = cli_main(["--quiet", "archive", str(config)])
+    err = capsys.readouterr().err
+    assert code != 0
+    lines = problem_lines(err.strip())
+    assert len(lines) == 1 and "archive.ledger" in lines[0] and f"s3://{s3_bucket.name}/nightly" in lines[0], err
+    assert keys_under(s3_bucket) == []

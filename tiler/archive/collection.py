@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tiler.errors import ConfigError, TilerError
+from tiler.io.objects import AnyPath, ObjectPath, as_path, relpath
 from tiler.io.stac_item import item_input_path
 from tiler.paths import is_remote
 from tiler.redact import redact
@@ -173,25 +174,25 @@ def stac_inputs(
     return list(dict.fromkeys(found))
 
 
-def _linked_items(root: Path, item_files: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+def _linked_items(root: AnyPath, item_files: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
     """``(href relative to the root, Item as a dict)`` of each Item file that exists, each once, in a stable order."""
     out: dict[str, dict[str, Any]] = {}
     for file in item_files:
-        path = Path(file)
-        if not path.is_absolute() or not path.is_file():
+        path = as_path(file)
+        if isinstance(path, Path) and not path.is_absolute():
             continue
-        rel = "./" + Path(os.path.relpath(path, root)).as_posix()
-        if rel in out or rel.startswith("./../"):
+        rel = "./" + relpath(path, root)
+        if rel in out or rel.startswith("./../") or "://" in rel:
             continue
         try:
-            out[rel] = json.loads(path.read_text(encoding="utf-8"))
+            out[rel] = json.loads(path.read_bytes())
         except (OSError, ValueError):
             continue  # a damaged Item is not linked; its input's next run writes it again
     return sorted(out.items())
 
 
 def build_collection(
-    root: Path, item_files: Iterable[str], *, collection_id: str, source: str
+    root: AnyPath, item_files: Iterable[str], *, collection_id: str, source: str
 ) -> dict[str, Any] | None:
     """The Collection (as a dict) linking the Items ``item_files`` from ``root``; None when none exists.
 
@@ -225,7 +226,7 @@ def build_collection(
     return collection.to_dict(include_self_link=False, transform_hrefs=False)
 
 
-def collection_id(root: Path) -> str:
+def collection_id(root: AnyPath) -> str:
     """The Collection's id: the archive root's folder name, as a plain name.
 
     >>> collection_id(Path("/out/nightly s2"))
@@ -234,11 +235,12 @@ def collection_id(root: Path) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "-", root.name).strip("-") or "tiler-archive"
 
 
-def write_collection(root: Path, item_files: Iterable[str], *, source: str) -> Path | None:
+def write_collection(root: AnyPath, item_files: Iterable[str], *, source: str) -> AnyPath | None:
     """Write ``<root>/collection.json`` atomically (:func:`build_collection`); None, writing nothing, without Items."""
     from tiler.io.atomic import write_bytes_atomic
 
-    root = Path(os.path.abspath(root))
+    where = as_path(root)
+    root = where if isinstance(where, ObjectPath) else Path(os.path.abspath(where))
     payload = build_collection(root, item_files, collection_id=collection_id(root), source=source)
     if payload is None:
         return None

@@ -17,12 +17,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from tiler.archive.collection import check_stac_section, parse_interval, stac_inputs
+from tiler.archive.ledger import LEDGER_NAME
 from tiler.config.loading import parse_config
 from tiler.config.overrides import apply_overrides
 from tiler.config.schema import JobConfig
 from tiler.errors import ConfigError
+from tiler.io.objects import AnyPath, ObjectPath, as_path
 from tiler.io.stac_item import local_href, split_item_path
-from tiler.paths import is_remote
+from tiler.paths import is_object_url, is_remote
 from tiler.yamlsafe import load_yaml
 
 _TRUTH_FIELDS = ("stem", "name")
@@ -34,6 +36,8 @@ class ArchiveSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     root: Annotated[str, Strict(), Field(min_length=1)]
+    # the run ledger (SQLite): <root>/ledger.sqlite by default; required for a root in object storage
+    ledger: Annotated[str, Strict(), Field(min_length=1)] | None = None
     manifest: Annotated[str, Strict(), Field(min_length=1)] | None = None
     missing_truth: Literal["fail", "unscored"] = "fail"
     busy_timeout_s: Annotated[float, Field(gt=0)] = 60.0
@@ -47,11 +51,22 @@ class ArchiveSection(BaseModel):
 
     @field_validator("root")
     @classmethod
-    def _local_root(cls, value: str) -> str:
-        if is_remote(value):  # Path("s3://b/out") would be a local folder named "s3:"
+    def _writable_root(cls, value: str) -> str:
+        if is_remote(value) and not is_object_url(value):  # Path("https://h/out") would be a local folder "https:"
             raise ValueError(
-                f"{value} is object storage or a URL, where tiler cannot write its stores and ledger yet; fix: "
-                "give a local or shared POSIX folder (NFS, a mounted bucket), and copy the outputs there after the run"
+                f"{value} is a URL or GDAL path tiler cannot write to (http(s) and /vsi paths are read-only); fix: "
+                "give a local or shared folder, or object storage as s3://bucket/prefix, gs://... or az://..."
+            )
+        return value
+
+    @field_validator("ledger")
+    @classmethod
+    def _local_ledger(cls, value: str | None) -> str | None:
+        if value is not None and is_remote(value):
+            raise ValueError(
+                f"{value} is not a local file: the ledger is a SQLite database, which object storage cannot hold "
+                "(no locks, no in-place writes); fix: give a file on the machine that runs the archive, or on a "
+                "shared POSIX folder, e.g. ledger: /var/lib/tiler/nightly.sqlite"
             )
         return value
 
@@ -79,6 +94,7 @@ class ArchiveSection(BaseModel):
 
 _SECTION_FIXES = {
     "root": "set archive.root to the output folder, e.g. root: ../out/nightly",
+    "ledger": "set archive.ledger to a local file, e.g. ledger: /var/lib/tiler/nightly.sqlite, or null",
     "manifest": "set archive.manifest to a text file with one input path per line, or null",
     "missing_truth": "use fail or unscored",
     "busy_timeout_s": "use a positive number of seconds, e.g. 60",
@@ -129,9 +145,17 @@ class ArchiveConfig:
     template: Mapping[str, Any]
 
     @property
-    def root(self) -> Path:
-        """The output root."""
-        return Path(self.archive.root)
+    def root(self) -> AnyPath:
+        """The output root: a folder, or a prefix in a bucket."""
+        return as_path(self.archive.root)
+
+    @property
+    def ledger_path(self) -> Path:
+        """The run ledger: ``archive.ledger``, else ``<root>/ledger.sqlite``."""
+        if self.archive.ledger is not None:
+            return Path(self.archive.ledger)
+        assert isinstance(self.root, Path), "a bucket root is refused without archive.ledger"
+        return self.root / LEDGER_NAME
 
     @property
     def truth_pattern(self) -> str | None:
@@ -149,8 +173,12 @@ class ArchiveConfig:
         """
         stem = input_stem(input_path)
         bad = stem in ("", ".", "..") or any(c in stem for c in ("/", "\\", "\0"))
-        store = os.path.abspath(os.path.join(self.root, stem, f"{stem}.zarr"))
-        if bad or os.path.dirname(os.path.dirname(store)) != os.path.abspath(self.root):
+        if isinstance(self.root, ObjectPath):
+            store, outside = str(self.root / stem / f"{stem}.zarr"), False
+        else:
+            store = os.path.abspath(os.path.join(self.root, stem, f"{stem}.zarr"))
+            outside = os.path.dirname(os.path.dirname(store)) != os.path.abspath(self.root)
+        if bad or outside:
             if split_item_path(input_path)[1] is not None:
                 raise ConfigError(
                     f"{input_path}: its STAC item id {stem!r} is not a plain file name, so its store would not lie "
@@ -210,8 +238,9 @@ class ArchiveConfig:
             pattern = str(self.template["input"]["path"])
             found = sorted(unique(os.path.abspath(p) for p in expand_glob(pattern)))
             where = f"input.path {pattern!r}"
-        root = os.path.abspath(self.root)
-        found = [p for p in found if os.path.commonpath([root, _file_of(p)]) != root]
+        if not isinstance(self.root, ObjectPath):  # outputs under the root are never inputs
+            root = os.path.abspath(self.root)
+            found = [p for p in found if os.path.commonpath([root, _file_of(p)]) != root]
         truths = {self.truth_path(p) for p in found} - {None}
         inputs = [p for p in found if p not in truths]
         if not inputs:
@@ -434,7 +463,7 @@ def _parse_value(text: str, key: str, source: str) -> Any:
         ) from None
 
 
-_PATH_KEYS = ("root", "manifest", "stac")
+_PATH_KEYS = ("root", "ledger", "manifest", "stac")
 """Archive keys holding a path, resolved against the config file's folder (``--set``: the current folder)."""
 
 
@@ -505,6 +534,12 @@ def _validated(source: str, archive: ArchiveSection, data: dict[str, Any]) -> Ar
             f"{source}: output.path: is set by the archive to <archive.root>/<stem>/<stem>.zarr "
             f"(got {json.dumps(output['path'])}); fix: remove output.path and set archive.root"
         )
+    if is_object_url(archive.root) and archive.ledger is None:
+        raise ConfigError(
+            f"{source}: archive.ledger: is needed for archive.root {archive.root} in object storage, where the "
+            "ledger (a SQLite database) cannot live; fix: set archive.ledger to a local file, e.g. "
+            "--set archive.ledger=/var/lib/tiler/nightly.sqlite"
+        )
     given = (data.get("input") or {}).get("path") if isinstance(data.get("input"), dict) else None
     if archive.stac is not None:
         check_stac_section(source, archive, given, data)
@@ -528,7 +563,7 @@ def _validated(source: str, archive: ArchiveSection, data: dict[str, Any]) -> Ar
     probe["input"] = {**(probe.get("input") or {}), "path": given or "<manifest entry>"}
     if archive.stac is not None:
         probe["input"] = {**probe["input"], "path": "<stac item>.json#<item id>", "assets": list(archive.assets or ())}
-    probe["output"] = {**(probe.get("output") or {}), "path": str(Path(archive.root) / "x" / "x.zarr")}
+    probe["output"] = {**(probe.get("output") or {}), "path": str(as_path(archive.root) / "x" / "x.zarr")}
     if isinstance(probe.get("scoring"), dict) and probe["scoring"].get("truth") is not None:
         probe["scoring"]["truth"] = "<truth>"
     parse_config(probe, source=source)  # every template problem, before any input runs

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from tiler.errors import OutputError
+from tiler.io.atomic import write_bytes_atomic
+from tiler.io.objects import AnyPath
 from tiler.jsonsafe import json_safe
 
 Status = Literal["done", "skipped", "failed", "interrupted"]
@@ -174,7 +174,7 @@ class ArchiveReport:
             lines += ["| " + " | ".join(_cell(i, col) for col in columns) + " |" for i in items]
         return "\n".join(lines) + "\n"
 
-    def write(self, root: Path) -> list[str]:
+    def write(self, root: AnyPath) -> list[str]:
         """Write ``report-<time>.json/.md`` and ``latest.json/.md`` into ``root``; return the paths.
 
         Raises:
@@ -186,14 +186,12 @@ class ArchiveReport:
         for ext, text in texts.items():
             for name in (f"report-{stamp}.{ext}", f"latest.{ext}"):
                 path = root / name
-                tmp = root / f".{name}.{os.getpid()}.tmp"
                 try:
-                    tmp.write_text(text, encoding="utf-8")
-                    os.replace(tmp, path)
-                except OSError as exc:
+                    write_bytes_atomic(path, text.encode("utf-8"))
+                except OutputError as exc:
                     raise OutputError(
                         f"{path}: the archive report cannot be written ({exc}); fix: make archive.root {root} a "
-                        "writable folder"
+                        "writable folder or bucket prefix"
                     ) from None
                 files.append(str(path))
         self.files = files

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from tiler.archive.collection import write_collection
 from tiler.archive.config import ArchiveConfig, input_stem, shared_stems
 from tiler.archive.fingerprint import fingerprint, item_fingerprint, missing_fingerprint
-from tiler.archive.ledger import LEDGER_NAME, Ledger, now
+from tiler.archive.ledger import Ledger, now
 from tiler.archive.progress import ArchiveProgress
 from tiler.archive.report import ArchiveItem, ArchiveReport, timings_of
 from tiler.config.identity import config_hash, pixels_hash
@@ -250,7 +250,7 @@ def run_archive(
     report = ArchiveReport(config=archive.source, root=str(archive.root), engine=engine, started_at=now())
     inputs = archive.inputs()
     ledger = Ledger(
-        archive.root / LEDGER_NAME,
+        archive.ledger_path,
         busy_timeout_s=archive.archive.busy_timeout_s,
         stale_after_hours=archive.archive.stale_after_hours,
     )
