@@ -546,3 +546,33 @@ def test_an_archive_root_in_a_bucket_without_a_local_ledger_is_refused_in_one_li
     lines = problem_lines(err.strip())
     assert len(lines) == 1 and "archive.ledger" in lines[0] and f"s3://{s3_bucket.name}/nightly" in lines[0], err
     assert keys_under(s3_bucket) == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# model weights read from a bucket
+
+
+def test_model_weights_in_a_bucket_are_read_through_a_local_cache_and_give_the_local_models_labels_and_hash(
+    s3_bucket: S3Bucket,  # noqa: F811
+    scene: Scene,
+    reference: Reference,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tiler.config import pixels_hash
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TILER_CACHE_DIR", str(cache))
+    s3_bucket.upload(scene.model, "models/model.pt")
+    config = write_job(tmp_path / "job", scene, output=str(tmp_path / "out" / "scene.zarr"))
+    data = yaml.safe_load(config.read_text())
+    data["model"]["weights"] = f"s3://{s3_bucket.name}/models/model.pt"
+    config.write_text(yaml.safe_dump(data))
+    done = run_tiler("--quiet", "run", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    group: Any = zarr.open_group(str(tmp_path / "out" / "scene.zarr"), mode="r")
+    np.testing.assert_array_equal(np.asarray(group["labels"][...]), reference.labels)
+    copies = sorted(p for p in (cache / "models").rglob("*") if p.is_file())
+    assert [p.read_bytes() for p in copies] == [scene.model.read_bytes()], copies
+    local = write_job(tmp_path / "local", scene, output=str(tmp_path / "out" / "scene.zarr"))
+    assert group.attrs["pixels_hash"] == pixels_hash(load_config(local)), "a bucket model must hash as its content"

@@ -710,8 +710,8 @@ def test_example_config_loads_and_names_every_key() -> None:
     [
         ("output.path", "/vsis3/bucket/out.zarr"),
         ("output.path", "https://host/out.zarr"),
-        ("model.weights", "s3://bucket/model.pt"),
-        ("model.weights", "gs://bucket/model.pt"),
+        ("model.weights", "https://host/model.pt"),
+        ("model.weights", "/vsis3/bucket/model.pt"),
     ],
 )
 def test_a_url_tiler_cannot_write_or_load_from_is_one_line_and_creates_nothing(

@@ -71,12 +71,13 @@ def complete(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recorded(model: Mapping[str, Any], ndim: int | None) -> dict[str, Any] | None:
+    from tiler.model.fetch import local_weights
     from tiler.model.sources.tiling import recorded_tiling
 
     nnunet = model.get("nnunet")
     try:
         return recorded_tiling(
-            model["weights"], format=str(model.get("format", "auto")), ndim=ndim,
+            local_weights(model["weights"]), format=str(model.get("format", "auto")), ndim=ndim,
             nnunet=nnunet if isinstance(nnunet, Mapping) else None,
         )
     except (TilerError, OSError, ValueError, TypeError):

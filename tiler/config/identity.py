@@ -74,7 +74,7 @@ from typing import Any
 
 from tiler.config.schema import JobConfig, ModelConfig
 from tiler.exports import REGISTRY as EXPORTS
-from tiler.paths import is_remote
+from tiler.paths import is_object_url, is_remote
 
 __all__ = ["config_hash", "export_settings", "pixels_hash", "weights_identity"]
 
@@ -168,6 +168,10 @@ def weights_identity(model: ModelConfig) -> dict[str, Any]:
 
     See the module docstring. A single file without external data keeps the identity it always had.
     """
+    if is_object_url(model.weights):  # the cached copy's content, as for the same file on disk
+        from tiler.model.fetch import local_weights
+
+        model = model.model_copy(update={"weights": local_weights(model.weights)})
     if is_remote(model.weights):
         return {"path": model.weights}
     from tiler.model.sources.manifest import model_files

@@ -14,7 +14,7 @@ from pydantic import Field, Strict, model_validator
 from tiler.config.fields import Bool, Float, Int, NonNegInt, PosInt, Str
 from tiler.config.problems import Problem, Problems, raise_if
 from tiler.config.sections import _Section
-from tiler.paths import is_remote
+from tiler.paths import is_object_url, is_remote
 
 __all__ = [
     "ModelConfig",
@@ -197,13 +197,13 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         problems: list[Problem] = []
-        if is_remote(self.weights):
+        if is_remote(self.weights) and not is_object_url(self.weights):
             problems.append(
                 (
                     "weights",
                     self.weights,
-                    "is object storage or a URL, from where tiler does not load models yet",
-                    "copy the model to a local or shared path first (e.g. aws s3 cp, or bake it into the image)",
+                    "is a URL or GDAL path tiler does not load models from (object storage is read: s3://, gs://, az://)",
+                    "copy the model to a local path or a bucket first (or bake it into the image)",
                 )
             )
         if self.format in ("state_dict", "torchscript") and self.spec is None:

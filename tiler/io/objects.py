@@ -280,16 +280,21 @@ class ObjectPath:
         files = [o["path"].rsplit("/", 1)[-1] for o in listing["objects"]]
         return folders, files
 
-    def walk_keys(self) -> list[str]:
-        """Every key below this prefix, relative to it (``labels/c/0/0``), sorted."""
+    def walk(self) -> list[tuple[str, str]]:
+        """``(key relative to this prefix, ETag)`` of every object below it (``labels/c/0/0``), sorted."""
         import obstore
 
         prefix = f"{self.key}/" if self.key else ""
         try:
-            keys = [o["path"] for batch in obstore.list(self.store, prefix or None) for o in batch]
+            listing = obstore.list(self.store, prefix or None)
+            found = [(o["path"], str(o.get("e_tag"))) for batch in listing for o in batch]
         except Exception as exc:
             raise _os_error(str(self), exc) from exc
-        return sorted(k[len(prefix) :] for k in keys if k.startswith(prefix))
+        return sorted((k[len(prefix) :], tag) for k, tag in found if k.startswith(prefix))
+
+    def walk_keys(self) -> list[str]:
+        """Every key below this prefix, relative to it, sorted."""
+        return [key for key, _ in self.walk()]
 
     def iterdir(self) -> Iterator[ObjectPath]:
         """The keys and prefixes right below this prefix."""

@@ -60,12 +60,14 @@ def model_ref(cfg: JobConfig) -> ModelRef:
         load["class_colors"] = [list(c) for c in m.class_colors]
     if m.onnx is not None:
         load["onnx"] = m.onnx.model_dump(mode="json", exclude_none=True)
+    from tiler.model.fetch import local_weights
     from tiler.model.sources.detect import is_nnunet_folder  # imports torch and MONAI: only when a job plans
 
-    if m.format == "nnunet" or m.nnunet is not None or (m.format == "auto" and is_nnunet_folder(Path(m.weights))):
+    local = local_weights(m.weights)  # a model in a bucket: this process's cached copy
+    if m.format == "nnunet" or m.nnunet is not None or (m.format == "auto" and is_nnunet_folder(Path(local))):
         from tiler.model.sources.nnunet import job_options  # the input checked against the folder, its statistics
 
-        load["nnunet"] = job_options(m.weights, settings=m.nnunet.model_dump(mode="json") if m.nnunet else None,
+        load["nnunet"] = job_options(local, settings=m.nnunet.model_dump(mode="json") if m.nnunet else None,
                                      tiling=cfg.tiling.model_dump(mode="json"), tta_flips=m.tta_flips,
                                      probabilities=cfg.output.probabilities, input=reader_ref(cfg),
                                      region=cfg.input.region or "auto")  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tiler.errors import ModelError
+from tiler.model.fetch import local_weights
 from tiler.model.loaded import LoadedModel, Opener
 from tiler.model.normalize import Normalization
 from tiler.model.sources.bundle import open_bundle
@@ -77,7 +78,7 @@ def load_model(
     """
     if format not in FORMATS:
         raise ModelError(f"checkpoint format={format!r} is unknown; choose one of {list(FORMATS)}.")
-    p = Path(path)
+    p = Path(local_weights(str(path)))  # a model in a bucket: this process's cached copy
     name = resolve_source(p, format)
     if isinstance(spec, Mapping):
         spec = ModelSpec.from_dict(spec)
