@@ -740,15 +740,24 @@ def test_an_output_in_object_storage_is_taken_as_its_url(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_archive_root_in_object_storage_is_one_line_and_creates_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("root", "match"),
+    [
+        pytest.param("s3://bucket/nightly", r"archive.ledger: is needed for archive.root s3://bucket/nightly.*fix: set "
+                     r"archive.ledger", id="bucket-without-ledger"),
+        pytest.param("https://host/nightly", r"archive.root: https://host/nightly is a URL or GDAL path tiler cannot "
+                     r"write to.*fix: give", id="https"),
+    ],
+)
+def test_an_archive_root_tiler_cannot_use_is_one_line_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: str, match: str
 ) -> None:
     from tiler.archive import load_archive
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "archive.yaml").write_text(
-        "archive: {root: 's3://bucket/nightly'}\ninput: {path: 'scenes/*.tif'}\nmodel: {weights: m.pt}\n"
+        f"archive: {{root: '{root}'}}\ninput: {{path: 'scenes/*.tif'}}\nmodel: {{weights: m.pt}}\n"
     )
-    with pytest.raises(ConfigError, match=r"archive.root: s3://bucket/nightly is object storage or a URL.*fix: give"):
+    with pytest.raises(ConfigError, match=match):
         load_archive(tmp_path / "archive.yaml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.yaml"]
