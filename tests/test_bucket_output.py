@@ -576,3 +576,21 @@ def test_model_weights_in_a_bucket_are_read_through_a_local_cache_and_give_the_l
     assert [p.read_bytes() for p in copies] == [scene.model.read_bytes()], copies
     local = write_job(tmp_path / "local", scene, output=str(tmp_path / "out" / "scene.zarr"))
     assert group.attrs["pixels_hash"] == pixels_hash(load_config(local)), "a bucket model must hash as its content"
+
+
+def test_a_store_creation_killed_mid_upload_is_cleared_by_the_next_one_but_an_object_tiler_did_not_write_is_refused(
+    s3_bucket: S3Bucket,  # noqa: F811
+) -> None:
+    from tiler.errors import OutputError
+    from tiler.io.store import OutputStore
+
+    client = s3_bucket.server.client()
+    args: dict[str, Any] = {"shape": (64, 64), "num_classes": 3, "chunks": (32, 32), "pixels_hash": "p1"}
+    client.put_object(Bucket=s3_bucket.name, Key=f"{STORE_KEY}/labels/zarr.json", Body=b"{}")  # no group: killed
+    store = OutputStore.create(f"s3://{s3_bucket.name}/{STORE_KEY}", **args)
+    assert store.complete is False and store.shape == (64, 64)
+    assert f"{STORE_KEY}/zarr.json" in keys_under(s3_bucket, STORE_KEY)
+    client.put_object(Bucket=s3_bucket.name, Key="mine.zarr/notes.txt", Body=b"a user's file")
+    with pytest.raises(OutputError, match="not a tiler output store"):
+        OutputStore.create(f"s3://{s3_bucket.name}/mine.zarr", **args)
+    assert keys_under(s3_bucket, "mine.zarr") == ["mine.zarr/notes.txt"]

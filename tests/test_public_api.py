@@ -48,7 +48,7 @@ def test_public_names_are_the_library_objects() -> None:
 
 DOCUMENTED = [
     "tiler.geometry", "tiler.blend", "tiler.stitch", "tiler.paths", "tiler.palette", "tiler.jsonsafe",
-    "tiler.errors", "tiler.io.base", "tiler.engine.plan", "tiler.label_rules",
+    "tiler.errors", "tiler.io.base", "tiler.engine.plan", "tiler.label_rules", "tiler.io.objects", "tiler.job.outputs",
 ]  # fmt: skip
 
 

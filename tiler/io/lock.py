@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -140,8 +141,11 @@ def _start_heartbeat(lock: ObjectPath, payload: dict[str, Any], tag: str) -> Non
                 renewed = lock.swap(json.dumps(record).encode(), tag)
             except OSError:
                 continue  # the store is unreachable for now: try again at the next beat
-            if renewed is None:
-                return  # taken over (this job was thought dead): its next write of the store is the new holder's
+            if renewed is None:  # taken over: this job was thought dead (no heartbeat for LOCK_TTL_S)
+                logging.getLogger(__name__).warning(
+                    "tiler: the lock %s was taken over by another job; this job's writes to that output now race "
+                    "with it: stop one of them and rerun", lock)
+                return
             tag = renewed
 
     threading.Thread(target=beat, name=f"tiler-lock-heartbeat {lock}", daemon=True).start()

@@ -22,7 +22,7 @@ import tiler
 from tiler.errors import GeometryError, OutputError
 from tiler.io.atomic import atomic_dir, clean_temporaries, output_error, write_json_atomic
 from tiler.io.base import Georef
-from tiler.io.objects import AnyPath
+from tiler.io.objects import AnyPath, ObjectPath
 from tiler.io.store.chunks import ARRAY_CONFIG, chunk_codecs
 from tiler.io.store.coords import TRANSFORM_ORDER, coordinate_arrays, data_var_attrs, dim_names
 from tiler.io.store.layout import BLOCK_SHAPE, STATE_DIR, STORE_FORMAT, STORE_MARKER, read_json
@@ -104,6 +104,16 @@ def build_group(
     consolidate_metadata(root, ["labels", *(["probabilities"] if probabilities is not None else []), *coords])
     for sub in ("blocks", "exports"):
         (root / STATE_DIR / sub).mkdir(parents=True, exist_ok=True)
+
+
+def unfinished_build(path: ObjectPath) -> bool:
+    """Whether the prefix ``path`` holds only what a store creation killed mid-upload leaves: array ``zarr.json``s.
+
+    A store in a bucket is uploaded with its group ``zarr.json`` last (:func:`~tiler.io.atomic.atomic_dir`), so such
+    a prefix was never a store and holds no pixel: a new creation may clear it.
+    """
+    keys = path.walk_keys()
+    return bool(keys) and "zarr.json" not in keys and all(k.endswith("/zarr.json") for k in keys)
 
 
 def check_create_args(

@@ -22,9 +22,9 @@ from tiler.errors import OutputError
 from tiler.geometry import Window
 from tiler.io.base import Georef
 from tiler.io.lock import acquire_store_lock, check_not_locked, lock_path_for, release_store_lock
-from tiler.io.objects import AnyPath, PathArg, as_path, lexists, zarr_store
+from tiler.io.objects import AnyPath, ObjectPath, PathArg, as_path, lexists, zarr_store
 from tiler.io.store.audit import BlockLedger
-from tiler.io.store.build import check_create_args, new_store
+from tiler.io.store.build import check_create_args, new_store, unfinished_build
 from tiler.io.store.chunks import (
     ARRAY_CONFIG,
     check_aligned,
@@ -123,6 +123,9 @@ class OutputStore:
         chunks = tuple(int(c) for c in chunks)
         check_create_args(path, shape, chunks, block, probabilities)
         replace = lexists(path)
+        if replace and isinstance(path, ObjectPath) and unfinished_build(path):
+            path.remove_tree()  # a creation killed mid-upload: array metadata without the group, no pixel yet
+            replace = False
         if replace:
             if not is_tiler_store(path):
                 raise not_a_store(path)
