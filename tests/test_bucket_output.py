@@ -384,7 +384,7 @@ def test_a_multipart_upload_interrupted_after_two_parts_leaves_no_object_at_its_
     with pytest.raises(Exception, match="mid-upload|died"):
         obstore.put(target.store, target.key, parts())
     assert target.head() is None
-    assert keys_under(s3_bucket) == []
+    assert not [k for k in keys_under(s3_bucket) if not k.startswith("inputs/")]
 
 
 def test_atomic_path_to_a_bucket_key_that_fails_leaves_no_object_and_no_local_temporary(
@@ -397,7 +397,7 @@ def test_atomic_path_to_a_bucket_key_that_fails_leaves_no_object_and_no_local_te
             raise RuntimeError("export interrupted")
     assert not Path(tmp).exists()
     assert target.head() is None
-    assert keys_under(s3_bucket) == []
+    assert not [k for k in keys_under(s3_bucket) if not k.startswith("inputs/")]
 
 
 def test_atomic_path_to_a_bucket_key_uploads_the_written_bytes_and_removes_the_temporary(
@@ -485,14 +485,16 @@ def test_an_output_in_a_bucket_that_does_not_exist_is_refused_in_one_line_naming
 
 
 def write_archive(root: Path, scene: Scene, *, bucket: S3Bucket, ledger: Path | None) -> Path:
-    """Two inputs ``a.tif`` and ``b.tif`` (the scene twice) into ``s3://<bucket>/nightly``, COG and STAC Items."""
-    scenes = root / "scenes"
-    scenes.mkdir(parents=True, exist_ok=True)
+    """Two inputs ``a.tif`` and ``b.tif`` (the scene twice) in the bucket, listed by a manifest there (relative
+    lines), into ``s3://<bucket>/nightly`` with COGs and STAC Items."""
     for stem in ("a", "b"):
-        (scenes / f"{stem}.tif").write_bytes(scene.image.read_bytes())
+        bucket.upload(scene.image, f"inputs/{stem}.tif")
+    bucket.server.client().put_object(Bucket=bucket.name, Key="inputs/manifest.txt", Body=b"# tonight\na.tif\nb.tif\n")
+    root.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
-        "archive": {"root": f"s3://{bucket.name}/nightly", **({"ledger": str(ledger)} if ledger else {})},
-        "input": {"path": str(scenes / "*.tif")},
+        "archive": {"root": f"s3://{bucket.name}/nightly", "manifest": f"s3://{bucket.name}/inputs/manifest.txt",
+                    **({"ledger": str(ledger)} if ledger else {})},  # fmt: skip
+        "input": {},
         "model": {"weights": str(scene.model), "batch_size": 4, "threads": 1},
         "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
         "engine": {"actors": 1},
@@ -545,7 +547,7 @@ def test_an_archive_root_in_a_bucket_without_a_local_ledger_is_refused_in_one_li
     assert code != 0
     lines = problem_lines(err.strip())
     assert len(lines) == 1 and "archive.ledger" in lines[0] and f"s3://{s3_bucket.name}/nightly" in lines[0], err
-    assert keys_under(s3_bucket) == []
+    assert not [k for k in keys_under(s3_bucket) if not k.startswith("inputs/")]
 
 
 # ---------------------------------------------------------------------------------------------------

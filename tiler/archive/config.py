@@ -358,21 +358,23 @@ def manifest_entries(path: str) -> Iterator[str]:
     Raises:
         ConfigError: The manifest cannot be read (missing, a folder, not UTF-8 text).
     """
-    base = os.path.dirname(path)
+    where = as_path(path)
     try:
-        with open(path, encoding="utf-8") as lines:
-            for line in lines:
-                text = line.strip()
-                if not text or text.startswith("#"):
-                    continue
-                text = os.path.expanduser(text)
-                full = text if is_remote(text) or os.path.isabs(text) else os.path.join(base, text)
-                yield full if is_remote(full) else os.path.normpath(full)
+        lines = where.read_bytes().decode("utf-8").splitlines()  # a manifest in a bucket too: one GET
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"archive.manifest: {path} cannot be read ({exc}); fix: point it at a text file with one "
             "input path per line"
         ) from None
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        text = os.path.expanduser(text)
+        if is_remote(text) or os.path.isabs(text):
+            yield text if is_remote(text) else os.path.normpath(text)
+        else:  # relative to the manifest: its folder, or its prefix in the bucket
+            yield str(where.parent / text) if isinstance(where, ObjectPath) else os.path.normpath(where.parent / text)
 
 
 def _resolve_local(value: Any, base: Path) -> Any:
