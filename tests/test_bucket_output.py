@@ -418,7 +418,7 @@ def test_atomic_path_to_a_bucket_key_uploads_the_written_bytes_and_removes_the_t
 # tiler verify on a bucket, and the repair
 
 
-def test_verify_finds_a_chunk_object_deleted_from_the_bucket_and_a_rerun_repairs_it(
+def test_verify_finds_a_chunk_object_deleted_from_the_bucket_a_rerun_repairs_it_and_a_swapped_chunk_is_found(
     s3_bucket: S3Bucket,  # noqa: F811
     scene: Scene,
     reference: Reference,
@@ -444,6 +444,13 @@ def test_verify_finds_a_chunk_object_deleted_from_the_bucket_and_a_rerun_repairs
     code, report = verify(url, capsys)
     assert code == 0, report
     assert np.array_equal(stored_labels(s3_bucket, tmp_path / "store"), reference.labels)
+    client = s3_bucket.server.client()
+    source, victim = next((a, b) for a, b in zip(chunks, chunks[1:], strict=False)
+                          if get_bytes(s3_bucket, a) != get_bytes(s3_bucket, b))  # fmt: skip
+    client.put_object(Bucket=s3_bucket.name, Key=victim, Body=get_bytes(s3_bucket, source))  # a valid chunk, swapped
+    code, report = verify(url, capsys)
+    row, col = (int(n) * 32 // 64 for n in victim.rsplit("/", 2)[-2:])  # 32-px chunks in 64-px blocks
+    assert code != 0 and f"block(s) to recompute ({row}_{col})" in report, report
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -54,17 +54,19 @@ def chunk_file_digest(path: PathArg) -> str | None:
 
     The bytes as stored (compressed, with their checksum), so two chunks differ whenever their pixels do, and a
     chunk file swapped for another block's (valid, checksummed) one is told apart without decoding it. A file
-    that cannot be read gets a digest no record keeps (``unreadable: ...``).
+    that cannot be read gets a digest no record keeps (``unreadable: ...``). An object in a bucket is named by
+    its ETag (``etag:...``, one HEAD, no download): the version of the object the block wrote, which any rewrite
+    or swap changes.
     """
     crc = 0
     where = as_path(path)
     try:
         if isinstance(where, ObjectPath):
-            crc = zlib.crc32(where.read_bytes())
-        else:
-            with open(where, "rb") as f:
-                while data := f.read(1 << 20):
-                    crc = zlib.crc32(data, crc)
+            meta = where.head()
+            return None if meta is None else f"etag:{str(meta.get('e_tag')).strip(chr(34))}"
+        with open(where, "rb") as f:
+            while data := f.read(1 << 20):
+                crc = zlib.crc32(data, crc)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
