@@ -8,17 +8,16 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from tests.test_segment import Scene, write_config, write_scene
+from tests.jobs import Finished, Scene, finish, write_config, write_scene
 from tiler.config import load_config
 from tiler.io.store import OutputStore
-from tiler.segment import SegmentResult, run_segment
+from tiler.segment import run_segment
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORTS = "output.exports=[cog,geojson,quicklook]"
@@ -26,24 +25,14 @@ EXPORTS = "output.exports=[cog,geojson,quicklook]"
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
-    """The module's inputs (:func:`tests.test_segment.write_scene`), written once; tests only read them."""
+    """The module's inputs (:func:`tests.jobs.write_scene`), written once; tests only read them."""
     return write_scene(tmp_path_factory.mktemp("scene"))
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The module's job (:func:`write_config` on the shared scene, :data:`EXPORTS`) run on the in-process engine."""
-
-    root: Path
-    result: SegmentResult
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, scene: Scene) -> Finished:
     """One finished job for the tests that only read it; a test that changes or reruns it copies it first."""
-    root = tmp_path_factory.mktemp("finished")
-    cfg = load_config(write_config(root, inputs=scene), [EXPORTS])
-    return Finished(root, run_segment(cfg, engine="local", quiet=True))
+    return finish(tmp_path_factory.mktemp("finished"), scene, [EXPORTS])
 
 
 def _writers(store: str) -> dict[str, int]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,59 +20,16 @@ import rasterio
 import yaml
 import zarr
 
-from tests.engine.helpers import write_model, write_raster
+from tests.engine.helpers import write_model
+from tests.jobs import Finished, Scene, finish, write_config, write_scene
 from tests.shared_data import SHARED_DATA
 from tiler.cli import main as cli_main
-from tiler.config import JobConfig, load_config
+from tiler.config import load_config
 from tiler.errors import ConfigError, InputError
-from tiler.segment import SegmentResult, run_segment
+from tiler.segment import run_segment
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-
-
-def write_truth(image: Path, path: Path) -> Path:
-    """A label GeoTIFF on the image's grid: classes by brightness, 255 over the image's nodata."""
-    with rasterio.open(image) as src:
-        data = src.read(1)
-        profile = src.profile | {"count": 1, "nodata": 255}
-    truth = np.minimum(data // 64, 3).astype(np.uint8)
-    truth[data == 0] = 255
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(truth, 1)
-    return path
-
-
-@dataclass(frozen=True)
-class Scene:
-    """A job's input files: the scene (200×168, a nodata corner), the tiny model's checkpoint, the scene's truth."""
-
-    image: Path
-    model: Path
-    truth: Path
-
-
-def write_scene(root: Path) -> Scene:
-    """Write the scene, the model and the truth into ``root``."""
-    image = write_raster(root / "image.tif")
-    return Scene(image, write_model(root / "model.pt"), write_truth(image, root / "truth.tif"))
-
-
-def write_config(root: Path, *, inputs: Scene | None = None, **extra: object) -> Path:
-    """The job's YAML in ``root`` (its outputs beside it), reading ``inputs``, else a scene written into ``root``."""
-    inputs = inputs if inputs is not None else write_scene(root)
-    data = {
-        "input": {"path": str(inputs.image)},
-        "model": {"weights": str(inputs.model), "batch_size": 4, "threads": 1},
-        "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
-        "engine": {"actors": 1},
-        "output": {"path": str(root / "out.zarr"), "chunks": [32, 32], "exports": ["cog", "quicklook"]},
-        "scoring": {"truth": str(inputs.truth), "boundary_width": 2},
-        **extra,
-    }
-    path = root / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +38,10 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
     return write_scene(tmp_path_factory.mktemp("scene"))
 
 
-@dataclass(frozen=True)
-class Finished:
-    """The module's job (:func:`write_config` on the shared scene) run to the end in ``root``."""
-
-    root: Path
-    cfg: JobConfig
-    result: SegmentResult
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, scene: Scene) -> Finished:
     """One finished job for the tests that only read it; a test that changes or reruns it copies it first."""
-    root = tmp_path_factory.mktemp("finished")
-    cfg = load_config(write_config(root, inputs=scene))
-    return Finished(root, cfg, run_segment(cfg, engine="local", quiet=True))
+    return finish(tmp_path_factory.mktemp("finished"), scene)
 
 
 CopyJob = Callable[[Path, Path], Path]
