@@ -603,3 +603,21 @@ def test_a_store_creation_killed_mid_upload_is_cleared_by_the_next_one_but_an_ob
     with pytest.raises(OutputError, match="not a tiler output store"):
         OutputStore.create(f"s3://{s3_bucket.name}/mine.zarr", **args)
     assert keys_under(s3_bucket, "mine.zarr") == ["mine.zarr/notes.txt"]
+
+
+def test_the_holder_of_a_lock_object_renews_its_heartbeat_and_removes_it_when_released(
+    s3_bucket: S3Bucket,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tiler.io import lock as lock_module
+
+    monkeypatch.setattr(lock_module, "HEARTBEAT_S", 0.1)
+    url = f"s3://{s3_bucket.name}/{STORE_KEY}"
+    with lock_module.store_lock(url, "heartbeat test"):
+        first = json.loads(get_bytes(s3_bucket, LOCK_KEY))
+        deadline = time.monotonic() + 10
+        while json.loads(get_bytes(s3_bucket, LOCK_KEY))["heartbeat"] == first["heartbeat"]:
+            assert time.monotonic() < deadline, "the heartbeat was never renewed"
+            time.sleep(0.05)
+        assert json.loads(get_bytes(s3_bucket, LOCK_KEY))["owner"] == "heartbeat test"
+    assert LOCK_KEY not in keys_under(s3_bucket)
