@@ -1,4 +1,4 @@
-"""Shared fixtures: small random conv nets usable as tile models."""
+"""Shared fixtures: small random conv nets usable as tile models, one Ray and one S3 server per session."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import settings
+
+from tests.s3 import s3_bucket, s3_server  # noqa: F401 - registered once here: one moto server for the session
 
 # Fixed examples on every run and every machine, as the rest of the suite fixes its seeds.
 settings.register_profile("tiler", derandomize=True, deadline=None)

@@ -6,10 +6,10 @@ must be signed with that key, so a wrong secret is refused (HTTP 403 ``Signature
 session fixture :func:`s3_server` shares one server between the test modules; the function fixture :func:`s3_bucket`
 gives each test a fresh bucket and the environment a user has, the standard AWS variables only
 (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``; every other
-``AWS_*`` variable unset). tiler never hears of moto: only ``AWS_ENDPOINT_URL`` points at it. Test modules import
-the fixtures they use::
-
-    from tests.s3 import S3Bucket, s3_bucket, s3_server  # noqa: F401
+``AWS_*`` variable unset). tiler never hears of moto: only ``AWS_ENDPOINT_URL`` points at it. ``tests/conftest.py``
+registers the two fixtures once for every test module: moto's authentication switch is global to the process, so
+a second server (a fixture imported into two modules is two session fixtures) could not create its IAM user
+once the first had turned authentication on.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ import yaml
 import zarr
 
 from tests.engine.helpers import write_model
-from tests.s3 import S3Bucket, s3_bucket, s3_server  # noqa: F401 - the session's S3 server, a bucket per test
+from tests.s3 import S3Bucket  # the fixtures s3_server (one per session) and s3_bucket come from conftest
 from tiler.cli import main as cli_main
 from tiler.config import load_config
 from tiler.io.atomic import TMP_PREFIX, atomic_path
@@ -227,7 +227,7 @@ def read_cog(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def test_a_job_with_its_output_in_a_bucket_writes_the_labels_and_cog_of_the_local_run_and_leaves_no_temporary_or_lock(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     reference: Reference,
     tmp_path: Path,
@@ -254,7 +254,7 @@ def test_a_job_with_its_output_in_a_bucket_writes_the_labels_and_cog_of_the_loca
 
 
 def test_a_live_jobs_lock_in_the_bucket_refuses_the_run_in_one_line_naming_it_before_any_store_object(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -273,7 +273,7 @@ def test_a_live_jobs_lock_in_the_bucket_refuses_the_run_in_one_line_naming_it_be
 
 
 def test_a_lock_whose_heartbeat_is_an_hour_old_is_taken_over_and_the_run_completes(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     reference: Reference,
     tmp_path: Path,
@@ -287,7 +287,7 @@ def test_a_lock_whose_heartbeat_is_an_hour_old_is_taken_over_and_the_run_complet
 
 
 def test_two_jobs_started_at_once_on_one_bucket_output_never_both_succeed_and_the_store_is_one_of_them_whole(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     reference: Reference,
     reference_overlap4: Reference,
@@ -322,7 +322,7 @@ def test_two_jobs_started_at_once_on_one_bucket_output_never_both_succeed_and_th
 
 
 def test_a_job_sigkilled_mid_run_resumes_from_the_bucket_keeping_its_finished_blocks_and_ends_equal_to_the_reference(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     reference_small_blocks: Reference,
     tmp_path: Path,
@@ -370,7 +370,7 @@ MIB = 2**20
 
 
 def test_a_multipart_upload_interrupted_after_two_parts_leaves_no_object_at_its_key(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
 ) -> None:
     import obstore
 
@@ -388,7 +388,7 @@ def test_a_multipart_upload_interrupted_after_two_parts_leaves_no_object_at_its_
 
 
 def test_atomic_path_to_a_bucket_key_that_fails_leaves_no_object_and_no_local_temporary(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
 ) -> None:
     target = ObjectPath(s3_bucket.url("out/x.tif"))
     with pytest.raises(RuntimeError, match="export interrupted"):
@@ -401,7 +401,7 @@ def test_atomic_path_to_a_bucket_key_that_fails_leaves_no_object_and_no_local_te
 
 
 def test_atomic_path_to_a_bucket_key_uploads_the_written_bytes_and_removes_the_temporary(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
 ) -> None:
     target = ObjectPath(s3_bucket.url("out/x.tif"))
     data = os.urandom(6 * MIB)  # a multipart upload, completed last
@@ -419,7 +419,7 @@ def test_atomic_path_to_a_bucket_key_uploads_the_written_bytes_and_removes_the_t
 
 
 def test_verify_finds_a_chunk_object_deleted_from_the_bucket_a_rerun_repairs_it_and_a_swapped_chunk_is_found(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     reference: Reference,
     tmp_path: Path,
@@ -471,7 +471,7 @@ def test_an_https_output_is_refused_in_one_line_naming_output_path_and_the_writa
 
 
 def test_an_output_in_a_bucket_that_does_not_exist_is_refused_in_one_line_naming_its_url(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -513,7 +513,7 @@ def write_archive(root: Path, scene: Scene, *, bucket: S3Bucket, ledger: Path | 
 
 
 def test_an_archive_into_a_bucket_writes_every_store_item_collection_and_report_there_and_skips_them_on_rerun(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     reference: Reference,
     tmp_path: Path,
@@ -543,7 +543,7 @@ def test_an_archive_into_a_bucket_writes_every_store_item_collection_and_report_
 
 
 def test_an_archive_root_in_a_bucket_without_a_local_ledger_is_refused_in_one_line_naming_archive_ledger(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -562,7 +562,7 @@ def test_an_archive_root_in_a_bucket_without_a_local_ledger_is_refused_in_one_li
 
 
 def test_model_weights_in_a_bucket_are_read_through_a_local_cache_and_give_the_local_models_labels_and_hash(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     scene: Scene,
     reference: Reference,
     tmp_path: Path,
@@ -588,7 +588,7 @@ def test_model_weights_in_a_bucket_are_read_through_a_local_cache_and_give_the_l
 
 
 def test_a_store_creation_killed_mid_upload_is_cleared_by_the_next_one_but_an_object_tiler_did_not_write_is_refused(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
 ) -> None:
     from tiler.errors import OutputError
     from tiler.io.store import OutputStore
@@ -606,7 +606,7 @@ def test_a_store_creation_killed_mid_upload_is_cleared_by_the_next_one_but_an_ob
 
 
 def test_the_holder_of_a_lock_object_renews_its_heartbeat_and_removes_it_when_released(
-    s3_bucket: S3Bucket,  # noqa: F811
+    s3_bucket: S3Bucket,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tiler.io import lock as lock_module

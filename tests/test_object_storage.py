@@ -30,7 +30,7 @@ import zarr
 from rasterio.errors import RasterioIOError
 
 from tests.engine.helpers import write_model
-from tests.s3 import S3Bucket, s3_bucket, s3_server  # noqa: F401 - the session's S3 server, a bucket per test
+from tests.s3 import S3Bucket  # the fixtures s3_server (one per session) and s3_bucket come from conftest
 from tiler.cli import main as cli_main
 from tiler.config import load_config
 from tiler.errors import EngineError, ReadError
@@ -117,7 +117,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, scene: Scene) -> Referen
 
 
 @pytest.fixture
-def uploaded(s3_bucket: S3Bucket, scene: Scene) -> S3Bucket:  # noqa: F811
+def uploaded(s3_bucket: S3Bucket, scene: Scene) -> S3Bucket:
     """A fresh bucket holding ``scene.tif`` and ``truth.tif``."""
     s3_bucket.upload(scene.image, "scene.tif")
     s3_bucket.upload(scene.truth, "truth.tif")
