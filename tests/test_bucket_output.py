@@ -104,6 +104,15 @@ def run_tiler(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)  # fmt: skip
 
 
+def run_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``tiler --quiet <args>`` in this process: its exit code and stderr. A run here must finish on this process's
+    threads (the ``finish_in_this_process`` fixture): finishing processes started before the test set the AWS
+    variables would not see them."""
+    capsys.readouterr()
+    code = cli_main(["--quiet", *args])
+    return code, capsys.readouterr().err
+
+
 def start_tiler(log: Path, *args: str) -> subprocess.Popen[bytes]:
     """``tiler <args>`` started in its own process group (killed with its workers), stdout and stderr to ``log``."""
     with open(log, "wb") as out:
@@ -277,11 +286,13 @@ def test_a_lock_whose_heartbeat_is_an_hour_old_is_taken_over_and_the_run_complet
     scene: Scene,
     reference: Reference,
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    finish_in_this_process: None,
 ) -> None:
     put_lock(s3_bucket, age=3600)
     config = write_job(tmp_path / "job", scene, output=s3_bucket.url(STORE_KEY))
-    proc = run_tiler("--quiet", "run", str(config), "--engine", "local")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, err = run_here(capsys, "run", str(config), "--engine", "local")
+    assert code == 0, err[-3000:]
     assert np.array_equal(stored_labels(s3_bucket, tmp_path / "store"), reference.labels)
     assert LOCK_KEY not in keys_under(s3_bucket)  # taken over, then released
 
@@ -424,11 +435,12 @@ def test_verify_finds_a_chunk_object_deleted_from_the_bucket_a_rerun_repairs_it_
     reference: Reference,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    finish_in_this_process: None,
 ) -> None:
     url = s3_bucket.url(STORE_KEY)
     config = write_job(tmp_path / "job", scene, output=url)
-    first = run_tiler("--quiet", "run", str(config), "--engine", "local")
-    assert first.returncode == 0, first.stderr[-3000:]
+    code, err = run_here(capsys, "run", str(config), "--engine", "local")
+    assert code == 0, err[-3000:]
     code, report = verify(url, capsys)
     assert code == 0, report
     chunks = keys_under(s3_bucket, f"{STORE_KEY}/labels/c/")
@@ -438,8 +450,8 @@ def test_verify_finds_a_chunk_object_deleted_from_the_bucket_a_rerun_repairs_it_
     code, report = verify(url, capsys)
     assert code != 0, report
     assert lost[len(STORE_KEY) + 1 :] in report and "missing" in report, report  # labels/c/<i>/<j>, missing
-    rerun = run_tiler("--quiet", "run", str(config), "--engine", "local")
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    code, err = run_here(capsys, "run", str(config), "--engine", "local")
+    assert code == 0, err[-3000:]
     assert lost in keys_under(s3_bucket, f"{STORE_KEY}/labels/c/")
     code, report = verify(url, capsys)
     assert code == 0, report
@@ -520,7 +532,7 @@ def test_an_archive_into_a_bucket_writes_every_store_item_collection_and_report_
 ) -> None:
     ledger = tmp_path / "state" / "nightly.sqlite"
     config = write_archive(tmp_path, scene, bucket=s3_bucket, ledger=ledger)
-    first = run_tiler("--quiet", "archive", str(config))
+    first = run_tiler("--quiet", "archive", str(config), "--engine", "local")
     assert first.returncode == 0, first.stderr[-3000:]
     keys = keys_under(s3_bucket, "nightly/")
     for stem in ("a", "b"):
@@ -535,7 +547,7 @@ def test_an_archive_into_a_bucket_writes_every_store_item_collection_and_report_
     assert not [k for k in keys if k.endswith(".sqlite")], "the ledger must stay local"
     assert temporaries(s3_bucket) == []
     before = {k: get_bytes(s3_bucket, k) for k in keys if "/labels/" in k}
-    again = run_tiler("--quiet", "archive", str(config))
+    again = run_tiler("--quiet", "archive", str(config), "--engine", "local")
     assert again.returncode == 0, again.stderr[-3000:]
     report = json.loads(get_bytes(s3_bucket, "nightly/latest.json"))
     assert sorted(item["status"] for item in report["items"]) == ["skipped", "skipped"], report["items"]
@@ -567,6 +579,8 @@ def test_model_weights_in_a_bucket_are_read_through_a_local_cache_and_give_the_l
     reference: Reference,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    finish_in_this_process: None,
 ) -> None:
     from tiler.config import pixels_hash
 
@@ -577,8 +591,8 @@ def test_model_weights_in_a_bucket_are_read_through_a_local_cache_and_give_the_l
     data = yaml.safe_load(config.read_text())
     data["model"]["weights"] = f"s3://{s3_bucket.name}/models/model.pt"
     config.write_text(yaml.safe_dump(data))
-    done = run_tiler("--quiet", "run", str(config))
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, err = run_here(capsys, "run", str(config), "--engine", "local")
+    assert code == 0, err[-3000:]
     group: Any = zarr.open_group(str(tmp_path / "out" / "scene.zarr"), mode="r")
     np.testing.assert_array_equal(np.asarray(group["labels"][...]), reference.labels)
     copies = sorted(p for p in (cache / "models").rglob("*") if p.is_file())
