@@ -398,24 +398,16 @@ def test_a_multipart_upload_interrupted_after_two_parts_leaves_no_object_at_its_
     assert not [k for k in keys_under(s3_bucket) if not k.startswith("inputs/")]
 
 
-def test_atomic_path_to_a_bucket_key_that_fails_leaves_no_object_and_no_local_temporary(
+def test_atomic_path_to_a_bucket_key_puts_nothing_there_when_the_writer_fails_and_the_whole_file_when_it_ends(
     s3_bucket: S3Bucket,
 ) -> None:
     target = ObjectPath(s3_bucket.url("out/x.tif"))
+    data = os.urandom(6 * MIB)  # above the multipart threshold: parts, completed last
     with pytest.raises(RuntimeError, match="export interrupted"):
         with atomic_path(target) as tmp:
-            Path(tmp).write_bytes(os.urandom(6 * MIB))  # above the multipart threshold
+            Path(tmp).write_bytes(data)
             raise RuntimeError("export interrupted")
-    assert not Path(tmp).exists()
-    assert target.head() is None
-    assert not [k for k in keys_under(s3_bucket) if not k.startswith("inputs/")]
-
-
-def test_atomic_path_to_a_bucket_key_uploads_the_written_bytes_and_removes_the_temporary(
-    s3_bucket: S3Bucket,
-) -> None:
-    target = ObjectPath(s3_bucket.url("out/x.tif"))
-    data = os.urandom(6 * MIB)  # a multipart upload, completed last
+    assert not Path(tmp).exists() and target.head() is None and keys_under(s3_bucket) == []
     with atomic_path(target) as tmp:
         Path(tmp).write_bytes(data)
     assert not Path(tmp).exists()
