@@ -296,11 +296,12 @@ def write_bytes_atomic(
     path: PathArg, data: bytes, *, before_move: BeforeMove | None = None
 ) -> None:
     """Write ``data`` to ``path`` atomically (``before_move``: see :func:`atomic_path`); an object in one put."""
-    if isinstance(path, ObjectPath) and before_move is None:
+    where = as_path(path)
+    if isinstance(where, ObjectPath) and before_move is None:
         try:
-            path.write_bytes(data)
+            where.write_bytes(data)
         except OSError as exc:
-            raise output_error(path, exc) from exc
+            raise output_error(where, exc) from exc
         return
     with atomic_file(path, "wb", before_move=before_move) as f:
         f.write(data)
