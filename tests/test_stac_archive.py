@@ -421,3 +421,55 @@ def test_one_item_runs_as_a_plain_job(prepared: Path, tmp_path: Path) -> None:
         cfg = parse_config({**common, "input": inp, "output": output})
         run_segment(cfg, engine="local", quiet=True)
     assert np.array_equal(labels(tmp_path / "item.cog.tif"), labels(tmp_path / "stacked.cog.tif"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# stac-geoparquet, and a catalog in a bucket
+
+
+def test_a_stac_geoparquet_file_lists_its_items_and_each_reads_as_the_stacked_geotiff(
+    prepared: Path, tmp_path: Path
+) -> None:
+    import stac_geoparquet.arrow
+
+    items = []
+    for scene in SCENES:
+        item = pystac.Item.from_file(str(prepared / "catalog" / scene.id / f"{scene.id}.json"))
+        item.make_asset_hrefs_absolute()
+        item.clear_links()
+        items.append(item.to_dict())
+    parquet = tmp_path / "items.parquet"
+    stac_geoparquet.arrow.to_parquet(stac_geoparquet.arrow.parse_stac_items_to_arrow(items), parquet)
+    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
+    cfg = load_archive(write_archive(tmp_path, "gp", stac=str(parquet), datetime="2021-06-15T00:00:00Z/..",
+                                     missing_truth="unscored"))  # fmt: skip
+    inputs = cfg.inputs()
+    assert inputs == [f"{parquet.as_uri()}#{s.id}" for s in SCENES[1:]]
+    for scene, path in zip(SCENES[1:], inputs, strict=True):
+        reader = open_reader(path, assets=list(BANDS))
+        stacked = open_reader(prepared / "stacked" / f"{scene.id}.tif")
+        assert reader.georef == stacked.georef
+        assert np.array_equal(reader.read(Window((0, 0), SHAPE)), stacked.read(Window((0, 0), SHAPE)))
+    with pytest.raises(InputError, match="no item of id 'nope'"):
+        open_reader(f"{parquet.as_uri()}#nope", assets=["B02"])
+
+
+def test_a_catalog_in_a_bucket_lists_its_items_there_and_they_read_as_the_stacked_geotiff(
+    prepared: Path, tmp_path: Path, s3_bucket: Any
+) -> None:
+    for file in sorted((prepared / "catalog").rglob("*")):
+        if file.is_file():
+            s3_bucket.upload(file, "cat/" + file.relative_to(prepared / "catalog").as_posix())
+    url = s3_bucket.url("cat/collection.json")
+    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
+    cfg = load_archive(write_archive(tmp_path, "bucket", stac=url, missing_truth="unscored"))
+    inputs = cfg.inputs()
+    assert sorted(cfg.job_for(p).output.path.rsplit("/", 1)[-1] for p in inputs) == sorted(
+        f"{s.id}.zarr" for s in (*SCENES, MIXED)
+    )
+    assert all(p.startswith(f"s3://{s3_bucket.name}/cat/") for p in inputs), inputs
+    scene = SCENES[0]
+    path = next(p for p in inputs if p.endswith(f"{scene.id}.json") or p.endswith(f"#{scene.id}"))
+    reader = open_reader(path, assets=list(BANDS))
+    stacked = open_reader(prepared / "stacked" / f"{scene.id}.tif")
+    assert np.array_equal(reader.read(Window((0, 0), SHAPE)), stacked.read(Window((0, 0), SHAPE)))

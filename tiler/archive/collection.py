@@ -29,7 +29,7 @@ from typing import Any
 
 from tiler.errors import ConfigError, TilerError
 from tiler.io.objects import AnyPath, ObjectPath, as_path, relpath
-from tiler.io.stac_item import item_input_path
+from tiler.io.stac_item import geoparquet_items, is_geoparquet, item_input_path, stac_io
 from tiler.paths import is_remote
 from tiler.redact import redact
 
@@ -126,13 +126,18 @@ def _catalog_items(href: str) -> Iterator[tuple[str, Any]]:
     """``(file holding it, item)`` for every item ``href`` lists (a Catalog or Collection recursively)."""
     import pystac
 
-    data = pystac.StacIO.default().read_json(href)
+    if is_geoparquet(href):  # stac-geoparquet: one item per row
+        for row in geoparquet_items(href):
+            yield href, pystac.Item.from_dict(row, migrate=True)
+        return
+    reader = stac_io()  # links are followed into buckets too
+    data = reader.read_json(href)
     kind = data.get("type") if isinstance(data, Mapping) else None
     if kind == "FeatureCollection":
         for item in pystac.ItemCollection.from_dict(data, preserve_dict=False):
             yield href, item
         return
-    obj = pystac.read_dict(data, href=href)
+    obj = pystac.read_dict(data, href=href, stac_io=reader)
     if isinstance(obj, pystac.Item):
         yield href, obj
         return

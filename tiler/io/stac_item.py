@@ -39,7 +39,7 @@ import numpy as np
 from tiler.errors import InputError, ReadError
 from tiler.geometry import Window
 from tiler.io.base import Reader, one_line
-from tiler.paths import is_remote
+from tiler.paths import is_object_url, is_remote
 from tiler.redact import redact
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from tiler.io.raster import RasterReader
 
 __all__ = [
-    "StacItemReader", "asset_hrefs", "is_item_path", "item_input_path", "load_item", "local_href", "split_item_path",
+    "STAC_SUFFIXES", "StacItemReader", "asset_hrefs", "geoparquet_items", "is_geoparquet", "is_item_path",
+    "item_input_path", "load_item", "local_href", "read_stac_bytes", "split_item_path", "stac_io",
 ]
 
 
@@ -67,16 +68,74 @@ def split_item_path(path: str) -> tuple[str, str | None]:
         if sep and fragment and _json_file(base):
             return base, fragment
         return path, None
-    cut = path.lower().find(".json#")
-    if cut >= 0 and len(path) > cut + len(".json#"):
-        return path[: cut + len(".json")], path[cut + len(".json#") :]
+    lower = path.lower()
+    for suffix in STAC_SUFFIXES:
+        cut = lower.find(suffix + "#")
+        if cut >= 0 and len(path) > cut + len(suffix) + 1:
+            return path[: cut + len(suffix)], path[cut + len(suffix) + 1 :]
     return path, None
 
 
+STAC_SUFFIXES = (".json", ".parquet", ".geoparquet")
+"""The files that hold STAC items: JSON (an Item, an ItemCollection), and stac-geoparquet (one item per row)."""
+
+
 def _json_file(href: str) -> bool:
-    """Whether ``href`` names a ``.json`` file (a URL by its path, without its query)."""
+    """Whether ``href`` names a file of STAC items, JSON or stac-geoparquet (a URL by its path, without its query)."""
     path = urllib.parse.urlsplit(href).path if is_remote(href) else href
-    return path.rstrip("/").lower().endswith(".json")
+    return path.rstrip("/").lower().endswith(STAC_SUFFIXES)
+
+
+def is_geoparquet(href: str) -> bool:
+    """Whether ``href`` names a stac-geoparquet file (``.parquet``, ``.geoparquet``).
+
+    >>> is_geoparquet("s3://b/cat/items.parquet"), is_geoparquet("/cat/items.json")
+    (True, False)
+    """
+    path = urllib.parse.urlsplit(href).path if is_remote(href) else href
+    return path.rstrip("/").lower().endswith((".parquet", ".geoparquet"))
+
+
+def read_stac_bytes(href: str) -> bytes:
+    """The bytes of a STAC file: local, in a bucket (``s3://``, ``gs://``, ``az://``), or at an http(s) URL."""
+    if is_object_url(href):
+        from tiler.io.objects import ObjectPath
+
+        return ObjectPath(href).read_bytes()
+    if is_remote(href):
+        with urllib.request.urlopen(href, timeout=60) as answer:  # noqa: S310 - a catalog the user named
+            return bytes(answer.read())
+    with open(local_href(href), "rb") as f:
+        return f.read()
+
+
+def geoparquet_items(href: str, item_id: str | None = None) -> list[dict[str, Any]]:
+    """The items of a stac-geoparquet file as STAC Item dicts (only the one of ``item_id`` when given).
+
+    Rows are read with pyarrow (filtered on ``id`` when one is asked for) and turned back into items by
+    stac-geoparquet, the format's own library.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+    from stac_geoparquet.arrow import stac_table_to_items
+
+    source = io.BytesIO(read_stac_bytes(href))
+    table = pq.read_table(source, filters=[("id", "=", item_id)] if item_id is not None else None)
+    return list(stac_table_to_items(table))
+
+
+def stac_io() -> Any:
+    """A pystac ``StacIO`` that also reads from buckets (``s3://``, ``gs://``, ``az://``), for catalogs' links."""
+    from pystac.stac_io import DefaultStacIO
+
+    class _BucketStacIO(DefaultStacIO):  # type: ignore[misc]
+        def read_text_from_href(self, href: str) -> str:
+            if is_object_url(href):
+                return read_stac_bytes(href).decode("utf-8")
+            return str(super().read_text_from_href(href))
+
+    return _BucketStacIO()
 
 
 def item_input_path(href: str, item_id: str) -> str:
@@ -110,10 +169,8 @@ def is_item_path(path: str) -> bool:
 
 
 def _read_json(href: str) -> Any:
-    import pystac
-
     try:
-        return pystac.StacIO.default().read_json(href)
+        return stac_io().read_json(href)
     except (OSError, ValueError) as exc:
         raise ReadError(one_line(f"cannot read the STAC file {href}: {exc}; fix: check the path")) from exc
     except Exception as exc:  # noqa: BLE001 - urllib/HTTP errors and the like: one line naming the file
@@ -133,7 +190,15 @@ def load_item(path: str) -> pystac.Item:
     href, item_id = split_item_path(path)
     href = local_href(href)
     href = href if is_remote(href) else os.path.abspath(href)
-    data = _read_json(href)
+    if is_geoparquet(href):
+        try:
+            data: Any = {"type": "FeatureCollection", "features": geoparquet_items(href, item_id)}
+        except OSError as exc:
+            raise ReadError(one_line(f"cannot read the STAC file {href}: {exc}; fix: check the path")) from exc
+        except Exception as exc:  # noqa: BLE001 - pyarrow's errors: one line naming the file
+            raise InputError(one_line(f"{href} is not a stac-geoparquet file ({type(exc).__name__}: {exc})")) from exc
+    else:
+        data = _read_json(href)
     kind = data.get("type") if isinstance(data, Mapping) else None
     try:
         if kind == "Feature":
