@@ -63,9 +63,10 @@ Rules decided here, stated once:
 """
 
 from tiler.archive.cli import run_from_args
-from tiler.archive.config import ArchiveConfig, ArchiveSection, input_stem, load_archive
+from tiler.archive.config import ArchiveConfig, ArchiveSection, load_archive
 from tiler.archive.fingerprint import fingerprint
 from tiler.archive.ledger import LEDGER_NAME, Claim, Ledger, LedgerRow
+from tiler.archive.listing import input_stem
 from tiler.archive.report import ArchiveItem, ArchiveReport
 from tiler.archive.run import run_archive
 

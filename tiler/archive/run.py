@@ -8,9 +8,10 @@ import time
 from collections.abc import Iterator
 
 from tiler.archive.collection import write_collection
-from tiler.archive.config import ArchiveConfig, input_stem, shared_stems
+from tiler.archive.config import ArchiveConfig
 from tiler.archive.fingerprint import fingerprint, item_fingerprint, missing_fingerprint
 from tiler.archive.ledger import Ledger, now
+from tiler.archive.listing import input_stem, shared_stems
 from tiler.archive.progress import ArchiveProgress
 from tiler.archive.report import ArchiveItem, ArchiveReport, timings_of
 from tiler.config.identity import config_hash, pixels_hash
