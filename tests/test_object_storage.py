@@ -347,3 +347,37 @@ def test_a_ray_job_reads_the_bucket_with_the_workers_own_environment(
     store = tmp_path / "out.zarr"
     assert np.array_equal(labels_of(store), reference.labels)
     assert scores_of(store) == reference.scores
+
+
+def test_engine_env_vars_give_the_workers_of_a_joined_cluster_the_drivers_variables(
+    ray_session: Any, uploaded: S3Bucket, scene: Scene, reference: Reference, tmp_path: Path
+) -> None:
+    """A driver joining the session's Ray (whose workers lack the variables: see the test above) with
+    ``engine.env_vars`` naming them: the actors and finishing tasks get this process's values and read the bucket."""
+    config = write_job(tmp_path, scene, image=uploaded.url("scene.tif"), truth=uploaded.url("truth.tif"))
+    names = sorted(uploaded.server.environment())
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    env.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
+    proc = run_tiler("--quiet", "run", str(config), "--engine", "ray", "--set", f"engine.env_vars=[{','.join(names)}]",
+                     env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = tmp_path / "out.zarr"
+    assert np.array_equal(labels_of(store), reference.labels)
+    assert scores_of(store) == reference.scores
+    stored = json.dumps(zarr.open_group(str(store), mode="r").attrs.asdict())
+    assert uploaded.server.secret_access_key not in stored and "AWS_SECRET_ACCESS_KEY" in stored  # names, no values
+
+
+def test_worker_env_leaves_out_what_the_jobs_runtime_env_sets_and_what_this_process_lacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ray.init`` refuses a ``runtime_env`` setting a variable the submitted job's ``runtime_env`` sets too."""
+    from tiler.engine.ray_connect import RAY_JOB_CONFIG, worker_env
+
+    monkeypatch.setenv("TILER_TEST_A", "driver-a")
+    monkeypatch.setenv("TILER_TEST_B", "driver-b")
+    monkeypatch.delenv("TILER_TEST_C", raising=False)
+    monkeypatch.setenv(RAY_JOB_CONFIG, json.dumps({"runtime_env": {"env_vars": {"TILER_TEST_A": "job-a"}}}))
+    assert worker_env(["TILER_TEST_A", "TILER_TEST_B", "TILER_TEST_C"]) == {"TILER_TEST_B": "driver-b"}
+    monkeypatch.delenv(RAY_JOB_CONFIG)
+    assert worker_env(["TILER_TEST_A"]) == {"TILER_TEST_A": "driver-a"}

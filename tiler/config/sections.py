@@ -280,6 +280,9 @@ class EngineConfig(_Section):
     # CPU of the actor, at most 4), and threads writing and recording the last ones while the model runs
     readers: PosInt | None = None
     writers: PosInt = 1
+    # names of the driver's environment variables every Ray worker gets (credentials, endpoints); their values are
+    # read when the driver joins Ray, never stored
+    env_vars: tuple[Annotated[str, Strict(), Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:

@@ -59,6 +59,7 @@ class RayOptions:
         readers: Reader threads per actor (None: one per ``cpus_per_actor``, see
             :meth:`~tiler.engine.executor.Stages.sized`).
         writers: Writer threads per actor (None: one).
+        env_vars: Names of the driver's environment variables every worker gets (:func:`connect`).
     """
 
     address: str | None = None
@@ -71,6 +72,7 @@ class RayOptions:
     max_task_retries: int = 3
     readers: int | None = None
     writers: int | None = None
+    env_vars: tuple[str, ...] = ()
 
     @property
     def stages(self) -> Stages:
@@ -198,7 +200,7 @@ class RayExecutor:
         if self._refs:
             raise EngineError("the actor pool cannot change its model while blocks are in flight")
         self._kill()
-        connect(self.options.address)
+        connect(self.options.address, self.options.env_vars)
         size = pool_size(self.options)
         if hint is not None:
             size = max(1, min(size, hint))
@@ -345,7 +347,7 @@ class RayExecutor:
 
     def _finish_placement(self) -> dict[str, Any]:
         """Ray options of the next finishing step: ``num_cpus``, and a node with CPUs when it asks for none."""
-        connect(self.options.address)
+        connect(self.options.address, self.options.env_vars)
         reserved = len(self._actors) * self.options.cpus_per_actor
         if float(ray.cluster_resources().get("CPU", 0)) - reserved >= 1:
             return {"num_cpus": 1}

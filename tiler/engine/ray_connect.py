@@ -5,19 +5,25 @@ Part of the Ray engine (:mod:`tiler.engine.ray`, which re-exports :func:`connect
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ray
 import ray.exceptions
 
 from tiler.errors import EngineError
 
-__all__ = ["CONNECT_TIMEOUT_S", "connect", "stop_embedded"]
+RAY_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Where ``ray job submit`` hands its driver the job's config (its ``runtime_env``)."""
+
+__all__ = ["CONNECT_TIMEOUT_S", "RAY_JOB_CONFIG", "connect", "stop_embedded", "worker_env"]
 
 CONNECT_TIMEOUT_S = 15.0
 """How long to wait for a cluster's address to accept a connection before giving up."""
@@ -89,7 +95,7 @@ _TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 _STARTED_HERE = False  # whether this process started the embedded Ray it is connected to
 
 
-def _start_local() -> None:
+def _start_local(runtime_env: Mapping[str, Any] | None) -> None:
     """Start a private embedded Ray: dashboard off, node address on loopback, session folder for this user only."""
     global _STARTED_HERE
     notices = logging.getLogger(_TOKEN_NOTICE_LOGGER)
@@ -98,7 +104,7 @@ def _start_local() -> None:
     root = tempfile.mkdtemp(prefix="tiler-ray-")
     ray.init(
         address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-        _node_ip_address="127.0.0.1", _temp_dir=root,
+        _node_ip_address="127.0.0.1", _temp_dir=root, runtime_env=runtime_env,
     )
     os.chmod(root, 0o700)  # ray makes its temp root world-writable; nobody else needs to enter it
     _STARTED_HERE = True
@@ -116,8 +122,23 @@ def stop_embedded() -> None:
     _STARTED_HERE = False
 
 
-def connect(address: str | None = None) -> None:
+def worker_env(names: Sequence[str]) -> dict[str, str]:
+    """The variables ``names`` of this process's environment that the job's own ``runtime_env`` does not set.
+
+    ``ray job submit --runtime-env-json`` gives the driver the job's ``runtime_env`` (``RAY_JOB_CONFIG_JSON_ENV_VAR``),
+    which Ray refuses to merge with a ``ray.init`` one setting the same variable: the job's wins, as it would anyway.
+    """
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG, "") or "{}")
+    given = ((job.get("runtime_env") or {}).get("env_vars") or {}) if isinstance(job, dict) else {}
+    return {name: os.environ[name] for name in names if name in os.environ and name not in given}
+
+
+def connect(address: str | None = None, env_vars: Sequence[str] = ()) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's cluster), else start a private local one.
+
+    ``env_vars``: names of this process's environment variables every worker of the job gets (``engine.env_vars``:
+    credentials and endpoints of object storage), passed as the job's ``runtime_env``; their values are read now,
+    in this process, and never stored.
 
     Raises:
         EngineError: The address does not answer, or refuses us (token authentication).
@@ -126,17 +147,18 @@ def connect(address: str | None = None) -> None:
         return
     keep = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
-        _connect(address)
+        _connect(address, worker_env(env_vars))
     finally:
         if keep is not None:  # ray.init installs its own SIGTERM handler; the caller's (tiler's CLI) wins
             signal.signal(signal.SIGTERM, keep)
 
 
-def _connect(address: str | None) -> None:
+def _connect(address: str | None, env: Mapping[str, str]) -> None:
+    runtime_env = {"env_vars": dict(env)} if env else None
     if address is None:
         address = os.environ.get("RAY_ADDRESS") or None
     if address is None or address == "local":
-        _start_local()
+        _start_local(runtime_env)
         return
     if address.startswith(("http://", "https://")):
         raise EngineError(
@@ -147,7 +169,7 @@ def _connect(address: str | None) -> None:
     _check_reachable(address)
     _check_authenticated(address)
     try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env=runtime_env)
     except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and the fix
         # the fix names the environment variable and its value in words: the redactor masks KEY=value for AUTH keys
         hint = ""

@@ -136,5 +136,6 @@ def make_executor(cfg: JobConfig, engine: str = "ray") -> Executor:
             address=e.address, actors=e.actors, gpus_per_actor=e.gpus_per_actor, cpus_per_actor=e.cpus_per_actor,
             threads=cfg.model.threads, max_in_flight=e.max_in_flight if e.prefetch else 1,
             max_restarts=e.max_restarts, max_task_retries=e.max_task_retries, readers=e.readers, writers=e.writers,
+            env_vars=tuple(e.env_vars),
         )
     )
