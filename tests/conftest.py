@@ -1,4 +1,4 @@
-"""Shared fixtures: small random conv nets usable as tile models, one Ray and one S3 server per session."""
+"""Shared fixtures: small random conv nets usable as tile models; one Ray, one S3 server, one Orthanc per session."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import settings
 
+from tests.orthanc import orthanc  # noqa: F401 - registered once here: one Orthanc for the session
 from tests.s3 import s3_bucket, s3_server  # noqa: F401 - registered once here: one moto server for the session
 
 # Fixed examples on every run and every machine, as the rest of the suite fixes its seeds.

@@ -3,9 +3,8 @@
 :func:`start_orthanc` writes a temporary configuration (free loopback ports, storage and index in a temporary
 folder, no authentication, every calling AE allowed to store, the DICOMweb plugin at ``/dicom-web/``), starts
 ``/usr/sbin/Orthanc`` (Debian packages ``orthanc`` and ``orthanc-dicomweb``, installed by ``make test``) and stops
-it on exit. The session fixture :func:`orthanc` shares one server between the test modules, which import it::
-
-    from tests.orthanc import orthanc  # noqa: F401
+it on exit. The session fixture :func:`orthanc` shares one server between the test modules: ``tests/conftest.py``
+registers it once (a session fixture imported into two modules is two fixtures, two servers).
 """
 
 from __future__ import annotations

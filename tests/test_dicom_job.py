@@ -22,7 +22,7 @@ import yaml
 import zarr
 
 from tests.dicom_series import write_series
-from tests.orthanc import Orthanc, orthanc  # noqa: F401 - the session's PACS
+from tests.orthanc import Orthanc  # the session's PACS, the fixture orthanc, comes from conftest
 from tiler.cli import main as cli_main
 from tiler.model import ModelSpec, Normalization, build_network, save_checkpoint
 
@@ -69,7 +69,7 @@ def orthanc_get(server: Orthanc, path: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def dicom_job(tmp_path_factory: pytest.TempPathFactory, orthanc: Orthanc) -> dict[str, Any]:  # noqa: F811
+def dicom_job(tmp_path_factory: pytest.TempPathFactory, orthanc: Orthanc) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("dicom-job")
     series = root / "series"
     hu = ct_volume()
@@ -126,7 +126,7 @@ def test_the_same_series_as_simpleitks_nifti_gives_the_same_labels_and_affine(
 
 
 def test_the_seg_is_stored_in_the_pacs_and_found_by_a_query_on_the_study(
-    dicom_job: dict[str, Any], orthanc: Orthanc  # noqa: F811
+    dicom_job: dict[str, Any], orthanc: Orthanc
 ) -> None:
     seg = pydicom.dcmread(dicom_job["seg"], stop_before_pixels=True)
     found = orthanc_get(orthanc, f"/dicom-web/studies/{seg.StudyInstanceUID}/series?Modality=SEG")
@@ -135,7 +135,7 @@ def test_the_seg_is_stored_in_the_pacs_and_found_by_a_query_on_the_study(
     assert record["settings"]["target"] == orthanc.dicomweb_url
 
 
-def test_a_rerun_sends_nothing_again(dicom_job: dict[str, Any], orthanc: Orthanc) -> None:  # noqa: F811
+def test_a_rerun_sends_nothing_again(dicom_job: dict[str, Any], orthanc: Orthanc) -> None:
     seg = pydicom.dcmread(dicom_job["seg"], stop_before_pixels=True)
     before = dicom_job["seg"].read_bytes()
     stats = orthanc_get(orthanc, "/statistics")["CountInstances"]
@@ -148,7 +148,7 @@ def test_a_rerun_sends_nothing_again(dicom_job: dict[str, Any], orthanc: Orthanc
 
 
 def test_a_failed_send_fails_the_input_keeps_the_seg_and_a_rerun_sends_only_the_seg(
-    dicom_job: dict[str, Any], orthanc: Orthanc, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+    dicom_job: dict[str, Any], orthanc: Orthanc, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     series = tmp_path / "series"
     write_series(series, ct_volume(seed=1), intercept=-1024.0, patient_id="TILER-TEST-2")

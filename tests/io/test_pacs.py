@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SegmentationStorage
 
 from tests.dicom_series import write_series
-from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401
+from tests.orthanc import Orthanc, free_port  # the session's PACS, the fixture orthanc, comes from conftest
 from tiler.errors import ConfigError, OutputError
 from tiler.geometry import Window
 from tiler.io.dicom_seg import export_dicom_seg
@@ -111,7 +111,7 @@ def test_parse_target_refuses(text, why):
 
 
 @pytest.mark.parametrize("which", ["ct", "seg"])
-def test_stow_rs_stores_instance(orthanc, study, which):  # noqa: F811
+def test_stow_rs_stores_instance(orthanc, study, which):
     path = study[which]
     before = _digest(path)
     uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
@@ -124,7 +124,7 @@ def test_stow_rs_stores_instance(orthanc, study, which):  # noqa: F811
 @pytest.mark.parametrize(
     "form", [pytest.param("dicom-url", id="dicom://AET@host:port"), pytest.param("bare", id="host:port+called_ae")]
 )
-def test_c_store_stores_seg(orthanc, study, form):  # noqa: F811
+def test_c_store_stores_seg(orthanc, study, form):
     path = study["seg"]
     before = _digest(path)
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -163,7 +163,7 @@ def test_send_to_closed_port_names_target(study, target, match):
     assert _digest(path) == before
 
 
-def test_stow_to_wrong_path_names_http_status(orthanc, study):  # noqa: F811
+def test_stow_to_wrong_path_names_http_status(orthanc, study):
     path = study["seg"]
     before = _digest(path)
     url = orthanc.http_url.replace("http://", "http://user:s3cret@") + "/no-such-root"
