@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from tiler.errors import ReadError
 from tiler.redact import redact
 
-__all__ = ["describe_remote_failure", "endpoint_of", "gdal_cloud_options", "storage_service"]
+__all__ = ["describe_remote_failure", "endpoint_of", "gdal_cloud_options", "s3_endpoint", "storage_service"]
 
 _SCHEMES = {"s3": "s3", "gs": "gs", "az": "az", "http": "http", "https": "http"}
 _VSI = re.compile(r"/vsi(s3|gs|az|adls|curl)(?:_streaming)?/")
@@ -71,7 +71,7 @@ def storage_service(path: str) -> str | None:
     return _VSI_SERVICE[vsi.group(1)] if vsi is not None else None
 
 
-def _s3_endpoint(environ: Mapping[str, str]) -> tuple[str, str] | None:
+def s3_endpoint(environ: Mapping[str, str]) -> tuple[str, str] | None:
     """``(variable, URL)`` of the S3-compatible server named in ``environ``, or None for AWS itself.
 
     Raises:
@@ -123,7 +123,7 @@ def gdal_cloud_options(path: str, *, environ: Mapping[str, str] | None = None) -
     if storage_service(path) != "s3":
         return {}
     options = {"AWS_NO_SIGN_REQUEST": env.get("AWS_NO_SIGN_REQUEST") or "NO"}
-    endpoint = _s3_endpoint(env)
+    endpoint = s3_endpoint(env)
     if endpoint is not None:
         parts = urlsplit(endpoint[1])
         host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else str(parts.hostname)

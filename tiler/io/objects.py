@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from tiler.io.cloud import s3_endpoint
 from tiler.paths import OBJECT_SCHEMES, is_object_url
 from tiler.redact import redact
 
@@ -59,15 +60,6 @@ _ENV_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AW
 _STORES: dict[tuple[Any, ...], Any] = {}  # (scheme, bucket, relevant environment) -> obstore store, per process
 
 
-def _endpoint(environ: os._Environ[str] | dict[str, str]) -> str | None:
-    if environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() in ("1", "true", "yes", "on"):
-        return None
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        if environ.get(name, "").strip():
-            return environ[name].strip()
-    return None
-
-
 def _object_store(scheme: str, bucket: str, prefix: str = "") -> Any:
     """The obstore store of ``scheme://bucket/prefix`` for this process's environment now (cached per environment)."""
     from obstore.store import from_url
@@ -76,7 +68,8 @@ def _object_store(scheme: str, bucket: str, prefix: str = "") -> Any:
     store = _STORES.get(key)
     if store is None:
         options: dict[str, Any] = {}
-        endpoint = _endpoint(os.environ) if scheme == "s3" else None
+        found = s3_endpoint(os.environ) if scheme == "s3" else None  # the variables GDAL is given too
+        endpoint = found[1] if found is not None else None
         if endpoint is not None:
             options["endpoint"] = endpoint
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
