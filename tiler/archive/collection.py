@@ -186,8 +186,9 @@ def _linked_items(root: AnyPath, item_files: Iterable[str]) -> list[tuple[str, d
         path = as_path(file)
         if isinstance(path, Path) and not path.is_absolute():
             continue
-        rel = "./" + relpath(path, root)
-        if rel in out or rel.startswith("./../") or "://" in rel:
+        below = relpath(path, root)  # an Item elsewhere (another bucket) keeps its URL: not linked
+        rel = "./" + below
+        if rel in out or rel.startswith("./../") or is_remote(below):
             continue
         try:
             out[rel] = json.loads(path.read_bytes())
