@@ -13,13 +13,13 @@ import rasterio  # noqa: F401  (loads libgdal into the process)
 
 
 def _libgdal() -> ctypes.CDLL:
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        path = line.split()[-1]
-        if "libgdal" in Path(path).name:
-            lib = ctypes.CDLL(path)
-            break
-    else:  # pragma: no cover - rasterio linked statically
+    """rasterio's libgdal: pyogrio (geopandas) brings its own GDAL, and /proc/self/maps lists whichever loaded first."""
+    loaded = sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                     if "libgdal" in Path(line.split()[-1]).name})  # fmt: skip
+    ours = [p for p in loaded if "rasterio" in p] or loaded
+    if not ours:  # pragma: no cover - rasterio linked statically
         raise RuntimeError("libgdal is not loaded in this process")
+    lib = ctypes.CDLL(ours[0])
     lib.GDALAllRegister()
     lib.GDALOpen.restype = ctypes.c_void_p
     lib.GDALOpen.argtypes = [ctypes.c_char_p, ctypes.c_int]
