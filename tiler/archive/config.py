@@ -133,7 +133,9 @@ class ArchiveConfig:
         """The run ledger: ``archive.ledger``, else ``<root>/ledger.sqlite``."""
         if self.archive.ledger is not None:
             return Path(self.archive.ledger)
-        assert isinstance(self.root, Path), "a bucket root is refused without archive.ledger"
+        if isinstance(self.root, ObjectPath):  # load_archive refuses this; an ArchiveConfig built by hand may not
+            raise ConfigError(f"archive.ledger: is needed for archive.root {self.root} in object storage; fix: set "
+                              "archive.ledger to a local file")
         return self.root / LEDGER_NAME
 
     @property
