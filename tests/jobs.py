@@ -35,11 +35,12 @@ def write_truth(image: Path, path: Path) -> Path:
 
 @dataclass(frozen=True)
 class Scene:
-    """A job's input files: the scene (200×168, a nodata corner), the tiny model's checkpoint, the scene's truth."""
+    """A job's input files: the scene (200×168, a nodata corner), the tiny model's checkpoint, the scene's truth
+    (None: an unscored job)."""
 
     image: Path
     model: Path
-    truth: Path
+    truth: Path | None
 
 
 def write_scene(root: Path) -> Scene:
@@ -48,16 +49,19 @@ def write_scene(root: Path) -> Scene:
     return Scene(image, write_model(root / "model.pt"), write_truth(image, root / "truth.tif"))
 
 
-def write_config(root: Path, *, inputs: Scene | None = None, **extra: object) -> Path:
-    """The job's YAML in ``root`` (its outputs beside it), reading ``inputs``, else a scene written into ``root``."""
+def write_config(
+    root: Path, *, inputs: Scene | None = None, exports: Sequence[str] = ("cog", "quicklook"), **extra: object
+) -> Path:
+    """The job's YAML in ``root`` (its outputs beside it), reading ``inputs``, else a scene written into ``root``;
+    scored against the scene's truth when it has one. ``extra`` replaces whole sections."""
     inputs = inputs if inputs is not None else write_scene(root)
     data = {
         "input": {"path": str(inputs.image)},
         "model": {"weights": str(inputs.model), "batch_size": 4, "threads": 1},
         "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
         "engine": {"actors": 1},
-        "output": {"path": str(root / "out.zarr"), "chunks": [32, 32], "exports": ["cog", "quicklook"]},
-        "scoring": {"truth": str(inputs.truth), "boundary_width": 2},
+        "output": {"path": str(root / "out.zarr"), "chunks": [32, 32], "exports": list(exports)},
+        **({"scoring": {"truth": str(inputs.truth), "boundary_width": 2}} if inputs.truth is not None else {}),
         **extra,
     }
     path = root / "job.yaml"

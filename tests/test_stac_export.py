@@ -14,7 +14,6 @@ import pystac
 import pytest
 import rasterio
 import shapely
-import yaml
 from jsonschema import Draft7Validator
 from rasterio.warp import transform as warp_points
 from referencing import Registry, Resource
@@ -22,6 +21,7 @@ from referencing.exceptions import NoSuchResource
 from referencing.jsonschema import DRAFT7
 
 from tests.engine.helpers import write_model, write_raster
+from tests.jobs import Scene, write_config
 from tiler.config import load_config, parse_config
 from tiler.errors import ConfigError
 from tiler.segment import SegmentResult, run_segment
@@ -61,19 +61,6 @@ def schema_errors(item: dict[str, Any]) -> tuple[list[str], list[str]]:
     return errors, fetched
 
 
-def write_job(root: Path, *, image: Path, model: Path, exports: list[str]) -> Path:
-    data = {
-        "input": {"path": str(image)},
-        "model": {"weights": str(model), "batch_size": 4, "threads": 1},
-        "tiling": {"tile": [32, 32], "overlap": [8, 8], "block": [64, 64]},
-        "engine": {"actors": 1},
-        "output": {"path": str(root / "out.zarr"), "chunks": [32, 32], "exports": exports},
-    }
-    path = root / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 @dataclass(frozen=True)
 class Finished:
     root: Path
@@ -98,7 +85,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
         dst.update_tags(TIFFTAG_DATETIME=ACQUIRED)
     model = write_model(inputs / "model.pt")
     root = tmp_path_factory.mktemp("finished")
-    cfg = load_config(write_job(root, image=image, model=model, exports=["cog", "quicklook", "geojson", "stac"]))
+    exports = ["cog", "quicklook", "geojson", "stac"]
+    cfg = load_config(write_config(root, inputs=Scene(image, model, None), exports=exports))
     return Finished(root, image, model, run_segment(cfg, engine="local", quiet=True))
 
 
@@ -269,7 +257,8 @@ def test_other_exports_draw_the_item_again_without_running_a_block(
 ) -> None:
     copy_finished_job(finished.root, tmp_path)
     blocks = sorted(p.name for p in (tmp_path / "out.zarr" / ".tiler" / "blocks").iterdir())
-    cfg = load_config(write_job(tmp_path, image=finished.image, model=finished.model, exports=["cog", "stac"]))
+    unscored = Scene(finished.image, finished.model, None)
+    cfg = load_config(write_config(tmp_path, inputs=unscored, exports=["cog", "stac"]))
     result = run_segment(cfg, engine="local", quiet=True)
     assert result.summary["blocks_run"] == 0
     assert sorted(p.name for p in (tmp_path / "out.zarr" / ".tiler" / "blocks").iterdir()) == blocks
