@@ -38,8 +38,9 @@ orthanc:
 		|| { echo "error: the tests need Orthanc: install the Debian packages orthanc and orthanc-dicomweb" >&2; exit 1; }; \
 	fi
 
+TEST_WORKERS ?= 2
 test: bytecode orthanc
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tiler pipelines tests bench
