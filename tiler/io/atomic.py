@@ -200,8 +200,12 @@ def content_digest(path: PathArg) -> str:
                 lines.append(f"{rel} -> {os.readlink(entry)}")
             else:
                 lines.append(f"{rel} {entry.stat().st_size} {_file_sha256(entry)}")
-    listing = "\n".join(sorted(lines)).encode()
-    return f"sha256:{hashlib.sha256(listing).hexdigest()}"
+    return _listing_digest(lines)
+
+
+def _listing_digest(lines: list[str]) -> str:
+    """The digest of a folder (or key prefix) from its entry lines (``<relative path> <size> <sha256>``)."""
+    return f"sha256:{hashlib.sha256(chr(10).join(sorted(lines)).encode()).hexdigest()}"
 
 
 def _object_digest(path: ObjectPath) -> str:
@@ -217,7 +221,7 @@ def _object_digest(path: ObjectPath) -> str:
         lines.append(f"{rel} {len(data)} {hashlib.sha256(data).hexdigest()}")
     if not lines:
         raise FileNotFoundError(2, "no such object", str(path))
-    return f"sha256:{hashlib.sha256(chr(10).join(sorted(lines)).encode()).hexdigest()}"
+    return _listing_digest(lines)
 
 
 def _upload_tree(folder: Path, final: ObjectPath, *, last: str = "zarr.json") -> None:

@@ -80,10 +80,14 @@ STAC_SUFFIXES = (".json", ".parquet", ".geoparquet")
 """The files that hold STAC items: JSON (an Item, an ItemCollection), and stac-geoparquet (one item per row)."""
 
 
+def _file_name(href: str) -> str:
+    """``href``'s path in lower case (a URL's without its query), for telling file types by suffix."""
+    return (urllib.parse.urlsplit(href).path if is_remote(href) else href).rstrip("/").lower()
+
+
 def _json_file(href: str) -> bool:
     """Whether ``href`` names a file of STAC items, JSON or stac-geoparquet (a URL by its path, without its query)."""
-    path = urllib.parse.urlsplit(href).path if is_remote(href) else href
-    return path.rstrip("/").lower().endswith(STAC_SUFFIXES)
+    return _file_name(href).endswith(STAC_SUFFIXES)
 
 
 def is_geoparquet(href: str) -> bool:
@@ -92,8 +96,7 @@ def is_geoparquet(href: str) -> bool:
     >>> is_geoparquet("s3://b/cat/items.parquet"), is_geoparquet("/cat/items.json")
     (True, False)
     """
-    path = urllib.parse.urlsplit(href).path if is_remote(href) else href
-    return path.rstrip("/").lower().endswith((".parquet", ".geoparquet"))
+    return _file_name(href).endswith((".parquet", ".geoparquet"))
 
 
 def read_stac_bytes(href: str) -> bytes:
