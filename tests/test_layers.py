@@ -1,17 +1,24 @@
-"""Imports only go down the layers (ARCHITECTURE.md): checked on the source, module by module."""
+"""Imports only go down the layers (ARCHITECTURE.md), and a rule written once stays written once.
+
+The import rules are import-linter contracts in ``pyproject.toml`` (``make lint`` runs them too); these tests run
+them, and show each contract breaks when a module imports against it.
+"""
 
 from __future__ import annotations
 
 import ast
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 TILER = Path(__file__).resolve().parents[1] / "tiler"
-FILE_LIBRARIES = ("zarr", "rasterio", "nibabel", "tifffile", "openslide")
 
 
 def imports(path: Path) -> set[str]:
@@ -30,33 +37,47 @@ def modules(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.py"))
 
 
-def _uses(names: set[str], package: str) -> bool:
-    return any(name == package or name.startswith(package + ".") for name in names)
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` (import-linter) on the project at ``root``, with the contracts of its ``pyproject.toml``."""
+    tool = Path(sys.executable).parent / "lint-imports"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([str(tool), "--no-cache"], cwd=root, env=env, capture_output=True, text=True, check=False)
 
 
-@pytest.mark.parametrize("path", modules(TILER / "metrics"), ids=lambda p: p.name)
-def test_metrics_opens_no_file_itself(path: Path) -> None:
-    found = [lib for lib in FILE_LIBRARIES if _uses(imports(path), lib)]
-    assert not found, f"{path.name} imports {found}: label maps come from tiler.io (open_labels, Georef.same_grid)"
+def contracts() -> list[dict[str, Any]]:
+    """The import-linter contracts of ``pyproject.toml``."""
+    return tomllib.loads((TILER.parent / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
 
 
-@pytest.mark.parametrize("path", modules(TILER), ids=lambda p: str(p.relative_to(TILER)))
-def test_nothing_in_tiler_imports_pipelines(path: Path) -> None:
-    assert not _uses(imports(path), "pipelines"), f"{path} imports pipelines (an arrow pointing up)"
+def test_the_import_contracts_hold() -> None:
+    done = lint_imports(TILER.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"Contracts: {len(contracts())} kept, 0 broken." in done.stdout
 
 
-@pytest.mark.parametrize("path", modules(TILER), ids=lambda p: str(p.relative_to(TILER)))
-def test_only_the_command_line_imports_command_modules(path: Path) -> None:
-    commands = ("tiler.metrics.cli", "tiler.archive.cli", "tiler.cli", "tiler.model.cli")
-    allowed = {"cli.py"} if path.parent == TILER else {"cli.py", "__init__.py"}
-    if path.name in allowed:
-        return
-    used = [name for name in commands if name in imports(path)]
-    assert not used, f"{path} imports the command module(s) {used}; import the library function instead"
-
-
-def test_the_output_store_takes_its_palette_from_one_place() -> None:
-    assert not any(_uses(imports(p), "matplotlib") for p in (TILER / "io" / "store").glob("*.py"))
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("metrics/confusion.py", "import rasterio", "Metrics open no file themselves"),
+        ("io/store/layout.py", "import matplotlib", "The output store takes its palette from one place"),
+        ("exports/base.py", "import tiler.job.finish", "An export format knows the store and io"),
+        ("config/fields.py", "import tiler.config.schema", "The config package imports only downward"),
+        ("geometry.py", "import pipelines.segment", "The library never imports the job entry points"),
+        ("io/base.py", "from tiler.cli import main", "Nothing imports the command line"),
+        ("geometry.py", "import tiler.io.base", "No import cycle"),
+    ],
+)
+def test_an_import_against_a_contract_breaks_it(tmp_path: Path, module: str, line: str, contract: str) -> None:
+    root = tmp_path / "project"
+    for name in ("tiler", "pipelines"):
+        shutil.copytree(TILER.parent / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(TILER.parent / "pyproject.toml", root / "pyproject.toml")
+    target = root / "tiler" / module
+    target.write_text(target.read_text(encoding="utf-8") + f"\n\ndef _against_a_contract() -> None:\n    {line}\n")
+    done = lint_imports(root)
+    assert done.returncode != 0
+    name = next(c["name"] for c in contracts() if c["name"].startswith(contract))
+    assert f"{name} BROKEN" in " ".join(done.stdout.split()), done.stdout[-3000:]  # names wrap at 80 columns
 
 
 def test_training_scores_with_tiler_metrics() -> None:
@@ -86,36 +107,12 @@ def test_windows_over_an_image_come_from_the_geometry(path: Path) -> None:
     )
 
 
-CONFIG_ORDER = (
-    "problems", "fields", "sections", "model_section", "schema", "messages", "files", "overrides", "completion",
-    "loading",
-    "identity",
-)  # fmt: skip
-"""The modules of tiler.config, lowest first: each imports only modules before it."""
-
-
-@pytest.mark.parametrize("name", CONFIG_ORDER)
-def test_the_config_package_imports_only_downward(name: str) -> None:
-    used = {n.split(".")[2] for n in imports(TILER / "config" / f"{name}.py") if n.startswith("tiler.config.")}
-    above = used - set(CONFIG_ORDER[: CONFIG_ORDER.index(name)])
-    assert not above, f"tiler.config.{name} imports {sorted(above)}, which sit above it (or beside it)"
-
-
-def test_every_config_module_is_placed() -> None:
-    found = {p.stem for p in (TILER / "config").glob("*.py")} - {"__init__"}
-    assert found == set(CONFIG_ORDER)
+def test_every_config_module_is_placed_in_the_layers_contract() -> None:
+    layers = next(c["layers"] for c in contracts() if c.get("containers") == ["tiler.config"])
+    assert {p.stem for p in (TILER / "config").glob("*.py")} - {"__init__"} == set(layers)
 
 
 def test_the_config_package_loads_no_heavy_library() -> None:
     code = "import sys, json, tiler.config; print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=TILER.parent, capture_output=True, text=True, check=True)
     assert not set(json.loads(out.stdout)) & {"torch", "dask", "zarr", "rasterio", "ray", "monai"}
-
-
-@pytest.mark.parametrize("path", modules(TILER / "exports"), ids=lambda p: p.name)
-def test_the_export_registry_sits_just_above_io(path: Path) -> None:
-    above = ("tiler.engine", "tiler.job", "tiler.config", "tiler.segment", "tiler.archive", "tiler.cli", "tiler.model")
-    used = [name for name in imports(path) if any(_uses({name}, layer) for layer in above)]
-    assert not used, f"{path.name} imports {used}: an export format knows the store and io, nothing above them"
-    found = [lib for lib in FILE_LIBRARIES if any(n.split(".")[0] == lib for n in imports(path))]
-    assert not found, f"{path.name} imports {found}: writers live in tiler.io, imported when an export runs"

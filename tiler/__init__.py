@@ -33,8 +33,7 @@ from tiler.errors import (
     TilerError,
 )
 from tiler.lazy import lazy_names
-
-__version__ = "0.1.0"
+from tiler.version import __version__
 
 _LAZY: dict[str, str] = {
     "load_config": "tiler.config.loading",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
@@ -37,6 +36,7 @@ from tiler.io.atomic import BeforeMove, atomic_path
 from tiler.io.base import one_line
 from tiler.io.export import _check_writable
 from tiler.io.objects import AnyPath, PathArg, as_path
+from tiler.version import __version__
 
 SEGMENTATION_TYPES = ("binary", "labelmap")
 """The SEG flavours written: one bit plane per segment and slice, or one plane of segment numbers per slice."""
@@ -267,19 +267,6 @@ def _display_color(rgb: tuple[int, int, int]) -> hd.color.CIELabColor | None:
         return None
 
 
-def software_version() -> str:
-    """The version of tiler (``tiler.__version__``, else the installed package's)."""
-    import tiler
-
-    version = getattr(tiler, "__version__", None)
-    if version:
-        return str(version)
-    try:
-        return metadata.version("tiler")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def segment_descriptions(
     segments: Sequence[Segment], *, algorithm: str, algorithm_version: str
 ) -> list[hd.seg.SegmentDescription]:
@@ -327,7 +314,7 @@ def _build(
             instance_number=1,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=_lo(algorithm),
-            software_versions=_lo(software_version()),
+            software_versions=_lo(__version__),
             device_serial_number="0",
             series_description=_lo(f"tiler segmentation ({algorithm})"),
             omit_empty_frames=not empty,

@@ -56,6 +56,7 @@ from tiler.io.base import Georef, Reader
 from tiler.io.export_common import _check_writable
 from tiler.io.objects import AnyPath, PathArg, as_path, relpath
 from tiler.io.store import OutputStore
+from tiler.version import __version__
 
 __all__ = [
     "ASSETS", "AssetKind", "EDGE_POINTS", "PROCESSING_SCHEMA", "SIMPLIFY_DEGREES", "STORE_ASSET", "acquisition_time",
@@ -306,11 +307,7 @@ def build_item(
     """
     folder = as_path(item_path).parent
     geometry, bbox = footprint(store.georef, store.shape)
-    version = store.attrs.get("tiler_version")
-    if not version:
-        import tiler
-
-        version = tiler.__version__
+    version = store.attrs.get("tiler_version") or __version__
     config = store.attrs.get("config") or {}
     model = {k: v for k, v in (config.get("model") or {}).items() if k in ("weights", "format", "spec") and v}
     properties: dict[str, Any] = {

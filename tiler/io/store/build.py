@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-import tiler
 from tiler.errors import GeometryError, OutputError
 from tiler.io.atomic import atomic_dir, clean_temporaries, output_error, write_json_atomic
 from tiler.io.base import Georef
@@ -27,6 +26,7 @@ from tiler.io.store.chunks import ARRAY_CONFIG, chunk_codecs
 from tiler.io.store.coords import TRANSFORM_ORDER, coordinate_arrays, data_var_attrs, dim_names
 from tiler.io.store.layout import BLOCK_SHAPE, STATE_DIR, STORE_FORMAT, STORE_MARKER, read_json
 from tiler.label_rules import labels_dtype
+from tiler.version import __version__
 
 __all__ = ["PROBABILITY_DTYPES", "build_group", "check_create_args", "consolidate_metadata", "new_store"]
 
@@ -174,7 +174,7 @@ def new_store(
         meta["georef"] = meta["georef"].to_attrs()
     meta.update(
         {STORE_MARKER: STORE_FORMAT}, pixels_hash=pixels_hash, num_classes=int(num_classes),
-        nodata_label=int(nodata_label), tiler_version=tiler.__version__, complete=False,
+        nodata_label=int(nodata_label), tiler_version=__version__, complete=False,
         **({BLOCK_SHAPE: [int(b) for b in block]} if block is not None else {}),
     )  # fmt: skip
     try:
