@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install bytecode demo test lint bench clean orthanc
+.PHONY: install bytecode demo test test-durations lint bench clean orthanc
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,9 +38,15 @@ orthanc:
 		|| { echo "error: the tests need Orthanc: install the Debian packages orthanc and orthanc-dicomweb" >&2; exit 1; }; \
 	fi
 
+# Each test file runs whole on one worker (its module fixtures run once), longest files first (tests/durations.json,
+# refreshed by `make test-durations`), so no worker ends the run alone on a long file.
 TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: bytecode orthanc
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
+
+test-durations: bytecode orthanc
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) --write-durations
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tiler pipelines tests bench

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,36 @@ from tests.s3 import s3_bucket, s3_server  # noqa: F401 - registered once here: 
 # Fixed examples on every run and every machine, as the rest of the suite fixes its seeds.
 settings.register_profile("tiler", derandomize=True, deadline=None)
 settings.load_profile("tiler")
+
+DURATIONS = Path(__file__).with_name("durations.json")
+"""Seconds each test file took (setup, calls and teardown), written by ``make test-durations``."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--write-durations", action="store_true", help=f"write each file's seconds to {DURATIONS}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest files first, so that two workers (``-n 2 --dist loadfile``) never end on one long file.
+
+    A file :data:`DURATIONS` does not know yet counts as the longest. The order within a file is kept.
+    """
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    longest = max(known.values(), default=0.0)
+    items.sort(key=lambda item: -known.get(item.nodeid.split("::")[0], longest))
+
+
+_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    file = report.nodeid.split("::")[0]
+    _seconds[file] = _seconds.get(file, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.getoption("--write-durations") and not hasattr(session.config, "workerinput"):
+        DURATIONS.write_text(json.dumps({f: round(s, 1) for f, s in sorted(_seconds.items())}, indent=1) + "\n")
 
 
 def conv_net(ndim: int, in_ch: int, classes: int, *, layers: int = 3, seed: int = 0) -> torch.nn.Module:

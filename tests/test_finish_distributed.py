@@ -95,69 +95,6 @@ def test_a_failing_export_fails_the_input_with_its_own_error_and_leaves_it_incom
     assert not Path(cfg.output.path).with_suffix(".report.json").exists()
 
 
-CLUSTER_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys, threading, time
-    import psutil, ray
-    from ray.cluster_utils import Cluster
-    from tiler.config import load_config
-    from tiler.io.store import OutputStore
-    from tiler.segment import run_segment
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    worker = cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    raylets = {
-        name: [p.process.pid for p in node.all_processes["raylet"]]
-        for name, node in (("head", cluster.head_node), ("worker", worker))
-    }
-    seen = {}  # pid -> node, sampled while the runs go (Ray ends idle workers within seconds)
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            for name, pids in raylets.items():
-                for pid in pids:
-                    try:
-                        for child in psutil.Process(pid).children(recursive=True):
-                            seen.setdefault(child.pid, name)
-                    except psutil.NoSuchProcess:
-                        pass
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    found = {}
-    # a pool leaving a CPU free (steps ask for one), and the default pool holding every CPU (steps ask for none)
-    for pool, sets in (("one-actor", ["engine.actors=1"]), ("every-cpu", ["engine.actors=null"])):
-        out = os.path.join(os.path.dirname(sys.argv[1]), pool + ".zarr")
-        cfg = load_config(sys.argv[1], ["output.exports=[cog,geojson]", f"output.path={out}", *sets])
-        result = run_segment(cfg, engine="ray", quiet=True)
-        records = OutputStore.open(result.store, mode="r").export_records()
-        found[pool] = {n: seen.get(int(r["pid"]), "unseen") for n, r in records.items()}
-    done.set()
-    print(json.dumps(found))
-    ray.shutdown()
-    cluster.shutdown()
-    """
-)
-
-
-@pytest.mark.slow
-def test_finishing_runs_on_a_worker_node_of_a_two_node_cluster(tmp_path: Path, scene: Scene) -> None:
-    script = tmp_path / "cluster.py"
-    script.write_text(CLUSTER_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, str(script), str(write_config(tmp_path, inputs=scene))], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    found = json.loads(out.stdout.strip().splitlines()[-1])
-    for pool, nodes in found.items():
-        assert set(nodes) >= {"cog", "geojson", "scores_json", "report_json"}, pool
-        assert set(nodes.values()) == {"worker"}, (pool, nodes)  # the driver's node (no CPUs) finished nothing
-
-
 def _die() -> None:
     os.kill(os.getpid(), 9)
 

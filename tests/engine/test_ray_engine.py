@@ -233,44 +233,6 @@ def test_driver_killed_then_rerun_skips_finished_blocks(
     np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
 
 
-CLUSTER = textwrap.dedent(
-    """
-    import sys, pickle, ray
-    from ray.cluster_utils import Cluster
-    from tiler.engine.job import run_job
-    from tiler.engine.ray import RayExecutor, RayOptions
-    plan = pickle.load(open(sys.argv[1], "rb"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    result = run_job(plan, executor=RayExecutor(RayOptions(actors=2)), chunks=(32, 32), pixels_hash="h")
-    nodes = {r.pid for r in result.records.values()}
-    print("PIDS", len(nodes))
-    ray.shutdown()
-    cluster.shutdown()
-    """
-)
-
-
-def test_two_node_cluster_gives_identical_output(scene, reference, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import pickle
-
-    plan = make_plan(*scene, tmp_path / "out.zarr")
-    (tmp_path / "plan.pkl").write_bytes(pickle.dumps(plan))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    run = subprocess.run(
-        [sys.executable, "-c", CLUSTER, str(tmp_path / "plan.pkl")], capture_output=True, text=True, timeout=300,
-        env=env,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "PIDS 2" in run.stdout
-    labels, probs = outputs(tmp_path / "out.zarr")
-    assert np.array_equal(labels, reference[0])
-    np.testing.assert_allclose(probs, reference[1], rtol=0, atol=1e-6)
-
-
 def test_a_second_job_on_the_same_output_is_refused(scene, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tiler.io.store import OutputStore
 
