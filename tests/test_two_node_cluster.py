@@ -65,9 +65,9 @@ CLUSTER_SCRIPT = textwrap.dedent(
     found = {"alive_nodes": len([n for n in ray.nodes() if n["Alive"]])}
 
     # the engine: two actors, one per worker node, each computing blocks
-    pool = RayExecutor(RayOptions(actors=2))
-    result = run_job(pickle.load(open(plan_file, "rb")), executor=pool, chunks=(32, 32), pixels_hash="h")
-    pool.close()  # its actors give both CPUs back to the jobs below
+    # run_job closes the pool at the end: its actors give both CPUs back to the jobs below
+    result = run_job(pickle.load(open(plan_file, "rb")), executor=RayExecutor(RayOptions(actors=2)), chunks=(32, 32),
+                     pixels_hash="h")
     found["blocks"] = {key: seen.get(record.pid, "unseen") for key, record in result.records.items()}
 
     # finishing: a pool leaving a CPU free (steps ask for one), and the default pool holding every CPU (steps ask
