@@ -208,17 +208,23 @@ def _listing_digest(lines: list[str]) -> str:
     return f"sha256:{hashlib.sha256(chr(10).join(sorted(lines)).encode()).hexdigest()}"
 
 
+def _object_sha256(path: ObjectPath) -> tuple[int, str]:
+    """The size and sha256 (hex) of an object, read chunk by chunk."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in path.iter_bytes():
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
 def _object_digest(path: ObjectPath) -> str:
     """:func:`content_digest` of an object, or of every object below a prefix (the same lines as for a folder)."""
     if path.is_file():
-        digest = hashlib.sha256()
-        for chunk in path.iter_bytes():
-            digest.update(chunk)
-        return f"sha256:{digest.hexdigest()}"
+        return f"sha256:{_object_sha256(path)[1]}"
     lines = []
     for rel in path.walk_keys():
-        data = (path / rel).read_bytes()
-        lines.append(f"{rel} {len(data)} {hashlib.sha256(data).hexdigest()}")
+        size, hexdigest = _object_sha256(path / rel)
+        lines.append(f"{rel} {size} {hexdigest}")
     if not lines:
         raise FileNotFoundError(2, "no such object", str(path))
     return _listing_digest(lines)

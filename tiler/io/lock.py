@@ -27,7 +27,7 @@ from typing import Any
 
 from tiler.errors import OutputError
 from tiler.io.atomic import output_error, pid_alive, temp_path, write_json_atomic
-from tiler.io.objects import AnyPath, ObjectPath, as_path
+from tiler.io.objects import AnyPath, ObjectPath, PathArg, as_path
 
 __all__ = ["acquire_store_lock", "check_not_locked", "lock_path_for", "release_store_lock", "store_lock"]
 
@@ -40,7 +40,7 @@ HEARTBEAT_S = 20.0
 """Seconds between two renewals of a lock object's heartbeat by its holder."""
 
 
-def lock_path_for(path: str | os.PathLike[str] | ObjectPath) -> AnyPath:
+def lock_path_for(path: PathArg) -> AnyPath:
     """The lock file of the store at ``path``: ``<parent>/.<name>.lock`` (it exists before the store does)."""
     path = as_path(path)
     return path.with_name(f".{path.name}.lock")
@@ -105,27 +105,27 @@ def _take_over(lock: Path, stale: Mapping[str, Any]) -> None:
     aside.unlink(missing_ok=True)
 
 
-def _take_object_lock(lock: ObjectPath, payload: dict[str, Any]) -> bool | dict[str, Any]:
-    """Create the lock object, or take over a stale one by compare-and-swap: True, else the live holder's record."""
+def _take_object_lock(lock: ObjectPath, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """Create the lock object, or take over a stale one by compare-and-swap: None, else the live holder's record."""
     for _ in range(5):
         payload["heartbeat"] = time.time()
         tag = lock.create(json.dumps(payload).encode())
         if tag is not None:
             _start_heartbeat(lock, payload, tag)
-            return True
+            return None
         meta = lock.head()
         held = _read_lock(lock)
         if meta is None or held is None:
             continue
         if _mine(held):  # this process's own lock from a hold it lost track of: keep it, beating again
             _start_heartbeat(lock, payload, str(meta["e_tag"]))
-            return True
+            return None
         if not _lock_stale(held):
             return held
         tag = lock.swap(json.dumps(payload).encode(), str(meta["e_tag"]))
         if tag is not None:
             _start_heartbeat(lock, payload, tag)
-            return True
+            return None
     raise OutputError(f"could not take the lock {lock}; another job keeps taking it. Retry later.")
 
 
@@ -156,7 +156,7 @@ def default_owner() -> str:
     return f"tiler job pid {os.getpid()} on {socket.gethostname()}"
 
 
-def acquire_store_lock(path: str | os.PathLike[str] | ObjectPath, owner: str | None = None) -> AnyPath:
+def acquire_store_lock(path: PathArg, owner: str | None = None) -> AnyPath:
     """Take the job lock of the store at ``path`` (which need not exist yet); re-entrant in one process.
 
     A lock whose holder is a dead process on this host is taken over.
@@ -173,13 +173,13 @@ def acquire_store_lock(path: str | os.PathLike[str] | ObjectPath, owner: str | N
             _HELD[str(lock)] += 1
             return lock
         try:
-            taken = _take_object_lock(lock, payload)
+            holder = _take_object_lock(lock, payload)
         except OSError as exc:
             raise output_error(lock, exc, what="create the job lock") from exc
-        if taken is True:
-            _HELD[str(lock)] = 1
-            return lock
-        raise _busy_error(path, taken)  # type: ignore[arg-type]
+        if holder is not None:
+            raise _busy_error(path, holder)
+        _HELD[str(lock)] = 1
+        return lock
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -201,7 +201,7 @@ def acquire_store_lock(path: str | os.PathLike[str] | ObjectPath, owner: str | N
     raise OutputError(f"could not take the lock {lock}; another job keeps taking it. Retry later.")
 
 
-def release_store_lock(path: str | os.PathLike[str] | ObjectPath) -> None:
+def release_store_lock(path: PathArg) -> None:
     """Drop one hold of the job lock; the file goes when this process's last hold is dropped."""
     lock = lock_path_for(path)
     depth = _HELD.get(str(lock), 0) - 1
@@ -218,7 +218,7 @@ def release_store_lock(path: str | os.PathLike[str] | ObjectPath) -> None:
 
 
 @contextlib.contextmanager
-def store_lock(path: str | os.PathLike[str] | ObjectPath, owner: str | None = None) -> Iterator[AnyPath]:
+def store_lock(path: PathArg, owner: str | None = None) -> Iterator[AnyPath]:
     """Hold the job lock of the store at ``path`` for the block: create or resume, run, export, mark complete.
 
     >>> import tempfile
@@ -236,7 +236,7 @@ def store_lock(path: str | os.PathLike[str] | ObjectPath, owner: str | None = No
         release_store_lock(path)
 
 
-def check_not_locked(path: str | os.PathLike[str] | ObjectPath) -> None:
+def check_not_locked(path: PathArg) -> None:
     """Raise OutputError if a live job other than this process holds the lock of ``path``."""
     held = _read_lock(lock_path_for(path))
     if held and not _mine(held) and not _lock_stale(held):

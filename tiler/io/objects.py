@@ -52,7 +52,6 @@ __all__ = [
     "AnyPath", "ObjectPath", "PathArg", "as_path", "lexists", "local_copy", "relpath", "resolved", "zarr_store",
 ]  # fmt: skip
 
-_STORE_SCHEME = {"s3": "s3", "gs": "gs", "az": "az"}
 _ENV_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
              "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ALLOW_HTTP",
              "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_ACCOUNT_NAME",
@@ -200,6 +199,14 @@ class ObjectPath:
                 yield bytes(chunk)
         except Exception as exc:
             raise _os_error(str(self), exc) from exc
+
+    def download(self, local: Path) -> int:
+        """Write the object's bytes to the local file ``local``, chunk by chunk; returns its size."""
+        size = 0
+        with open(local, "wb") as f:
+            for chunk in self.iter_bytes():
+                size += f.write(chunk)
+        return size
 
     def _put(self, data: bytes | Path, mode: Any = None) -> dict[str, Any]:
         import obstore
@@ -383,7 +390,7 @@ def local_copy(path: PathArg) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=".tiler-download-") as folder:
         local = Path(folder) / where.name
-        local.write_bytes(where.read_bytes())
+        where.download(local)
         yield local
 
 

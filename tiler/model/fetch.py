@@ -82,12 +82,12 @@ def _download(where: ObjectPath, listing: list[tuple[str, str]], target: Path) -
     tmp = temp_path(target)
     try:
         if [rel for rel, _ in listing] == [""]:
-            tmp.write_bytes(where.read_bytes())
+            where.download(tmp)
         else:
             for rel, _ in listing:
                 file = tmp / rel
                 file.parent.mkdir(parents=True, exist_ok=True)
-                file.write_bytes((where / rel).read_bytes())
+                (where / rel).download(file)
         try:
             os.rename(tmp, target)
         except OSError:

@@ -14,7 +14,6 @@ metadata kept), never by zarr's attribute updates: several processes may read it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ import zarr
 from tiler.errors import OutputError
 from tiler.geometry import BlockPartition
 from tiler.io.atomic import write_json_atomic
-from tiler.io.objects import AnyPath, ObjectPath, PathArg, as_path, lexists, zarr_store
+from tiler.io.objects import AnyPath, PathArg, as_path, lexists, zarr_store
 from tiler.io.store.layout import (
     BLOCK_SHAPE,
     STATE_DIR,
@@ -116,7 +115,7 @@ def _every_block_listed(path: AnyPath, attrs: Mapping[str, Any]) -> bool:
     try:
         geometry = array_geometry(path / "labels" / "zarr.json")
         folder = path / STATE_DIR / "blocks"
-        names = {p.name for p in folder.iterdir()} if isinstance(folder, ObjectPath) else set(os.listdir(folder))
+        names = {p.name for p in folder.iterdir()}
     except (OutputError, OSError):
         return False
     if geometry is None or len(geometry[0]) != len(block):
