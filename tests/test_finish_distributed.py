@@ -17,6 +17,7 @@ import zarr
 from tests.jobs import Finished, Scene, finish, write_config, write_scene
 from tiler.config import load_config
 from tiler.io.store import OutputStore
+from tiler.job.finish import FINISH_MODULES
 from tiler.segment import run_segment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,11 +108,26 @@ def test_a_killed_finishing_process_fails_its_step_by_name_and_the_next_step_get
     from tiler.engine.finishing import ProcessFinisher
     from tiler.errors import EngineError
 
-    finisher = ProcessFinisher(1)
+    finisher = ProcessFinisher(1, FINISH_MODULES)
     try:
         with pytest.raises(EngineError, match="finishing worker process died.*rerun to finish"):
             finisher.submit(_die).result(timeout=60)
         assert finisher.submit(_pid).result(timeout=60) not in (os.getpid(), None)
+    finally:
+        finisher.close()
+
+
+def _not_imported(names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if name not in sys.modules]
+
+
+def test_a_finishing_process_starts_with_every_module_its_steps_import() -> None:
+    """The fork server imports the steps' modules once; before this, each finishing process imported them again."""
+    from tiler.engine.finishing import ProcessFinisher
+
+    finisher = ProcessFinisher(1, FINISH_MODULES)
+    try:  # the first thing this process runs: what it has, it had when it was forked
+        assert finisher.submit(_not_imported, FINISH_MODULES).result(timeout=120) == []
     finally:
         finisher.close()
 

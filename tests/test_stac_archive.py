@@ -35,6 +35,7 @@ from tiler.errors import ConfigError, InputError
 from tiler.geometry import Window
 from tiler.io import detect_format, open_reader
 from tiler.io.stac_item import StacItemReader, item_input_path
+from tiler.job.finish import FINISH_MODULES
 from tiler.segment import run_segment
 
 BANDS = ("B02", "B03", "B04", "B08")
@@ -154,7 +155,7 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def finisher() -> Iterator[ProcessFinisher]:
-    pool = ProcessFinisher(2)
+    pool = ProcessFinisher(2, FINISH_MODULES)
     yield pool
     pool.close()
 

@@ -20,7 +20,7 @@ from tiler.engine.job import StoreJob
 from tiler.engine.plan import block_key
 from tiler.engine.stream import Outcome, Work, run_stream
 from tiler.errors import EngineError
-from tiler.job.finish import SegmentResult
+from tiler.job.finish import FINISH_MODULES, SegmentResult
 from tiler.job.plan import plan_job
 from tiler.job.progress import Progress
 from tiler.job.refs import make_executor, model_ref
@@ -151,7 +151,7 @@ def run_many(
     own = executor is None
     pool = executor if executor is not None else make_executor(first.cfg, engine)
     facts_from = getattr(pool, "facts", None)
-    finisher = pool.finisher(finishers)
+    finisher = pool.finisher(finishers, FINISH_MODULES)
     first.facts_from, first.finisher = facts_from, finisher
     if own:  # the driver plans the first input while the workers start and load the model
         first.open_early()

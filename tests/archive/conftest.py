@@ -11,6 +11,7 @@ import pytest
 from tests.archive.helpers import write_archive_dir
 from tests.engine.helpers import local_finishing_on
 from tiler.engine.finishing import ProcessFinisher
+from tiler.job.finish import FINISH_MODULES
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def finisher() -> Iterator[ProcessFinisher]:
     """One pool of finishing processes for the module's in-process runs (see :func:`local_finishing_on`)."""
-    pool = ProcessFinisher(2)
+    pool = ProcessFinisher(2, FINISH_MODULES)
     yield pool
     pool.close()
 

@@ -126,5 +126,5 @@ def local_finishing_on(finisher: Any) -> Iterator[None]:
     from tiler.engine.executor import LocalExecutor
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(LocalExecutor, "finisher", lambda self, workers: KeepOpen(finisher))
+        patch.setattr(LocalExecutor, "finisher", lambda self, workers, preload=(): KeepOpen(finisher))
         yield

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -80,8 +81,11 @@ class Executor(Protocol):
         """Stop every worker; blocks still in flight are abandoned (their jobs are not complete)."""
         ...
 
-    def finisher(self, workers: int) -> Finisher:
-        """Where this executor's run finishes its inputs (never the driver); ``workers``: inputs at once."""
+    def finisher(self, workers: int, preload: Sequence[str] = ()) -> Finisher:
+        """Where this executor's run finishes its inputs (never the driver).
+
+        ``workers``: inputs at once; ``preload``: the modules its steps need, imported once ahead of them.
+        """
         ...
 
 
@@ -180,9 +184,9 @@ class LocalExecutor:
             out.append(Done(token, plan, position, error=error))
         return out
 
-    def finisher(self, workers: int) -> Finisher:
+    def finisher(self, workers: int, preload: Sequence[str] = ()) -> Finisher:
         """Worker processes forked from this one, ``workers`` at most (the model is not loaded in them)."""
-        return ProcessFinisher(workers)
+        return ProcessFinisher(workers, preload)
 
     def close(self) -> None:
         """Drop the model and close the open inputs; blocks not started are dropped, running ones end first."""

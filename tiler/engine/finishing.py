@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
@@ -37,22 +37,17 @@ class Finisher(Protocol):
         ...
 
     def warm(self) -> None:
-        """Start a worker now and import the finishing modules in it, so that cost overlaps the blocks."""
+        """Start a worker now and import the finisher's ``preload`` modules in it, so that cost overlaps the blocks."""
         ...
 
 
-def warm_up() -> int:
-    """Import the finishing modules (:data:`PRELOAD`) in this worker; returns its pid."""
+def warm_up(modules: Sequence[str]) -> int:
+    """Import ``modules`` in this worker; returns its pid."""
     import importlib
 
-    for name in PRELOAD:
+    for name in modules:
         importlib.import_module(name)
     return os.getpid()
-
-
-PRELOAD = ["tiler.io.export", "tiler.io.vector", "tiler.io.store", "tiler.metrics.files"]
-"""Modules the fork server imports once, so each finishing process starts with them loaded (the heavy ones: GDAL,
-zarr, shapely, dask; all below this layer)."""
 
 
 class ProcessFinisher:
@@ -60,15 +55,18 @@ class ProcessFinisher:
 
     The processes come from a fork server (one per driver process, started with the first pool): a plain
     ``fork`` of the driver would copy locks that its reader and writer threads hold (GDAL's among them) and
-    hang; the server is single-threaded and has the finishing modules imported (:data:`PRELOAD`), so a worker
-    starts in milliseconds and never loads the model.
+    hang; the server is single-threaded and imports ``preload`` once, so a worker starts with the steps'
+    modules loaded, in milliseconds, and never loads the model. The server is the process's: the first pool's
+    ``preload`` is the one every later pool of the process gets.
 
     Args:
         workers: Processes finishing at once.
+        preload: Modules the steps need (the fork server imports them once).
     """
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2, preload: Sequence[str] = ()) -> None:
         self.workers = max(1, workers)
+        self.preload = list(preload)
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -82,14 +80,14 @@ class ProcessFinisher:
         with self._lock:
             if self._pool is None or getattr(self._pool, "_broken", False):
                 context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(PRELOAD)
+                context.set_forkserver_preload(self.preload)
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=watch_driver,
                                                  initargs=(os.getpid(),))
             return _named_death(self._pool.submit(fn, *args))
 
     def warm(self) -> None:
         """Start the fork server and a worker now (their imports overlap the blocks instead of delaying finishing)."""
-        self.submit(warm_up)
+        self.submit(warm_up, self.preload)
 
     def close(self) -> None:
         """Shut the pool down once its steps are done."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -335,7 +336,7 @@ class RayExecutor:
         threads = options.threads or max(1, int(options.cpus_per_actor))
         self._actors[i] = actor_cls.remote(self.model, threads, options.stages)
 
-    def finisher(self, workers: int) -> RayFinisher:
+    def finisher(self, workers: int, preload: Sequence[str] = ()) -> RayFinisher:
         """Ray tasks finishing this run's inputs on CPU workers (:class:`RayFinisher`); ``workers`` is not a limit here.
 
         Each step asks for one CPU when the cluster has CPUs beyond the pool's reservation, so it lands on a CPU
@@ -343,7 +344,7 @@ class RayExecutor:
         none and is placed, in turn, on the nodes that have CPUs: never on a node with none (a head node started
         with ``--num-cpus 0``, the driver's). Decided when a step is submitted, so the pool started since counts.
         """
-        return RayFinisher(placement=self._finish_placement)
+        return RayFinisher(placement=self._finish_placement, preload=preload)
 
     def _finish_placement(self) -> dict[str, Any]:
         """Ray options of the next finishing step: ``num_cpus``, and a node with CPUs when it asks for none."""

@@ -5,7 +5,7 @@ Part of the Ray engine (:mod:`tiler.engine.ray`, which re-exports :class:`RayFin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -41,10 +41,15 @@ class RayFinisher:
     Args:
         placement: The Ray options of each step (``num_cpus``, a scheduling strategy), or a function giving
             them when a step is submitted.
+        preload: Modules the steps need, imported ahead by :meth:`warm`.
     """
 
-    def __init__(self, *, placement: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self, *, placement: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        preload: Sequence[str] = (),
+    ) -> None:
         self.placement = placement if placement is not None else {"num_cpus": 1}
+        self.preload = list(preload)
 
     def submit(self, fn: Any, /, *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` as a Ray task."""
@@ -52,11 +57,11 @@ class RayFinisher:
         return _step_future(ray.remote(fn).options(max_retries=2, **options).remote(*args))
 
     def warm(self) -> None:
-        """Start a Ray worker importing the finishing modules where steps will run; later steps reuse it."""
+        """Start a Ray worker importing ``preload`` where steps will run; later steps reuse it."""
         from tiler.engine.finishing import warm_up
 
         options = self.placement() if callable(self.placement) else self.placement
-        ray.remote(warm_up).options(**options).remote()
+        ray.remote(warm_up).options(**options).remote(self.preload)
 
     def close(self) -> None:
         """Nothing to stop: the steps' workers belong to Ray."""

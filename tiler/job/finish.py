@@ -36,6 +36,17 @@ from tiler.redact import redact
 BANDS = 8
 """Bands of rows a block step (the polygons, the overview levels) is drawn in, each its own step and worker."""
 
+FINISH_MODULES = (
+    "tiler.job.finish", "tiler.io.store", "tiler.io.export", "tiler.io.overviews", "tiler.io.vector",
+    "tiler.io.quicklook", "tiler.io.classes", "tiler.io.slide", "tiler.io.stac_item", "tiler.metrics.files",
+    "tiler.metrics.report", "rasterio.features", "rasterio.warp", "shapely", "shapely.affinity", "pandas",
+    "pyarrow.dataset", "pyarrow.parquet", "matplotlib.figure", "matplotlib.backends.backend_agg", "PIL.ImageDraw",
+    "PIL.ImageFont", "PIL.JpegImagePlugin", "tifffile", "pystac",
+)
+"""Modules the steps of the common exports, scores and reports import (this one, and what its steps import when
+they run): the finisher's ``preload``, imported once where the steps run (the in-process engine's fork server
+about 0.6 s of CPU each worker process would otherwise spend)."""
+
 
 @dataclass
 class SegmentResult:
