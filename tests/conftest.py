@@ -121,7 +121,7 @@ def finish_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """The in-process engine finishes on threads of this process, so faults patched in here reach the writers."""
     from tiler.engine.executor import LocalExecutor
 
-    monkeypatch.setattr(LocalExecutor, "finisher", lambda self, workers: ThreadFinisher(workers))
+    monkeypatch.setattr(LocalExecutor, "finisher", lambda self, workers, preload=(): ThreadFinisher(workers))
 
 
 @pytest.fixture(scope="session")

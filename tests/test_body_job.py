@@ -100,7 +100,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
     mask = open_reader(str(path), mask="body").valid_mask(Window.from_shape(SHAPE))
     assert mask is not None
     with pytest.MonkeyPatch.context() as patch:  # finish on threads: no finishing processes per job
-        patch.setattr(LocalExecutor, "finisher", lambda self, workers: ThreadFinisher(workers))
+        patch.setattr(LocalExecutor, "finisher", lambda self, workers, preload=(): ThreadFinisher(workers))
         masked = run(path, model, root / "body.zarr", "body")
         unmasked = run(path, model, root / "none.zarr", "none")
     yield Jobs(path, body, mask, masked, unmasked)

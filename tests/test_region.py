@@ -184,7 +184,7 @@ def thread_finishing() -> Iterator[None]:
     from tiler.engine.executor import LocalExecutor
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(LocalExecutor, "finisher", lambda self, workers: ThreadFinisher(workers))
+        patch.setattr(LocalExecutor, "finisher", lambda self, workers, preload=(): ThreadFinisher(workers))
         yield
 
 
