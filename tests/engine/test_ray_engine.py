@@ -196,6 +196,26 @@ DRIVER = textwrap.dedent(
 )
 
 
+def _wait_until_no_actor_runs(timeout: float = 120) -> None:
+    """Wait until no model actor of this process's Ray (its processes are below this one) is alive."""
+    import psutil
+
+    def actors() -> list[int]:
+        out = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.name().startswith("ray::ModelActor"):
+                    out.append(proc.pid)
+            except psutil.Error:
+                pass  # ended meanwhile
+        return out
+
+    deadline = time.time() + timeout
+    while (alive := actors()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"the killed driver's actor {alive} still runs after {timeout} s"
+
+
 def _slow_plan(scene: tuple[Path, Path], store: Path) -> Plan:
     image, weights = scene
     return make_plan(image, weights, store, block=32, batch_size=1)
@@ -218,7 +238,7 @@ def test_driver_killed_then_rerun_skips_finished_blocks(
         assert proc.poll() is None, "the driver finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(3)  # let Ray reap the dead driver's actor
+    _wait_until_no_actor_runs()  # Ray reaps the dead driver's actor, which writes blocks until then
     before = {f.name: f.read_bytes() for f in blocks.glob("*.json")}
     total = len(plan.partition)
     assert 5 <= len(before) < total
