@@ -108,7 +108,7 @@ def test_a_killed_finishing_process_fails_its_step_by_name_and_the_next_step_get
     from tiler.engine.finishing import ProcessFinisher
     from tiler.errors import EngineError
 
-    finisher = ProcessFinisher(1, FINISH_MODULES)
+    finisher = ProcessFinisher(1, FINISH_MODULES)  # the engine's preload: the fork server is one per process
     try:
         with pytest.raises(EngineError, match="finishing worker process died.*rerun to finish"):
             finisher.submit(_die).result(timeout=60)
